@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Installs what building and running the VM tests needs, without touching
+# the machine's apt sources: backports come through a private apt state
+# under target/vm-tests/apt.
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+apt_dir="$top/target/vm-tests/apt"
+
+debian_packages=(
+	build-essential bc bison flex cpio kmod libelf-dev libssl-dev dwarves
+	zlib1g-dev libzstd-dev pkg-config
+	clang-19 llvm-19 busybox-static qemu-system-x86 rsync
+)
+
+need=()
+for p in "${debian_packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "vm-tests: missing Debian packages: ${need[*]}" >&2
+		echo "vm-tests: run as root, or: sudo apt-get install ${need[*]}" >&2
+		exit 1
+	fi
+	echo "vm-tests: installing ${need[*]}" >&2
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# apt_private SUITE: an apt command line that sees only SUITE, with its own
+# lists and cache.
+apt_private() {
+	local suite=$1 dir="$apt_dir/$1"
+	mkdir -p "$dir/lists/partial" "$dir/archives/partial"
+	if [ ! -f "$dir/sources.list" ]; then
+		echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $suite main" \
+			>"$dir/sources.list"
+	fi
+	APT_PRIVATE=(apt-get -qq
+		-o "Dir::Etc::SourceList=$dir/sources.list"
+		-o Dir::Etc::SourceParts=/dev/null
+		-o "Dir::State::Lists=$dir/lists"
+		-o "Dir::Cache::Archives=$dir/archives"
+		-o APT::Get::List-Cleanup=0
+		-o APT::Sandbox::User=root)
+}
+
+# fetch_deb SUITE PACKAGE DEST: download PACKAGE from SUITE and unpack it in DEST.
+fetch_deb() {
+	local suite=$1 pkg=$2 dest=$3
+	[ -f "$dest/.done" ] && return 0
+	apt_private "$suite"
+	"${APT_PRIVATE[@]}" update
+	rm -rf "$dest" && mkdir -p "$dest"
+	(cd "$apt_dir/$suite" && rm -f "$pkg"_*.deb && "${APT_PRIVATE[@]}" download "$pkg")
+	dpkg -x "$apt_dir/$suite/$pkg"_*.deb "$dest"
+	touch "$dest/.done"
+}
+
+"$@"
