@@ -1,0 +1,20 @@
+//! policyd: cgroup-aware OOM victim selection with BPF OOM struct_ops.
+//!
+//! The kernel-independent parts live here so the CLI, the BPF loader and the
+//! test harness share them:
+//!
+//! * [`config`]: the TOML configuration (schema, parsing, validation);
+//! * [`matcher`]: cgroup path patterns used by rules;
+//! * [`policy`]: the selectable policies;
+//! * [`cgroupfs`]: reading a cgroup v2 tree; [`procfs`]: per-task facts;
+//! * [`resolve`]: effective settings per cgroup (rules + inheritance);
+//! * [`rank`]: candidates and victim choice (what `explain` predicts);
+//! * [`cli`] and [`commands`]: the command line;
+//! * [`daemon`], [`status`]: the kernel-facing side;
+//! * [`testing`]: fake cgroup and proc trees for tests.
+
+pub mod matcher;
+pub mod policy;
+
+pub use matcher::CgroupPattern;
+pub use policy::PolicyName;

@@ -1,0 +1,292 @@
+//! Cgroup path patterns, as written in a rule's `cgroup = "..."`.
+//!
+//! A pattern is an absolute path relative to the cgroup2 mount ("/" is the
+//! root cgroup), made of path elements separated by "/":
+//!
+//! * a literal name matches exactly that name (`postgresql.service`);
+//! * `*` inside an element matches any run of characters within that one
+//!   element, so `*` alone is "exactly one path element" and
+//!   `app-*.scope` matches `app-firefox.scope`;
+//! * `**` as a whole element matches any number of path elements, including
+//!   zero: `/a/**/b` matches `/a/b` and `/a/x/y/b`; `/batch/**` matches
+//!   `/batch` itself and everything below it; `/**` matches every cgroup.
+//!
+//! Every other character is literal, including `?`, `[`, `{` and `\`:
+//! systemd escapes unit names as `\x2d`, and such names must be writable
+//! verbatim. A trailing "/" is ignored (`/a/` is `/a`). The pattern "/"
+//! matches the root cgroup only.
+//!
+//! Paths given to [`CgroupPattern::matches`] use the same form: "/" for the
+//! root, "/a/b" below it (a trailing "/" is ignored).
+
+use std::fmt;
+
+/// Why a pattern was rejected. The messages say how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("cgroup pattern is empty; use \"/\" for the root cgroup or \"/**\" for every cgroup")]
+    Empty,
+    #[error(
+        "cgroup pattern \"{0}\" must start with \"/\" (it is a path below the cgroup2 mount, \
+         e.g. \"/system.slice/foo.service\")"
+    )]
+    NotAbsolute(String),
+    #[error("cgroup pattern \"{0}\" has an empty path element (\"//\")")]
+    EmptyElement(String),
+    #[error("cgroup pattern \"{0}\" has a \".\" or \"..\" element; write the path out in full")]
+    DotElement(String),
+    #[error(
+        "cgroup pattern \"{0}\": \"**\" must be a whole path element (as in \"/a/**/b\"); \
+         use a single \"*\" to match within a name"
+    )]
+    RecursiveInsideElement(String),
+    #[error("cgroup pattern \"{0}\" contains a control character")]
+    ControlCharacter(String),
+}
+
+/// One path element of a pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Element {
+    /// `**`: any number of elements, including none.
+    AnyDepth,
+    /// A name, possibly with `*` wildcards: the literal parts between them.
+    /// `["app-", ".scope"]` is `app-*.scope`; `["x"]` is the literal `x`.
+    Name(Vec<String>),
+}
+
+/// A parsed, normalised cgroup path pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupPattern {
+    /// Normalised text: no trailing "/", "/" for the root.
+    text: String,
+    elements: Vec<Element>,
+}
+
+impl CgroupPattern {
+    pub fn parse(pattern: &str) -> Result<Self, PatternError> {
+        if pattern.is_empty() {
+            return Err(PatternError::Empty);
+        }
+        if !pattern.starts_with('/') {
+            return Err(PatternError::NotAbsolute(pattern.to_owned()));
+        }
+        if pattern.chars().any(char::is_control) {
+            return Err(PatternError::ControlCharacter(
+                pattern.escape_debug().to_string(),
+            ));
+        }
+        let body = pattern.trim_end_matches('/');
+        let mut elements = Vec::new();
+        if !body.is_empty() {
+            for elem in body[1..].split('/') {
+                if elem.is_empty() {
+                    return Err(PatternError::EmptyElement(pattern.to_owned()));
+                }
+                if elem == "." || elem == ".." {
+                    return Err(PatternError::DotElement(pattern.to_owned()));
+                }
+                if elem == "**" {
+                    // "/a/**/**/b" means the same as "/a/**/b".
+                    if elements.last() != Some(&Element::AnyDepth) {
+                        elements.push(Element::AnyDepth);
+                    }
+                    continue;
+                }
+                if elem.contains("**") {
+                    return Err(PatternError::RecursiveInsideElement(pattern.to_owned()));
+                }
+                elements.push(Element::Name(elem.split('*').map(str::to_owned).collect()));
+            }
+        }
+        let text = if body.is_empty() {
+            "/".to_owned()
+        } else {
+            body.to_owned()
+        };
+        Ok(CgroupPattern { text, elements })
+    }
+
+    /// The normalised pattern text (trailing "/" removed).
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// True when the pattern has no wildcard: it names exactly one cgroup.
+    pub fn is_literal(&self) -> bool {
+        self.elements
+            .iter()
+            .all(|e| matches!(e, Element::Name(parts) if parts.len() == 1))
+    }
+
+    /// Does this pattern match the cgroup at `path` ("/" or "/a/b")?
+    pub fn matches(&self, path: &str) -> bool {
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        match_elements(&self.elements, &segments)
+    }
+}
+
+impl fmt::Display for CgroupPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+fn match_elements(elements: &[Element], segments: &[&str]) -> bool {
+    match elements.split_first() {
+        None => segments.is_empty(),
+        Some((Element::AnyDepth, rest)) => {
+            // Try consuming 0, 1, ... segments. Consecutive "**" are merged at
+            // parse time, so this stays polynomial for real patterns.
+            (0..=segments.len()).any(|skip| match_elements(rest, &segments[skip..]))
+        }
+        Some((Element::Name(parts), rest)) => match segments.split_first() {
+            Some((seg, seg_rest)) => match_name(parts, seg) && match_elements(rest, seg_rest),
+            None => false,
+        },
+    }
+}
+
+/// Match one element: `parts` are the literal pieces between `*`s.
+fn match_name(parts: &[String], name: &str) -> bool {
+    let (first, rest) = match parts.split_first() {
+        Some(x) => x,
+        None => return name.is_empty(),
+    };
+    if rest.is_empty() {
+        return name == first;
+    }
+    let Some(mut remaining) = name.strip_prefix(first.as_str()) else {
+        return false;
+    };
+    let (last, middle) = rest.split_last().expect("rest is not empty");
+    // Leftmost placement of each middle piece is optimal for `*`-only globs.
+    for piece in middle {
+        match remaining.find(piece.as_str()) {
+            Some(at) => remaining = &remaining[at + piece.len()..],
+            None => return false,
+        }
+    }
+    remaining.ends_with(last.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(pattern: &str, path: &str) -> bool {
+        CgroupPattern::parse(pattern).unwrap().matches(path)
+    }
+
+    #[test]
+    fn matching_table() {
+        #[rustfmt::skip]
+        let table: &[(&str, &str, bool)] = &[
+            // literal
+            ("/demo/db", "/demo/db", true),
+            ("/demo/db", "/demo/db/child", false),
+            ("/demo/db", "/demo", false),
+            ("/demo/db", "/demo/dbx", false),
+            ("/demo/db", "/", false),
+            // root
+            ("/", "/", true),
+            ("/", "/a", false),
+            // `*` is exactly one element
+            ("/*", "/a", true),
+            ("/*", "/", false),
+            ("/*", "/a/b", false),
+            ("/demo/*", "/demo/web", true),
+            ("/demo/*", "/demo", false),
+            ("/demo/*", "/demo/web/x", false),
+            ("/*/web", "/demo/web", true),
+            ("/*/web", "/demo/x/web", false),
+            // `*` inside an element
+            ("/user.slice/app-*.scope", "/user.slice/app-firefox.scope", true),
+            ("/user.slice/app-*.scope", "/user.slice/app-.scope", true),
+            ("/user.slice/app-*.scope", "/user.slice/app-x.service", false),
+            ("/user.slice/app-*.scope", "/user.slice/app-a/b.scope", false),
+            ("/*.service", "/foo.service", true),
+            ("/*.service", "/foo.service.d", false),
+            ("/a*b*c", "/abc", true),
+            ("/a*b*c", "/axxbyyc", true),
+            ("/a*b*c", "/acb", false),
+            ("/ab*ba", "/aba", false),
+            ("/ab*ba", "/abba", true),
+            // `**` is any depth, including zero
+            ("/demo/batch/**", "/demo/batch", true),
+            ("/demo/batch/**", "/demo/batch/job1", true),
+            ("/demo/batch/**", "/demo/batch/job1/step", true),
+            ("/demo/batch/**", "/demo/batchx", false),
+            ("/demo/batch/**", "/demo", false),
+            ("/**", "/", true),
+            ("/**", "/a/b/c", true),
+            ("/a/**/b", "/a/b", true),
+            ("/a/**/b", "/a/x/b", true),
+            ("/a/**/b", "/a/x/y/b", true),
+            ("/a/**/b", "/a/x/y/c", false),
+            ("/a/**/b", "/a/b/c", false),
+            ("/**/*.service", "/system.slice/foo.service", true),
+            ("/**/*.service", "/foo.service", true),
+            ("/**/*.service", "/system.slice", false),
+            ("/a/**/**/b", "/a/b", true),
+            ("/**/b/**", "/x/b/y/z", true),
+            ("/**/b/**", "/x/c/y/z", false),
+            // trailing slashes on either side are ignored
+            ("/demo/web/", "/demo/web", true),
+            ("/demo/web", "/demo/web/", true),
+            ("/demo/*/", "/demo/web", true),
+            // other glob characters are literal (systemd escapes with \x2d)
+            (r"/system.slice/systemd-fsck@dev-disk-by\x2duuid.service",
+             r"/system.slice/systemd-fsck@dev-disk-by\x2duuid.service", true),
+            ("/a?", "/ab", false),
+            ("/a?", "/a?", true),
+            ("/[ab]", "/a", false),
+            ("/{a,b}", "/{a,b}", true),
+        ];
+        for &(pattern, path, expected) in table {
+            assert_eq!(
+                m(pattern, path),
+                expected,
+                "pattern {pattern:?} vs path {path:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn normalisation_and_literals() {
+        let p = CgroupPattern::parse("/demo/web/").unwrap();
+        assert_eq!(p.as_str(), "/demo/web");
+        assert!(p.is_literal());
+        assert_eq!(CgroupPattern::parse("/").unwrap().as_str(), "/");
+        assert_eq!(CgroupPattern::parse("///").unwrap().as_str(), "/");
+        assert!(CgroupPattern::parse("/").unwrap().is_literal());
+        assert!(!CgroupPattern::parse("/a/*").unwrap().is_literal());
+        assert!(!CgroupPattern::parse("/a/**").unwrap().is_literal());
+        assert!(!CgroupPattern::parse("/app-*.scope").unwrap().is_literal());
+    }
+
+    #[test]
+    fn bad_patterns() {
+        use PatternError::*;
+        let cases: &[(&str, PatternError)] = &[
+            ("", Empty),
+            ("demo/db", NotAbsolute("demo/db".into())),
+            ("*/db", NotAbsolute("*/db".into())),
+            ("/demo//db", EmptyElement("/demo//db".into())),
+            ("/demo/../db", DotElement("/demo/../db".into())),
+            ("/./db", DotElement("/./db".into())),
+            ("/demo/a**", RecursiveInsideElement("/demo/a**".into())),
+            ("/***", RecursiveInsideElement("/***".into())),
+            ("/a\nb", ControlCharacter("/a\\nb".into())),
+        ];
+        for (pattern, expected) in cases {
+            assert_eq!(
+                CgroupPattern::parse(pattern).as_ref(),
+                Err(expected),
+                "{pattern:?}"
+            );
+        }
+        assert!(NotAbsolute("x".into())
+            .to_string()
+            .contains("must start with \"/\""));
+    }
+}
