@@ -1,0 +1,169 @@
+//! The guest side: the scenario registry and the `vm-tests guest ...` commands that /init
+//! runs inside the test VM. The host reads the same registry to list and filter scenarios.
+//!
+//! Adding a scenario: write `scenarios/<name>.rs` with a `pub fn scenario() -> Scenario`,
+//! and add it to `scenarios::all()`. Its `run` returns Err to fail; the kernel log is
+//! checked by the host after every scenario (WARNING, BUG, lockdep, ... fail it too).
+
+pub mod scenarios;
+pub mod util;
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+
+use crate::protocol;
+
+/// One guest test: booted alone in a fresh VM.
+#[derive(Clone, Copy, Debug)]
+pub struct Scenario {
+    /// Unique, kebab-case; `test FILTER` selects by substring.
+    pub name: &'static str,
+    /// The host kills the VM after this many seconds (boot included).
+    pub timeout_s: u64,
+    /// Guest RAM.
+    pub mem_mb: u32,
+    /// The run needs /bin/policyd in the initramfs.
+    pub needs_policyd: bool,
+    pub run: fn() -> Result<()>,
+}
+
+#[allow(dead_code)] // builder methods for scenarios that need them
+impl Scenario {
+    /// A scenario with the defaults: 180 s, 512 MiB, no policyd.
+    pub const fn new(name: &'static str, run: fn() -> Result<()>) -> Scenario {
+        Scenario {
+            name,
+            timeout_s: 180,
+            mem_mb: 512,
+            needs_policyd: false,
+            run,
+        }
+    }
+
+    pub const fn timeout_s(mut self, seconds: u64) -> Scenario {
+        self.timeout_s = seconds;
+        self
+    }
+
+    pub const fn mem_mb(mut self, mb: u32) -> Scenario {
+        self.mem_mb = mb;
+        self
+    }
+
+    pub const fn needs_policyd(mut self) -> Scenario {
+        self.needs_policyd = true;
+        self
+    }
+}
+
+/// The scenario called `name`, with the known names in the error.
+pub fn find(name: &str) -> Result<Scenario> {
+    let all = scenarios::all();
+    match all.iter().find(|s| s.name == name) {
+        Some(s) => Ok(*s),
+        None => bail!(
+            "no scenario named {name:?}; known: {}",
+            all.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+#[derive(Subcommand)]
+pub enum GuestCmd {
+    /// List the scenarios.
+    List,
+    /// Run one scenario (only inside the test VM).
+    Run { name: String },
+    /// Allocate and touch memory: N MiB, then sleep, or keep growing with --grow.
+    Hog {
+        #[arg(long)]
+        mib: u64,
+        #[arg(long)]
+        grow: bool,
+        #[arg(long)]
+        step_kib: Option<u64>,
+        #[arg(long)]
+        delay_us: Option<u64>,
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        oom_score_adj: i32,
+    },
+}
+
+pub fn main(cmd: GuestCmd) -> Result<()> {
+    match cmd {
+        GuestCmd::List => {
+            for s in scenarios::all() {
+                println!("{}", s.name);
+            }
+            Ok(())
+        }
+        GuestCmd::Run { name } => run(&name),
+        GuestCmd::Hog {
+            mib,
+            grow,
+            step_kib,
+            delay_us,
+            oom_score_adj,
+        } => util::run_hog(&util::HogSpec {
+            mib,
+            grow,
+            step_kib,
+            delay_us,
+            oom_score_adj,
+        }),
+    }
+}
+
+fn run(name: &str) -> Result<()> {
+    let scenario = find(name)?;
+    // Scenarios create cgroups and start OOMs: never on a machine that is not the test VM.
+    let cmdline = util::read_file("/proc/cmdline")?;
+    let arg = format!("{}{name}", protocol::NAME_ARG);
+    if !cmdline.split_whitespace().any(|a| a == arg) {
+        bail!("refusing to run scenario {name} outside the test VM (no {arg} on the kernel command line)");
+    }
+    // The runner must survive every OOM it provokes; hogs set their own value.
+    util::write_file("/proc/self/oom_score_adj", "-1000")
+        .context("protecting the runner from the OOM killer")?;
+    match (scenario.run)() {
+        Ok(()) => {
+            println!("scenario {name}: ok");
+            Ok(())
+        }
+        Err(e) => {
+            println!("{}{e:#}", protocol::ERROR);
+            Err(e.context(format!("scenario {name}")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenario_names_are_unique_and_plain() {
+        let all = scenarios::all();
+        let mut names: Vec<_> = all.iter().map(|s| s.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), all.len(), "duplicate scenario names");
+        for s in &all {
+            assert!(
+                !s.name.is_empty() && s.name != protocol::PROBE,
+                "bad name {:?}",
+                s.name
+            );
+            assert!(
+                s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                "{:?}: use [a-zA-Z0-9_-] only (it goes on the kernel command line and into file names)",
+                s.name
+            );
+            assert!(
+                s.timeout_s > 0 && s.mem_mb >= 64,
+                "{}: timeout or memory too small",
+                s.name
+            );
+        }
+    }
+}

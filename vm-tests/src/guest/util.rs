@@ -1,0 +1,651 @@
+//! Helpers for guest scenarios: cgroups, memory hogs, waiting, the kernel log, and the
+//! lines a scenario sends back to the host (story lines for the demo, JSON for benchmarks).
+//!
+//! Everything here runs inside the test VM as root, with cgroup v2 mounted at
+//! /sys/fs/cgroup and the memory controller enabled in the root (see the /init script).
+
+// A toolbox for scenarios: not every helper has a user at every point in time.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Where cgroup v2 is mounted in the guest.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Writes `value` to `path` in a single write(2), as sysfs, cgroupfs and procfs expect.
+pub fn write_file(path: impl AsRef<Path>, value: impl AsRef<[u8]>) -> Result<()> {
+    let path = path.as_ref();
+    fs::write(path, value.as_ref()).with_context(|| {
+        format!(
+            "writing {:?} to {}",
+            String::from_utf8_lossy(value.as_ref()),
+            path.display()
+        )
+    })
+}
+
+/// Reads the whole of `path` as text.
+pub fn read_file(path: impl AsRef<Path>) -> Result<String> {
+    let path = path.as_ref();
+    fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Polls `cond` every 20 ms until it returns true; fails after `timeout` with an error
+/// naming `what` was awaited.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return Ok(());
+        }
+        if start.elapsed() >= timeout {
+            bail!(
+                "timed out after {:.1} s waiting for {what}",
+                timeout.as_secs_f64()
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A line of the demo's story: the host's `demo` command prints these, in order.
+pub fn story(line: impl AsRef<str>) {
+    println!("{}{}", crate::protocol::STORY, line.as_ref());
+}
+
+/// A benchmark result: the host's `bench` command collects these per scenario.
+pub fn emit_json(value: &serde_json::Value) {
+    println!("{}{}", crate::protocol::JSON, value);
+}
+
+/// True when the host asked for a shortened run (`bench --quick`).
+pub fn quick() -> bool {
+    fs::read_to_string("/proc/cmdline")
+        .map(|c| {
+            c.split_whitespace()
+                .any(|a| a == crate::protocol::QUICK_ARG)
+        })
+        .unwrap_or(false)
+}
+
+/// The counters of a cgroup's memory.events file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryEvents {
+    pub low: u64,
+    pub high: u64,
+    pub max: u64,
+    pub oom: u64,
+    pub oom_kill: u64,
+    pub oom_group_kill: u64,
+}
+
+impl MemoryEvents {
+    /// Parses the `key value` lines of memory.events; unknown keys are ignored.
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut ev = MemoryEvents::default();
+        for line in text.lines() {
+            let mut it = line.split_whitespace();
+            let (Some(key), Some(value)) = (it.next(), it.next()) else {
+                continue;
+            };
+            let value: u64 = value
+                .parse()
+                .with_context(|| format!("memory.events line {line:?}"))?;
+            match key {
+                "low" => ev.low = value,
+                "high" => ev.high = value,
+                "max" => ev.max = value,
+                "oom" => ev.oom = value,
+                "oom_kill" => ev.oom_kill = value,
+                "oom_group_kill" => ev.oom_group_kill = value,
+                _ => {}
+            }
+        }
+        Ok(ev)
+    }
+}
+
+/// A cgroup v2 directory. One made with [`Cgroup::create`] is removed (after killing what
+/// is left in it) when dropped; one from [`Cgroup::open`] is left alone.
+#[derive(Debug)]
+pub struct Cgroup {
+    /// Path below the cgroup root, without leading '/', e.g. "batch/job1"; "" is the root.
+    rel: String,
+    dir: PathBuf,
+    owned: bool,
+}
+
+impl Cgroup {
+    /// The root cgroup.
+    pub fn root() -> Cgroup {
+        Cgroup {
+            rel: String::new(),
+            dir: PathBuf::from(CGROUP_ROOT),
+            owned: false,
+        }
+    }
+
+    /// An existing cgroup, e.g. `Cgroup::open("system.slice")`.
+    pub fn open(rel: &str) -> Result<Cgroup> {
+        let rel = rel.trim_matches('/').to_string();
+        let dir = Path::new(CGROUP_ROOT).join(&rel);
+        if !dir.is_dir() {
+            bail!("cgroup {} does not exist", dir.display());
+        }
+        Ok(Cgroup {
+            rel,
+            dir,
+            owned: false,
+        })
+    }
+
+    /// Creates `rel` (e.g. "batch/job1") and any missing parents, enabling the memory
+    /// controller in every ancestor's cgroup.subtree_control on the way. An already
+    /// existing directory is reused.
+    pub fn create(rel: &str) -> Result<Cgroup> {
+        let rel = rel.trim_matches('/').to_string();
+        if rel.is_empty() {
+            bail!("Cgroup::create needs a path below the root");
+        }
+        let mut dir = PathBuf::from(CGROUP_ROOT);
+        for part in rel.split('/') {
+            write_file(dir.join("cgroup.subtree_control"), "+memory")?;
+            dir.push(part);
+            match fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+            }
+        }
+        Ok(Cgroup {
+            rel,
+            dir,
+            owned: true,
+        })
+    }
+
+    /// A child of this cgroup, created like [`Cgroup::create`].
+    pub fn child(&self, name: &str) -> Result<Cgroup> {
+        Cgroup::create(&format!("{}/{}", self.rel, name))
+    }
+
+    /// The path as policies and the kernel name it: "/batch/job1", "/" for the root.
+    pub fn path(&self) -> String {
+        format!("/{}", self.rel)
+    }
+
+    /// The directory under /sys/fs/cgroup.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The cgroup id: the inode number of its directory (what BPF sees as cgroup id).
+    pub fn id(&self) -> Result<u64> {
+        Ok(fs::metadata(&self.dir)
+            .with_context(|| format!("stat {}", self.dir.display()))?
+            .ino())
+    }
+
+    /// Writes one of the cgroup's control files, e.g. `set("memory.max", "64M")`.
+    pub fn set(&self, file: &str, value: impl AsRef<[u8]>) -> Result<()> {
+        write_file(self.dir.join(file), value)
+    }
+
+    /// Reads one of the cgroup's control files, trailing newline removed.
+    pub fn read(&self, file: &str) -> Result<String> {
+        Ok(read_file(self.dir.join(file))?.trim_end().to_string())
+    }
+
+    /// Reads a control file holding a single number, e.g. memory.current.
+    pub fn read_u64(&self, file: &str) -> Result<u64> {
+        let text = self.read(file)?;
+        text.parse()
+            .with_context(|| format!("{}/{file} holds {text:?}, not a number", self.dir.display()))
+    }
+
+    /// memory.events of this cgroup (counts include its descendants).
+    pub fn events(&self) -> Result<MemoryEvents> {
+        MemoryEvents::parse(&self.read("memory.events")?)
+            .with_context(|| format!("parsing {}/memory.events", self.dir.display()))
+    }
+
+    /// The pids in cgroup.procs (this cgroup only, not its descendants).
+    pub fn procs(&self) -> Result<Vec<i32>> {
+        let text = self.read("cgroup.procs")?;
+        text.lines()
+            .map(|l| {
+                l.trim()
+                    .parse()
+                    .with_context(|| format!("cgroup.procs line {l:?}"))
+            })
+            .collect()
+    }
+
+    /// Whether any process lives in this cgroup or below (cgroup.events "populated").
+    pub fn populated(&self) -> Result<bool> {
+        Ok(self
+            .read("cgroup.events")?
+            .lines()
+            .any(|l| l.trim() == "populated 1"))
+    }
+
+    /// SIGKILLs every process in the subtree through cgroup.kill and waits until it is empty.
+    pub fn kill_all(&self) -> Result<()> {
+        self.set("cgroup.kill", "1")?;
+        wait_until(
+            Duration::from_secs(10),
+            &format!("{} to empty after cgroup.kill", self.path()),
+            || !self.populated().unwrap_or(true),
+        )
+    }
+
+    /// Kills what is left and removes the cgroup and its descendants, retrying while the
+    /// kernel still holds them busy.
+    pub fn remove(mut self) -> Result<()> {
+        self.owned = false;
+        self.remove_dir()
+    }
+
+    fn remove_dir(&self) -> Result<()> {
+        if !self.dir.exists() {
+            return Ok(());
+        }
+        self.kill_all()?;
+        remove_tree(&self.dir)
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        if self.owned {
+            if let Err(e) = self.remove_dir() {
+                eprintln!("warning: cleaning up cgroup {}: {e:#}", self.path());
+            }
+        }
+    }
+}
+
+/// rmdir()s a cgroup directory tree bottom-up, retrying EBUSY for up to 5 s per directory.
+fn remove_tree(dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            remove_tree(&entry.path())?;
+        }
+    }
+    let start = Instant::now();
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e)
+                if start.elapsed() < Duration::from_secs(5)
+                    && e.raw_os_error() == Some(nix::libc::EBUSY) =>
+            {
+                thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => return Err(e).with_context(|| format!("removing cgroup {}", dir.display())),
+        }
+    }
+}
+
+/// What a [`Hog`] does: touch `mib` MiB, then either sleep or keep growing.
+#[derive(Clone, Debug, Default)]
+pub struct HogSpec {
+    /// MiB allocated and touched before the hog reports ready.
+    pub mib: u64,
+    /// Keep allocating after the initial `mib`, `step_kib` at a time, until killed.
+    pub grow: bool,
+    /// Size of each growth step (default 1024 KiB).
+    pub step_kib: Option<u64>,
+    /// Pause between growth steps (default none).
+    pub delay_us: Option<u64>,
+    /// The hog's /proc/self/oom_score_adj (default 0; the runner itself is -1000).
+    pub oom_score_adj: i32,
+}
+
+impl HogSpec {
+    /// Touches `mib` MiB, then sleeps until killed.
+    pub fn fixed(mib: u64) -> HogSpec {
+        HogSpec {
+            mib,
+            ..HogSpec::default()
+        }
+    }
+
+    /// Touches `mib` MiB, reports ready, then allocates without end.
+    pub fn growing(mib: u64) -> HogSpec {
+        HogSpec {
+            mib,
+            grow: true,
+            ..HogSpec::default()
+        }
+    }
+
+    pub fn step_kib(mut self, kib: u64) -> HogSpec {
+        self.step_kib = Some(kib);
+        self
+    }
+
+    pub fn delay_us(mut self, us: u64) -> HogSpec {
+        self.delay_us = Some(us);
+        self
+    }
+
+    pub fn oom_score_adj(mut self, adj: i32) -> HogSpec {
+        self.oom_score_adj = adj;
+        self
+    }
+
+    fn args(&self) -> Vec<String> {
+        let mut args = vec![
+            "guest".into(),
+            "hog".into(),
+            "--mib".into(),
+            self.mib.to_string(),
+        ];
+        if self.grow {
+            args.push("--grow".into());
+        }
+        if let Some(k) = self.step_kib {
+            args.extend(["--step-kib".into(), k.to_string()]);
+        }
+        if let Some(d) = self.delay_us {
+            args.extend(["--delay-us".into(), d.to_string()]);
+        }
+        args.push(format!("--oom-score-adj={}", self.oom_score_adj));
+        args
+    }
+}
+
+/// A memory hog: this same binary running `guest hog`, started inside a cgroup (it is moved
+/// there between fork and exec, so none of its memory is charged elsewhere). Dropping a Hog
+/// kills it if it still runs.
+pub struct Hog {
+    child: Child,
+    pid: i32,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Hog {
+    /// Starts a hog in `cgroup`; call [`Hog::wait_ready`] before relying on its memory.
+    pub fn spawn(cgroup: &Cgroup, spec: &HogSpec) -> Result<Hog> {
+        let procs_path = cgroup.dir().join("cgroup.procs");
+        let procs: OwnedFd = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_CLOEXEC)
+            .open(&procs_path)
+            .with_context(|| format!("opening {}", procs_path.display()))?
+            .into();
+        let exe = std::env::current_exe().context("locating the vm-tests binary")?;
+        let mut cmd = Command::new(&exe);
+        cmd.args(spec.args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let fd = procs.as_raw_fd();
+        // SAFETY: only write(2) on an fd opened before fork: async-signal-safe, no allocation.
+        unsafe {
+            cmd.pre_exec(move || {
+                let buf = b"0";
+                if nix::libc::write(fd, buf.as_ptr().cast(), buf.len()) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting hog {:?} in {}", spec, cgroup.path()))?;
+        drop(procs);
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let pid = child.id() as i32;
+        Ok(Hog { child, pid, lines })
+    }
+
+    /// Starts a hog and waits until its initial memory is touched.
+    pub fn start(cgroup: &Cgroup, spec: &HogSpec, timeout: Duration) -> Result<Hog> {
+        let mut hog = Hog::spawn(cgroup, spec)?;
+        hog.wait_ready(timeout)?;
+        Ok(hog)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Waits for the hog's "hog ready" line: its initial `mib` MiB are resident.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.trim() == HOG_READY => return Ok(()),
+                Ok(_) => continue,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    bail!(
+                        "hog {} not ready after {:.1} s",
+                        self.pid,
+                        timeout.as_secs_f64()
+                    )
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().context("waiting for the hog")?;
+                    bail!(
+                        "hog {} ended before it was ready: {}",
+                        self.pid,
+                        describe_status(status)
+                    );
+                }
+            }
+        }
+    }
+
+    /// The exit status if the hog has ended (reaping it), None while it runs.
+    pub fn try_status(&mut self) -> Result<Option<ExitStatus>> {
+        self.child
+            .try_wait()
+            .with_context(|| format!("checking hog {}", self.pid))
+    }
+
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.try_status(), Ok(None))
+    }
+
+    /// Waits up to `timeout` for the hog to end; Ok only if SIGKILL ended it.
+    pub fn wait_killed(&mut self, timeout: Duration) -> Result<()> {
+        let mut status = None;
+        wait_until(timeout, &format!("hog {} to be killed", self.pid), || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        })?;
+        let status = status.expect("set when the wait succeeded");
+        if status.signal() != Some(nix::libc::SIGKILL) {
+            bail!(
+                "hog {} ended by {} instead of SIGKILL",
+                self.pid,
+                describe_status(status)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// "exit code 3", "signal 9 (SIGKILL)".
+pub fn describe_status(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exit code {code}");
+    }
+    match status.signal() {
+        Some(sig) => match nix::sys::signal::Signal::try_from(sig) {
+            Ok(s) => format!("signal {sig} ({})", s.as_str()),
+            Err(_) => format!("signal {sig}"),
+        },
+        None => format!("{status}"),
+    }
+}
+
+/// What a hog prints once its initial memory is resident.
+pub const HOG_READY: &str = "hog ready";
+
+/// The body of `vm-tests guest hog`: never returns unless setup fails.
+pub fn run_hog(spec: &HogSpec) -> Result<()> {
+    write_file("/proc/self/oom_score_adj", spec.oom_score_adj.to_string())?;
+    touch_mib(spec.mib)?;
+    println!("{HOG_READY}");
+    use std::io::Write;
+    std::io::stdout().flush().ok();
+    if !spec.grow {
+        loop {
+            thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    let step = spec.step_kib.unwrap_or(1024).max(4) * 1024;
+    loop {
+        touch_bytes(step as usize)?;
+        if let Some(d) = spec.delay_us.filter(|d| *d > 0) {
+            thread::sleep(Duration::from_micros(d));
+        }
+    }
+}
+
+fn touch_mib(mib: u64) -> Result<()> {
+    for _ in 0..mib {
+        touch_bytes(1 << 20)?;
+    }
+    Ok(())
+}
+
+/// Maps `len` anonymous bytes and writes to every page, so the memory is charged now.
+/// The mapping is never unmapped: a hog only gives memory back by dying.
+fn touch_bytes(len: usize) -> Result<()> {
+    use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
+    let size = std::num::NonZeroUsize::new(len).context("zero-sized allocation")?;
+    // SAFETY: a fresh private anonymous mapping, written only within its bounds.
+    unsafe {
+        let ptr = mmap_anonymous(
+            None,
+            size,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_PRIVATE,
+        )
+        .context("mmap")?;
+        let base = ptr.as_ptr().cast::<u8>();
+        for off in (0..len).step_by(4096) {
+            base.add(off).write_volatile(1);
+        }
+    }
+    Ok(())
+}
+
+/// A position in the kernel log; [`Kmsg::since`] returns what was logged after it:
+/// `let mut kmsg = Kmsg::mark()?; ...; let lines = kmsg.since()?;`
+pub struct Kmsg {
+    file: fs::File,
+}
+
+impl Kmsg {
+    /// Marks the current end of the kernel log.
+    pub fn mark() -> Result<Kmsg> {
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open("/dev/kmsg")
+            .context("opening /dev/kmsg")?;
+        file.seek(SeekFrom::End(0)).context("seeking /dev/kmsg")?;
+        Ok(Kmsg { file })
+    }
+
+    /// The messages (text only) logged since the mark or the previous call.
+    pub fn since(&mut self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match self.file.read(&mut buf) {
+                Ok(0) => break,
+                // One record per read: "prio,seq,usec,flags;text\n" plus " KEY=value" lines.
+                Ok(n) => {
+                    let rec = String::from_utf8_lossy(&buf[..n]);
+                    let first = rec.lines().next().unwrap_or("");
+                    if let Some((_, text)) = first.split_once(';') {
+                        out.push(text.to_string());
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                // EPIPE: records were overwritten before we read them; carry on.
+                Err(e) if e.raw_os_error() == Some(nix::libc::EPIPE) => continue,
+                Err(e) => return Err(e).context("reading /dev/kmsg"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_events_parse() {
+        let ev = MemoryEvents::parse(
+            "low 0\nhigh 2\nmax 17\noom 1\noom_kill 1\noom_group_kill 0\nsock_throttled 0\n",
+        )
+        .unwrap();
+        assert_eq!(
+            ev,
+            MemoryEvents {
+                low: 0,
+                high: 2,
+                max: 17,
+                oom: 1,
+                oom_kill: 1,
+                oom_group_kill: 0
+            }
+        );
+        assert!(MemoryEvents::parse("oom x\n").is_err());
+    }
+
+    #[test]
+    fn hog_args() {
+        let spec = HogSpec::growing(16)
+            .step_kib(256)
+            .delay_us(10)
+            .oom_score_adj(500);
+        assert_eq!(
+            spec.args().join(" "),
+            "guest hog --mib 16 --grow --step-kib 256 --delay-us 10 --oom-score-adj=500"
+        );
+        assert_eq!(
+            HogSpec::fixed(8).args().join(" "),
+            "guest hog --mib 8 --oom-score-adj=0"
+        );
+    }
+}

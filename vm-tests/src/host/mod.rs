@@ -1,0 +1,278 @@
+//! The host side: `test`, `demo`, `bench`, and the kernel build steps they share.
+
+mod initramfs;
+mod qemu;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::guest::{self, Scenario};
+use qemu::{Verdict, Vm};
+
+/// The repository root: $VMTESTS_TOP, else the workspace this binary was built from.
+fn top() -> PathBuf {
+    match std::env::var_os("VMTESTS_TOP") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("vm-tests lives in the workspace")
+            .into(),
+    }
+}
+
+/// target/vm-tests: everything the harness downloads, builds and logs.
+fn out_dir() -> PathBuf {
+    top().join("target/vm-tests")
+}
+
+/// Runs vm-tests/kernel.sh with `args`, output passed through; Ok(false) when it fails.
+pub fn kernel_command(args: &[&str]) -> Result<bool> {
+    let script = top().join("vm-tests/kernel.sh");
+    let status = Command::new(&script)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    Ok(status.success())
+}
+
+/// Builds the kernel (or reuses the cached build) and returns the bzImage path.
+fn build_kernel() -> Result<PathBuf> {
+    let script = top().join("vm-tests/kernel.sh");
+    let output = Command::new(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !output.status.success() {
+        bail!("{} failed ({})", script.display(), output.status);
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let bzimage = PathBuf::from(stdout.lines().last().unwrap_or("").trim());
+    if !bzimage.is_file() {
+        bail!(
+            "{} printed no bzImage path (stdout: {stdout:?})",
+            script.display()
+        );
+    }
+    Ok(bzimage)
+}
+
+/// Kernel, initramfs and accelerator: what every VM run needs.
+fn prepare_vm() -> Result<Vm> {
+    let bzimage = build_kernel().context("building the kernel")?;
+    prepare_vm_with(bzimage)
+}
+
+fn prepare_vm_with(bzimage: PathBuf) -> Result<Vm> {
+    let initramfs = initramfs::build(&top(), &out_dir()).context("building the initramfs")?;
+    let logs = out_dir().join("logs");
+    fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    Vm::new(bzimage, initramfs, logs)
+}
+
+pub fn list() {
+    for s in guest::scenarios::all() {
+        let policyd = if s.needs_policyd {
+            ", needs policyd"
+        } else {
+            ""
+        };
+        println!(
+            "{:<32} {:>4} s, {:>5} MiB{policyd}",
+            s.name, s.timeout_s, s.mem_mb
+        );
+    }
+}
+
+/// Outcome of one step of `test`, printed as PASS/FAIL and counted in the summary.
+struct Tally {
+    passed: usize,
+    failed: usize,
+}
+
+impl Tally {
+    fn pass(&mut self, name: &str, started: Instant) {
+        self.passed += 1;
+        println!("PASS {name} ({:.1} s)", started.elapsed().as_secs_f64());
+    }
+
+    fn fail(&mut self, name: &str, reason: &str) {
+        self.failed += 1;
+        println!("FAIL {name}: {reason}");
+    }
+
+    fn record(&mut self, name: &str, started: Instant, result: Result<()>) {
+        match result {
+            Ok(()) => self.pass(name, started),
+            Err(e) => self.fail(name, &format!("{e:#}")),
+        }
+    }
+
+    /// Prints the closing line; true when nothing failed.
+    fn finish(self) -> bool {
+        println!("{} passed, {} failed", self.passed, self.failed);
+        self.failed == 0
+    }
+}
+
+/// Runs `cargo` with `args` in the repository root (where .cargo/config.toml applies).
+fn cargo(args: &[&str]) -> Result<()> {
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(args)
+        .current_dir(top())
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// The scenarios whose names contain `filter` (all for "").
+fn select(filter: &str) -> Result<Vec<Scenario>> {
+    let all = guest::scenarios::all();
+    let chosen: Vec<Scenario> = all
+        .iter()
+        .filter(|s| s.name.contains(filter))
+        .copied()
+        .collect();
+    if chosen.is_empty() {
+        bail!(
+            "no scenario name contains {filter:?}; known: {}",
+            all.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(chosen)
+}
+
+pub fn test(filter: &str, verbose: bool) -> Result<bool> {
+    let scenarios = select(filter)?;
+    let mut tally = Tally {
+        passed: 0,
+        failed: 0,
+    };
+
+    let started = Instant::now();
+    tally.record("host-tests", started, cargo(&["test", "--workspace"]));
+
+    let bzimage = match build_kernel() {
+        Ok(path) => path,
+        Err(e) => {
+            tally.fail("kernel", &format!("{e:#}"));
+            return Ok(tally.finish());
+        }
+    };
+
+    let started = Instant::now();
+    let check = kernel_command(&["vmlinux-h", "--check"]).and_then(|ok| {
+        if ok {
+            Ok(())
+        } else {
+            bail!("bpf/vmlinux/x86_64/vmlinux.h does not match the kernel; run ./vm-tests/run vmlinux-h")
+        }
+    });
+    tally.record("vmlinux-h", started, check);
+
+    let vm = match prepare_vm_with(bzimage) {
+        Ok(vm) => vm,
+        Err(e) => {
+            tally.fail("vm", &format!("{e:#}"));
+            return Ok(tally.finish());
+        }
+    };
+    for s in &scenarios {
+        let started = Instant::now();
+        let run = vm.run_scenario(s, &[], |line| {
+            if verbose {
+                println!("  | {line}");
+            }
+        });
+        match run {
+            Ok(run) if run.verdict == Verdict::Pass => tally.pass(s.name, started),
+            Ok(run) => tally.fail(
+                s.name,
+                &format!("{} (log: {})", run.verdict, run.log.display()),
+            ),
+            Err(e) => tally.fail(s.name, &format!("{e:#}")),
+        }
+    }
+    Ok(tally.finish())
+}
+
+pub fn demo() -> Result<bool> {
+    let scenario = guest::find("demo").context("the demo scenario is not written yet")?;
+    let vm = prepare_vm()?;
+    println!();
+    let run = vm.run_scenario(&scenario, &[], |line| {
+        if let Some(story) = qemu::after_marker(line, crate::protocol::STORY) {
+            println!("{story}");
+        }
+    })?;
+    println!();
+    if run.verdict != Verdict::Pass {
+        println!("demo FAILED: {} (log: {})", run.verdict, run.log.display());
+        return Ok(false);
+    }
+    println!("(full console log: {})", run.log.display());
+    Ok(true)
+}
+
+pub fn bench(quick: bool) -> Result<bool> {
+    let scenarios: Vec<Scenario> = guest::scenarios::all()
+        .into_iter()
+        .filter(|s| s.name.starts_with("bench"))
+        .collect();
+    if scenarios.is_empty() {
+        bail!("no bench* scenario is registered yet");
+    }
+    let vm = prepare_vm()?;
+    let extra: &[&str] = if quick {
+        &[crate::protocol::QUICK_ARG]
+    } else {
+        &[]
+    };
+    let mut results = serde_json::Map::new();
+    let mut ok = true;
+    for s in &scenarios {
+        println!("bench {} ...", s.name);
+        let run = vm.run_scenario(s, extra, |line| {
+            if let Some(json) = qemu::after_marker(line, crate::protocol::JSON) {
+                println!("  {json}");
+            }
+        })?;
+        let mut values = Vec::new();
+        for json in &run.json {
+            match serde_json::from_str::<serde_json::Value>(json) {
+                Ok(v) => values.push(v),
+                Err(e) => {
+                    ok = false;
+                    println!("FAIL {}: bad JSON line {json:?}: {e}", s.name);
+                }
+            }
+        }
+        if run.verdict != Verdict::Pass {
+            ok = false;
+            println!(
+                "FAIL {}: {} (log: {})",
+                s.name,
+                run.verdict,
+                run.log.display()
+            );
+        }
+        results.insert(s.name.to_string(), serde_json::Value::Array(values));
+    }
+    let report = serde_json::json!({
+        "accel": vm.accel().to_string(),
+        "quick": quick,
+        "results": results,
+    });
+    let path = out_dir().join("bench/results.json");
+    fs::create_dir_all(path.parent().unwrap())?;
+    fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("bench results: {}", path.display());
+    Ok(ok)
+}

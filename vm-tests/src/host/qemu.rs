@@ -1,0 +1,490 @@
+//! Booting the test kernel in QEMU, one boot per scenario, and judging the console log.
+
+use std::fmt;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::initramfs::Initramfs;
+use crate::guest::Scenario;
+use crate::protocol;
+
+/// How long a KVM boot may take before we decide KVM does not work here.
+const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+/// A TCG boot that takes longer than this means the kernel or initramfs is broken.
+const TCG_PROBE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Kernel log lines that fail a scenario, whatever it returned.
+const KERNEL_PROBLEMS: &[&str] = &[
+    "WARNING:",
+    "BUG:",
+    "Oops",
+    "general protection fault",
+    "Kernel panic",
+    "kernel BUG",
+    "possible circular locking",
+    "possible recursive locking",
+    "inconsistent lock state",
+    "suspicious RCU usage",
+    "lockdep",
+    "blocked for more than",
+    "soft lockup",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    fn qemu_args(self) -> &'static [&'static str] {
+        match self {
+            Accel::Kvm => &["-enable-kvm", "-cpu", "host"],
+            Accel::Tcg => &["-accel", "tcg"],
+        }
+    }
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "KVM",
+            Accel::Tcg => "TCG",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Fail(String),
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Verdict::Pass => f.write_str("pass"),
+            Verdict::Fail(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// The result of one scenario boot.
+pub struct Run {
+    pub verdict: Verdict,
+    /// The console log.
+    pub log: PathBuf,
+    /// The scenario's JSON lines (see guest::util::emit_json), unparsed.
+    pub json: Vec<String>,
+}
+
+/// A kernel + initramfs ready to boot, with the accelerator chosen once.
+pub struct Vm {
+    bzimage: PathBuf,
+    initramfs: Initramfs,
+    logs: PathBuf,
+    accel: Accel,
+}
+
+/// What one QEMU run left behind.
+struct Boot {
+    console: String,
+    timed_out: bool,
+    elapsed: Duration,
+}
+
+impl Vm {
+    /// Chooses KVM if a probe boot with it completes in time, else TCG, and says which.
+    /// VMTESTS_ACCEL=kvm|tcg skips the choice.
+    pub fn new(bzimage: PathBuf, initramfs: Initramfs, logs: PathBuf) -> Result<Vm> {
+        let mut vm = Vm {
+            bzimage,
+            initramfs,
+            logs,
+            accel: Accel::Tcg,
+        };
+        let forced = std::env::var("VMTESTS_ACCEL")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let (accel, note) = match forced.as_str() {
+            "kvm" => (Accel::Kvm, "forced by VMTESTS_ACCEL".to_string()),
+            "tcg" => (Accel::Tcg, "forced by VMTESTS_ACCEL".to_string()),
+            "" if !Path::new("/dev/kvm").exists() => (Accel::Tcg, "no /dev/kvm".to_string()),
+            "" => match vm.probe(Accel::Kvm, KVM_PROBE_TIMEOUT) {
+                Ok(boot_time) => {
+                    vm.accel = Accel::Kvm;
+                    println!("vm: KVM, probe boot {:.1} s", boot_time.as_secs_f64());
+                    return Ok(vm);
+                }
+                Err(e) => (Accel::Tcg, format!("KVM probe failed: {e:#}")),
+            },
+            other => bail!("VMTESTS_ACCEL={other}: expected kvm or tcg"),
+        };
+        let timeout = if accel == Accel::Kvm {
+            KVM_PROBE_TIMEOUT
+        } else {
+            TCG_PROBE_TIMEOUT
+        };
+        let boot_time = vm
+            .probe(accel, timeout)
+            .with_context(|| format!("the test kernel does not boot under {accel}"))?;
+        vm.accel = accel;
+        println!(
+            "vm: {accel} ({note}), probe boot {:.1} s",
+            boot_time.as_secs_f64()
+        );
+        Ok(vm)
+    }
+
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    /// Boots the `probe` pseudo-scenario (init prints its markers and powers off).
+    fn probe(&self, accel: Accel, timeout: Duration) -> Result<Duration> {
+        let log = self
+            .logs
+            .join(format!("probe-{}.log", accel.to_string().to_lowercase()));
+        let boot = self.boot(accel, protocol::PROBE, 256, timeout, &[], &log, &mut |_| {})?;
+        if boot.timed_out {
+            bail!(
+                "no poweroff within {} s (log: {})",
+                timeout.as_secs(),
+                log.display()
+            );
+        }
+        match judge(&boot.console, false, timeout) {
+            Verdict::Pass => Ok(boot.elapsed),
+            Verdict::Fail(reason) => bail!("{reason} (log: {})", log.display()),
+        }
+    }
+
+    /// Boots `scenario` in a fresh VM, passing every console line to `on_line` as it comes.
+    pub fn run_scenario(
+        &self,
+        scenario: &Scenario,
+        extra_args: &[&str],
+        mut on_line: impl FnMut(&str),
+    ) -> Result<Run> {
+        if scenario.needs_policyd && !self.initramfs.has_policyd {
+            bail!(
+                "needs policyd, but {} does not exist (build it: cargo build --release -p policyd)",
+                self.initramfs.policyd.display()
+            );
+        }
+        let log = self.logs.join(format!("{}.log", scenario.name));
+        let timeout = Duration::from_secs(scenario.timeout_s);
+        let boot = self.boot(
+            self.accel,
+            scenario.name,
+            scenario.mem_mb,
+            timeout,
+            extra_args,
+            &log,
+            &mut on_line,
+        )?;
+        let verdict = judge(&boot.console, boot.timed_out, timeout);
+        let json = boot
+            .console
+            .lines()
+            .filter_map(|l| after_marker(l, protocol::JSON))
+            .map(str::to_string)
+            .collect();
+        Ok(Run { verdict, log, json })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn boot(
+        &self,
+        accel: Accel,
+        name: &str,
+        mem_mb: u32,
+        timeout: Duration,
+        extra_args: &[&str],
+        log: &Path,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<Boot> {
+        let mut append = format!(
+            "console=ttyS0 panic=-1 log_buf_len=1M {}{name}",
+            protocol::NAME_ARG
+        );
+        for a in extra_args {
+            append.push(' ');
+            append.push_str(a);
+        }
+        let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        let mut reader = File::open(log)?;
+        let started = Instant::now();
+        let mut child = Command::new("qemu-system-x86_64")
+            .args(["-nographic", "-no-reboot", "-nic", "none", "-smp", "2"])
+            .args(accel.qemu_args())
+            .arg("-m")
+            .arg(mem_mb.to_string())
+            .arg("-kernel")
+            .arg(&self.bzimage)
+            .arg("-initrd")
+            .arg(&self.initramfs.path)
+            .arg("-append")
+            .arg(&append)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .context("starting qemu-system-x86_64 (Debian package qemu-system-x86)")?;
+
+        let mut console = String::new();
+        let mut pending = Vec::new();
+        let mut timed_out = false;
+        loop {
+            let exited = child.try_wait()?.is_some();
+            let mut chunk = Vec::new();
+            reader.read_to_end(&mut chunk)?;
+            pending.extend_from_slice(&chunk);
+            while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=pos).collect();
+                let line = String::from_utf8_lossy(&line);
+                let line = line.trim_end_matches(['\n', '\r']);
+                on_line(line);
+                console.push_str(line);
+                console.push('\n');
+            }
+            if exited {
+                break;
+            }
+            if started.elapsed() > timeout {
+                timed_out = true;
+                child.kill().ok();
+                child.wait().ok();
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        if !pending.is_empty() {
+            let line = String::from_utf8_lossy(&pending);
+            on_line(line.trim_end_matches('\r'));
+            console.push_str(&line);
+            console.push('\n');
+        }
+        Ok(Boot {
+            console,
+            timed_out,
+            elapsed: started.elapsed(),
+        })
+    }
+}
+
+/// The text after `marker` if `line` contains it. Guest lines may follow kernel text on
+/// the same console line, so the marker need not start the line.
+pub fn after_marker<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    line.find(marker)
+        .map(|i| line[i + marker.len()..].trim_end())
+}
+
+/// Pass or fail for a scenario's console log: VMTEST-EXIT 0 and a clean kernel log.
+fn judge(console: &str, timed_out: bool, timeout: Duration) -> Verdict {
+    let lines: Vec<&str> = console.lines().collect();
+    let mut reasons = Vec::new();
+    let exit = lines
+        .iter()
+        .rev()
+        .find_map(|l| after_marker(l, protocol::EXIT));
+    if timed_out {
+        reasons.push(format!(
+            "timeout after {} s; last console lines:{}",
+            timeout.as_secs(),
+            tail(&lines, 8)
+        ));
+    } else {
+        match exit.map(|rc| rc.trim().parse::<i32>()) {
+            None => {
+                let when = if lines.iter().any(|l| l.contains(protocol::START)) {
+                    "during the scenario"
+                } else {
+                    "while booting"
+                };
+                reasons.push(format!(
+                    "guest died {when}; last console lines:{}",
+                    tail(&lines, 8)
+                ))
+            }
+            Some(Ok(0)) => {}
+            Some(Ok(rc)) => {
+                let errors: Vec<&str> = lines
+                    .iter()
+                    .filter_map(|l| after_marker(l, protocol::ERROR))
+                    .collect();
+                let error = if errors.is_empty() {
+                    "no error message".to_string()
+                } else {
+                    errors.join("; ")
+                };
+                reasons.push(format!("exit {rc}: {error}"));
+            }
+            Some(Err(_)) => reasons.push(format!(
+                "garbled VMTEST-EXIT line: {:?}",
+                exit.unwrap_or_default()
+            )),
+        }
+    }
+    let problems = kernel_problems(&lines);
+    if !problems.is_empty() {
+        let shown: Vec<String> = problems
+            .iter()
+            .take(10)
+            .map(|l| format!("\n    {l}"))
+            .collect();
+        let more = if problems.len() > 10 {
+            format!("\n    ... {} more", problems.len() - 10)
+        } else {
+            String::new()
+        };
+        reasons.push(format!(
+            "kernel log reports problems:{}{more}",
+            shown.concat()
+        ));
+    }
+    if reasons.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(reasons.join("; "))
+    }
+}
+
+/// Kernel log lines matching KERNEL_PROBLEMS: from the dmesg dump if the guest got that
+/// far, else from the whole console.
+fn kernel_problems<'a>(lines: &[&'a str]) -> Vec<&'a str> {
+    let begin = lines.iter().position(|l| l.contains(protocol::DMESG_BEGIN));
+    let section = match begin {
+        Some(b) => {
+            let rest = &lines[b + 1..];
+            let end = rest
+                .iter()
+                .position(|l| l.contains(protocol::DMESG_END))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        }
+        None => lines,
+    };
+    section
+        .iter()
+        .copied()
+        .filter(|l| KERNEL_PROBLEMS.iter().any(|p| l.contains(p)))
+        .collect()
+}
+
+fn tail(lines: &[&str], n: usize) -> String {
+    let lines: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| format!("\n    {l}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Duration = Duration::from_secs(180);
+
+    fn console(exit: &str, dmesg: &[&str]) -> String {
+        let mut s =
+            String::from("[    0.000000] Linux version 7.3.4\nVMTEST-START x\nsome output\n");
+        s += exit;
+        s += "VMTEST-DMESG-BEGIN\n";
+        for l in dmesg {
+            s += l;
+            s += "\n";
+        }
+        s += "VMTEST-DMESG-END\n[    3.000000] reboot: Power down\n";
+        s
+    }
+
+    #[test]
+    fn clean_run_passes() {
+        let c = console(
+            "VMTEST-EXIT 0\n",
+            &[
+                "[    0.1] Lock dependency validator",
+                "[    0.2] ... MAX_LOCKDEP_KEYS: 8192",
+            ],
+        );
+        assert_eq!(judge(&c, false, T), Verdict::Pass);
+    }
+
+    #[test]
+    fn scenario_error_is_reported() {
+        let c = console(
+            "VMTEST-ERROR hog 12 ended by exit code 0 instead of SIGKILL\nVMTEST-EXIT 1\n",
+            &[],
+        );
+        assert_eq!(
+            judge(&c, false, T),
+            Verdict::Fail("exit 1: hog 12 ended by exit code 0 instead of SIGKILL".into())
+        );
+    }
+
+    #[test]
+    fn kernel_warning_fails_a_passing_scenario() {
+        let c = console(
+            "VMTEST-EXIT 0\n",
+            &[
+                "[    1.0] ok",
+                "[    2.0] WARNING: CPU: 1 PID: 7 at mm/oom_kill.c:100 f+0x1/0x2",
+                "[    2.1] INFO: lockdep is turned off.",
+            ],
+        );
+        let Verdict::Fail(reason) = judge(&c, false, T) else {
+            panic!("passed")
+        };
+        assert!(
+            reason.contains("mm/oom_kill.c:100") && reason.contains("lockdep is turned off"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn problems_outside_dmesg_dump_are_scenario_output() {
+        let c = console("the scenario printed BUG: on purpose\nVMTEST-EXIT 0\n", &[]);
+        assert_eq!(judge(&c, false, T), Verdict::Pass);
+    }
+
+    #[test]
+    fn dead_guest_and_timeout() {
+        let c = "[ 1.0] Kernel panic - not syncing: Attempted to kill init!\n";
+        let Verdict::Fail(reason) = judge(c, false, T) else {
+            panic!("passed")
+        };
+        assert!(
+            reason.starts_with("guest died while booting") && reason.contains("Kernel panic"),
+            "{reason}"
+        );
+        let Verdict::Fail(reason) = judge("VMTEST-START x\n", true, T) else {
+            panic!("passed")
+        };
+        assert!(reason.starts_with("timeout after 180 s"), "{reason}");
+    }
+
+    #[test]
+    fn markers_after_kernel_text() {
+        assert_eq!(
+            after_marker("[ 3.1] foo VMTEST-STORY the db lives\r", protocol::STORY),
+            Some("the db lives\r".trim_end())
+        );
+        assert_eq!(
+            after_marker("VMTEST-JSON {\"a\":1}", protocol::JSON),
+            Some("{\"a\":1}")
+        );
+        assert_eq!(after_marker("nothing", protocol::JSON), None);
+    }
+}

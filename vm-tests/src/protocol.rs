@@ -1,0 +1,20 @@
+//! The lines the guest prints on the serial console for the host to find. The /init
+//! script (host/initramfs.rs) prints the markers; guest code prints story and JSON lines.
+
+/// Kernel command line argument naming the scenario to run: `vmtest=<name>`.
+pub const NAME_ARG: &str = "vmtest=";
+/// Kernel command line argument asking scenarios for a shortened run (`bench --quick`).
+pub const QUICK_ARG: &str = "vmtest_quick=1";
+/// The scenario that only boots: used to probe KVM and to measure boot time.
+pub const PROBE: &str = "probe";
+
+pub const START: &str = "VMTEST-START ";
+pub const EXIT: &str = "VMTEST-EXIT ";
+pub const DMESG_BEGIN: &str = "VMTEST-DMESG-BEGIN";
+pub const DMESG_END: &str = "VMTEST-DMESG-END";
+/// Prefix of a demo story line (see guest::util::story).
+pub const STORY: &str = "VMTEST-STORY ";
+/// Prefix of a benchmark result line (see guest::util::emit_json).
+pub const JSON: &str = "VMTEST-JSON ";
+/// Prefix of the line carrying a failed scenario's error message.
+pub const ERROR: &str = "VMTEST-ERROR ";
