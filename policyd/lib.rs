@@ -13,8 +13,10 @@
 //! * [`daemon`], [`status`]: the kernel-facing side;
 //! * [`testing`]: fake cgroup and proc trees for tests.
 
+pub mod config;
 pub mod matcher;
 pub mod policy;
 
+pub use config::{Config, ConfigError, KillMode, Rule};
 pub use matcher::CgroupPattern;
 pub use policy::PolicyName;
