@@ -13,9 +13,12 @@
 //! * [`daemon`], [`status`]: the kernel-facing side;
 //! * [`testing`]: fake cgroup and proc trees for tests.
 
+pub mod cgroupfs;
 pub mod config;
 pub mod matcher;
 pub mod policy;
+pub mod procfs;
+pub mod testing;
 
 pub use config::{Config, ConfigError, KillMode, Rule};
 pub use matcher::CgroupPattern;

@@ -1,0 +1,484 @@
+//! Reading a cgroup v2 hierarchy from a directory.
+//!
+//! The tree is read from a root directory given as a path (normally the
+//! cgroup2 mount, see [`discover_mount`]), using only plain file reads, so
+//! tests can build a fake hierarchy in a temporary directory (see
+//! [`crate::testing`]). Per cgroup it records:
+//!
+//! * `id`: the inode number of the cgroup's directory, which on cgroup2 is the
+//!   kernel's cgroup id (`cgroup_id()`, `bpf_get_current_cgroup_id()`);
+//! * `memory.current` (absent on the root cgroup);
+//! * the pids in `cgroup.procs` (processes directly in this cgroup);
+//! * `populated` from `cgroup.events` ("populated 1"); where that file is
+//!   absent (root cgroup, fake trees) it is computed: the cgroup or a
+//!   descendant has processes.
+//!
+//! A cgroup that disappears while being read is skipped, not an error.
+
+use std::fs;
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Where cgroup2 is mounted on systemd machines.
+pub const DEFAULT_MOUNT: &str = "/sys/fs/cgroup";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupfsError {
+    #[error(
+        "cgroup v2 is not mounted (no cgroup2 line in {mounts}); policyd needs the unified \
+         hierarchy: mount it with `mount -t cgroup2 none /sys/fs/cgroup`, or pass \
+         --cgroup-root DIR"
+    )]
+    NotMounted { mounts: String },
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
+    #[error("{}: cannot parse {what}: {text:?}", path.display())]
+    Parse {
+        path: PathBuf,
+        what: &'static str,
+        text: String,
+    },
+    #[error("{} is not a directory (expected the cgroup2 mount)", path.display())]
+    NotADirectory { path: PathBuf },
+    #[error("no cgroup {path} under {}", root.display())]
+    NoSuchCgroup { path: String, root: PathBuf },
+}
+
+/// Find the cgroup2 mount point from `/proc/self/mounts`.
+pub fn discover_mount() -> Result<PathBuf, CgroupfsError> {
+    let mounts = "/proc/self/mounts";
+    let text = fs::read_to_string(mounts).map_err(|error| CgroupfsError::Io {
+        path: mounts.into(),
+        error,
+    })?;
+    cgroup2_mount_in(&text).ok_or_else(|| CgroupfsError::NotMounted {
+        mounts: mounts.into(),
+    })
+}
+
+/// The cgroup2 mount point named in `mounts` (the text of a mounts file).
+/// Prefers [`DEFAULT_MOUNT`] when cgroup2 is mounted more than once.
+pub fn cgroup2_mount_in(mounts: &str) -> Option<PathBuf> {
+    let found: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_dev, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount_field(dir)))
+        })
+        .collect();
+    found
+        .iter()
+        .find(|p| p.as_path() == Path::new(DEFAULT_MOUNT))
+        .or_else(|| found.first())
+        .cloned()
+}
+
+/// The kernel writes space, tab, newline and backslash in mount paths as
+/// three-digit octal escapes (`\040`).
+fn unescape_mount_field(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            let digits = &bytes[i + 1..i + 4];
+            if digits.iter().all(|b| (b'0'..=b'7').contains(b)) {
+                // At most \377: three octal digits always fit in u16.
+                let v = digits
+                    .iter()
+                    .fold(0u16, |acc, d| acc * 8 + u16::from(d - b'0'));
+                out.push(v as u8);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One cgroup of a [`CgroupTree`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    /// Kernel cgroup id = inode number of the cgroup directory.
+    pub id: u64,
+    /// "/" for the root, "/a/b" below it (relative to the mount).
+    pub path: String,
+    /// Index of the parent in the tree; `None` for the root.
+    pub parent: Option<usize>,
+    /// Indexes of the children, sorted by name.
+    pub children: Vec<usize>,
+    /// `memory.current` in bytes; `None` where the file is absent (root).
+    pub memory_current: Option<u64>,
+    /// Pids listed in `cgroup.procs` (processes directly in this cgroup).
+    pub procs: Vec<u32>,
+    /// This cgroup or a descendant has processes.
+    pub populated: bool,
+    /// `populated` came from cgroup.events rather than being computed.
+    populated_from_events: bool,
+    /// End (exclusive) of this cgroup's subtree in the tree's node order.
+    subtree_end: usize,
+}
+
+impl Cgroup {
+    pub fn is_root(&self) -> bool {
+        self.parent.is_none()
+    }
+
+    /// The last path element ("" for the root).
+    pub fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or("")
+    }
+}
+
+/// A snapshot of a cgroup hierarchy. Nodes are in depth-first pre-order
+/// (children sorted by name): a parent always comes before its children, and
+/// a cgroup's subtree is a contiguous index range.
+#[derive(Debug, Clone)]
+pub struct CgroupTree {
+    root_dir: PathBuf,
+    nodes: Vec<Cgroup>,
+}
+
+impl CgroupTree {
+    /// Read the whole hierarchy below `root_dir` (the cgroup2 mount).
+    pub fn read(root_dir: &Path) -> Result<CgroupTree, CgroupfsError> {
+        let meta = fs::metadata(root_dir).map_err(|error| CgroupfsError::Io {
+            path: root_dir.to_owned(),
+            error,
+        })?;
+        if !meta.is_dir() {
+            return Err(CgroupfsError::NotADirectory {
+                path: root_dir.to_owned(),
+            });
+        }
+        let mut tree = CgroupTree {
+            root_dir: root_dir.to_owned(),
+            nodes: Vec::new(),
+        };
+        // Root must be readable; below it, vanished cgroups are skipped.
+        let root =
+            tree.read_node(None, "/".to_owned())?
+                .ok_or_else(|| CgroupfsError::NotADirectory {
+                    path: root_dir.to_owned(),
+                })?;
+        tree.nodes.push(root);
+        tree.read_children(0)?;
+        tree.compute_populated();
+        Ok(tree)
+    }
+
+    fn read_children(&mut self, idx: usize) -> Result<(), CgroupfsError> {
+        let dir = self.fs_path(idx);
+        let mut names: Vec<String> = match fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .filter_map(Result::ok)
+                // A cgroup's subdirectories are its children; do not follow symlinks.
+                .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(error) => return Err(CgroupfsError::Io { path: dir, error }),
+        };
+        names.sort();
+        for name in names {
+            let parent_path = &self.nodes[idx].path;
+            let path = if parent_path == "/" {
+                format!("/{name}")
+            } else {
+                format!("{parent_path}/{name}")
+            };
+            let Some(node) = self.read_node(Some(idx), path)? else {
+                continue;
+            };
+            let child = self.nodes.len();
+            self.nodes.push(node);
+            self.nodes[idx].children.push(child);
+            self.read_children(child)?;
+        }
+        self.nodes[idx].subtree_end = self.nodes.len();
+        Ok(())
+    }
+
+    /// Read one cgroup's files; `None` if the directory has gone.
+    fn read_node(
+        &self,
+        parent: Option<usize>,
+        path: String,
+    ) -> Result<Option<Cgroup>, CgroupfsError> {
+        let dir = self.dir_of(&path);
+        let id = match fs::symlink_metadata(&dir) {
+            Ok(m) => m.ino(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(CgroupfsError::Io { path: dir, error }),
+        };
+        let memory_current = match read_optional(&dir.join("memory.current"))? {
+            None => None,
+            Some(text) => Some(
+                text.trim()
+                    .parse::<u64>()
+                    .map_err(|_| CgroupfsError::Parse {
+                        path: dir.join("memory.current"),
+                        what: "memory.current",
+                        text: text.trim().to_owned(),
+                    })?,
+            ),
+        };
+        let procs = match read_optional(&dir.join("cgroup.procs"))? {
+            None => Vec::new(),
+            Some(text) => text
+                .split_whitespace()
+                .map(|pid| {
+                    pid.parse::<u32>().map_err(|_| CgroupfsError::Parse {
+                        path: dir.join("cgroup.procs"),
+                        what: "a pid in cgroup.procs",
+                        text: pid.to_owned(),
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let events_populated = read_optional(&dir.join("cgroup.events"))?.and_then(|text| {
+            text.lines()
+                .find_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+                    ["populated", v] => Some(v == "1"),
+                    _ => None,
+                })
+        });
+        Ok(Some(Cgroup {
+            id,
+            path,
+            parent,
+            children: Vec::new(),
+            memory_current,
+            procs,
+            populated: events_populated.unwrap_or(false),
+            populated_from_events: events_populated.is_some(),
+            subtree_end: 0,
+        }))
+    }
+
+    /// Fill `populated` where cgroup.events did not say, bottom-up.
+    fn compute_populated(&mut self) {
+        for idx in (0..self.nodes.len()).rev() {
+            let node = &self.nodes[idx];
+            if !node.populated_from_events {
+                let populated = !node.procs.is_empty()
+                    || node.children.iter().any(|&c| self.nodes[c].populated);
+                self.nodes[idx].populated = populated;
+            }
+        }
+    }
+
+    /// The directory this tree was read from.
+    pub fn root_dir(&self) -> &Path {
+        &self.root_dir
+    }
+
+    /// All cgroups, parents before children.
+    pub fn nodes(&self) -> &[Cgroup] {
+        &self.nodes
+    }
+
+    pub fn get(&self, idx: usize) -> &Cgroup {
+        &self.nodes[idx]
+    }
+
+    pub fn root(&self) -> &Cgroup {
+        &self.nodes[0]
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Index of the cgroup at `path` ("/", "/a/b"; a trailing "/" is ignored).
+    pub fn find(&self, path: &str) -> Option<usize> {
+        let normalised = normalise_path(path);
+        self.nodes.iter().position(|n| n.path == normalised)
+    }
+
+    /// Like [`find`](Self::find), with an error naming the root when absent.
+    pub fn lookup(&self, path: &str) -> Result<usize, CgroupfsError> {
+        self.find(path).ok_or_else(|| CgroupfsError::NoSuchCgroup {
+            path: normalise_path(path),
+            root: self.root_dir.clone(),
+        })
+    }
+
+    /// Index of the cgroup with kernel id `id`.
+    pub fn find_id(&self, id: u64) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id == id)
+    }
+
+    /// Indexes of `idx` and all its descendants, parents first.
+    pub fn subtree(&self, idx: usize) -> Range<usize> {
+        idx..self.nodes[idx].subtree_end
+    }
+
+    /// Is `idx` inside the subtree of `ancestor` (or equal to it)?
+    pub fn in_subtree(&self, ancestor: usize, idx: usize) -> bool {
+        self.subtree(ancestor).contains(&idx)
+    }
+
+    /// The directory of the cgroup at index `idx`.
+    pub fn fs_path(&self, idx: usize) -> PathBuf {
+        self.dir_of(&self.nodes[idx].path)
+    }
+
+    fn dir_of(&self, path: &str) -> PathBuf {
+        let rel = path.trim_start_matches('/');
+        if rel.is_empty() {
+            self.root_dir.clone()
+        } else {
+            self.root_dir.join(rel)
+        }
+    }
+}
+
+/// "/a/b/" → "/a/b", "" → "/", "a" → "/a".
+pub fn normalise_path(path: &str) -> String {
+    let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    format!("/{}", parts.join("/"))
+}
+
+/// File contents, or `None` if the file does not exist. Reading
+/// `cgroup.procs` of a threaded cgroup fails with EOPNOTSUPP: also `None`.
+fn read_optional(path: &Path) -> Result<Option<String>, CgroupfsError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.raw_os_error() == Some(nix::libc::EOPNOTSUPP) => Ok(None),
+        Err(error) => Err(CgroupfsError::Io {
+            path: path.to_owned(),
+            error,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{FakeCgroupfs, MIB};
+
+    #[test]
+    fn finds_cgroup2_in_mounts() {
+        let mounts = "sysfs /sys sysfs rw,nosuid 0 0\n\
+                      cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec 0 0\n";
+        assert_eq!(
+            cgroup2_mount_in(mounts),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        // Hybrid layout, and an escaped space in the mount point.
+        let mounts = "cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n\
+                      none /run/my\\040cgroups cgroup2 rw 0 0\n";
+        assert_eq!(
+            cgroup2_mount_in(mounts),
+            Some(PathBuf::from("/run/my cgroups"))
+        );
+        // Mounted twice: the standard place wins.
+        let mounts = "none /mnt/cg cgroup2 rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n";
+        assert_eq!(
+            cgroup2_mount_in(mounts),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        // v1 only.
+        let mounts = "cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n";
+        assert_eq!(cgroup2_mount_in(mounts), None);
+        let err = CgroupfsError::NotMounted {
+            mounts: "/proc/self/mounts".into(),
+        };
+        assert!(err.to_string().starts_with("cgroup v2 is not mounted"));
+        assert!(err.to_string().contains("--cgroup-root"));
+    }
+
+    #[test]
+    fn unescapes_mount_fields() {
+        assert_eq!(unescape_mount_field(r"/a\040b\011c\134d"), "/a b\tc\\d");
+        assert_eq!(unescape_mount_field(r"/x\09"), r"/x\09");
+        assert_eq!(unescape_mount_field(r"/x\"), r"/x\");
+    }
+
+    #[test]
+    fn reads_a_fake_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cg");
+        let fake = FakeCgroupfs::new(&root);
+        fake.cgroup("/b/y", 2 * MIB, &[20, 21])
+            .cgroup("/a", 7, &[])
+            .cgroup("/b/x", MIB, &[])
+            .cgroup("/c", 0, &[30]);
+        fake.events("/c", false); // cgroup.events wins over the computed state
+
+        let tree = CgroupTree::read(&root).unwrap();
+        let paths: Vec<&str> = tree.nodes().iter().map(|n| n.path.as_str()).collect();
+        assert_eq!(paths, ["/", "/a", "/b", "/b/x", "/b/y", "/c"]);
+
+        let ino = |p: &str| {
+            std::fs::metadata(root.join(p.trim_start_matches('/')))
+                .unwrap()
+                .ino()
+        };
+        for n in tree.nodes() {
+            assert_eq!(n.id, ino(&n.path), "{}", n.path);
+        }
+        let b = tree.find("/b").unwrap();
+        let y = tree.find("/b/y/").unwrap();
+        assert_eq!(tree.get(y).parent, Some(b));
+        assert_eq!(tree.get(y).name(), "y");
+        assert_eq!(tree.get(b).children, vec![tree.find("/b/x").unwrap(), y]);
+        assert_eq!(tree.get(y).procs, vec![20, 21]);
+        assert_eq!(tree.get(y).memory_current, Some(2 * MIB));
+        assert_eq!(tree.get(b).memory_current, None); // no file written for /b
+        assert_eq!(tree.root().memory_current, None);
+        assert!(tree.root().is_root());
+
+        let populated: Vec<bool> = tree.nodes().iter().map(|n| n.populated).collect();
+        //                    /     /a     /b    /b/x   /b/y  /c (events say 0)
+        assert_eq!(populated, [true, false, true, false, true, false]);
+
+        assert_eq!(tree.subtree(b), b..b + 3);
+        assert_eq!(tree.subtree(0), 0..tree.len());
+        assert!(tree.in_subtree(b, y));
+        assert!(!tree.in_subtree(y, b));
+        assert_eq!(tree.find_id(tree.get(y).id), Some(y));
+        assert_eq!(tree.find("/nope"), None);
+        assert_eq!(
+            tree.lookup("nope/").unwrap_err().to_string(),
+            format!("no cgroup /nope under {}", root.display())
+        );
+    }
+
+    #[test]
+    fn bad_files_are_errors_with_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeCgroupfs::new(dir.path());
+        fake.cgroup("/a", 1, &[1]);
+        std::fs::write(dir.path().join("a/memory.current"), "lots\n").unwrap();
+        let err = CgroupTree::read(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.ends_with("a/memory.current: cannot parse memory.current: \"lots\""),
+            "{err}"
+        );
+
+        let err = CgroupTree::read(&dir.path().join("missing")).unwrap_err();
+        assert!(matches!(err, CgroupfsError::Io { .. }));
+        let err = CgroupTree::read(&dir.path().join("cgroup.procs")).unwrap_err();
+        assert!(matches!(err, CgroupfsError::NotADirectory { .. }));
+    }
+
+    #[test]
+    fn normalises_paths() {
+        assert_eq!(normalise_path(""), "/");
+        assert_eq!(normalise_path("/"), "/");
+        assert_eq!(normalise_path("a/b/"), "/a/b");
+        assert_eq!(normalise_path("//a//b"), "/a/b");
+    }
+}
