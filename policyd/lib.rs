@@ -18,8 +18,10 @@ pub mod config;
 pub mod matcher;
 pub mod policy;
 pub mod procfs;
+pub mod resolve;
 pub mod testing;
 
 pub use config::{Config, ConfigError, KillMode, Rule};
 pub use matcher::CgroupPattern;
 pub use policy::PolicyName;
+pub use resolve::{resolve_tree, Effective, Resolver, Source};
