@@ -18,6 +18,7 @@ pub mod config;
 pub mod matcher;
 pub mod policy;
 pub mod procfs;
+pub mod rank;
 pub mod resolve;
 pub mod testing;
 
