@@ -14,12 +14,16 @@
 //! * [`testing`]: fake cgroup and proc trees for tests.
 
 pub mod cgroupfs;
+pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod matcher;
 pub mod policy;
 pub mod procfs;
 pub mod rank;
 pub mod resolve;
+pub mod status;
 pub mod testing;
 
 pub use config::{Config, ConfigError, KillMode, Rule};

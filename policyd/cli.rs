@@ -1,0 +1,208 @@
+//! Command-line definitions (clap derive). What each command does lives in
+//! [`crate::commands`]; `main.rs` only dispatches.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::config::DEFAULT_CONFIG_PATH;
+use crate::policy::PolicyName;
+
+const ABOUT: &str =
+    "Choose OOM victims by cgroup priority, inside the kernel's OOM killer (BPF OOM struct_ops)";
+
+const LONG_ABOUT: &str = "\
+Choose OOM victims by cgroup priority, inside the kernel's OOM killer.
+
+policyd loads a BPF OOM policy into a kernel with the BPF OOM struct_ops
+patches and feeds it one resolved entry per cgroup from a TOML file
+(default /etc/policyd/policies.toml): which cgroups are protected, which are
+cheap to kill, and whether to kill one task or the whole cgroup. The policy
+decides inside out_of_memory(), for global OOMs and for a cgroup's own
+memory.max, before the kernel would pick the largest task.";
+
+const MAIN_EXAMPLES: &str = "\
+Examples:
+  policyd check /etc/policyd/policies.toml    validate a configuration
+  policyd explain                             who would die in a global OOM now, and why
+  policyd explain --cgroup /demo --json       the same for an OOM of the /demo cgroup
+  policyd load priority                       attach the priority policy system-wide
+  policyd list                                the available policies";
+
+#[derive(Debug, Parser)]
+#[command(name = "policyd", version, about = ABOUT, long_about = LONG_ABOUT, after_help = MAIN_EXAMPLES)]
+pub struct Cli {
+    /// The cgroup2 mount to read [default: found in /proc/self/mounts]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cgroup_root: Option<PathBuf>,
+
+    /// The proc filesystem to read tasks from (for tests)
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "/proc",
+        hide = true
+    )]
+    pub proc_root: PathBuf,
+
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load a policy into the kernel and keep its cgroup table up to date
+    #[command(
+        long_about = "Load a policy into the kernel and keep its cgroup table up to date.\n\n\
+                      The configuration is read and validated first; nothing is loaded if it \
+                      has an error. The policy is attached to --cgroup (default: the root \
+                      cgroup, i.e. system-wide) and handles OOMs of that cgroup's subtree.",
+        after_help = "Examples:\n  \
+                      policyd load                            the config's policy, system-wide\n  \
+                      policyd load priority --cgroup /demo    only for OOMs inside /demo\n  \
+                      policyd load largest --dry-run          load and verify, attach nothing"
+    )]
+    Load(LoadArgs),
+
+    /// Show attached policies and recent OOM decisions
+    #[command(after_help = "Examples:\n  policyd status\n  policyd status --json")]
+    Status(StatusArgs),
+
+    /// List the available policies, one per line
+    List,
+
+    /// Validate a configuration file
+    #[command(
+        long_about = "Validate a configuration file.\n\n\
+                      Prints \"ok: N rules, policy NAME\" (and any warnings) when the file is \
+                      valid; otherwise every error as FILE:LINE:COLUMN: MESSAGE and exits with \
+                      status 1.",
+        after_help = "Examples:\n  \
+                      policyd check\n  \
+                      policyd check ./policies.toml"
+    )]
+    Check(CheckArgs),
+
+    /// Show which cgroup and tasks the policy would kill now, and why
+    #[command(
+        long_about = "Show which cgroup and tasks the policy would kill now, and why.\n\n\
+                      Reads the live cgroup tree and /proc, resolves every cgroup's settings \
+                      from the configuration, and ranks the candidates exactly as the BPF \
+                      policy does. Lists the eligible candidates in order (victim first), then \
+                      the rest of the scope with the reason each one is not a candidate.",
+        after_help = "Examples:\n  \
+                      policyd explain                               global OOM\n  \
+                      policyd explain --cgroup /demo                OOM of the /demo cgroup (memory.max)\n  \
+                      policyd explain --policy largest              what another policy would do\n  \
+                      policyd explain --json | jq .victim           machine-readable"
+    )]
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Policy to load (see `policyd list`) [default: the config's `policy`]
+    #[arg(value_name = "POLICY")]
+    pub policy: Option<PolicyName>,
+
+    /// Configuration file
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+
+    /// Cgroup to attach to, relative to the cgroup2 mount ("/" = system-wide)
+    #[arg(long, value_name = "PATH", default_value = "/")]
+    pub cgroup: String,
+
+    /// Load and verify the policy, but attach nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Configuration file to check
+    #[arg(value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Configuration file
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+
+    /// The OOMing cgroup, relative to the cgroup2 mount ("/" = global OOM)
+    #[arg(long, value_name = "PATH", default_value = "/")]
+    pub cgroup: String,
+
+    /// Explain this policy instead of the config's `policy`
+    #[arg(long, value_name = "POLICY")]
+    pub policy: Option<PolicyName>,
+
+    /// Machine-readable output (JSON)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_commands() {
+        let cli = Cli::parse_from([
+            "policyd",
+            "explain",
+            "--cgroup",
+            "/demo",
+            "--json",
+            "--cgroup-root",
+            "/x",
+        ]);
+        assert_eq!(cli.cgroup_root, Some(PathBuf::from("/x")));
+        let Command::Explain(a) = cli.command else {
+            panic!()
+        };
+        assert_eq!((a.cgroup.as_str(), a.json), ("/demo", true));
+        assert_eq!(a.config, PathBuf::from(DEFAULT_CONFIG_PATH));
+
+        let cli = Cli::parse_from(["policyd", "load", "largest", "--dry-run"]);
+        let Command::Load(a) = cli.command else {
+            panic!()
+        };
+        assert_eq!(a.policy, Some(PolicyName::Largest));
+        assert!(a.dry_run);
+        assert_eq!(a.cgroup, "/");
+
+        let err = Cli::try_parse_from(["policyd", "load", "oomd"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("valid policies: priority, largest, badness, observe"),
+            "{err}"
+        );
+
+        let cli = Cli::parse_from(["policyd", "check"]);
+        let Command::Check(a) = cli.command else {
+            panic!()
+        };
+        assert_eq!(a.file, PathBuf::from(DEFAULT_CONFIG_PATH));
+    }
+}

@@ -1,0 +1,298 @@
+//! What each subcommand does. Output is returned as text so tests can check
+//! it; `main.rs` prints it and turns errors into exit codes.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::cgroupfs::{self, CgroupTree};
+use crate::cli::{CheckArgs, ExplainArgs, LoadArgs};
+use crate::config::{Config, ConfigError};
+use crate::daemon::{self, LoadRequest};
+use crate::policy::POLICIES;
+use crate::procfs::ProcFs;
+use crate::rank::{self, format_bytes, Explanation};
+use crate::resolve::resolve_tree;
+
+/// `policyd list`.
+pub fn list() -> String {
+    let width = POLICIES
+        .iter()
+        .map(|p| p.name.as_str().len())
+        .max()
+        .unwrap_or(0);
+    POLICIES
+        .iter()
+        .map(|p| format!("{:width$}  {}\n", p.name.as_str(), p.description))
+        .collect()
+}
+
+/// Read and validate a configuration, with a hint when the file is missing.
+pub fn load_config(path: &Path) -> Result<Config> {
+    match Config::load(path) {
+        Ok(config) => {
+            for w in &config.warnings {
+                tracing::warn!("{w}");
+            }
+            Ok(config)
+        }
+        Err(e) if e.is_not_found() => Err(anyhow::anyhow!(
+            "config file {} not found; pass --config FILE to use another one \
+             (policies.toml in the policyd sources documents every key)",
+            path.display()
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Result of `policyd check`.
+#[derive(Debug)]
+pub struct CheckReport {
+    pub ok: bool,
+    /// For stdout: "ok: N rules, policy X".
+    pub stdout: String,
+    /// For stderr: warnings and errors, one per line.
+    pub stderr: String,
+}
+
+/// `policyd check FILE`.
+pub fn check(args: &CheckArgs) -> CheckReport {
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    let ok = match Config::load(&args.file) {
+        Ok(config) => {
+            for w in &config.warnings {
+                let _ = writeln!(stderr, "{w}");
+            }
+            let n = config.rules.len();
+            let _ = writeln!(
+                stdout,
+                "ok: {n} rule{}, policy {}",
+                if n == 1 { "" } else { "s" },
+                config.policy
+            );
+            true
+        }
+        Err(e @ ConfigError::Invalid(_)) => {
+            let _ = writeln!(stderr, "{e}");
+            let n = e.diagnostics().len();
+            let _ = writeln!(
+                stderr,
+                "{}: {n} error{}",
+                args.file.display(),
+                if n == 1 { "" } else { "s" }
+            );
+            false
+        }
+        Err(e) => {
+            let _ = writeln!(stderr, "error: {e}");
+            false
+        }
+    };
+    CheckReport { ok, stdout, stderr }
+}
+
+/// The cgroup2 mount: `--cgroup-root` or the one in /proc/self/mounts.
+pub fn cgroup_root(given: Option<&Path>) -> Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p.to_owned()),
+        None => Ok(cgroupfs::discover_mount()?),
+    }
+}
+
+/// `policyd load`: validate, then hand over to the daemon.
+pub fn load(args: &LoadArgs) -> Result<()> {
+    let config = load_config(&args.config)?;
+    let policy = args.policy.unwrap_or(config.policy);
+    if args.policy.is_some_and(|p| p != config.policy) {
+        tracing::info!(
+            "loading policy {policy} (command line) instead of {} (config)",
+            config.policy
+        );
+    }
+    let req = LoadRequest {
+        policy,
+        config,
+        config_path: args.config.clone(),
+        cgroup: cgroupfs::normalise_path(&args.cgroup),
+        dry_run: args.dry_run,
+    };
+    daemon::run(req)
+}
+
+/// `policyd explain`: the prediction, as text or JSON.
+pub fn explain(args: &ExplainArgs, cgroup_root: Option<&Path>, proc_root: &Path) -> Result<String> {
+    let config = load_config(&args.config)?;
+    let root = self::cgroup_root(cgroup_root)?;
+    warn_without_memory_controller(&root);
+    let tree = CgroupTree::read(&root)
+        .with_context(|| format!("reading the cgroup tree at {}", root.display()))?;
+    let scope = tree.lookup(&args.cgroup)?;
+    let effective = resolve_tree(&config, &tree);
+    let policy = args.policy.unwrap_or(config.policy);
+    let ex = rank::explain(policy, &tree, &effective, scope, &ProcFs::new(proc_root));
+    if args.json {
+        let mut s = serde_json::to_string_pretty(&ex)?;
+        s.push('\n');
+        Ok(s)
+    } else {
+        Ok(render_explanation(&ex, &config))
+    }
+}
+
+/// On a hybrid (v1 + v2) system the cgroup2 hierarchy has no memory
+/// controller: no memory.current, no memcg OOMs, usage shows as "-".
+fn warn_without_memory_controller(root: &Path) {
+    let file = root.join("cgroup.controllers");
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        if !text.split_whitespace().any(|c| c == "memory") {
+            tracing::warn!(
+                "the memory controller is not enabled on the cgroup2 hierarchy at {} (is it \
+                 bound to cgroup v1?); memory usage is unknown and no memcg OOM can happen",
+                root.display()
+            );
+        }
+    }
+}
+
+/// Lay out rows as left-aligned columns; the last column is not padded.
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:w$}  ", w = widths[c]);
+            }
+        }
+        out.push_str("  ");
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The human-readable form of an [`Explanation`].
+pub fn render_explanation(ex: &Explanation, config: &Config) -> String {
+    let mut out = String::new();
+    let n = config.rules.len();
+    let _ = writeln!(
+        out,
+        "policy: {} (config {}, {n} rule{})",
+        ex.policy,
+        config.path.display(),
+        if n == 1 { "" } else { "s" }
+    );
+    let _ = match ex.scope.kind {
+        rank::ScopeKind::Global => writeln!(
+            out,
+            "scope:  global OOM, all of / (cgroup id {})",
+            ex.scope.id
+        ),
+        rank::ScopeKind::Memcg => writeln!(
+            out,
+            "scope:  memcg OOM of {} and its descendants (cgroup id {})",
+            ex.scope.path, ex.scope.id
+        ),
+    };
+
+    if !ex.candidates.is_empty() {
+        let _ = writeln!(out, "\ncandidates (victim first):");
+        let mut rows = vec![[
+            "RANK", "CGROUP", "PRIO", "PROTECT", "KILL", "USAGE", "PROCS", "SOURCE", "REASON",
+        ]
+        .map(String::from)
+        .to_vec()];
+        for c in &ex.candidates {
+            rows.push(vec![
+                c.rank.map_or("-".to_owned(), |r| r.to_string()),
+                c.path.clone(),
+                c.priority.to_string(),
+                if c.protect { "yes" } else { "no" }.to_owned(),
+                c.kill.to_string(),
+                c.memory_current.map_or("-".to_owned(), format_bytes),
+                c.nr_procs.to_string(),
+                c.source.to_string(),
+                c.reason.clone(),
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
+
+    if !ex.tasks.is_empty() {
+        let _ = writeln!(
+            out,
+            "\ntasks by oom_score (kernel oom_badness: see /proc/<pid>/oom_score):"
+        );
+        let mut rows = vec![[
+            "RANK",
+            "PID",
+            "COMM",
+            "CGROUP",
+            "OOM_SCORE",
+            "ADJ",
+            "RSS",
+            "REASON",
+        ]
+        .map(String::from)
+        .to_vec()];
+        for t in &ex.tasks {
+            rows.push(vec![
+                t.rank.map_or("-".to_owned(), |r| r.to_string()),
+                t.task.pid.to_string(),
+                t.task.comm.clone(),
+                t.cgroup.clone(),
+                t.task.oom_score.map_or("-".to_owned(), |s| s.to_string()),
+                t.task.oom_score_adj.to_string(),
+                format_bytes(t.task.rss_bytes),
+                t.reason.clone(),
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
+
+    for s in &ex.skipped {
+        let _ = writeln!(out, "\nskipped {}: {}", s.path, s.reason);
+    }
+
+    match &ex.victim {
+        Some(v) => {
+            let _ = writeln!(
+                out,
+                "\nvictim: {} (cgroup id {}), kill = {}",
+                v.cgroup, v.cgroup_id, v.kill
+            );
+            for t in &v.tasks {
+                let _ = writeln!(
+                    out,
+                    "  kill  pid {} ({}), RSS {}",
+                    t.pid,
+                    t.comm,
+                    format_bytes(t.rss_bytes)
+                );
+            }
+            for s in &v.spared {
+                let _ = writeln!(out, "  spare pid {}: {}", s.pid, s.reason);
+            }
+            let _ = writeln!(out, "  why:  {}", v.reason);
+        }
+        None => {
+            let _ = writeln!(out, "\nvictim: none");
+        }
+    }
+    let _ = writeln!(out, "outcome: {}", ex.outcome);
+    out
+}

@@ -1,0 +1,197 @@
+//! The policyd binary end to end, against fake cgroup and proc trees.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use policyd::testing::{demo_layout, FakeCgroupfs};
+
+fn policyd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_policyd"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run policyd")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn repo_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies.toml")
+}
+
+#[test]
+fn check_accepts_the_shipped_config() {
+    let o = policyd(&["check", repo_config().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "ok: 14 rules, policy priority\n");
+    assert_eq!(stderr(&o), "");
+}
+
+#[test]
+fn check_reports_every_error_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policies.toml");
+    std::fs::write(
+        &file,
+        "policy = \"priority\"\n\n[[rule]]\ncgroup = \"/demo/web\"\n\n\npriority = 20000\n\n\
+         [[rule]]\ncgroup = \"/demo/db\"\nprotect = true\nkill = \"task\"\n",
+    )
+    .unwrap();
+    let o = policyd(&["check", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stdout(&o), "");
+    let f = file.display();
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "{f}:7:12: priority must be between 0 and 10000, got 20000\n\
+             {f}:11:11: rule for \"/demo/db\" sets protect = true together with kill: a protected \
+             cgroup is never chosen as a victim, so kill would never apply; remove protect = true \
+             or remove kill\n\
+             {f}: 2 errors\n"
+        )
+    );
+}
+
+#[test]
+fn check_missing_file_fails() {
+    let o = policyd(&["check", "/nonexistent/policies.toml"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("cannot read config file /nonexistent/policies.toml"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn list_names_every_policy() {
+    let o = policyd(&["list"]);
+    assert!(o.status.success());
+    let names: Vec<String> = stdout(&o)
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["priority", "largest", "badness", "observe"]);
+}
+
+#[test]
+fn explain_predicts_the_demo_victim() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cg, procs) = demo_layout(&dir.path().join("cg"), &dir.path().join("proc"));
+    let config = repo_config();
+    let base = [
+        "explain",
+        "--config",
+        config.to_str().unwrap(),
+        "--cgroup-root",
+        cg.root().to_str().unwrap(),
+        "--proc-root",
+        procs.root().to_str().unwrap(),
+    ];
+
+    let o = policyd(&[&base[..], &["--json"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["scope"]["kind"], "global");
+    assert_eq!(j["victim"]["cgroup"], "/demo/batch/j2");
+    assert_eq!(j["victim"]["kill"], "cgroup");
+    assert_eq!(j["victim"]["tasks"][0]["pid"], 310);
+
+    let o = policyd(&[&base[..], &["--cgroup", "/demo/web/"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("scope:  memcg OOM of /demo/web and its descendants"),
+        "{text}"
+    );
+    assert!(text.contains("victim: /demo/web (cgroup id "), "{text}");
+    assert!(
+        text.contains("  kill  pid 201 (nginx), RSS 140 MiB\n"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("outcome: kill one task in /demo/web: pid 201\n"),
+        "{text}"
+    );
+
+    let o = policyd(&[&base[..], &["--cgroup", "/demo/db", "--json"]].concat());
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["victim"], serde_json::Value::Null);
+
+    let o = policyd(&[&base[..], &["--policy", "largest", "--json"]].concat());
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["policy"], "largest");
+    assert_eq!(j["victim"]["cgroup"], "/demo/batch/j2"); // db is larger but protected
+
+    let o = policyd(&[&base[..], &["--cgroup", "/nope"]].concat());
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "policyd: error: no cgroup /nope under {}\n",
+            cg.root().display()
+        )
+    );
+}
+
+#[test]
+fn missing_config_suggests_the_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let cg = FakeCgroupfs::new(dir.path());
+    let missing = dir.path().join("none.toml");
+    let o = policyd(&[
+        "explain",
+        "--config",
+        missing.to_str().unwrap(),
+        "--cgroup-root",
+        cg.root().to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("config file {} not found", missing.display())),
+        "{err}"
+    );
+    assert!(err.contains("pass --config FILE"), "{err}");
+}
+
+#[test]
+fn load_validates_before_the_kernel_is_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "policy = \"nope\"\n").unwrap();
+    let o = policyd(&["load", "--config", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("bad.toml:1:10: unknown policy \"nope\""),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = policyd(&["load", "nope"]);
+    assert_eq!(o.status.code(), Some(2), "a usage error");
+    assert!(stderr(&o).contains("valid policies: priority, largest, badness, observe"));
+}
+
+#[test]
+fn help_teaches() {
+    let o = policyd(&["--help"]);
+    assert!(o.status.success());
+    let text = stdout(&o);
+    for cmd in ["load", "status", "list", "check", "explain"] {
+        assert!(
+            text.contains(&format!("\n  {cmd} ")),
+            "{cmd} missing from:\n{text}"
+        );
+    }
+    assert!(text.contains("Examples:"));
+    let o = policyd(&["explain", "--help"]);
+    assert!(stdout(&o).contains("policyd explain --cgroup /demo"));
+}
