@@ -1,0 +1,105 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * What policyd and its BPF policies share.  Rust reads these types through
+ * the generated skeletons; keep them plain (fixed-size integers, no bitfields).
+ */
+#ifndef __POLICYD_H
+#define __POLICYD_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+/* Room for this many cgroups in the rules map. */
+#define POLICYD_MAX_CGROUPS 65536
+
+/* Key of the rules map entry that holds the defaults (no cgroup has id 0). */
+#define POLICYD_DEFAULTS_KEY 0
+
+/* How many ranked candidates an event carries. */
+#define POLICYD_EVENT_CANDIDATES 4
+
+enum policyd_kill {
+	POLICYD_KILL_TASK = 0,		/* the largest killable task of the cgroup */
+	POLICYD_KILL_CGROUP = 1,	/* every killable task of the cgroup */
+};
+
+/* Value of the rules map, keyed by cgroup id: the resolved settings. */
+struct policyd_rule {
+	__u32 priority;
+	__u8 protect;
+	__u8 kill;			/* enum policyd_kill */
+	__u8 pad[2];
+};
+
+enum policyd_policy {
+	POLICYD_POLICY_PRIORITY = 0,
+	POLICYD_POLICY_LARGEST = 1,
+	POLICYD_POLICY_BADNESS = 2,
+	POLICYD_POLICY_OBSERVE = 3,
+};
+
+/* Why the victim was chosen. */
+enum policyd_reason {
+	POLICYD_REASON_NONE = 0,
+	POLICYD_REASON_LOWEST_PRIORITY = 1,	/* strictly lowest priority */
+	POLICYD_REASON_LARGER_USAGE = 2,	/* priority tie, larger usage */
+	POLICYD_REASON_LARGEST_USAGE = 3,	/* `largest` policy */
+	POLICYD_REASON_BADNESS = 4,		/* highest oom_badness() */
+	POLICYD_REASON_VICTIM_EXITING = 5,	/* a previous victim is still exiting */
+	POLICYD_REASON_NO_CANDIDATE = 6,	/* nothing eligible in scope */
+	POLICYD_REASON_OBSERVE_ONLY = 7,	/* `observe` policy */
+};
+
+/* What the handler did about it. */
+enum policyd_outcome {
+	POLICYD_OUTCOME_KILLED = 0,		/* killed, the OOM is handled */
+	POLICYD_OUTCOME_AWAITED = 1,		/* memory on its way, nothing killed */
+	POLICYD_OUTCOME_DEFERRED = 2,		/* left to the kernel's killer */
+	POLICYD_OUTCOME_DRY_RUN = 3,		/* decided, left the kill to the kernel */
+	POLICYD_OUTCOME_KILL_FAILED = 4,	/* every kill attempt failed, deferred */
+};
+
+struct policyd_candidate {
+	__u64 cgroup_id;
+	__u64 usage;			/* bytes charged to the cgroup's memcg */
+	__u32 priority;
+	__u32 pad;
+};
+
+/* One per OOM the handler sees, through the `events` ring buffer. */
+struct policyd_event {
+	__u64 timestamp_ns;		/* CLOCK_MONOTONIC (bpf_ktime_get_ns) */
+	__u64 handler_ns;		/* time spent in the handler */
+	__u64 oom_cgroup_id;		/* the OOMing memcg's cgroup, 0: global */
+	__u64 victim_cgroup_id;		/* 0: none */
+	__u64 victim_usage;
+	__u64 victim_task_rss;		/* bytes, of victim_pid */
+	__u32 victim_pid;		/* the (largest) task killed, 0: none */
+	__u32 victim_priority;
+	__u32 tasks_killed;
+	__u32 candidates;		/* eligible cgroups (tasks for badness) seen */
+	__s32 kill_err;			/* last error of bpf_oom_kill_process() */
+	__u8 policy;			/* enum policyd_policy */
+	__u8 scope_global;		/* 1: system-wide OOM */
+	__u8 reason;			/* enum policyd_reason */
+	__u8 outcome;			/* enum policyd_outcome */
+	char victim_comm[16];
+	/* Best first; [0] is the victim's cgroup when there is one. */
+	struct policyd_candidate ranked[POLICYD_EVENT_CANDIDATES];
+};
+
+/* Counters in the policy's .bss, read by `policyd status`. */
+struct policyd_stats {
+	__u64 ooms;
+	__u64 kills;			/* tasks killed */
+	__u64 awaited;
+	__u64 deferred;
+	__u64 dry_runs;
+	__u64 kill_failures;
+	__u64 events_dropped;		/* ring buffer full */
+	__u64 handler_ns_total;
+	__u64 handler_ns_max;
+};
+
+#endif /* __POLICYD_H */
