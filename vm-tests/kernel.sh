@@ -208,7 +208,7 @@ build_kernel() {
 	# touching them makes make rebuild their objects.
 	log "syncing the work tree"
 	mkdir -p "$work"
-	rsync -a --delete --exclude=/.git "$pristine"/ "$work"/
+	rsync -a --delete --exclude=/.git --exclude=/.vm-tests-source "$pristine"/ "$work"/
 	if [ -f "$touched_list" ]; then
 		(cd "$work" && xargs -r touch -c -- <"$touched_list")
 	fi
