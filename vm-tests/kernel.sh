@@ -24,6 +24,7 @@ build=$kdir/build
 patch_dir=$top/kernel-patches/v7.3
 fragment=$here/kernel.config
 touched_list=$kdir/touched-files
+applied=$kdir/applied # the patched files of the last applied series, mtimes kept
 keep_builds=4
 
 log() { echo "kernel: $*" >&2; }
@@ -54,7 +55,7 @@ for p in "$patch_dir"/[0-9][0-9][0-9][0-9]-*.patch; do
 done
 shopt -u nullglob
 
-# --- source selection: sets pristine, src_version, src_desc -----------------------------
+# --- source selection: sets pristine, src_version, src_desc, tree_id -------------------
 
 debian_source() {
 	local deb_dir=$out/linux-source
@@ -69,6 +70,8 @@ debian_source() {
 	[ -n "$version" ] || die "cannot read the package version from $changelog"
 	src_version="debian:linux-source-7.3:$version"
 	src_desc="Debian linux-source-7.3 $version"
+	# A new package version unpacks with the archive's (old) mtimes: build it from scratch.
+	tree_id=$src_version
 	pristine=$out/linux-source-7.3
 }
 
@@ -102,6 +105,8 @@ user_source() {
 		LC_ALL=C sort | sha256sum | cut -c1-16)
 	src_version="tree:$pristine:$kv:$listing"
 	src_desc="KERNEL_SRC=$pristine ($kv)"
+	# Edits to the tree give newer mtimes, which make handles; another tree needs a new build.
+	tree_id=$pristine
 }
 
 # --- build ------------------------------------------------------------------------------
@@ -203,6 +208,14 @@ build_kernel() {
 		fi
 	fi
 
+	# make trusts mtimes only within one source tree.
+	if [ -f "$kdir/tree" ] && [ "$(cat "$kdir/tree")" != "$tree_id" ]; then
+		log "the source tree changed (was $(cat "$kdir/tree")): building from scratch"
+		rm -rf "$build" "$applied" "$touched_list"
+		mkdir -p "$build"
+	fi
+	echo "$tree_id" >"$kdir/tree"
+
 	# Work tree = pristine tree, keeping mtimes so that make rebuilds only what changed.
 	# Files an earlier series touched get back their pristine content with an old mtime;
 	# touching them makes make rebuild their objects.
@@ -213,15 +226,30 @@ build_kernel() {
 		(cd "$work" && xargs -r touch -c -- <"$touched_list")
 	fi
 	if [ $apply -eq 1 ]; then
+		local files=() p f
+		mapfile -t files < <(patched_files "${patches[@]}")
 		# Recorded before applying, so a failed apply or build still gets undone next time.
-		{ [ -f "$touched_list" ] && cat "$touched_list"; patched_files "${patches[@]}"; } |
+		{ [ -f "$touched_list" ] && cat "$touched_list"; printf '%s\n' "${files[@]}"; } |
 			LC_ALL=C sort -u >"$touched_list.new"
 		mv "$touched_list.new" "$touched_list"
-		local p
 		for p in "${patches[@]}"; do
 			git_in "$work" apply --whitespace=nowarn "$p" ||
 				die "$(basename "$p") does not apply to $src_desc"
 		done
+		# A patched file whose content is what the last applied series produced gets that
+		# series' mtime back: changing one patch rebuilds only what that patch changes.
+		rm -rf "$applied.new"
+		for f in "${files[@]}"; do
+			[ -f "$work/$f" ] || continue
+			if [ -f "$applied/$f" ] && cmp -s "$applied/$f" "$work/$f"; then
+				touch -r "$applied/$f" "$work/$f"
+			fi
+			mkdir -p "$(dirname "$applied.new/$f")"
+			cp -p "$work/$f" "$applied.new/$f"
+		done
+		rm -rf "$applied"
+		mkdir -p "$applied.new"
+		mv "$applied.new" "$applied"
 		log "applied ${#patches[@]} patches"
 	fi
 
@@ -266,7 +294,7 @@ build_kernel() {
 	rm -rf "$result"
 	mv "$tmp" "$result"
 	# The series that produced the build is what the next sync must undo.
-	patched_files "${patches[@]}" >"$touched_list"
+	if [ $apply -eq 1 ]; then patched_files "${patches[@]}"; fi >"$touched_list"
 	log "built $key in ${wall} s (make ${make_time} s)"
 
 	# Keep the newest few builds; each holds a vmlinux with debug info.
@@ -288,29 +316,29 @@ vmlinux_h() {
 	local bpftool=$out/bpftool/usr/sbin/bpftool
 	local dest=$top/bpf/vmlinux/x86_64/vmlinux.h
 	local regen="./vm-tests/run vmlinux-h"
-	local tmp
-	tmp=$(mktemp)
-	trap 'rm -f "$tmp"' EXIT
-	"$bpftool" btf dump file "$result/vmlinux" format c >"$tmp" ||
+	vmlinux_tmp=$(mktemp) # global: the EXIT trap runs after this function has returned
+	trap 'rm -f "$vmlinux_tmp"' EXIT
+	"$bpftool" btf dump file "$result/vmlinux" format c >"$vmlinux_tmp" ||
 		die "bpftool btf dump failed for $result/vmlinux"
 
 	if [ $check -eq 0 ]; then
 		mkdir -p "$(dirname "$dest")"
-		mv "$tmp" "$dest"
+		chmod 644 "$vmlinux_tmp"
+		mv "$vmlinux_tmp" "$dest"
 		log "wrote ${dest#"$top"/} ($(wc -l <"$dest") lines) from kernel $(basename "$result")"
 		return 0
 	fi
 	[ -f "$dest" ] || die "${dest#"$top"/} is missing; generate it with: $regen"
-	if cmp -s "$tmp" "$dest"; then
+	if cmp -s "$vmlinux_tmp" "$dest"; then
 		log "${dest#"$top"/} matches kernel $(basename "$result")"
 		return 0
 	fi
 	local added removed
-	added=$(diff "$dest" "$tmp" | grep -c '^>' || true)
-	removed=$(diff "$dest" "$tmp" | grep -c '^<' || true)
+	added=$(diff "$dest" "$vmlinux_tmp" | grep -c '^>' || true)
+	removed=$(diff "$dest" "$vmlinux_tmp" | grep -c '^<' || true)
 	echo "kernel: ${dest#"$top"/} differs from the BTF of kernel $(basename "$result"):" \
 		"$added line(s) would be added, $removed removed. First differences:" >&2
-	diff -u "$dest" "$tmp" --label committed --label regenerated | head -n 40 >&2 || true
+	diff -u "$dest" "$vmlinux_tmp" --label committed --label regenerated | head -n 40 >&2 || true
 	die "${dest#"$top"/} is stale; regenerate it with: $regen"
 }
 
