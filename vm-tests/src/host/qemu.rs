@@ -36,6 +36,9 @@ const KERNEL_PROBLEMS: &[&str] = &[
     "soft lockup",
 ];
 
+/// Lines that match KERNEL_PROBLEMS but are not problems: boot banners of the debug options.
+const KERNEL_BENIGN: &[&str] = &["RCU lockdep checking is enabled"];
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Accel {
     Kvm,
@@ -122,7 +125,10 @@ impl Vm {
                     println!("vm: KVM, probe boot {:.1} s", boot_time.as_secs_f64());
                     return Ok(vm);
                 }
-                Err(e) => (Accel::Tcg, format!("KVM probe failed: {e:#}")),
+                Err(e) => {
+                    println!("vm: KVM probe failed: {e:#}");
+                    (Accel::Tcg, "KVM does not work here".to_string())
+                }
             },
             other => bail!("VMTESTS_ACCEL={other}: expected kvm or tcg"),
         };
@@ -376,6 +382,7 @@ fn kernel_problems<'a>(lines: &[&'a str]) -> Vec<&'a str> {
         .iter()
         .copied()
         .filter(|l| KERNEL_PROBLEMS.iter().any(|p| l.contains(p)))
+        .filter(|l| !KERNEL_BENIGN.iter().any(|b| l.contains(b)))
         .collect()
 }
 
@@ -417,6 +424,7 @@ mod tests {
             &[
                 "[    0.1] Lock dependency validator",
                 "[    0.2] ... MAX_LOCKDEP_KEYS: 8192",
+                "[    0.000000] rcu: \tRCU lockdep checking is enabled.",
             ],
         );
         assert_eq!(judge(&c, false, T), Verdict::Pass);
