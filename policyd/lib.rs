@@ -13,6 +13,7 @@
 //! * [`daemon`], [`status`]: the kernel-facing side;
 //! * [`testing`]: fake cgroup and proc trees for tests.
 
+pub mod abi;
 pub mod bpf;
 pub mod cgroupfs;
 pub mod cli;
