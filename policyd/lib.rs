@@ -25,6 +25,7 @@ pub mod policy;
 pub mod procfs;
 pub mod rank;
 pub mod resolve;
+pub mod rules;
 pub mod status;
 pub mod testing;
 

@@ -1,0 +1,210 @@
+//! What the kernel side reads: the resolved settings of every cgroup as
+//! `struct policyd_rule` entries keyed by cgroup id, plus the defaults entry
+//! (key [`abi::DEFAULTS_KEY`]) the handler falls back to.
+//!
+//! Patterns and inheritance stay in user space ([`crate::resolve`]); the
+//! policy only looks ids up (walking to the nearest ancestor with an entry
+//! for a cgroup policyd has not seen yet).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::abi::{self, PolicydRule};
+use crate::config::{Config, KillMode};
+use crate::resolve::Effective;
+
+/// The map value for a cgroup with these settings.
+pub fn rule_of(e: &Effective) -> PolicydRule {
+    PolicydRule {
+        priority: e.priority,
+        protect: u8::from(e.protect),
+        kill: kill_code(e.kill),
+        pad: [0; 2],
+    }
+}
+
+pub fn kill_code(kill: KillMode) -> u8 {
+    match kill {
+        KillMode::Task => abi::KILL_TASK,
+        KillMode::Cgroup => abi::KILL_CGROUP,
+    }
+}
+
+/// The defaults entry: what a cgroup no rule reaches gets.
+pub fn defaults_rule(config: &Config) -> PolicydRule {
+    PolicydRule {
+        priority: config.default_priority,
+        protect: 0,
+        kill: abi::KILL_TASK,
+        pad: [0; 2],
+    }
+}
+
+/// Every entry of a rules map for `effective` (one per cgroup, see
+/// [`crate::resolve::resolve_tree`]), the defaults entry first.
+pub fn rule_entries(config: &Config, effective: &[Effective]) -> Vec<(u64, PolicydRule)> {
+    let mut out = Vec::with_capacity(effective.len() + 1);
+    out.push((abi::DEFAULTS_KEY, defaults_rule(config)));
+    out.extend(effective.iter().map(|e| (e.id, rule_of(e))));
+    out
+}
+
+/// Settings by cgroup path, to compare two generations of rules.
+pub type Snapshot = BTreeMap<String, PolicydRule>;
+
+pub fn snapshot(effective: &[Effective]) -> Snapshot {
+    effective
+        .iter()
+        .map(|e| (e.path.clone(), rule_of(e)))
+        .collect()
+}
+
+fn describe(r: &PolicydRule) -> String {
+    if r.protect != 0 {
+        "protected".to_owned()
+    } else {
+        let kill = if r.kill == abi::KILL_CGROUP {
+            "cgroup"
+        } else {
+            "task"
+        };
+        format!("priority {} kill {kill}", r.priority)
+    }
+}
+
+/// What a reload changes for cgroups that exist before and after: how many
+/// changed, and a line for each of the first `limit` (then "... and N
+/// more"). A protected cgroup stays "protected" whatever its priority.
+pub fn describe_changes(old: &Snapshot, new: &Snapshot, limit: usize) -> (usize, Vec<String>) {
+    let mut lines = Vec::new();
+    let mut changed = 0usize;
+    for (path, n) in new {
+        let Some(o) = old.get(path) else { continue };
+        let (before, after) = (describe(o), describe(n));
+        if before != after {
+            changed += 1;
+            if lines.len() < limit {
+                lines.push(format!("{path}: {before} -> {after}"));
+            }
+        }
+    }
+    if changed > lines.len() {
+        let mut more = String::new();
+        let _ = write!(more, "... and {} more", changed - lines.len());
+        lines.push(more);
+    }
+    (changed, lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroupfs::CgroupTree;
+    use crate::resolve::resolve_tree;
+    use crate::testing::demo_layout;
+
+    fn demo_config() -> Config {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies.toml");
+        Config::load(&path).unwrap()
+    }
+
+    #[test]
+    fn entries_for_the_demo_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cg, _) = demo_layout(&dir.path().join("cg"), &dir.path().join("proc"));
+        let tree = CgroupTree::read(cg.root()).unwrap();
+        let config = demo_config();
+        let eff = resolve_tree(&config, &tree);
+        let entries = rule_entries(&config, &eff);
+
+        // The defaults entry first, then one per cgroup (the root included).
+        assert_eq!(entries.len(), tree.len() + 1);
+        assert_eq!(
+            entries[0],
+            (
+                0,
+                PolicydRule {
+                    priority: 100,
+                    protect: 0,
+                    kill: abi::KILL_TASK,
+                    pad: [0; 2]
+                }
+            )
+        );
+        let by_path = |p: &str| {
+            let id = tree.get(tree.find(p).unwrap()).id;
+            entries.iter().find(|(k, _)| *k == id).unwrap().1
+        };
+        let rule = |priority, protect, kill| PolicydRule {
+            priority,
+            protect,
+            kill,
+            pad: [0; 2],
+        };
+        assert_eq!(by_path("/demo/db"), rule(100, 1, abi::KILL_TASK));
+        assert_eq!(by_path("/demo/web"), rule(500, 0, abi::KILL_TASK));
+        assert_eq!(by_path("/demo/batch/j2"), rule(10, 0, abi::KILL_CGROUP));
+        assert_eq!(
+            by_path("/system.slice/sshd.service"),
+            rule(1000, 0, abi::KILL_TASK)
+        );
+        assert_eq!(by_path("/"), rule(100, 0, abi::KILL_TASK));
+        // No cgroup has id 0: the defaults key never collides.
+        assert!(entries[1..].iter().all(|(k, _)| *k != abi::DEFAULTS_KEY));
+    }
+
+    #[test]
+    fn defaults_follow_default_priority() {
+        let config = Config::parse("default_priority = 7\n", "t.toml").unwrap();
+        assert_eq!(defaults_rule(&config).priority, 7);
+        assert_eq!(
+            rule_entries(&config, &[]),
+            vec![(0, defaults_rule(&config))]
+        );
+    }
+
+    #[test]
+    fn describes_changed_cgroups() {
+        let r = |priority, protect, kill| PolicydRule {
+            priority,
+            protect,
+            kill,
+            pad: [0; 2],
+        };
+        let old: Snapshot = [
+            ("/a".to_owned(), r(10, 0, 0)),
+            ("/b".to_owned(), r(10, 0, 0)),
+            ("/c".to_owned(), r(10, 0, 0)),
+            ("/p".to_owned(), r(10, 1, 0)),
+            ("/gone".to_owned(), r(1, 0, 0)),
+        ]
+        .into();
+        let new: Snapshot = [
+            ("/a".to_owned(), r(20, 0, 1)),
+            ("/b".to_owned(), r(10, 1, 0)),
+            ("/c".to_owned(), r(10, 0, 0)),
+            // Protected before and after: no change worth a line.
+            ("/p".to_owned(), r(77, 1, 0)),
+            ("/new".to_owned(), r(1, 0, 0)),
+        ]
+        .into();
+        let (n, lines) = describe_changes(&old, &new, 10);
+        assert_eq!(n, 2);
+        assert_eq!(
+            lines,
+            [
+                "/a: priority 10 kill task -> priority 20 kill cgroup",
+                "/b: priority 10 kill task -> protected"
+            ]
+        );
+        let (n, lines) = describe_changes(&old, &new, 1);
+        assert_eq!(n, 2);
+        assert_eq!(
+            lines,
+            [
+                "/a: priority 10 kill task -> priority 20 kill cgroup",
+                "... and 1 more"
+            ]
+        );
+    }
+}
