@@ -20,6 +20,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod events;
 pub mod matcher;
 pub mod policy;
 pub mod procfs;

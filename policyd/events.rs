@@ -1,0 +1,406 @@
+//! OOM events from the policies' ring buffer, as log lines.
+//!
+//! Each event becomes one info-level line with key=value fields, meant to
+//! be grepped (`decision ... outcome=killed ... pid=310`):
+//!
+//! ```text
+//! INFO decision policy=priority scope=global victim_cgroup=/demo/batch/j2 pid=310 comm=job2
+//!   priority=10 usage=300MiB rss=290MiB reason=larger-usage outcome=killed killed=1
+//!   handler_us=41 candidates=3 runner_up=/demo/batch/j1 runner_up_priority=10
+//!   runner_up_usage=100MiB kill_err=0 summary="killed pid 310 (job2) of /demo/batch/j2: ..."
+//! ```
+//!
+//! (one line in the log). Values with spaces or quotes are quoted; absent
+//! values are "-".
+
+use std::fmt;
+
+use crate::abi::{Outcome, PolicydEvent, Reason};
+use crate::rank::format_bytes;
+
+/// A log value: bare when it is one word, otherwise quoted with escapes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Val(pub String);
+
+impl fmt::Display for Val {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.0;
+        if s.is_empty() {
+            f.write_str("\"\"")
+        } else if s
+            .chars()
+            .any(|c| c.is_whitespace() || c == '"' || c == '=' || c.is_control())
+        {
+            write!(f, "{s:?}")
+        } else {
+            f.write_str(s)
+        }
+    }
+}
+
+/// "300MiB": a size without the space, so it stays one word.
+pub fn size(bytes: u64) -> String {
+    format_bytes(bytes).replace(' ', "")
+}
+
+/// One event, resolved to names and ready to log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub policy: String,
+    /// "global", or the OOMing cgroup's path.
+    pub scope: String,
+    /// The victim's cgroup path, "-" without one.
+    pub victim_cgroup: String,
+    pub pid: u32,
+    pub comm: String,
+    pub priority: u32,
+    pub usage: u64,
+    pub rss: u64,
+    pub reason: Reason,
+    pub outcome: Outcome,
+    pub tasks_killed: u32,
+    pub handler_us: u64,
+    pub candidates: u32,
+    /// The candidate ranked after the victim: path, priority, usage.
+    pub runner_up: Option<(String, u32, u64)>,
+    /// The best-ranked candidate when there is no victim (e.g. `observe`).
+    pub top: Option<String>,
+    pub kill_err: i32,
+}
+
+impl Decision {
+    /// `name` turns a cgroup id into its path.
+    pub fn new(ev: &PolicydEvent, mut name: impl FnMut(u64) -> String) -> Self {
+        let scope = if ev.scope_global != 0 || ev.oom_cgroup_id == 0 {
+            "global".to_owned()
+        } else {
+            name(ev.oom_cgroup_id)
+        };
+        let victim_cgroup = if ev.victim_cgroup_id == 0 {
+            "-".to_owned()
+        } else {
+            name(ev.victim_cgroup_id)
+        };
+        let ranked: Vec<_> = ev.ranked().collect();
+        let runner_up = if ev.victim_cgroup_id == 0 {
+            None
+        } else {
+            ranked
+                .iter()
+                .position(|c| c.cgroup_id == ev.victim_cgroup_id)
+                .and_then(|i| ranked.get(i + 1))
+                .map(|c| (name(c.cgroup_id), c.priority, c.usage))
+        };
+        let top = if ev.victim_cgroup_id == 0 {
+            ranked.first().map(|c| name(c.cgroup_id))
+        } else {
+            None
+        };
+        let comm = ev.comm();
+        Decision {
+            policy: ev.policy().to_string(),
+            scope,
+            victim_cgroup,
+            pid: ev.victim_pid,
+            comm: if comm.is_empty() {
+                "-".to_owned()
+            } else {
+                comm
+            },
+            priority: ev.victim_priority,
+            usage: ev.victim_usage,
+            rss: ev.victim_task_rss,
+            reason: ev.reason(),
+            outcome: ev.outcome(),
+            tasks_killed: ev.tasks_killed,
+            handler_us: ev.handler_ns / 1000,
+            candidates: ev.candidates,
+            runner_up,
+            top,
+            kill_err: ev.kill_err,
+        }
+    }
+
+    fn why(&self) -> String {
+        match self.reason {
+            Reason::LowestPriority => format!("lowest priority ({})", self.priority),
+            Reason::LargerUsage => format!(
+                "lowest priority ({}), tie broken by larger usage ({})",
+                self.priority,
+                size(self.usage)
+            ),
+            Reason::LargestUsage => format!("largest usage ({})", size(self.usage)),
+            Reason::Badness => "highest oom_badness()".to_owned(),
+            Reason::VictimExiting => "an earlier victim is still exiting".to_owned(),
+            Reason::NoCandidate => "no eligible cgroup in scope".to_owned(),
+            Reason::ObserveOnly => "observe policy".to_owned(),
+            Reason::None | Reason::Unknown(_) => self.reason.to_string(),
+        }
+    }
+
+    fn task(&self) -> String {
+        format!("pid {} ({})", self.pid, self.comm)
+    }
+
+    /// One sentence: what happened.
+    pub fn summary(&self) -> String {
+        match self.outcome {
+            Outcome::Killed => {
+                let n = self.tasks_killed;
+                let what = if n > 1 {
+                    format!(
+                        "{n} tasks of {} (largest {})",
+                        self.victim_cgroup,
+                        self.task()
+                    )
+                } else {
+                    format!("{} of {}", self.task(), self.victim_cgroup)
+                };
+                format!("killed {what}: {}", self.why())
+            }
+            Outcome::Awaited => format!(
+                "{} in {} is still exiting from an earlier OOM kill: killed nothing more",
+                self.task(),
+                self.victim_cgroup
+            ),
+            Outcome::DryRun => format!(
+                "dry run: would have killed {} in {} ({}); left to the kernel's OOM killer",
+                self.task(),
+                self.victim_cgroup,
+                self.why()
+            ),
+            Outcome::KillFailed => format!(
+                "every kill attempt failed (last error {}); left to the kernel's OOM killer",
+                self.kill_err
+            ),
+            Outcome::Deferred => match &self.top {
+                Some(top) => format!(
+                    "left to the kernel's OOM killer: {}; ranked first: {top}",
+                    self.why()
+                ),
+                None => format!("left to the kernel's OOM killer: {}", self.why()),
+            },
+            Outcome::Unknown(_) => format!("unknown outcome {}", self.outcome),
+        }
+    }
+
+    /// Log the decision: one info line.
+    pub fn log(&self) {
+        let (ru, ru_prio, ru_usage) = match &self.runner_up {
+            Some((p, prio, usage)) => (p.clone(), prio.to_string(), size(*usage)),
+            None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+        };
+        tracing::info!(
+            policy = %Val(self.policy.clone()),
+            scope = %Val(self.scope.clone()),
+            victim_cgroup = %Val(self.victim_cgroup.clone()),
+            pid = self.pid,
+            comm = %Val(self.comm.clone()),
+            priority = self.priority,
+            usage = %size(self.usage),
+            rss = %size(self.rss),
+            reason = %self.reason,
+            outcome = %self.outcome,
+            killed = self.tasks_killed,
+            handler_us = self.handler_us,
+            candidates = self.candidates,
+            runner_up = %Val(ru),
+            runner_up_priority = %ru_prio,
+            runner_up_usage = %ru_usage,
+            kill_err = self.kill_err,
+            summary = %Val(self.summary()),
+            "decision"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::PolicydCandidate;
+    use crate::testing::MIB;
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    fn cand(cgroup_id: u64, priority: u32, usage: u64) -> PolicydCandidate {
+        PolicydCandidate {
+            cgroup_id,
+            usage,
+            priority,
+            pad: 0,
+        }
+    }
+
+    fn names(id: u64) -> String {
+        match id {
+            10 => "/demo".into(),
+            11 => "/demo/batch/j1".into(),
+            12 => "/demo/batch/j2".into(),
+            13 => "/demo/web".into(),
+            other => format!("cgroup#{other}"),
+        }
+    }
+
+    fn killed_event() -> PolicydEvent {
+        let mut ev = PolicydEvent {
+            handler_ns: 41_500,
+            oom_cgroup_id: 0,
+            scope_global: 1,
+            victim_cgroup_id: 12,
+            victim_usage: 300 * MIB,
+            victim_task_rss: 290 * MIB,
+            victim_pid: 310,
+            victim_priority: 10,
+            tasks_killed: 1,
+            candidates: 3,
+            policy: 0,
+            reason: 2,
+            outcome: 0,
+            ..Default::default()
+        };
+        ev.victim_comm[..4].copy_from_slice(b"job2");
+        ev.ranked[0] = cand(12, 10, 300 * MIB);
+        ev.ranked[1] = cand(11, 10, 100 * MIB);
+        ev.ranked[2] = cand(13, 500, 200 * MIB);
+        ev
+    }
+
+    /// The line tracing's default formatter writes, as `policyd load` sets it up.
+    fn logged(d: &Decision) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || d.log());
+        let out = buf.0.lock().unwrap().clone();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn killed_event_line() {
+        let d = Decision::new(&killed_event(), names);
+        assert_eq!(
+            logged(&d),
+            " INFO decision policy=priority scope=global victim_cgroup=/demo/batch/j2 pid=310 \
+             comm=job2 priority=10 usage=300MiB rss=290MiB reason=larger-usage outcome=killed \
+             killed=1 handler_us=41 candidates=3 runner_up=/demo/batch/j1 runner_up_priority=10 \
+             runner_up_usage=100MiB kill_err=0 summary=\"killed pid 310 (job2) of \
+             /demo/batch/j2: lowest priority (10), tie broken by larger usage (300MiB)\"\n"
+        );
+    }
+
+    #[test]
+    fn dry_run_says_what_would_have_died() {
+        let mut ev = killed_event();
+        ev.outcome = 3;
+        ev.tasks_killed = 0;
+        ev.scope_global = 0;
+        ev.oom_cgroup_id = 10;
+        ev.reason = 1;
+        let d = Decision::new(&ev, names);
+        assert_eq!(d.scope, "/demo");
+        assert_eq!(
+            d.summary(),
+            "dry run: would have killed pid 310 (job2) in /demo/batch/j2 (lowest priority (10)); \
+             left to the kernel's OOM killer"
+        );
+        let line = logged(&d);
+        assert!(
+            line.contains(" scope=/demo victim_cgroup=/demo/batch/j2 pid=310 "),
+            "{line}"
+        );
+        assert!(line.contains(" outcome=dry-run killed=0 "), "{line}");
+    }
+
+    #[test]
+    fn deferred_without_victim() {
+        let mut ev = PolicydEvent {
+            scope_global: 1,
+            policy: 1,
+            reason: 6,
+            outcome: 2,
+            candidates: 0,
+            ..Default::default()
+        };
+        ev.handler_ns = 999;
+        let d = Decision::new(&ev, names);
+        assert_eq!(d.runner_up, None);
+        let line = logged(&d);
+        assert!(
+            line.contains(
+                "policy=largest scope=global victim_cgroup=- pid=0 comm=- priority=0 usage=0B"
+            ),
+            "{line}"
+        );
+        assert!(line.contains("outcome=deferred"), "{line}");
+        assert!(
+            line.contains("runner_up=- runner_up_priority=- runner_up_usage=-"),
+            "{line}"
+        );
+        assert!(
+            line.ends_with(
+                "summary=\"left to the kernel's OOM killer: no eligible cgroup in scope\"\n"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn observe_names_the_top_candidate() {
+        let mut ev = killed_event();
+        ev.policy = 3;
+        ev.reason = 7;
+        ev.outcome = 2;
+        ev.victim_cgroup_id = 0;
+        ev.victim_pid = 0;
+        ev.victim_comm = [0; 16];
+        let d = Decision::new(&ev, names);
+        assert_eq!(d.runner_up, None);
+        assert_eq!(
+            d.summary(),
+            "left to the kernel's OOM killer: observe policy; ranked first: /demo/batch/j2"
+        );
+    }
+
+    #[test]
+    fn whole_cgroup_kill_and_awaited() {
+        let mut ev = killed_event();
+        ev.tasks_killed = 3;
+        ev.reason = 1;
+        assert_eq!(
+            Decision::new(&ev, names).summary(),
+            "killed 3 tasks of /demo/batch/j2 (largest pid 310 (job2)): lowest priority (10)"
+        );
+        ev.outcome = 1;
+        ev.reason = 5;
+        assert_eq!(
+            Decision::new(&ev, names).summary(),
+            "pid 310 (job2) in /demo/batch/j2 is still exiting from an earlier OOM kill: killed \
+             nothing more"
+        );
+    }
+
+    #[test]
+    fn values_are_quoted_only_when_needed() {
+        assert_eq!(Val("job2".into()).to_string(), "job2");
+        assert_eq!(Val("my job".into()).to_string(), "\"my job\"");
+        assert_eq!(Val("a=b".into()).to_string(), "\"a=b\"");
+        assert_eq!(Val(String::new()).to_string(), "\"\"");
+        assert_eq!(Val("x\"y".into()).to_string(), "\"x\\\"y\"");
+    }
+}
