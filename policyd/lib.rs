@@ -29,6 +29,7 @@ pub mod resolve;
 pub mod rules;
 pub mod status;
 pub mod testing;
+pub mod watch;
 
 pub use config::{Config, ConfigError, KillMode, Rule};
 pub use matcher::CgroupPattern;

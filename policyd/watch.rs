@@ -1,0 +1,235 @@
+//! Watching a cgroup2 hierarchy for cgroups that appear and disappear
+//! (inotify on every cgroup directory, added as directories appear).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+
+/// A change in the cgroup tree; paths are relative to the mount ("/a/b").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Created(String),
+    Removed(String),
+    /// The kernel dropped events: the caller must re-read the whole tree.
+    Overflow,
+}
+
+pub struct CgroupWatcher {
+    inotify: Inotify,
+    root: PathBuf,
+    dirs: HashMap<WatchDescriptor, String>,
+    buf: Vec<u8>,
+    warned_limit: bool,
+}
+
+/// "/a" + "b" → "/a/b".
+fn child_path(parent: &str, name: &OsStr) -> String {
+    let name = name.to_string_lossy();
+    if parent == "/" {
+        format!("/{name}")
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
+impl CgroupWatcher {
+    /// Watch the hierarchy mounted at `root`, all of it.
+    pub fn new(root: &Path) -> io::Result<Self> {
+        let mut w = CgroupWatcher {
+            inotify: Inotify::init()?,
+            root: root.to_owned(),
+            dirs: HashMap::new(),
+            buf: vec![0; 64 * 1024],
+            warned_limit: false,
+        };
+        w.add_watch("/")?;
+        w.add_tree("/");
+        Ok(w)
+    }
+
+    fn dir(&self, path: &str) -> PathBuf {
+        let rel = path.trim_start_matches('/');
+        if rel.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        }
+    }
+
+    fn add_watch(&mut self, path: &str) -> io::Result<()> {
+        let mask = WatchMask::CREATE | WatchMask::DELETE | WatchMask::ONLYDIR;
+        let wd = self.inotify.watches().add(self.dir(path), mask)?;
+        self.dirs.insert(wd, path.to_owned());
+        Ok(())
+    }
+
+    /// Watch the cgroups below `path` (already watched), returning their
+    /// paths, parents first. Cgroups that vanish meanwhile are skipped.
+    fn add_tree(&mut self, path: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut stack = vec![path.to_owned()];
+        while let Some(p) = stack.pop() {
+            let Ok(entries) = fs::read_dir(self.dir(&p)) else {
+                continue;
+            };
+            let mut children: Vec<String> = entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| child_path(&p, &e.file_name()))
+                .collect();
+            children.sort();
+            for c in children.into_iter().rev() {
+                match self.add_watch(&c) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        if !self.warned_limit {
+                            tracing::warn!(
+                                "cannot watch {c} for new cgroups ({e}; see \
+                                 /proc/sys/fs/inotify/max_user_watches): cgroups created below \
+                                 it inherit their parent's settings until the next reload"
+                            );
+                            self.warned_limit = true;
+                        }
+                    }
+                }
+                stack.push(c);
+            }
+            if p != path {
+                found.push(p);
+            }
+        }
+        // Depth-first with a stack visits parents before children already,
+        // but siblings come out reversed: sort keeps parents first.
+        found.sort();
+        found
+    }
+
+    /// The changes queued so far (non-blocking). New cgroups are watched
+    /// before they are returned; a new cgroup's existing children (created
+    /// before its watch) are returned too.
+    pub fn read(&mut self) -> io::Result<Vec<Change>> {
+        let mut changes = Vec::new();
+        loop {
+            let mut buf = std::mem::take(&mut self.buf);
+            let events: Vec<(WatchDescriptor, EventMask, Option<String>)> =
+                match self.inotify.read_events(&mut buf) {
+                    Ok(events) => events
+                        .map(|e| {
+                            (
+                                e.wd,
+                                e.mask,
+                                e.name.map(|n| n.to_string_lossy().into_owned()),
+                            )
+                        })
+                        .collect(),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Vec::new(),
+                    Err(e) => {
+                        self.buf = buf;
+                        return Err(e);
+                    }
+                };
+            self.buf = buf;
+            if events.is_empty() {
+                return Ok(changes);
+            }
+            for (wd, mask, name) in events {
+                if mask.contains(EventMask::Q_OVERFLOW) {
+                    changes.push(Change::Overflow);
+                    continue;
+                }
+                if mask.contains(EventMask::IGNORED) {
+                    self.dirs.remove(&wd);
+                    continue;
+                }
+                let (Some(parent), Some(name), true) = (
+                    self.dirs.get(&wd).cloned(),
+                    name,
+                    mask.contains(EventMask::ISDIR),
+                ) else {
+                    continue;
+                };
+                let path = child_path(&parent, OsStr::new(&name));
+                if mask.contains(EventMask::CREATE) {
+                    match self.add_watch(&path) {
+                        Ok(()) => {}
+                        // Already gone again.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => tracing::debug!("cannot watch {path}: {e}"),
+                    }
+                    let below = self.add_tree(&path);
+                    changes.push(Change::Created(path));
+                    changes.extend(below.into_iter().map(Change::Created));
+                } else if mask.contains(EventMask::DELETE) {
+                    changes.push(Change::Removed(path));
+                }
+            }
+        }
+    }
+
+    /// Number of directories watched.
+    pub fn len(&self) -> usize {
+        self.dirs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.dirs.is_empty()
+    }
+}
+
+impl AsFd for CgroupWatcher {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inotify.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// inotify works on any directory tree, so a temporary one stands in
+    /// for cgroupfs.
+    #[test]
+    fn reports_created_and_removed_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        let mut w = CgroupWatcher::new(root).unwrap();
+        assert_eq!(w.len(), 3);
+        assert_eq!(w.read().unwrap(), []);
+
+        fs::create_dir(root.join("a/c")).unwrap();
+        fs::write(root.join("a/file"), "x").unwrap(); // not a cgroup: ignored
+                                                      // A directory with children created before its watch exists.
+        fs::create_dir_all(root.join("n/m/k")).unwrap();
+        let changes = w.read().unwrap();
+        assert_eq!(changes[0], Change::Created("/a/c".into()));
+        assert!(
+            changes.contains(&Change::Created("/n".into())),
+            "{changes:?}"
+        );
+        assert!(
+            changes.contains(&Change::Created("/n/m".into())),
+            "{changes:?}"
+        );
+        assert!(
+            changes.contains(&Change::Created("/n/m/k".into())),
+            "{changes:?}"
+        );
+        let pos = |p: &str| changes.iter().position(|c| *c == Change::Created(p.into()));
+        assert!(pos("/n") < pos("/n/m") && pos("/n/m") < pos("/n/m/k"));
+
+        fs::remove_dir(root.join("a/b")).unwrap();
+        let changes = w.read().unwrap();
+        assert_eq!(changes, [Change::Removed("/a/b".into())]);
+
+        // New directories below a new one are watched too.
+        fs::create_dir(root.join("n/m/k/deep")).unwrap();
+        assert_eq!(w.read().unwrap(), [Change::Created("/n/m/k/deep".into())]);
+    }
+}
