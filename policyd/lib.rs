@@ -21,6 +21,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod events;
+pub mod loader;
 pub mod matcher;
 pub mod policy;
 pub mod procfs;

@@ -1,0 +1,591 @@
+//! Loading a policy object into the kernel and attaching its handler to a
+//! cgroup.
+//!
+//! Every policy object follows one contract (see `bpf/policies/common.bpf.h`):
+//!
+//! * struct_ops map `<policy>_ops` (`struct bpf_oom_ops`) in `.struct_ops.link`;
+//! * `rules`: an array-of-maps with one slot whose inner hash maps cgroup id →
+//!   `struct policyd_rule`; policyd creates the inner maps and swaps them;
+//! * `events`: a ring buffer of `struct policyd_event`;
+//! * `const volatile bool dry_run` in `.rodata`, `struct policyd_stats stats`
+//!   in `.bss`.
+//!
+//! The handler is attached with a struct_ops link created by
+//! `bpf_link_create(map, cgroup_fd, BPF_STRUCT_OPS, BPF_F_CGROUP_FD)`: libbpf
+//! 1.7's own `bpf_map__attach_struct_ops()` cannot name a cgroup. Closing the
+//! link fd ([`HandlerLink`]'s drop) detaches the handler.
+
+use std::fs::File;
+use std::io;
+use std::mem::{size_of, ManuallyDrop, MaybeUninit};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::ptr::NonNull;
+
+use anyhow::{anyhow, bail, Context, Result};
+use libbpf_rs::btf::types::MemberAttr;
+use libbpf_rs::libbpf_sys;
+#[allow(unused_imports)] // used by the per-policy arms, which depend on the build
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{
+    AsRawLibbpf, Btf, ErrorKind, Map, MapCore, MapFlags, MapHandle, MapType, Object, OpenMap,
+    OpenObject,
+};
+
+use crate::abi::{self, PolicydRule};
+use crate::policy::PolicyName;
+
+/// `BPF_F_CGROUP_FD` (uapi/linux/bpf.h): `link_create.target_fd` is a cgroup.
+/// Our kernel patches add it; libbpf-sys 1.7's bindings predate it.
+pub const BPF_F_CGROUP_FD: u32 = 1 << 7;
+
+/// The kernel's struct_ops type, and the value type of its maps.
+pub(crate) const OOM_OPS: &str = "bpf_oom_ops";
+pub(crate) const OOM_OPS_VALUE: &str = "bpf_struct_ops_bpf_oom_ops";
+
+/// Name of the inner rules maps policyd creates (as `bpftool map` shows them).
+const RULES_MAP_NAME: &str = "policyd_rules";
+
+/// `uname -r`, for messages.
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// What to tell a user whose kernel has no BPF OOM support.
+pub fn no_oom_support_message() -> String {
+    format!(
+        "this kernel ({}) lacks BPF OOM struct_ops; boot a kernel built with \
+         kernel-patches/v7.3 (./vm-tests/run kernel)",
+        kernel_release()
+    )
+}
+
+/// Route libbpf's messages into our log: warnings (e.g. the verifier log of
+/// a program that failed to load) as warnings, the rest at debug/trace.
+pub fn route_libbpf_log() {
+    fn print(level: libbpf_rs::PrintLevel, msg: String) {
+        let msg = msg.trim_end();
+        match level {
+            libbpf_rs::PrintLevel::Warn => tracing::warn!("libbpf: {msg}"),
+            libbpf_rs::PrintLevel::Info => tracing::debug!("libbpf: {msg}"),
+            libbpf_rs::PrintLevel::Debug => tracing::trace!("libbpf: {msg}"),
+        }
+    }
+    libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, print)));
+}
+
+/// The running kernel's BTF, known to describe `struct bpf_oom_ops`.
+pub struct KernelBtf {
+    btf: Btf<'static>,
+}
+
+impl KernelBtf {
+    /// Load /sys/kernel/btf/vmlinux and check the kernel has BPF OOM support.
+    pub fn load() -> Result<Self> {
+        let btf = Btf::from_vmlinux().map_err(|e| {
+            anyhow!(
+                "cannot read the running kernel's BTF (/sys/kernel/btf/vmlinux; the kernel \
+                 needs CONFIG_DEBUG_INFO_BTF): {e}"
+            )
+        })?;
+        if abi::find_struct(&btf, OOM_OPS).is_none() {
+            bail!(no_oom_support_message());
+        }
+        Ok(KernelBtf { btf })
+    }
+
+    /// Does the running kernel have `struct bpf_oom_ops`? `None`: no BTF to tell.
+    pub fn supports_oom_ops() -> Option<bool> {
+        let btf = Btf::from_vmlinux().ok()?;
+        Some(abi::find_struct(&btf, OOM_OPS).is_some())
+    }
+
+    pub fn btf(&self) -> &Btf<'static> {
+        &self.btf
+    }
+
+    /// Byte offset of member `member` in the kernel struct `st`.
+    pub(crate) fn member_offset(&self, st: &str, member: &str) -> Result<usize> {
+        let s = abi::find_struct(&self.btf, st)
+            .with_context(|| format!("struct {st} is not in the kernel's BTF"))?;
+        let m = s
+            .iter()
+            .find(|m| m.name.is_some_and(|n| n == member))
+            .with_context(|| format!("struct {st} has no member {member}"))?;
+        match m.attr {
+            MemberAttr::Normal { offset } => Ok(offset as usize / 8),
+            MemberAttr::BitField { .. } => bail!("{st}.{member} is a bitfield"),
+        }
+    }
+
+    /// The value to store in a `bpf_oom_ops` struct_ops map before linking
+    /// it: `struct bpf_struct_ops_bpf_oom_ops` with the handler's program fd
+    /// in place of the function pointer and the handler's name. (libbpf
+    /// prepares the same bytes for `bpf_map__attach_struct_ops()`, but keeps
+    /// them private.)
+    pub fn oom_ops_value(&self, value_size: usize, prog_fd: RawFd, name: &[u8]) -> Result<Vec<u8>> {
+        let data = self.member_offset(OOM_OPS_VALUE, "data")?;
+        let handler = data + self.member_offset(OOM_OPS, "handle_out_of_memory")?;
+        let name_off = data + self.member_offset(OOM_OPS, "name")?;
+        let name_len = abi::find_struct(&self.btf, OOM_OPS)
+            .map(|s| libbpf_rs::HasSize::size(&s))
+            .unwrap_or(0)
+            .saturating_sub(name_off - data);
+        if handler + 8 > value_size || name_off + name_len > value_size {
+            bail!("struct {OOM_OPS_VALUE} does not fit the map's {value_size}-byte value");
+        }
+        let mut value = vec![0u8; value_size];
+        value[handler..handler + 8].copy_from_slice(&(prog_fd as u64).to_ne_bytes());
+        let n = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        let n = n.min(name_len.saturating_sub(1));
+        value[name_off..name_off + n].copy_from_slice(&name[..n]);
+        Ok(value)
+    }
+}
+
+/// Shape of the inner rules map, as the policy object declares it. A map
+/// stored into `rules[0]` must match it exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InnerSpec {
+    pub map_type: MapType,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub flags: u32,
+}
+
+impl InnerSpec {
+    /// From the inner map template of `rules` (libbpf drops it at load).
+    #[allow(dead_code)] // unused when no policy source existed at build time
+    fn of_open_object(obj: &OpenObject) -> Result<Self> {
+        let rules = obj
+            .maps()
+            .find(|m| m.name() == "rules")
+            .context("the policy object has no `rules` map")?;
+        // SAFETY: a valid map of a live object; the template lives as long.
+        let inner = unsafe { libbpf_sys::bpf_map__inner_map(rules.as_libbpf_object().as_ptr()) };
+        let inner = NonNull::new(inner)
+            .context("`rules` in the policy object is not a map of maps with an inner map")?;
+        // SAFETY: non-null, owned by the open object borrowed above.
+        let m = OpenMap::new(unsafe { inner.as_ref() });
+        let spec = InnerSpec {
+            map_type: m.map_type(),
+            key_size: m.key_size(),
+            value_size: m.value_size(),
+            max_entries: m.max_entries(),
+            flags: m.map_flags(),
+        };
+        if spec.map_type != MapType::Hash
+            || spec.key_size != 8
+            || spec.value_size as usize != size_of::<PolicydRule>()
+        {
+            bail!(
+                "the policy's rules map is {:?} with {}-byte keys and {}-byte values; policyd \
+                 expects a hash of u64 cgroup id -> struct policyd_rule ({} bytes)",
+                spec.map_type,
+                spec.key_size,
+                spec.value_size,
+                size_of::<PolicydRule>()
+            );
+        }
+        Ok(spec)
+    }
+
+    /// A new, empty inner rules map.
+    pub fn create(&self) -> Result<MapHandle> {
+        let opts = libbpf_sys::bpf_map_create_opts {
+            sz: size_of::<libbpf_sys::bpf_map_create_opts>() as libbpf_sys::size_t,
+            map_flags: self.flags,
+            ..Default::default()
+        };
+        MapHandle::create(
+            self.map_type,
+            Some(RULES_MAP_NAME),
+            self.key_size,
+            self.value_size,
+            self.max_entries,
+            &opts,
+        )
+        .map_err(|e| with_permission_hint(e, "creating the rules map"))
+    }
+}
+
+/// "needs root" for permission errors, the libbpf error otherwise.
+fn with_permission_hint(e: libbpf_rs::Error, what: &str) -> anyhow::Error {
+    if e.kind() == ErrorKind::PermissionDenied {
+        anyhow!("{what}: needs root (CAP_BPF + CAP_SYS_ADMIN): {e}")
+    } else {
+        anyhow!("{what}: {e:#}")
+    }
+}
+
+/// One loaded policy object (programs verified, maps created), not attached.
+pub struct PolicyObject {
+    policy: PolicyName,
+    /// Borrows `*storage`; dropped first (see `Drop`).
+    skel: ManuallyDrop<Box<dyn Skel<'static>>>,
+    storage: NonNull<MaybeUninit<OpenObject>>,
+    inner: InnerSpec,
+    /// The handler program's fd (owned by the object).
+    handler_fd: RawFd,
+    /// `bpf_oom_ops.name` as the object initialises it.
+    handler_name: Vec<u8>,
+}
+
+impl Drop for PolicyObject {
+    fn drop(&mut self) {
+        // SAFETY: the skeleton borrows the storage, so it goes first; the
+        // storage came from Box::into_raw in `open_load` and is freed once.
+        unsafe {
+            ManuallyDrop::drop(&mut self.skel);
+            drop(Box::from_raw(self.storage.as_ptr()));
+        }
+    }
+}
+
+/// Open one policy's skeleton into `$storage`, set `dry_run`, load it, and
+/// take what the generic code needs from its typed parts.
+#[allow(unused_macros)] // unused when no policy source existed at build time
+macro_rules! open_load {
+    ($module:ident, $builder:ident, $ops:ident, $storage:expr, $dry_run:expr) => {{
+        let mut open = crate::bpf::$module::$builder::default()
+            .open($storage)
+            .context("opening the BPF object")?;
+        open.maps
+            .rodata_data
+            .as_deref_mut()
+            .context("the policy object has no .rodata for dry_run")?
+            .dry_run = $dry_run;
+        let inner = InnerSpec::of_open_object(open.open_object())?;
+        let skel = open.load().map_err(load_error)?;
+        let ops = skel.struct_ops().$ops();
+        // SAFETY: libbpf keeps the program pointer valid while the object lives.
+        let handler_fd = unsafe { libbpf_sys::bpf_program__fd(ops.handle_out_of_memory) };
+        let name: Vec<u8> = ops.name.iter().map(|&c| c as u8).collect();
+        (
+            Box::new(skel) as Box<dyn Skel<'static>>,
+            inner,
+            handler_fd,
+            name,
+        )
+    }};
+}
+
+type Loaded = (Box<dyn Skel<'static>>, InnerSpec, RawFd, Vec<u8>);
+
+#[allow(dead_code)] // unused when no policy source existed at build time
+fn load_error(e: libbpf_rs::Error) -> anyhow::Error {
+    match e.kind() {
+        // EPERM and EACCES look alike here; as root, EACCES is the verifier.
+        ErrorKind::PermissionDenied if !nix::unistd::geteuid().is_root() => {
+            anyhow!("loading the policy needs root (CAP_BPF + CAP_SYS_ADMIN): {e}")
+        }
+        ErrorKind::PermissionDenied | ErrorKind::InvalidInput => {
+            anyhow!("the kernel's verifier rejected the policy (libbpf's log above says why): {e}")
+        }
+        ErrorKind::TooBig => anyhow!(
+            "the kernel's verifier gave up on the policy as too complex (libbpf's log above \
+             says where): {e}"
+        ),
+        // libbpf: "struct bpf_oom_ops is not found in kernel BTF".
+        ErrorKind::Unsupported => {
+            anyhow!("{}: {e}", no_oom_support_message())
+        }
+        _ => anyhow!("loading the policy failed (libbpf's log above says why): {e:#}"),
+    }
+}
+
+fn open_load_skel(
+    policy: PolicyName,
+    storage: &'static mut MaybeUninit<OpenObject>,
+    dry_run: bool,
+) -> Result<Loaded> {
+    let _ = (&storage, dry_run);
+    #[allow(unreachable_code)]
+    Ok(match policy {
+        #[cfg(policyd_skel = "priority")]
+        PolicyName::Priority => {
+            open_load!(
+                priority,
+                PrioritySkelBuilder,
+                priority_ops,
+                storage,
+                dry_run
+            )
+        }
+        #[cfg(policyd_skel = "largest")]
+        PolicyName::Largest => {
+            open_load!(largest, LargestSkelBuilder, largest_ops, storage, dry_run)
+        }
+        #[cfg(policyd_skel = "badness")]
+        PolicyName::Badness => {
+            open_load!(badness, BadnessSkelBuilder, badness_ops, storage, dry_run)
+        }
+        #[cfg(policyd_skel = "observe")]
+        PolicyName::Observe => {
+            open_load!(observe, ObserveSkelBuilder, observe_ops, storage, dry_run)
+        }
+        #[allow(unreachable_patterns)]
+        other => bail!(
+            "policy {other} is not built into this policyd (bpf/policies/{other}.bpf.c did not \
+             exist when it was compiled)"
+        ),
+    })
+}
+
+impl PolicyObject {
+    /// Open and load `policy` with `dry_run` set. Verifies the programs and
+    /// creates the maps; attaches nothing. Checks the object's shared
+    /// structs against [`crate::abi`].
+    pub fn open_load(policy: PolicyName, dry_run: bool) -> Result<Self> {
+        let storage = Box::into_raw(Box::new(MaybeUninit::<OpenObject>::uninit()));
+        // SAFETY: freshly allocated; the only reference until drop.
+        let loaded = open_load_skel(policy, unsafe { &mut *storage }, dry_run);
+        let (skel, inner, handler_fd, handler_name) = match loaded {
+            Ok(l) => l,
+            Err(e) => {
+                // SAFETY: on error the skeleton has dropped whatever it put in
+                // the storage; nothing borrows it any more.
+                drop(unsafe { Box::from_raw(storage) });
+                return Err(e.context(format!("policy {policy}")));
+            }
+        };
+        let obj = PolicyObject {
+            policy,
+            skel: ManuallyDrop::new(skel),
+            // SAFETY: from Box::into_raw, never null.
+            storage: unsafe { NonNull::new_unchecked(storage) },
+            inner,
+            handler_fd,
+            handler_name,
+        };
+        if obj.handler_fd < 0 {
+            bail!("policy {policy}: the handler program has no fd after load");
+        }
+        let btf = obj
+            .object()
+            .btf()
+            .ok()
+            .flatten()
+            .with_context(|| format!("policy {policy}: the object has no BTF"))?;
+        if let Err(problems) = abi::check_layout(&btf) {
+            bail!(
+                "policy {policy}: its shared structs differ from policyd's (rebuild both from \
+                 the same bpf/policies/policyd.h):\n  {}",
+                problems.join("\n  ")
+            );
+        }
+        drop(btf);
+        Ok(obj)
+    }
+
+    pub fn policy(&self) -> PolicyName {
+        self.policy
+    }
+
+    pub fn object(&self) -> &Object {
+        self.skel.object()
+    }
+
+    pub fn inner_spec(&self) -> &InnerSpec {
+        &self.inner
+    }
+
+    /// The handler's name, e.g. "policyd_priority".
+    pub fn handler_name(&self) -> String {
+        let end = self
+            .handler_name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.handler_name.len());
+        String::from_utf8_lossy(&self.handler_name[..end]).into_owned()
+    }
+
+    fn map(&self, name: &str) -> Result<Map<'_>> {
+        self.object()
+            .maps()
+            .find(|m| m.name() == name)
+            .with_context(|| format!("policy {}: no map `{name}` in the object", self.policy))
+    }
+
+    /// The struct_ops map, `<policy>_ops`.
+    pub fn ops_map(&self) -> Result<Map<'_>> {
+        self.map(&format!("{}_ops", self.policy))
+    }
+
+    pub fn events_map(&self) -> Result<Map<'_>> {
+        self.map("events")
+    }
+
+    /// Make `inner` the rules the handler reads: one atomic store into
+    /// `rules[0]`.
+    pub fn install_rules(&self, inner: &MapHandle) -> Result<()> {
+        let fd = inner.as_fd().as_raw_fd() as u32;
+        self.map("rules")?
+            .update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|e| with_permission_hint(e, "storing the rules map into rules[0]"))
+    }
+
+    /// Store the struct_ops value (handler program, name) into the
+    /// struct_ops map; required before a link can use the map.
+    pub fn prepare_ops(&self, kernel: &KernelBtf) -> Result<()> {
+        let map = self.ops_map()?;
+        let value = kernel.oom_ops_value(
+            map.value_size() as usize,
+            self.handler_fd,
+            &self.handler_name,
+        )?;
+        map.update(&0u32.to_ne_bytes(), &value, MapFlags::ANY)
+            .map_err(|e| with_permission_hint(e, "registering the handler in its struct_ops map"))
+    }
+}
+
+/// An attached handler. Dropping it closes the link: the handler detaches.
+#[derive(Debug)]
+pub struct HandlerLink {
+    fd: OwnedFd,
+}
+
+impl HandlerLink {
+    /// Attach the struct_ops map `ops_map` (already prepared) to the cgroup
+    /// whose directory is `cgroup_dir`; `cgroup` names it in errors.
+    pub fn attach(ops_map: BorrowedFd<'_>, cgroup_dir: &Path, cgroup: &str) -> Result<Self> {
+        let dir = File::open(cgroup_dir).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => anyhow!(
+                "cgroup {cgroup} does not exist (no directory {})",
+                cgroup_dir.display()
+            ),
+            _ => anyhow!(
+                "cannot open cgroup {cgroup} ({}): {e}",
+                cgroup_dir.display()
+            ),
+        })?;
+        Self::attach_fd(ops_map, dir.as_fd()).map_err(|e| attach_error(e, cgroup))
+    }
+
+    /// `bpf_link_create(map, cgroup, BPF_STRUCT_OPS, BPF_F_CGROUP_FD)`.
+    pub fn attach_fd(ops_map: BorrowedFd<'_>, cgroup: BorrowedFd<'_>) -> io::Result<Self> {
+        // SAFETY: plain C struct, all-zero is its default.
+        let mut opts: libbpf_sys::bpf_link_create_opts = unsafe { std::mem::zeroed() };
+        opts.sz = size_of::<libbpf_sys::bpf_link_create_opts>() as libbpf_sys::size_t;
+        opts.flags = BPF_F_CGROUP_FD;
+        // SAFETY: valid fds and options.
+        let fd = unsafe {
+            libbpf_sys::bpf_link_create(
+                ops_map.as_raw_fd(),
+                cgroup.as_raw_fd(),
+                libbpf_sys::BPF_STRUCT_OPS,
+                &opts,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::from_raw_os_error(-fd));
+        }
+        // SAFETY: a new fd we own.
+        Ok(HandlerLink {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Swap the handler to `new_map` in one step, if the link still uses
+    /// `old_map` (`bpf_link_update` with `BPF_F_REPLACE`).
+    pub fn update(&self, new_map: BorrowedFd<'_>, old_map: BorrowedFd<'_>) -> io::Result<()> {
+        // SAFETY: plain C struct.
+        let mut opts: libbpf_sys::bpf_link_update_opts = unsafe { std::mem::zeroed() };
+        opts.sz = size_of::<libbpf_sys::bpf_link_update_opts>() as libbpf_sys::size_t;
+        opts.flags = libbpf_sys::BPF_F_REPLACE;
+        opts.old_map_fd = old_map.as_raw_fd() as u32;
+        // SAFETY: valid fds and options.
+        let ret =
+            unsafe { libbpf_sys::bpf_link_update(self.fd.as_raw_fd(), new_map.as_raw_fd(), &opts) };
+        if ret < 0 {
+            return Err(io::Error::from_raw_os_error(-ret));
+        }
+        Ok(())
+    }
+
+    /// The kernel's id of this link (as `policyd status` and bpftool show it).
+    pub fn id(&self) -> io::Result<u32> {
+        // SAFETY: plain C struct.
+        let mut info: libbpf_sys::bpf_link_info = unsafe { std::mem::zeroed() };
+        let mut len = size_of::<libbpf_sys::bpf_link_info>() as u32;
+        // SAFETY: valid fd and buffer of `len` bytes.
+        let ret = unsafe {
+            libbpf_sys::bpf_link_get_info_by_fd(self.fd.as_raw_fd(), &mut info, &mut len)
+        };
+        if ret < 0 {
+            return Err(io::Error::from_raw_os_error(-ret));
+        }
+        Ok(info.id)
+    }
+}
+
+impl AsFd for HandlerLink {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// What a failed `bpf_link_create` means to a user.
+pub fn attach_error(e: io::Error, cgroup: &str) -> anyhow::Error {
+    use nix::libc;
+    match e.raw_os_error() {
+        Some(libc::EEXIST) => {
+            anyhow!("an OOM handler is already attached to {cgroup}: see `policyd status`")
+        }
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            anyhow!("attaching to {cgroup} needs root (CAP_BPF + CAP_SYS_ADMIN): {e}")
+        }
+        Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) | Some(libc::EBADF) => anyhow!(
+            "attaching to {cgroup} failed ({e}): this kernel ({}) cannot attach BPF OOM \
+             handlers to a cgroup; boot a kernel built with kernel-patches/v7.3 \
+             (./vm-tests/run kernel)",
+            kernel_release()
+        ),
+        Some(libc::ENOENT) => anyhow!("cgroup {cgroup} is being removed: {e}"),
+        _ => anyhow!("attaching the handler to {cgroup}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_errors_say_what_to_do() {
+        let msg = |errno| attach_error(io::Error::from_raw_os_error(errno), "/demo").to_string();
+        assert_eq!(
+            msg(nix::libc::EEXIST),
+            "an OOM handler is already attached to /demo: see `policyd status`"
+        );
+        assert!(msg(nix::libc::EPERM).contains("needs root (CAP_BPF + CAP_SYS_ADMIN)"));
+        assert!(msg(nix::libc::EACCES).contains("needs root"));
+        assert!(msg(nix::libc::EINVAL).contains("kernel-patches/v7.3"));
+    }
+
+    #[test]
+    fn missing_cgroup_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("nope");
+        // Any fd will do: opening the cgroup fails first.
+        let f = File::open(dir.path()).unwrap();
+        let err = HandlerLink::attach(f.as_fd(), &fake, "/nope").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cgroup /nope does not exist (no directory {})",
+                fake.display()
+            )
+        );
+    }
+
+    #[test]
+    fn no_support_message_names_the_kernel() {
+        let msg = no_oom_support_message();
+        assert!(msg.starts_with("this kernel ("), "{msg}");
+        assert!(msg.contains(&kernel_release()));
+        assert!(msg.ends_with("(./vm-tests/run kernel)"));
+    }
+}
