@@ -61,11 +61,15 @@ pub enum Command {
         long_about = "Load a policy into the kernel and keep its cgroup table up to date.\n\n\
                       The configuration is read and validated first; nothing is loaded if it \
                       has an error. The policy is attached to --cgroup (default: the root \
-                      cgroup, i.e. system-wide) and handles OOMs of that cgroup's subtree.",
+                      cgroup, i.e. system-wide) and handles OOMs of that cgroup's subtree. \
+                      policyd stays in the foreground: it logs one line per OOM decision, keeps \
+                      the policy's cgroup table up to date as cgroups come and go, re-reads the \
+                      config on SIGHUP and detaches on SIGINT/SIGTERM.",
         after_help = "Examples:\n  \
                       policyd load                            the config's policy, system-wide\n  \
                       policyd load priority --cgroup /demo    only for OOMs inside /demo\n  \
-                      policyd load largest --dry-run          load and verify, attach nothing"
+                      policyd load largest --dry-run          log what it would kill, kill nothing\n  \
+                      kill -HUP <pid>                         re-read the config (and policy)"
     )]
     Load(LoadArgs),
 
@@ -118,7 +122,7 @@ pub struct LoadArgs {
     #[arg(long, value_name = "PATH", default_value = "/")]
     pub cgroup: String,
 
-    /// Load and verify the policy, but attach nothing
+    /// Attach, decide and log every OOM, but leave the kill to the kernel's own killer
     #[arg(long)]
     pub dry_run: bool,
 }

@@ -102,7 +102,7 @@ pub fn cgroup_root(given: Option<&Path>) -> Result<PathBuf> {
 }
 
 /// `policyd load`: validate, then hand over to the daemon.
-pub fn load(args: &LoadArgs) -> Result<()> {
+pub fn load(args: &LoadArgs, cgroup_root: Option<&Path>) -> Result<()> {
     let config = load_config(&args.config)?;
     let policy = args.policy.unwrap_or(config.policy);
     if args.policy.is_some_and(|p| p != config.policy) {
@@ -113,8 +113,10 @@ pub fn load(args: &LoadArgs) -> Result<()> {
     }
     let req = LoadRequest {
         policy,
+        policy_from_cli: args.policy.is_some(),
         config,
         config_path: args.config.clone(),
+        cgroup_root: self::cgroup_root(cgroup_root)?,
         cgroup: cgroupfs::normalise_path(&args.cgroup),
         dry_run: args.dry_run,
     };

@@ -1,30 +1,630 @@
-//! Loading a policy into the kernel and running the daemon.
+//! `policyd load`: load a policy, attach it to a cgroup and keep it fed.
 //!
-//! TEMPORARY STUB: the BPF-loading side replaces this module. The CLI has
-//! already parsed and validated the configuration when it calls [`run`].
+//! [`Daemon::start`] does everything that can fail before the handler is
+//! attached (kernel check, load and verify, rules map, ring buffer, cgroup
+//! watch), then attaches: a failure leaves nothing attached. The daemon then
+//! runs a single-threaded poll loop ([`Daemon::handle_one_round`]) over
+//!
+//! * the policy's ring buffer: each OOM event becomes one log line;
+//! * inotify on the cgroup tree: new cgroups get their resolved entry in the
+//!   current rules map, removed ones lose it (no reload, no reattach);
+//! * a signalfd: SIGHUP reloads the config (a new rules map swapped into
+//!   `rules[0]`, or a new policy swapped into the link with
+//!   `bpf_link_update`, never a moment unprotected); SIGINT/SIGTERM detach
+//!   and exit;
+//! * the link: if the kernel detaches it (the cgroup was removed), exit.
+//!
+//! It blocks in poll(2) with no timeout: an idle daemon never wakes up.
 
-use std::path::PathBuf;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, Result};
+use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle, RingBuffer, RingBufferBuilder};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 
+use crate::abi::{Pod, PolicydEvent, PolicydRule};
+use crate::cgroupfs::CgroupTree;
+use crate::commands;
 use crate::config::Config;
+use crate::events::Decision;
+use crate::loader::{self, HandlerLink, KernelBtf, PolicyObject};
 use crate::policy::PolicyName;
+use crate::resolve::{resolve_tree, Effective, Resolver};
+use crate::rules;
+use crate::watch::{CgroupWatcher, Change};
 
 /// Everything `policyd load` decided before touching the kernel.
 #[derive(Debug, Clone)]
 pub struct LoadRequest {
     pub policy: PolicyName,
+    /// The command line named the policy: a reload keeps it, whatever the
+    /// config's `policy` says.
+    pub policy_from_cli: bool,
     /// The validated configuration.
     pub config: Config,
-    /// The file `config` was read from.
+    /// The file `config` was read from (re-read on SIGHUP).
     pub config_path: PathBuf,
+    /// The cgroup2 mount.
+    pub cgroup_root: PathBuf,
     /// Cgroup to attach to, relative to the cgroup2 mount ("/" = system-wide).
     pub cgroup: String,
-    /// Load and verify, but do not attach.
+    /// Attach and decide, but leave every kill to the kernel's own killer.
     pub dry_run: bool,
 }
 
-pub fn run(req: LoadRequest) -> anyhow::Result<()> {
-    let _ = req;
-    bail!("load is not wired to the kernel yet")
+/// What [`Daemon::handle_one_round`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Round {
+    Continue,
+    /// SIGINT or SIGTERM: time to drop the daemon (which detaches).
+    Stop,
+}
+
+/// Block SIGINT, SIGTERM and SIGHUP in this thread and return a signalfd
+/// that reads them. Call before starting threads that should inherit it.
+pub fn block_signals() -> Result<SignalFd> {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGHUP);
+    mask.thread_block()
+        .context("blocking SIGINT/SIGTERM/SIGHUP")?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .context("creating a signalfd")
+}
+
+/// `policyd load`: start, run until SIGINT/SIGTERM, detach.
+pub fn run(req: LoadRequest) -> Result<()> {
+    let signals = block_signals()?;
+    let mut daemon = Daemon::start(req)?;
+    daemon.watch_signals(signals);
+    while daemon.handle_one_round(None)? == Round::Continue {}
+    let cgroup = daemon.req.cgroup.clone();
+    drop(daemon);
+    tracing::info!(cgroup = %cgroup, "detached");
+    Ok(())
+}
+
+type Pending = Rc<RefCell<Vec<PolicydEvent>>>;
+
+/// A ring buffer on `obj`'s `events` map whose records land in the returned queue.
+fn event_ring(obj: &PolicyObject) -> Result<(RingBuffer<'static>, Pending)> {
+    let pending: Pending = Rc::default();
+    let sink = pending.clone();
+    let map = obj.events_map()?;
+    let mut builder = RingBufferBuilder::new();
+    builder
+        .add(&map, move |data: &[u8]| {
+            match PolicydEvent::from_bytes(data) {
+                Some(ev) => sink.borrow_mut().push(ev),
+                None => tracing::warn!(
+                    "short event from the policy ({} bytes, expected {})",
+                    data.len(),
+                    std::mem::size_of::<PolicydEvent>()
+                ),
+            }
+            0
+        })
+        .context("the policy's `events` map is not a ring buffer")?;
+    let ring = builder
+        .build()
+        .context("setting up the event ring buffer")?;
+    Ok((ring, pending))
+}
+
+/// A rules map holding `entries`. When the map is full the remaining
+/// cgroups are left out: the policy gives them their nearest ancestor's
+/// entry (or the defaults).
+fn new_rules_map(obj: &PolicyObject, entries: &[(u64, PolicydRule)]) -> Result<MapHandle> {
+    let map = obj.inner_spec().create()?;
+    for (i, (id, rule)) in entries.iter().enumerate() {
+        match map.update(&id.to_ne_bytes(), rule.as_bytes(), MapFlags::ANY) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::TooBig => {
+                tracing::warn!(
+                    "more cgroups than the rules map holds ({}): {} cgroups inherit from their \
+                     nearest ancestor with an entry",
+                    obj.inner_spec().max_entries,
+                    entries.len() - i
+                );
+                break;
+            }
+            Err(e) => return Err(e).context("filling the rules map"),
+        }
+    }
+    Ok(map)
+}
+
+/// The cgroups the daemon knows, with their resolved settings.
+struct Cgroups {
+    root: PathBuf,
+    /// By path.
+    effective: HashMap<String, Effective>,
+    /// Id → path, including removed cgroups (ids are never reused), so an
+    /// event about a cgroup removed since still names it.
+    names: HashMap<u64, String>,
+}
+
+impl Cgroups {
+    fn from_tree(root: &Path, tree: &CgroupTree, effective: Vec<Effective>) -> Self {
+        let names = tree
+            .nodes()
+            .iter()
+            .map(|n| (n.id, n.path.clone()))
+            .collect();
+        Cgroups {
+            root: root.to_owned(),
+            effective: effective.into_iter().map(|e| (e.path.clone(), e)).collect(),
+            names,
+        }
+    }
+
+    fn dir(&self, path: &str) -> PathBuf {
+        self.root.join(path.trim_start_matches('/'))
+    }
+
+    fn snapshot(&self) -> rules::Snapshot {
+        self.effective
+            .values()
+            .map(|e| (e.path.clone(), rules::rule_of(e)))
+            .collect()
+    }
+
+    /// The path of cgroup `id`; re-reads the tree once on a miss.
+    fn name(&mut self, id: u64) -> String {
+        if let Some(p) = self.names.get(&id) {
+            return p.clone();
+        }
+        if let Ok(tree) = CgroupTree::read(&self.root) {
+            for n in tree.nodes() {
+                self.names.entry(n.id).or_insert_with(|| n.path.clone());
+            }
+        }
+        self.names
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("cgroup#{id}"))
+    }
+
+    /// Resolve `path` (and any ancestors not known yet) under `config`.
+    fn resolve(&mut self, config: &Config, path: &str) -> Option<Effective> {
+        if let Some(e) = self.effective.get(path) {
+            return Some(e.clone());
+        }
+        let parent = if path == "/" {
+            None
+        } else {
+            let p = match path.rfind('/') {
+                Some(0) => "/".to_owned(),
+                Some(i) => path[..i].to_owned(),
+                None => return None,
+            };
+            Some(self.resolve(config, &p)?)
+        };
+        let id = std::fs::metadata(self.dir(path)).ok()?.ino();
+        let e = Resolver::new(config).resolve(path, id, parent.as_ref());
+        self.names.insert(id, path.to_owned());
+        self.effective.insert(path.to_owned(), e.clone());
+        Some(e)
+    }
+}
+
+/// A running policy: loaded, attached, fed.
+pub struct Daemon {
+    // Fields drop in order: the link first (the handler detaches), then the
+    // ring buffer, then the object it reads from.
+    link: HandlerLink,
+    link_id: u32,
+    ring: RingBuffer<'static>,
+    pending: Pending,
+    obj: PolicyObject,
+    /// The rules map in `rules[0]`.
+    rules: MapHandle,
+    kernel: KernelBtf,
+    req: LoadRequest,
+    cgroups: Cgroups,
+    watcher: Option<CgroupWatcher>,
+    signals: Option<SignalFd>,
+}
+
+impl Daemon {
+    /// Load `req.policy`, fill its rules, attach it to `req.cgroup` and log
+    /// one line saying so. Nothing is attached if this fails.
+    pub fn start(req: LoadRequest) -> Result<Daemon> {
+        loader::route_libbpf_log();
+        let kernel = KernelBtf::load()?;
+        let cgroup_dir = req.cgroup_root.join(req.cgroup.trim_start_matches('/'));
+        if !cgroup_dir.is_dir() {
+            anyhow::bail!(
+                "cgroup {} does not exist (no directory {})",
+                req.cgroup,
+                cgroup_dir.display()
+            );
+        }
+
+        // Watch first, read second: a cgroup created in between is reported
+        // by the watch (applying it twice is harmless).
+        let watcher = match CgroupWatcher::new(&req.cgroup_root) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot watch {} for new cgroups ({e}): new cgroups inherit their parent's \
+                     settings until the next reload (SIGHUP)",
+                    req.cgroup_root.display()
+                );
+                None
+            }
+        };
+        let tree = CgroupTree::read(&req.cgroup_root)
+            .with_context(|| format!("reading the cgroup tree at {}", req.cgroup_root.display()))?;
+        let effective = resolve_tree(&req.config, &tree);
+        let entries = rules::rule_entries(&req.config, &effective);
+
+        let obj = PolicyObject::open_load(req.policy, req.dry_run)?;
+        let rules_map = new_rules_map(&obj, &entries)?;
+        obj.install_rules(&rules_map)?;
+        let (ring, pending) = event_ring(&obj)?;
+        obj.prepare_ops(&kernel)?;
+
+        let link = HandlerLink::attach(obj.ops_map()?.as_fd(), &cgroup_dir, &req.cgroup)?;
+        let link_id = link.id().unwrap_or(0);
+        tracing::info!(
+            policy = %req.policy,
+            cgroup = %req.cgroup,
+            rules = req.config.rules.len(),
+            cgroups = entries.len() - 1,
+            dry_run = req.dry_run,
+            handler = %obj.handler_name(),
+            link_id,
+            "attached"
+        );
+        let cgroups = Cgroups::from_tree(&req.cgroup_root, &tree, effective);
+        Ok(Daemon {
+            link,
+            link_id,
+            ring,
+            pending,
+            obj,
+            rules: rules_map,
+            kernel,
+            req,
+            cgroups,
+            watcher,
+            signals: None,
+        })
+    }
+
+    /// Handle SIGINT/SIGTERM/SIGHUP from `signals` (see [`block_signals`]).
+    pub fn watch_signals(&mut self, signals: SignalFd) {
+        self.signals = Some(signals);
+    }
+
+    pub fn policy(&self) -> PolicyName {
+        self.obj.policy()
+    }
+
+    /// The kernel's id of the link (`policyd status` shows it).
+    pub fn link_id(&self) -> u32 {
+        self.link_id
+    }
+
+    /// Cgroups with an entry in the rules map.
+    pub fn cgroups(&self) -> usize {
+        self.cgroups.effective.len()
+    }
+
+    /// The current rules entry of the cgroup at `path`, read back from the
+    /// kernel's map.
+    pub fn rule_in_kernel(&self, path: &str) -> Result<Option<PolicydRule>> {
+        let Some(e) = self.cgroups.effective.get(path) else {
+            return Ok(None);
+        };
+        let v = self.rules.lookup(&e.id.to_ne_bytes(), MapFlags::ANY)?;
+        Ok(v.and_then(|b| PolicydRule::from_bytes(&b)))
+    }
+
+    /// Wait for something to happen (at most `timeout`; `None`: as long as
+    /// it takes) and handle it.
+    pub fn handle_one_round(&mut self, timeout: Option<Duration>) -> Result<Round> {
+        let timeout = match timeout {
+            None => PollTimeout::NONE,
+            Some(d) => PollTimeout::try_from(d).unwrap_or(PollTimeout::MAX),
+        };
+        let (ring_ready, watch_ready, signal_ready, link_gone) = {
+            // SAFETY: the ring buffer's epoll fd lives as long as `self.ring`.
+            let ring_fd = unsafe { BorrowedFd::borrow_raw(self.ring.epoll_fd()) };
+            let mut fds = vec![
+                PollFd::new(ring_fd, PollFlags::POLLIN),
+                // No events asked: POLLHUP comes when the kernel detaches it.
+                PollFd::new(self.link.as_fd(), PollFlags::empty()),
+            ];
+            let watch_idx = self.watcher.as_ref().map(|w| {
+                fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
+                fds.len() - 1
+            });
+            let signal_idx = self.signals.as_ref().map(|s| {
+                fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+                fds.len() - 1
+            });
+            match poll(&mut fds, timeout) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => return Ok(Round::Continue),
+                Err(e) => return Err(e).context("poll"),
+            }
+            let ready = |i: Option<usize>| {
+                i.and_then(|i| fds[i].revents())
+                    .is_some_and(|r| !r.is_empty())
+            };
+            (
+                ready(Some(0)),
+                ready(watch_idx),
+                ready(signal_idx),
+                ready(Some(1)),
+            )
+        };
+
+        if ring_ready {
+            self.consume_events();
+        }
+        if watch_ready {
+            self.apply_cgroup_changes();
+        }
+        if link_gone {
+            self.consume_events();
+            anyhow::bail!(
+                "the handler on {} was detached by the kernel (was the cgroup removed?)",
+                self.req.cgroup
+            );
+        }
+        if signal_ready {
+            return self.handle_signals();
+        }
+        Ok(Round::Continue)
+    }
+
+    fn handle_signals(&mut self) -> Result<Round> {
+        let mut round = Round::Continue;
+        while let Some(info) = self
+            .signals
+            .as_ref()
+            .map(|s| s.read_signal())
+            .transpose()
+            .context("reading the signalfd")?
+            .flatten()
+        {
+            let signo = info.ssi_signo as i32;
+            match Signal::try_from(signo) {
+                Ok(Signal::SIGHUP) => {
+                    tracing::info!("SIGHUP: reloading {}", self.req.config_path.display());
+                    if let Err(e) = self.reload() {
+                        tracing::error!("reload failed, the running policy and rules stay: {e:#}");
+                    }
+                }
+                Ok(sig @ (Signal::SIGINT | Signal::SIGTERM)) => {
+                    tracing::info!("{sig}: detaching from {}", self.req.cgroup);
+                    self.consume_events();
+                    round = Round::Stop;
+                }
+                _ => tracing::debug!("ignoring signal {signo}"),
+            }
+        }
+        Ok(round)
+    }
+
+    /// Log every event waiting in the ring buffer.
+    pub fn consume_events(&mut self) {
+        if let Err(e) = self.ring.consume() {
+            tracing::warn!("reading OOM events: {e}");
+        }
+        let events = std::mem::take(&mut *self.pending.borrow_mut());
+        for ev in events {
+            Decision::new(&ev, |id| self.cgroups.name(id)).log();
+        }
+    }
+
+    fn apply_cgroup_changes(&mut self) {
+        let Some(watcher) = self.watcher.as_mut() else {
+            return;
+        };
+        let changes = match watcher.read() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("reading cgroup changes: {e}");
+                return;
+            }
+        };
+        for change in changes {
+            match change {
+                Change::Created(path) => {
+                    let Some(e) = self.cgroups.resolve(&self.req.config, &path) else {
+                        continue; // gone already
+                    };
+                    let rule = rules::rule_of(&e);
+                    match self
+                        .rules
+                        .update(&e.id.to_ne_bytes(), rule.as_bytes(), MapFlags::ANY)
+                    {
+                        Ok(()) => tracing::debug!(
+                            "new cgroup {path} (id {}): priority {} protect {} kill {}",
+                            e.id,
+                            e.priority,
+                            e.protect,
+                            e.kill
+                        ),
+                        Err(err) => tracing::warn!(
+                            "new cgroup {path}: cannot add its rules entry ({err}); it inherits \
+                             from its parent in the kernel"
+                        ),
+                    }
+                }
+                Change::Removed(path) => {
+                    if let Some(e) = self.cgroups.effective.remove(&path) {
+                        // Children are gone first (rmdir needs an empty cgroup).
+                        let _ = self.rules.delete(&e.id.to_ne_bytes());
+                        tracing::debug!("cgroup {path} (id {}) removed", e.id);
+                    }
+                }
+                Change::Overflow => {
+                    tracing::warn!("missed cgroup changes (inotify overflow): re-reading the tree");
+                    let config = self.req.config.clone();
+                    if let Err(e) = self.replace_rules(&config) {
+                        tracing::error!("re-reading the cgroup tree: {e:#}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resolve the whole tree under `config` and swap in a new rules map.
+    /// Returns the new effective settings' snapshot.
+    fn replace_rules(&mut self, config: &Config) -> Result<()> {
+        let tree = CgroupTree::read(&self.req.cgroup_root)?;
+        let effective = resolve_tree(config, &tree);
+        let entries = rules::rule_entries(config, &effective);
+        let map = new_rules_map(&self.obj, &entries)?;
+        self.obj.install_rules(&map)?;
+        self.rules = map;
+        let names = std::mem::take(&mut self.cgroups.names);
+        self.cgroups = Cgroups::from_tree(&self.req.cgroup_root, &tree, effective);
+        for (id, path) in names {
+            self.cgroups.names.entry(id).or_insert(path);
+        }
+        Ok(())
+    }
+
+    /// What SIGHUP does: re-read the config. Invalid → log why, keep
+    /// everything. Same policy → new rules map swapped into `rules[0]`.
+    /// Another policy → load it, fill its rules, swap it into the link
+    /// (`bpf_link_update`: the old handler stays until the new one is in).
+    pub fn reload(&mut self) -> Result<()> {
+        let config = match commands::load_config(&self.req.config_path) {
+            Ok(c) => c,
+            Err(e) => {
+                for line in format!("{e:#}").lines() {
+                    tracing::error!("{line}");
+                }
+                tracing::warn!(
+                    "{} is not valid: keeping the running policy and rules",
+                    self.req.config_path.display()
+                );
+                return Ok(());
+            }
+        };
+        let policy = if self.req.policy_from_cli {
+            if config.policy != self.req.policy {
+                tracing::info!(
+                    "the config names policy {}; keeping {} from the command line",
+                    config.policy,
+                    self.req.policy
+                );
+            }
+            self.req.policy
+        } else {
+            config.policy
+        };
+        let old = self.cgroups.snapshot();
+        let old_policy = self.obj.policy();
+        let old_default = self.req.config.default_priority;
+
+        if policy == old_policy {
+            self.replace_rules(&config)?;
+        } else {
+            self.switch_policy(policy, &config)?;
+        }
+
+        let new = self.cgroups.snapshot();
+        let (changed, changes) = rules::describe_changes(&old, &new, 20);
+        tracing::info!(
+            policy = %policy,
+            rules = config.rules.len(),
+            cgroups = new.len(),
+            changed,
+            "reloaded"
+        );
+        if policy != old_policy {
+            tracing::info!("policy {old_policy} -> {policy} (handler swapped, never detached)");
+        }
+        if config.default_priority != old_default {
+            tracing::info!(
+                "default_priority {old_default} -> {}",
+                config.default_priority
+            );
+        }
+        for line in changes {
+            tracing::info!("  {line}");
+        }
+        self.req.config = config;
+        self.req.policy = policy;
+        Ok(())
+    }
+
+    fn switch_policy(&mut self, policy: PolicyName, config: &Config) -> Result<()> {
+        let tree = CgroupTree::read(&self.req.cgroup_root)?;
+        let effective = resolve_tree(config, &tree);
+        let entries = rules::rule_entries(config, &effective);
+        let obj = PolicyObject::open_load(policy, self.req.dry_run)?;
+        let map = new_rules_map(&obj, &entries)?;
+        obj.install_rules(&map)?;
+        let (ring, pending) = event_ring(&obj)?;
+        obj.prepare_ops(&self.kernel)?;
+        self.link
+            .update(obj.ops_map()?.as_fd(), self.obj.ops_map()?.as_fd())
+            .map_err(|e| anyhow::anyhow!("swapping the handler to policy {policy}: {e}"))?;
+        // The old handler is out: log what it still reported, then drop it.
+        self.consume_events();
+        self.ring = ring;
+        self.pending = pending;
+        self.obj = obj;
+        self.rules = map;
+        let names = std::mem::take(&mut self.cgroups.names);
+        self.cgroups = Cgroups::from_tree(&self.req.cgroup_root, &tree, effective);
+        for (id, path) in names {
+            self.cgroups.names.entry(id).or_insert(path);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::FakeCgroupfs;
+
+    #[test]
+    fn resolves_new_cgroups_and_missing_ancestors() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeCgroupfs::new(dir.path());
+        fake.cgroup("/demo/batch", 0, &[]);
+        let config = Config::parse(
+            "[[rule]]\ncgroup = \"/demo/batch/**\"\npriority = 10\nkill = \"cgroup\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let tree = CgroupTree::read(dir.path()).unwrap();
+        let eff = resolve_tree(&config, &tree);
+        let mut cg = Cgroups::from_tree(dir.path(), &tree, eff);
+        assert_eq!(cg.effective.len(), 3);
+
+        // A job and its step appear; the step is resolved with its parent.
+        fake.cgroup("/demo/batch/j9/step", 0, &[]);
+        let e = cg.resolve(&config, "/demo/batch/j9/step").unwrap();
+        assert_eq!((e.priority, e.kill), (10, crate::config::KillMode::Cgroup));
+        assert!(cg.effective.contains_key("/demo/batch/j9"));
+        let id = std::fs::metadata(dir.path().join("demo/batch/j9/step"))
+            .unwrap()
+            .ino();
+        assert_eq!(e.id, id);
+        assert_eq!(cg.name(id), "/demo/batch/j9/step");
+        // Gone before we looked: nothing.
+        assert!(cg.resolve(&config, "/demo/nope").is_none());
+        assert_eq!(cg.name(123_456_789), "cgroup#123456789");
+    }
 }

@@ -10,7 +10,11 @@
 //! * [`resolve`]: effective settings per cgroup (rules + inheritance);
 //! * [`rank`]: candidates and victim choice (what `explain` predicts);
 //! * [`cli`] and [`commands`]: the command line;
-//! * [`daemon`], [`status`]: the kernel-facing side;
+//! * [`daemon`], [`status`]: the kernel-facing side: [`loader`] loads and
+//!   attaches a policy ([`bpf`]: the generated skeletons), [`rules`] turns
+//!   resolved settings into rules map entries, [`abi`] mirrors the structs
+//!   shared with BPF, [`events`] logs OOM decisions, [`watch`] follows the
+//!   cgroup tree;
 //! * [`testing`]: fake cgroup and proc trees for tests.
 
 pub mod abi;

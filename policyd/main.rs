@@ -10,8 +10,12 @@ use tracing_subscriber::EnvFilter;
 use policyd::cli::{Cli, Command};
 use policyd::{commands, status};
 
-fn init_tracing(verbose: u8) {
+/// `daemon`: `policyd load`, whose log is its output: info lines by default,
+/// on stdout (`policyd load | grep decision`). The other commands log
+/// warnings and errors to stderr.
+fn init_tracing(verbose: u8, daemon: bool) {
     let level = match verbose {
+        0 if daemon => "info",
         0 => "warn",
         1 => "info",
         2 => "debug",
@@ -19,14 +23,22 @@ fn init_tracing(verbose: u8) {
     };
     // RUST_LOG, when set, wins over -v.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
         // journald (or the terminal) already knows when a line was written.
         .without_time()
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if daemon {
+        builder
+            .with_writer(std::io::stdout)
+            .with_ansi(std::io::stdout().is_terminal())
+            .init();
+    } else {
+        builder
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init();
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -44,7 +56,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let text = commands::explain(&args, cli.cgroup_root.as_deref(), &cli.proc_root)?;
             print!("{text}");
         }
-        Command::Load(args) => commands::load(&args)?,
+        Command::Load(args) => commands::load(&args, cli.cgroup_root.as_deref())?,
         Command::Status(args) => status::run(args.json)?,
     }
     Ok(ExitCode::SUCCESS)
@@ -52,7 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    init_tracing(cli.verbose, matches!(cli.command, Command::Load(_)));
     match run(cli) {
         Ok(code) => {
             let _ = std::io::stdout().flush();
