@@ -73,7 +73,7 @@ pub enum Command {
     )]
     Load(LoadArgs),
 
-    /// Show attached policies and recent OOM decisions
+    /// Show every attached BPF OOM handler: where, who attached it, counters
     #[command(after_help = "Examples:\n  policyd status\n  policyd status --json")]
     Status(StatusArgs),
 

@@ -57,7 +57,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{text}");
         }
         Command::Load(args) => commands::load(&args, cli.cgroup_root.as_deref())?,
-        Command::Status(args) => status::run(args.json)?,
+        Command::Status(args) => status::run(&args, cli.cgroup_root.as_deref(), &cli.proc_root)?,
     }
     Ok(ExitCode::SUCCESS)
 }
