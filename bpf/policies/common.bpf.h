@@ -53,7 +53,12 @@ struct {
 	__uint(max_entries, 256 * 1024);
 } events SEC(".maps");
 
-static const struct policyd_rule builtin_defaults = {
+/*
+ * Until policyd installs its rules.  A global, not a static: that also puts
+ * the complete struct policyd_rule into the object's BTF, which the rules
+ * map's inner definition alone does not, and libbpf needs it to size the map.
+ */
+const struct policyd_rule builtin_defaults = {
 	.priority = 100,
 	.kill = POLICYD_KILL_TASK,
 };
@@ -146,7 +151,7 @@ static __always_inline bool usage_better(const struct policyd_candidate *a,
 }
 
 /* Keep event.ranked sorted, best first, holding the best few candidates. */
-static __always_inline void rank_candidate(struct policyd_candidate *cand, bool by_usage)
+static __noinline void rank_candidate(struct policyd_candidate *cand, bool by_usage)
 {
 	struct policyd_candidate tmp;
 	int i;
@@ -173,7 +178,7 @@ static __always_inline void rank_candidate(struct policyd_candidate *cand, bool 
  * Rank the cgroups of @scope that hold processes themselves, leaving out the
  * root cgroup and protected ones, into event.ranked.
  */
-static __always_inline void rank_cgroups(struct cgroup *scope, bool by_usage)
+static __noinline __attribute__((unused)) void rank_cgroups(struct cgroup *scope, bool by_usage)
 {
 	struct cgroup_subsys_state *pos;
 	struct policyd_candidate cand;
@@ -216,26 +221,25 @@ static __always_inline void record_victim(struct task_struct *task)
 }
 
 /*
- * Kill inside the cgroup @cgid as its rule says.  An earlier OOM victim still
- * exiting there means memory is on its way: wait for it instead.
- *
- * Return: the number of tasks killed, or 0.  Sets event.outcome when it
- * awaited, and event.kill_err on failures.
+ * What a scan of one cgroup's tasks found.  Kept in a global rather than on
+ * the stack: the verifier then sees no loop-carried values and the task loops
+ * converge at once, whatever the number of tasks.
  */
-static __always_inline int kill_in_cgroup(struct oom_control *oc, __u64 cgid, __u8 kill)
+struct {
+	__u64 best_rss;
+	__s32 best_pid;
+	__u32 killed;
+} scan;
+
+/* Find the largest killable task of @cgrp, or an earlier victim still exiting. */
+static __noinline void scan_tasks(struct oom_control *oc, struct cgroup *cgrp)
 {
 	struct bpf_iter_css_task it;
 	struct task_struct *task;
-	struct cgroup *cgrp;
-	__u64 best_rss = 0, rss;
-	__s32 best_pid = 0;
-	int killed = 0, err;
+	__u64 rss;
 
-	cgrp = bpf_cgroup_from_id(cgid);
-	if (!cgrp) {
-		event.kill_err = -ENOENT;
-		return 0;
-	}
+	scan.best_rss = 0;
+	scan.best_pid = 0;
 
 	bpf_iter_css_task_new(&it, &cgrp->self, CSS_TASK_ITER_PROCS);
 	while ((task = bpf_iter_css_task_next(&it))) {
@@ -243,75 +247,89 @@ static __always_inline int kill_in_cgroup(struct oom_control *oc, __u64 cgid, __
 			event.outcome = POLICYD_OUTCOME_AWAITED;
 			event.reason = POLICYD_REASON_VICTIM_EXITING;
 			record_victim(task);
-			killed = 0;
-			best_pid = 0;
 			break;
 		}
 		if (!task_killable(task))
 			continue;
 		rss = task_rss_pages(task);
-		if (best_pid && (rss < best_rss || (rss == best_rss && task->tgid > best_pid)))
+		if (scan.best_pid && (rss < scan.best_rss ||
+				      (rss == scan.best_rss && task->tgid > scan.best_pid)))
 			continue;
-		best_rss = rss;
-		best_pid = task->tgid;
-		if (kill == POLICYD_KILL_CGROUP)
-			record_victim(task);
+		scan.best_rss = rss;
+		scan.best_pid = task->tgid;
 	}
 	bpf_iter_css_task_destroy(&it);
+}
 
-	if (event.outcome == POLICYD_OUTCOME_AWAITED || !best_pid || dry_run)
+static __always_inline void kill_task(struct oom_control *oc, struct task_struct *task)
+{
+	int err = bpf_oom_kill_process(oc, task, "policyd");
+
+	if (!err)
+		scan.killed++;
+	else
+		event.kill_err = err;
+}
+
+/* Every killable task of @cgrp but the one already killed. */
+static __noinline void kill_rest(struct oom_control *oc, struct cgroup *cgrp)
+{
+	struct bpf_iter_css_task it;
+	struct task_struct *task;
+
+	bpf_iter_css_task_new(&it, &cgrp->self, CSS_TASK_ITER_PROCS);
+	while ((task = bpf_iter_css_task_next(&it))) {
+		if (task->tgid == scan.best_pid || !task_killable(task) ||
+		    bpf_task_is_oom_victim(task))
+			continue;
+		kill_task(oc, task);
+	}
+	bpf_iter_css_task_destroy(&it);
+}
+
+/*
+ * Kill inside the cgroup @cgid as its rule says: its largest task, or all of
+ * them, largest first so that the OOM report shows it.  An earlier OOM victim
+ * still exiting there means memory is on its way: wait for it instead.
+ *
+ * Return: the number of tasks killed.  Sets event.outcome when it awaited,
+ * event.victim_* for the (largest) victim, and event.kill_err on failures.
+ */
+static __noinline int kill_in_cgroup(struct oom_control *oc, __u64 cgid, __u8 kill)
+{
+	struct task_struct *task;
+	struct cgroup *cgrp;
+
+	scan.killed = 0;
+	cgrp = bpf_cgroup_from_id(cgid);
+	if (!cgrp) {
+		event.kill_err = -ENOENT;
+		return 0;
+	}
+
+	scan_tasks(oc, cgrp);
+	if (event.outcome == POLICYD_OUTCOME_AWAITED)
 		goto out;
-
-	if (kill == POLICYD_KILL_CGROUP) {
-		/* Every killable task, largest first so the report shows it. */
-		task = bpf_task_from_pid(best_pid);
-		if (task) {
-			err = bpf_oom_kill_process(oc, task, "policyd: lowest priority cgroup");
-			if (!err)
-				killed++;
-			else
-				event.kill_err = err;
-			bpf_task_release(task);
-		}
-		bpf_iter_css_task_new(&it, &cgrp->self, CSS_TASK_ITER_PROCS);
-		while ((task = bpf_iter_css_task_next(&it))) {
-			if (task->tgid == best_pid || !task_killable(task) ||
-			    bpf_task_is_oom_victim(task))
-				continue;
-			err = bpf_oom_kill_process(oc, task, "policyd: lowest priority cgroup");
-			if (!err)
-				killed++;
-			else
-				event.kill_err = err;
-		}
-		bpf_iter_css_task_destroy(&it);
+	if (!scan.best_pid) {
+		event.kill_err = -ENOENT;
 		goto out;
 	}
 
-	task = bpf_task_from_pid(best_pid);
+	task = bpf_task_from_pid(scan.best_pid);
 	if (!task) {
 		event.kill_err = -ENOENT;
 		goto out;
 	}
 	record_victim(task);
-	err = bpf_oom_kill_process(oc, task, "policyd: lowest priority cgroup");
-	if (!err)
-		killed = 1;
-	else
-		event.kill_err = err;
+	if (!dry_run)
+		kill_task(oc, task);
 	bpf_task_release(task);
+
+	if (kill == POLICYD_KILL_CGROUP && !dry_run)
+		kill_rest(oc, cgrp);
 out:
-	if (!best_pid && event.outcome != POLICYD_OUTCOME_AWAITED)
-		event.kill_err = -ENOENT;
-	else if (dry_run && event.outcome != POLICYD_OUTCOME_AWAITED) {
-		task = bpf_task_from_pid(best_pid);
-		if (task) {
-			record_victim(task);
-			bpf_task_release(task);
-		}
-	}
 	bpf_cgroup_release(cgrp);
-	return killed;
+	return scan.killed;
 }
 
 static __always_inline void begin_event(struct oom_control *oc, enum policyd_policy policy)
@@ -367,7 +385,7 @@ static __always_inline int finish_event(void)
  * Shared by the cgroup-ranking policies: try the ranked candidates in order
  * until a kill succeeds or an exiting victim is found.
  */
-static __always_inline int kill_ranked(struct oom_control *oc, enum policyd_reason reason)
+static __noinline __attribute__((unused)) int kill_ranked(struct oom_control *oc, enum policyd_reason reason)
 {
 	void *rmap = rules_map();
 	struct policyd_rule rule;
