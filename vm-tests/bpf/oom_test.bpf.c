@@ -99,7 +99,7 @@ int BPF_PROG(handle_out_of_memory, struct oom_control *oc,
 SEC(".struct_ops.link")
 struct bpf_oom_ops oom_test_ops = {
 	.handle_out_of_memory = (void *)handle_out_of_memory,
-	.name = "vm-tests",
+	.name = "vm_tests",
 };
 
 /* Declares an OOM from a SEC("syscall") program, as a user space policy would. */
