@@ -117,6 +117,28 @@ patched_files() {
 	sed -n 's|^diff --git a/\([^ ]*\) b/\([^ ]*\)$|\1\n\2|p' "$@" | LC_ALL=C sort -u
 }
 
+# Whether tree $1 already holds the whole series: un-apply it, newest patch first, on a
+# scratch copy of the files it touches. (A single `git apply --reverse --check` of all the
+# patches fails as soon as two of them touch the same file.)
+series_contained() {
+	local tree=$1 scratch f i ok=0
+	scratch=$(mktemp -d)
+	while IFS= read -r f; do
+		if [ -f "$tree/$f" ]; then
+			mkdir -p "$scratch/$(dirname "$f")"
+			cp "$tree/$f" "$scratch/$f"
+		fi
+	done < <(patched_files "${patches[@]}")
+	for ((i = ${#patches[@]} - 1; i >= 0; i--)); do
+		if ! git_in "$scratch" apply --reverse "${patches[i]}" 2>/dev/null; then
+			ok=1
+			break
+		fi
+	done
+	rm -rf "$scratch"
+	return $ok
+}
+
 # Fragment lines missing from the final .config, one per line.
 missing_options() {
 	local config=$1 line sym
@@ -198,9 +220,7 @@ build_kernel() {
 		apply=0
 		log "no patches in ${patch_dir#"$top"/}: building the source as it is"
 	elif [ -n "${KERNEL_SRC:-}" ]; then
-		local reversed=() i
-		for ((i = ${#patches[@]} - 1; i >= 0; i--)); do reversed+=("${patches[i]}"); done
-		if git_in "$pristine" apply --reverse --check "${reversed[@]}" 2>/dev/null; then
+		if series_contained "$pristine"; then
 			apply=0
 			log "KERNEL_SRC already contains the ${#patches[@]} patches: not applying them again"
 		else
@@ -234,7 +254,8 @@ build_kernel() {
 		mv "$touched_list.new" "$touched_list"
 		for p in "${patches[@]}"; do
 			git_in "$work" apply --whitespace=nowarn "$p" ||
-				die "$(basename "$p") does not apply to $src_desc"
+				die "$(basename "$p") does not apply to $src_desc" \
+					"(a KERNEL_SRC tree must hold either the whole series or none of it)"
 		done
 		# A patched file whose content is what the last applied series produced gets that
 		# series' mtime back: changing one patch rebuilds only what that patch changes.
