@@ -6,8 +6,10 @@ use super::Scenario;
 mod kernel_attach_lifecycle;
 mod kernel_await;
 mod kernel_declare_oom;
+mod kernel_default_exiting;
 mod kernel_default_global;
 mod kernel_handler;
+mod kernel_hierarchy;
 mod kernel_kill_refused;
 mod kernel_oom_storm;
 mod oom_default_memcg;
@@ -17,10 +19,12 @@ pub fn all() -> Vec<Scenario> {
     vec![
         oom_default_memcg::scenario(),
         kernel_default_global::scenario(),
+        kernel_default_exiting::scenario(),
         kernel_handler::kills_chosen(),
         kernel_handler::defers(),
         kernel_handler::claims_without_kill(),
         kernel_kill_refused::scenario(),
+        kernel_hierarchy::scenario(),
         kernel_attach_lifecycle::scenario(),
         kernel_await::scenario(),
         kernel_declare_oom::scenario(),
