@@ -241,7 +241,8 @@ static __noinline void scan_tasks(struct oom_control *oc, struct cgroup *cgrp)
 	scan.best_rss = 0;
 	scan.best_pid = 0;
 
-	bpf_iter_css_task_new(&it, &cgrp->self, CSS_TASK_ITER_PROCS);
+	/* WITH_DEAD: a victim tearing down its memory is exiting, not gone. */
+	bpf_iter_css_task_new(&it, &cgrp->self, CSS_TASK_ITER_PROCS | CSS_TASK_ITER_WITH_DEAD);
 	while ((task = bpf_iter_css_task_next(&it))) {
 		if (bpf_task_is_oom_victim(task) && !bpf_oom_await_victim(oc, task)) {
 			event.outcome = POLICYD_OUTCOME_AWAITED;

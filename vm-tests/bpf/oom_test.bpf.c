@@ -31,7 +31,8 @@ static bool await_victim(struct oom_control *oc)
 	if (!memcg)
 		return false;
 
-	bpf_iter_css_task_new(&it, &memcg->css, CSS_TASK_ITER_PROCS);
+	/* WITH_DEAD: the victim is exiting, and must still be found. */
+	bpf_iter_css_task_new(&it, &memcg->css, CSS_TASK_ITER_PROCS | CSS_TASK_ITER_WITH_DEAD);
 	while ((task = bpf_iter_css_task_next(&it))) {
 		if (!bpf_task_is_oom_victim(task))
 			continue;
