@@ -1,11 +1,12 @@
 //! bpf_out_of_memory() from a SEC("syscall") program declares an OOM that the handlers and
 //! the kernel resolve as a real one: on a memcg far from its limit (resolved by the
 //! memcg's handler), with BPF_OOM_FLAGS_WAIT_ON_OOM_LOCK, with bad flags (-EINVAL, nothing
-//! runs), and system-wide (cgroup_id 0: only the root's handler runs).
+//! runs), and system-wide (cgroup_id 0: only the root's handler runs, whether it was
+//! attached to the root cgroup by fd or without a cgroup).
 
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use nix::libc;
 
 use crate::guest::kutil::{
@@ -29,7 +30,8 @@ fn run() -> Result<()> {
     let mut hm = Handler::load(Action::KillTarget, 0, 1)?;
     let mut hroot = Handler::load(Action::Defer, 0, 0)?;
     let _lm = hm.attach(&m)?;
-    let _lroot = hroot.attach(&Cgroup::root())?;
+    let root_id = Cgroup::root().id()?;
+    let mut lroot = hroot.attach(&Cgroup::root())?;
 
     // Plain, then waiting on oom_lock: each resolved by the memcg's handler.
     for (flags, what) in [
@@ -97,8 +99,16 @@ fn run() -> Result<()> {
         drop(target);
     }
 
-    // System-wide: only the root's handler.
-    {
+    // System-wide: only the root's handler, attached either way to the root cgroup.
+    for (form, link_cgroup) in [
+        ("a BPF_F_CGROUP_FD link to the root cgroup", root_id),
+        ("a link without a cgroup", 0),
+    ] {
+        if link_cgroup == 0 {
+            drop(lroot);
+            lroot = kutil::try_attach_system_wide(hroot.skel())
+                .context("attaching the root handler without a cgroup")?;
+        }
         let mut target = kutil::fixed_hog(&x, 8)?;
         hroot.set(Action::KillTarget, target.pid(), 1);
         hm.set(Action::KillTarget, bystander.pid(), 1);
@@ -107,25 +117,33 @@ fn run() -> Result<()> {
         let mut kmsg = Kmsg::mark()?;
         let d = hroot.declare_oom(0, 0, 1)?;
         let s = hroot.stats();
-        println!("global OOM declared: {d}; root handler: {}", show(&s));
+        println!(
+            "global OOM declared, root handler on {form}: {d}; {}",
+            show(&s)
+        );
         ensure!(
             d.ret[0] == 1,
-            "global: bpf_out_of_memory() returned {}, expected 1",
+            "global ({form}): bpf_out_of_memory() returned {}, expected 1",
             d.ret[0]
         );
         target.wait_killed(Duration::from_secs(10))?;
         ensure!(
             s.calls == croot.calls + 1 && s.kills == croot.kills + 1,
-            "global: the root handler did not kill exactly once"
+            "global ({form}): the root handler did not kill exactly once"
         );
         ensure!(
             s.last_oom_memcg == 0,
-            "global: last_oom_memcg {} != 0",
+            "global ({form}): last_oom_memcg {} != 0",
             s.last_oom_memcg
         );
         ensure!(
+            s.last_link_cgroup == link_cgroup,
+            "global ({form}): st_link->cgroup id {}, expected {link_cgroup}",
+            s.last_link_cgroup
+        );
+        ensure!(
             hm.stats().calls == cm.calls,
-            "global: the handler of {} ran on a system-wide OOM",
+            "global ({form}): the handler of {} ran on a system-wide OOM",
             m.path()
         );
         expect_oom_kills(&x, &before, 1)?;
@@ -133,7 +151,8 @@ fn run() -> Result<()> {
         expect_log(&log, HANDLER_REPORT_LINE)?;
         expect_log(&log, &format!("{HANDLER_KILL_LINE} {} ", target.pid()))?;
         expect_log(&log, ",global_oom")?;
-        ensure!(bystander.is_alive(), "global: the bystander died");
+        ensure!(bystander.is_alive(), "global ({form}): the bystander died");
     }
+    drop(lroot);
     Ok(())
 }
