@@ -18,19 +18,25 @@ pub fn scenario() -> Scenario {
     Scenario::new("kernel-default-exiting-victim", run).timeout_s(90)
 }
 
-const ROUNDS: usize = 3;
+/// (idle victim, allocating hog) MiB, in a 64 MiB memcg: the two do not fit together,
+/// the allocating hog alone does, and the idle one is the bigger when the OOM strikes.
+/// A victim above ~38 MiB has part of its memory freed while exit_mmap() still unmaps
+/// (its mmu_gather batches fill up); a smaller one has all of it freed only at
+/// tlb_finish_mmu(), after MMF_OOM_SKIP: both ways must hold.
+const ROUNDS: &[(u64, u64)] = &[(40, 30), (40, 30), (34, 32), (34, 32), (34, 32)];
 
 fn run() -> Result<()> {
     let cg = Cgroup::create("kernel-default-exiting-victim")?;
     cg.set("memory.max", "64M")?;
-    for round in 1..=ROUNDS {
+    for (i, &(victim_mib, alloc_mib)) in ROUNDS.iter().enumerate() {
+        let round = i + 1;
         let before = cg.events()?;
         let mut kmsg = Kmsg::mark()?;
-        let mut big = kutil::fixed_hog(&cg, 40)?;
-        // 40 + 30 MiB do not fit in 64; 30 alone does.
-        let mut small = Hog::spawn(&cg, &HogSpec::fixed(30))?;
+        let mut big = kutil::fixed_hog(&cg, victim_mib)?;
+        let mut small = Hog::spawn(&cg, &HogSpec::fixed(alloc_mib))?;
         println!(
-            "round {round}: big idle hog {} (40 MiB), small hog {} touching 30 MiB",
+            "round {round}: big idle hog {} ({victim_mib} MiB), small hog {} touching \
+             {alloc_mib} MiB",
             big.pid(),
             small.pid()
         );
