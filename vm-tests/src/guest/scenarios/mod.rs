@@ -5,6 +5,7 @@ use super::Scenario;
 
 mod kernel_attach_lifecycle;
 mod kernel_await;
+mod kernel_await_retry;
 mod kernel_declare_oom;
 mod kernel_default_exiting;
 mod kernel_default_global;
@@ -27,6 +28,7 @@ pub fn all() -> Vec<Scenario> {
         kernel_hierarchy::scenario(),
         kernel_attach_lifecycle::scenario(),
         kernel_await::scenario(),
+        kernel_await_retry::scenario(),
         kernel_declare_oom::scenario(),
         kernel_oom_storm::scenario(),
     ]
