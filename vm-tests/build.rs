@@ -1,5 +1,5 @@
 //! Compiles the test BPF OOM handler vm-tests/bpf/oom_test.bpf.c into a libbpf-rs skeleton
-//! `oom_test.skel.rs` in OUT_DIR (included by src/guest/oom_test_skel.rs).
+//! `oom_test.skel.rs` in OUT_DIR (included by src/guest/kutil.rs).
 //!
 //! clang-19 compiles it against the patched kernel's bpf/vmlinux/x86_64/vmlinux.h (at the
 //! repository root). Linux 7.x headers use embedded anonymous structs, which clang drops
