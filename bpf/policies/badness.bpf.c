@@ -48,12 +48,15 @@ int BPF_PROG(badness_handle_oom, struct oom_control *oc,
 	/* The kernel's scan: every process in scope, the last of equals wins. */
 	bpf_rcu_read_lock();
 	bpf_for_each(task, task, NULL, BPF_TASK_ITER_ALL_PROCS) {
-		if (task->tgid == 1 || (task->flags & PF_KTHREAD) || !task->mm)
+		if (task->tgid == 1 || (task->flags & PF_KTHREAD))
 			continue;
 		if (oc->memcg && !bpf_task_under_cgroup(task, scope))
 			continue;
+		/*
+		 * As select_bad_process(): an exiting victim means wait.  Before
+		 * the mm check: a victim tearing down its memory has no mm left.
+		 */
 		if (bpf_task_is_oom_victim(task)) {
-			/* As select_bad_process(): an exiting victim means wait. */
 			if (!bpf_oom_await_victim(oc, task)) {
 				awaited = true;
 				best_pid = task->tgid;
@@ -61,6 +64,8 @@ int BPF_PROG(badness_handle_oom, struct oom_control *oc,
 			}
 			continue;
 		}
+		if (!task->mm)
+			continue;
 		event.candidates++;
 		points = task_badness(task, totalpages);
 		if (points == LONG_MIN || points < best_points)
@@ -76,6 +81,12 @@ int BPF_PROG(badness_handle_oom, struct oom_control *oc,
 		return finish_event();
 	}
 
+	if (awaited) {
+		/* Handled even if the victim is gone by the time we look it up. */
+		event.outcome = POLICYD_OUTCOME_AWAITED;
+		event.reason = POLICYD_REASON_VICTIM_EXITING;
+		event.victim_pid = best_pid;
+	}
 	task = bpf_task_from_pid(best_pid);
 	if (!task)
 		return finish_event();
