@@ -221,6 +221,51 @@ static __always_inline void record_victim(struct task_struct *task)
 }
 
 /*
+ * An earlier OOM victim anywhere in the OOM's scope that is still releasing
+ * its memory: wait for it, as the kernel's select_bad_process() does, rather
+ * than kill a second task.  Looked for across the whole scope before any
+ * ranking: the victim's cgroup need not rank first any more (under `largest`
+ * it shrinks as the memory comes back), and kill_in_cgroup() only looks in
+ * the cgroup it is about to kill in.  Walks every process, as badness does.
+ *
+ * Return: true if the OOM is resolved by waiting; the event says for whom.
+ */
+static __noinline __attribute__((unused)) bool await_victim_in_scope(struct oom_control *oc,
+								      struct cgroup *scope)
+{
+	struct task_struct *task;
+	__s32 pid = 0;
+
+	bpf_rcu_read_lock();
+	bpf_for_each(task, task, NULL, BPF_TASK_ITER_ALL_PROCS) {
+		if (!bpf_task_is_oom_victim(task))
+			continue;
+		if (oc->memcg && !bpf_task_under_cgroup(task, scope))
+			continue;
+		if (!bpf_oom_await_victim(oc, task)) {
+			pid = task->tgid;
+			break;
+		}
+	}
+	bpf_rcu_read_unlock();
+	if (!pid)
+		return false;
+
+	/* Handled from here on, even if the victim is gone by now. */
+	event.outcome = POLICYD_OUTCOME_AWAITED;
+	event.reason = POLICYD_REASON_VICTIM_EXITING;
+	event.victim_pid = pid;
+	task = bpf_task_from_pid(pid);
+	if (task) {
+		record_victim(task);
+		event.victim_cgroup_id = task->cgroups->dfl_cgrp->kn->id;
+		event.victim_usage = cgroup_usage(task->cgroups->dfl_cgrp);
+		bpf_task_release(task);
+	}
+	return true;
+}
+
+/*
  * What a scan of one cgroup's tasks found.  Kept in a global rather than on
  * the stack: the verifier then sees no loop-carried values and the task loops
  * converge at once, whatever the number of tasks.

@@ -10,14 +10,18 @@ int BPF_PROG(largest_handle_oom, struct oom_control *oc,
 	     struct bpf_struct_ops_link *st_link)
 {
 	struct cgroup *scope;
+	bool awaited;
 
 	begin_event(oc, POLICYD_POLICY_LARGEST);
 
 	scope = scope_cgroup(oc);
 	if (scope) {
-		rank_cgroups(scope, true);
+		awaited = await_victim_in_scope(oc, scope);
+		if (!awaited)
+			rank_cgroups(scope, true);
 		bpf_cgroup_release(scope);
-		kill_ranked(oc, POLICYD_REASON_LARGEST_USAGE);
+		if (!awaited)
+			kill_ranked(oc, POLICYD_REASON_LARGEST_USAGE);
 	}
 
 	return finish_event();

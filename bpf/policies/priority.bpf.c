@@ -11,14 +11,18 @@ int BPF_PROG(priority_handle_oom, struct oom_control *oc,
 	     struct bpf_struct_ops_link *st_link)
 {
 	struct cgroup *scope;
+	bool awaited;
 
 	begin_event(oc, POLICYD_POLICY_PRIORITY);
 
 	scope = scope_cgroup(oc);
 	if (scope) {
-		rank_cgroups(scope, false);
+		awaited = await_victim_in_scope(oc, scope);
+		if (!awaited)
+			rank_cgroups(scope, false);
 		bpf_cgroup_release(scope);
-		kill_ranked(oc, POLICYD_REASON_LOWEST_PRIORITY);
+		if (!awaited)
+			kill_ranked(oc, POLICYD_REASON_LOWEST_PRIORITY);
 	}
 
 	return finish_event();
