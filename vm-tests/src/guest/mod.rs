@@ -6,6 +6,7 @@
 //! checked by the host after every scenario (WARNING, BUG, lockdep, ... fail it too).
 
 pub mod kutil;
+pub mod pdutil;
 pub mod scenarios;
 pub mod util;
 

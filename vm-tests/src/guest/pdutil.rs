@@ -1,0 +1,641 @@
+//! Helpers for the policyd-* scenarios and the demo: running /bin/policyd as the daemon
+//! (a child process whose log the scenario follows) and as one-shot commands, reading its
+//! `decision` log lines, writing per-scenario configs, and checking who an OOM killed.
+//!
+//! `policyd load` logs at info level to stdout, one line per event; the lines that matter:
+//!
+//! ```text
+//!  INFO attached policy=priority cgroup=/app rules=2 cgroups=5 dry_run=false ...
+//!  INFO decision policy=priority scope=/app victim_cgroup=/app/hog pid=212 comm=vm-tests
+//!       priority=10 usage=40MiB rss=39MiB reason=lowest-priority outcome=killed killed=1 ...
+//!  INFO reloaded policy=priority rules=2 cgroups=5 changed=2
+//! ERROR reload failed, ... / WARN /tmp/x.toml is not valid: keeping the running policy ...
+//! ```
+//!
+//! (see policyd/events.rs and policyd/daemon.rs). Every line the daemon prints is echoed to
+//! the console as `policyd[PID]| ...`, so a failed scenario's log shows what it said.
+
+// A toolbox: not every helper has a user in every scenario.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::util::{self, describe_status, Cgroup, Hog, Kmsg};
+
+/// The policyd binary in the guest's initramfs.
+pub const POLICYD: &str = "/bin/policyd";
+/// The shipped configuration, copied from the repository's policies.toml.
+pub const SHIPPED_CONFIG: &str = "/etc/policyd/policies.toml";
+
+/// How long `policyd load` may take to verify, load and attach a policy under TCG.
+pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(40);
+/// How long a scenario waits for an OOM (a hog growing into its limit) to be resolved.
+pub const OOM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a hog may take to touch its initial memory under TCG.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Writes `text` to /tmp/<name>.toml and returns the path.
+pub fn write_config(name: &str, text: &str) -> Result<String> {
+    let path = format!("/tmp/{name}.toml");
+    util::write_file(&path, text)?;
+    Ok(path)
+}
+
+/// OOM-heavy scenarios: no task dump in the OOM report (slow on the serial console).
+pub fn quiet_oom_reports() -> Result<()> {
+    util::write_file("/proc/sys/vm/oom_dump_tasks", "0")
+}
+
+/// Runs `policyd ARGS...` to completion (a one-shot command: status, explain, load that
+/// is expected to fail, ...) and returns its output.
+pub fn run(args: &[&str]) -> Result<Output> {
+    let out = Command::new(POLICYD)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {POLICYD} {}", args.join(" ")))?;
+    println!(
+        "$ policyd {} -> {}\n{}{}",
+        args.join(" "),
+        describe_status(out.status),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
+}
+
+/// Runs `policyd ARGS...`, requires exit status 0 and parses stdout as JSON.
+pub fn run_json(args: &[&str]) -> Result<serde_json::Value> {
+    let out = run(args)?;
+    ensure!(
+        out.status.success(),
+        "policyd {} failed ({}): {}",
+        args.join(" "),
+        describe_status(out.status),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("policyd {}: stdout is not JSON", args.join(" ")))
+}
+
+/// `policyd status --json`: every attached BPF OOM handler.
+pub fn status() -> Result<Vec<serde_json::Value>> {
+    match run_json(&["status", "--json"])? {
+        serde_json::Value::Array(handlers) => Ok(handlers),
+        other => bail!("policyd status --json printed {other}, not an array"),
+    }
+}
+
+/// The handler `policyd status --json` lists at `cgroup`, if any.
+pub fn status_at(cgroup: &str) -> Result<Option<serde_json::Value>> {
+    Ok(status()?
+        .into_iter()
+        .find(|h| h["cgroup"].as_str() == Some(cgroup)))
+}
+
+/// One `decision` line of the daemon's log, split into its key=value fields.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    pub line: String,
+    pub fields: BTreeMap<String, String>,
+}
+
+impl Decision {
+    /// Parses a log line holding `decision key=value ...`; None for other lines.
+    pub fn parse(line: &str) -> Option<Decision> {
+        let rest = &line[line.find("decision ")? + "decision ".len()..];
+        let fields = parse_fields(rest)?;
+        fields.contains_key("outcome").then(|| Decision {
+            line: line.trim().to_string(),
+            fields,
+        })
+    }
+
+    /// The value of `key`; an error naming the line when it is missing.
+    pub fn get(&self, key: &str) -> Result<&str> {
+        self.fields
+            .get(key)
+            .map(String::as_str)
+            .with_context(|| format!("no {key}= in the decision line: {}", self.line))
+    }
+
+    pub fn outcome(&self) -> &str {
+        self.fields.get("outcome").map_or("", String::as_str)
+    }
+
+    pub fn victim_cgroup(&self) -> &str {
+        self.fields.get("victim_cgroup").map_or("", String::as_str)
+    }
+
+    pub fn pid(&self) -> Result<i32> {
+        self.get("pid")?
+            .parse()
+            .with_context(|| format!("pid= is not a number in: {}", self.line))
+    }
+
+    pub fn tasks_killed(&self) -> Result<u32> {
+        self.get("killed")?
+            .parse()
+            .with_context(|| format!("killed= is not a number in: {}", self.line))
+    }
+
+    /// Fails unless every `(key, value)` of `want` is in the line.
+    pub fn expect(&self, want: &[(&str, &str)]) -> Result<()> {
+        let wrong: Vec<String> = want
+            .iter()
+            .filter(|(k, v)| self.fields.get(*k).map(String::as_str) != Some(*v))
+            .map(|(k, v)| {
+                format!(
+                    "{k}={} (expected {v})",
+                    self.fields.get(*k).map_or("<missing>", String::as_str)
+                )
+            })
+            .collect();
+        ensure!(
+            wrong.is_empty(),
+            "decision line differs: {}\n  line: {}",
+            wrong.join(", "),
+            self.line
+        );
+        Ok(())
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.line)
+    }
+}
+
+/// `key=value key="quoted \"value\"" ...` as tracing's formatter writes fields (quoted
+/// values use Rust's string escapes). None if the text does not have that shape.
+fn parse_fields(text: &str) -> Option<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    let mut chars = text.trim().chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return Some(out);
+        }
+        let mut key = String::new();
+        loop {
+            match chars.next()? {
+                '=' => break,
+                c if c.is_whitespace() => return None,
+                c => key.push(c),
+            }
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' => break,
+                    '\\' => match chars.next()? {
+                        'n' => value.push('\n'),
+                        't' => value.push('\t'),
+                        'r' => value.push('\r'),
+                        '0' => value.push('\0'),
+                        'u' => {
+                            // \u{XXXX}
+                            if chars.next()? != '{' {
+                                return None;
+                            }
+                            let mut hex = String::new();
+                            loop {
+                                match chars.next()? {
+                                    '}' => break,
+                                    c => hex.push(c),
+                                }
+                            }
+                            value.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                        }
+                        c => value.push(c),
+                    },
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.peek().copied() {
+                if c.is_whitespace() {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        out.insert(key, value);
+    }
+}
+
+/// A running `policyd load`: its log, line by line, and its process.
+pub struct Policyd {
+    child: Child,
+    pid: i32,
+    lines: mpsc::Receiver<String>,
+    /// Every line received so far (stdout and stderr, in arrival order).
+    log: Vec<String>,
+    /// Lines before this index have been looked at by a wait.
+    cursor: usize,
+    exit: Option<ExitStatus>,
+}
+
+impl Policyd {
+    /// Starts `policyd load ARGS...` and waits for its "attached" line.
+    pub fn load(args: &[&str]) -> Result<Policyd> {
+        let mut pd = Policyd::spawn(args)?;
+        pd.wait_line(ATTACH_TIMEOUT, "policyd's \"attached\" line", |l| {
+            l.contains(" attached ") || l.trim_start().starts_with("INFO attached")
+        })?;
+        Ok(pd)
+    }
+
+    /// Starts `policyd load ARGS...` without waiting for anything.
+    pub fn spawn(args: &[&str]) -> Result<Policyd> {
+        let mut cmd = Command::new(POLICYD);
+        cmd.arg("load")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {POLICYD} load {}", args.join(" ")))?;
+        let pid = child.id() as i32;
+        println!("started policyd load {} (pid {pid})", args.join(" "));
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        forward(stdout, tx.clone(), pid);
+        forward(stderr, tx, pid);
+        Ok(Policyd {
+            child,
+            pid,
+            lines,
+            log: Vec::new(),
+            cursor: 0,
+            exit: None,
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Takes what the reader threads have delivered so far into `log`.
+    fn pump(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.log.push(line);
+        }
+    }
+
+    /// Whether the process still runs (reaping it if not).
+    pub fn is_running(&mut self) -> bool {
+        if self.exit.is_some() {
+            return false;
+        }
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                self.exit = Some(status);
+                false
+            }
+            Ok(None) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// Everything logged so far.
+    pub fn log(&mut self) -> &[String] {
+        self.pump();
+        &self.log
+    }
+
+    /// Waits for the next line (after the last one a wait matched) that satisfies `pred`,
+    /// and moves past it. Fails on timeout, or when policyd exits without printing it.
+    pub fn wait_line(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.pump();
+            if let Some(i) = self.log[self.cursor..].iter().position(|l| pred(l)) {
+                let line = self.log[self.cursor + i].clone();
+                self.cursor += i + 1;
+                return Ok(line);
+            }
+            if !self.is_running() {
+                // Let the reader threads deliver the last lines.
+                thread::sleep(Duration::from_millis(100));
+                self.pump();
+                if let Some(i) = self.log[self.cursor..].iter().position(|l| pred(l)) {
+                    let line = self.log[self.cursor + i].clone();
+                    self.cursor += i + 1;
+                    return Ok(line);
+                }
+                bail!(
+                    "policyd (pid {}) ended ({}) before {what}; its output:\n{}",
+                    self.pid,
+                    self.exit.map_or("?".into(), describe_status),
+                    self.log.join("\n")
+                );
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "timed out after {:.1} s waiting for {what}; policyd's output since the \
+                     last match:\n{}",
+                    timeout.as_secs_f64(),
+                    self.log[self.cursor..].join("\n")
+                );
+            }
+            if let Ok(line) = self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
+                self.log.push(line);
+            }
+        }
+    }
+
+    /// Waits for the next decision line.
+    pub fn next_decision(&mut self, timeout: Duration) -> Result<Decision> {
+        let line = self.wait_line(timeout, "a decision line", |l| Decision::parse(l).is_some())?;
+        let d = Decision::parse(&line).expect("matched as a decision");
+        Ok(d)
+    }
+
+    /// The decision lines not yet consumed by a wait, without waiting; moves past them.
+    pub fn take_decisions(&mut self) -> Vec<Decision> {
+        self.pump();
+        let out = self.log[self.cursor..]
+            .iter()
+            .filter_map(|l| Decision::parse(l))
+            .collect();
+        self.cursor = self.log.len();
+        out
+    }
+
+    pub fn signal(&self, sig: Signal) -> Result<()> {
+        kill(Pid::from_raw(self.pid), sig)
+            .with_context(|| format!("sending {sig} to policyd {}", self.pid))
+    }
+
+    /// SIGHUP, then waits for the outcome of the reload: Ok(true) for "reloaded",
+    /// Ok(false) when policyd said the new config is invalid and kept the old one.
+    pub fn reload(&mut self) -> Result<bool> {
+        self.signal(Signal::SIGHUP)?;
+        let line = self.wait_line(
+            Duration::from_secs(30),
+            "the outcome of the SIGHUP reload",
+            |l| {
+                l.contains("INFO reloaded ")
+                    || l.contains("is not valid: keeping")
+                    || l.contains("reload failed")
+            },
+        )?;
+        Ok(line.contains("INFO reloaded "))
+    }
+
+    /// SIGTERM, then requires a clean exit (status 0) within 20 s.
+    pub fn stop(mut self) -> Result<()> {
+        self.signal(Signal::SIGTERM)?;
+        let status = self.wait_exit(Duration::from_secs(20))?;
+        if !status.success() {
+            let output = self.log().join("\n");
+            bail!(
+                "policyd {} exited with {} after SIGTERM; its output:\n{output}",
+                self.pid,
+                describe_status(status)
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGKILL, then waits for it to be gone.
+    pub fn kill9(mut self) -> Result<()> {
+        self.signal(Signal::SIGKILL)?;
+        let status = self.wait_exit(Duration::from_secs(10))?;
+        ensure!(
+            status.signal() == Some(nix::libc::SIGKILL),
+            "policyd {} ended by {} instead of SIGKILL",
+            self.pid,
+            describe_status(status)
+        );
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the process to end.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let pid = self.pid;
+        util::wait_until(timeout, &format!("policyd {pid} to exit"), || {
+            !self.is_running()
+        })?;
+        self.pump();
+        Ok(self.exit.expect("set once not running"))
+    }
+}
+
+impl Drop for Policyd {
+    /// A scenario that fails half-way: SIGTERM first, so that policyd logs the decisions
+    /// still in its ring buffer (they explain the failure), SIGKILL if it hangs.
+    fn drop(&mut self) {
+        if !self.is_running() {
+            return;
+        }
+        let _ = self.signal(Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.is_running() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        if self.is_running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // Give the reader threads a moment to echo the last lines to the console.
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Echoes each line of `from` to the console and sends it to `tx`.
+fn forward(from: impl Read + Send + 'static, tx: mpsc::Sender<String>, pid: i32) {
+    thread::spawn(move || {
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            println!("policyd[{pid}]| {line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// The OOM kills of `cg` and its descendants so far (memory.events oom_kill).
+pub fn oom_kills(cg: &Cgroup) -> Result<u64> {
+    Ok(cg.events()?.oom_kill)
+}
+
+/// Fails unless `cg` counts exactly `want` OOM kills.
+pub fn expect_oom_kills(cg: &Cgroup, want: u64) -> Result<()> {
+    let got = cg.events()?;
+    ensure!(
+        got.oom_kill == want,
+        "{}: memory.events oom_kill = {}, expected {want} ({got:?})",
+        cg.path(),
+        got.oom_kill
+    );
+    Ok(())
+}
+
+/// Lowers `cg`'s memory.max to `below_mib` MiB under its current usage. With no swap and
+/// only anonymous memory charged, reclaim frees nothing and the kernel runs the memcg OOM
+/// killer inside this write (in this process's context) until the usage fits: one OOM,
+/// no hog still growing afterwards, so the layout the policy sees is exactly the one the
+/// scenario built. Returns the limit written, in bytes.
+///
+/// The write retries the OOM path without pause while the victim exits. Scenarios that
+/// are not about that give their victim at least 40 MiB: exit_mmap() frees a dying task's
+/// pages in mmu_gather batches of up to ~38 MiB, and hides the victim from the OOM killer
+/// (MMF_OOM_SKIP) before it frees the last batch; a victim bigger than one batch has
+/// given back more than `below_mib` by then. policyd-exiting-victim is about the rest.
+pub fn squeeze(cg: &Cgroup, below_mib: u64) -> Result<u64> {
+    let current = cg.read_u64("memory.current")?;
+    let max = current.saturating_sub(below_mib << 20);
+    println!(
+        "squeezing {}: memory.current {} MiB, memory.max -> {} MiB",
+        cg.path(),
+        current >> 20,
+        max >> 20
+    );
+    cg.set("memory.max", max.to_string())?;
+    Ok(max)
+}
+
+/// MemFree of /proc/meminfo, in MiB.
+pub fn mem_free_mib() -> Result<u64> {
+    let meminfo = util::read_file("/proc/meminfo")?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemFree:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no MemFree in /proc/meminfo")?;
+    Ok(kib / 1024)
+}
+
+/// Fails unless `hog` still runs; `role` names it in the error.
+pub fn expect_alive(hog: &mut Hog, role: &str) -> Result<()> {
+    if let Some(status) = hog.try_status()? {
+        bail!(
+            "the {role} (pid {}) died ({}), but it should have been spared",
+            hog.pid(),
+            describe_status(status)
+        );
+    }
+    Ok(())
+}
+
+/// The kernel log since `kmsg`'s mark, for kill checks.
+pub struct KillLog {
+    pub lines: Vec<String>,
+}
+
+impl KillLog {
+    pub fn read(kmsg: &mut Kmsg) -> Result<KillLog> {
+        Ok(KillLog {
+            lines: kmsg.since()?,
+        })
+    }
+
+    /// The pids of every "Killed process N" report, in order.
+    pub fn killed_pids(&self) -> Vec<i32> {
+        self.lines
+            .iter()
+            .filter_map(|l| {
+                let rest = &l[l.find("Killed process ")? + "Killed process ".len()..];
+                rest.split_whitespace().next()?.parse().ok()
+            })
+            .collect()
+    }
+
+    /// The "...: Killed process N (comm) ..." line of `pid`.
+    pub fn kill_line(&self, pid: i32) -> Option<&str> {
+        let wanted = format!("Killed process {pid} ");
+        self.lines
+            .iter()
+            .find(|l| l.contains(&wanted))
+            .map(String::as_str)
+    }
+
+    /// Whether any OOM report says a BPF OOM handler chose the victim.
+    pub fn bpf_chose_any(&self) -> bool {
+        self.lines
+            .iter()
+            .any(|l| l.contains("oom victim chosen by BPF OOM handler"))
+    }
+
+    pub fn text(&self) -> String {
+        self.lines.join("\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_decision_lines() {
+        let line = " INFO decision policy=priority scope=/app victim_cgroup=/app/hog pid=212 \
+                    comm=vm-tests priority=10 usage=40MiB rss=39MiB reason=lowest-priority \
+                    outcome=killed killed=1 handler_us=41 candidates=2 runner_up=/app/service \
+                    runner_up_priority=500 runner_up_usage=56MiB kill_err=0 summary=\"killed \
+                    pid 212 (vm-tests) of /app/hog: lowest priority (10), \\\"x\\\"\"";
+        let d = Decision::parse(line).unwrap();
+        assert_eq!(d.victim_cgroup(), "/app/hog");
+        assert_eq!(d.pid().unwrap(), 212);
+        assert_eq!(d.tasks_killed().unwrap(), 1);
+        assert_eq!(d.outcome(), "killed");
+        assert_eq!(
+            d.get("summary").unwrap(),
+            "killed pid 212 (vm-tests) of /app/hog: lowest priority (10), \"x\""
+        );
+        d.expect(&[("reason", "lowest-priority"), ("scope", "/app")])
+            .unwrap();
+        let err = d.expect(&[("reason", "larger-usage")]).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("reason=lowest-priority (expected larger-usage)"));
+        assert!(Decision::parse(" INFO attached policy=priority cgroup=/").is_none());
+        assert!(Decision::parse(" INFO decision of some kind").is_none());
+    }
+
+    #[test]
+    fn kill_log_pids() {
+        let log = KillLog {
+            lines: vec![
+                "oom victim chosen by BPF OOM handler \"policyd_priority\"".into(),
+                "policyd: Killed process 212 (vm-tests) total-vm:1kB".into(),
+                "Memory cgroup out of memory: Killed process 215 (vm-tests) total-vm:1kB".into(),
+            ],
+        };
+        assert_eq!(log.killed_pids(), vec![212, 215]);
+        assert!(log.bpf_chose_any());
+        assert!(log.kill_line(21).is_none());
+        assert!(log.kill_line(215).unwrap().starts_with("Memory cgroup"));
+    }
+}
