@@ -14,6 +14,7 @@ mod kernel_hierarchy;
 mod kernel_kill_refused;
 mod kernel_oom_storm;
 mod oom_default_memcg;
+mod policyd_priority;
 
 /// Every scenario, in the order `test` runs them.
 pub fn all() -> Vec<Scenario> {
@@ -31,5 +32,7 @@ pub fn all() -> Vec<Scenario> {
         kernel_await_retry::scenario(),
         kernel_declare_oom::scenario(),
         kernel_oom_storm::scenario(),
+        policyd_priority::memcg(),
+        policyd_priority::global(),
     ]
 }

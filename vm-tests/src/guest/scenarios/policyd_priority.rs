@@ -1,0 +1,211 @@
+//! The `priority` policy's promise: the lowest-priority cgroup dies, not the biggest one.
+//!
+//! A valuable service (priority 500) holds most of the memory; a cheap hog (priority 10)
+//! grows until the OOM. The kernel alone would kill the service (the biggest task);
+//! policyd must kill the hog and leave the service alone, for a cgroup's own memory.max
+//! OOM (`policyd-priority-memcg`, handler attached to that cgroup, checked through
+//! `policyd status` too) and for the whole guest running out (`policyd-priority-global`,
+//! handler attached system-wide).
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+
+use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, KillLog, Policyd};
+use crate::guest::util::{Cgroup, Hog, HogSpec, Kmsg};
+use crate::guest::Scenario;
+
+pub fn memcg() -> Scenario {
+    Scenario::new("policyd-priority-memcg", run_memcg)
+        .needs_policyd()
+        .timeout_s(120)
+}
+
+pub fn global() -> Scenario {
+    Scenario::new("policyd-priority-global", run_global)
+        .needs_policyd()
+        .mem_mb(256)
+        .timeout_s(120)
+}
+
+const CONFIG: &str = r#"
+policy = "priority"
+
+[[rule]]
+cgroup = "/app/service"
+priority = 500
+
+[[rule]]
+cgroup = "/app/hog"
+priority = 10
+"#;
+
+/// The handler on /app (memory.max 96M): status shows it there; the hog dies.
+fn run_memcg() -> Result<()> {
+    pdutil::quiet_oom_reports()?;
+    let app = Cgroup::create("app")?;
+    app.set("memory.max", "96M")?;
+    let service_cg = app.child("service")?;
+    let hog_cg = app.child("hog")?;
+    let config = pdutil::write_config("priority-memcg", CONFIG)?;
+
+    let mut pd = Policyd::load(&["priority", "--config", &config, "--cgroup", "/app"])?;
+
+    // Loaded: status names the handler, where it is, who holds it, and no kills yet.
+    let h = pdutil::status_at("/app")?.context("policyd status --json lists no handler at /app")?;
+    check_status(&h, pd.pid())?;
+    ensure!(
+        h["counters"]["kills"].as_u64() == Some(0),
+        "counters before any OOM: {}",
+        h["counters"]
+    );
+    ensure!(
+        pdutil::status()?.len() == 1,
+        "more than one handler attached"
+    );
+
+    let mut service = Hog::start(&service_cg, &HogSpec::fixed(56), pdutil::READY_TIMEOUT)?;
+    let mut kmsg = Kmsg::mark()?;
+    let mut hog = Hog::start(&hog_cg, &HogSpec::growing(8), pdutil::READY_TIMEOUT)?;
+    println!(
+        "service {} (56 MiB, priority 500), hog {} (growing, priority 10) in /app (max 96M)",
+        service.pid(),
+        hog.pid()
+    );
+
+    hog.wait_killed(pdutil::OOM_TIMEOUT)?;
+    let d = pd.next_decision(Duration::from_secs(10))?;
+    let pid = hog.pid().to_string();
+    d.expect(&[
+        ("policy", "priority"),
+        ("scope", "/app"),
+        ("victim_cgroup", "/app/hog"),
+        ("pid", &pid),
+        ("priority", "10"),
+        ("reason", "lowest-priority"),
+        ("outcome", "killed"),
+        ("killed", "1"),
+        ("runner_up", "/app/service"),
+        ("runner_up_priority", "500"),
+    ])?;
+    expect_alive(&mut service, "service (priority 500, the biggest)")?;
+    expect_oom_kills(&hog_cg, 1)?;
+    expect_oom_kills(&service_cg, 0)?;
+    expect_oom_kills(&app, 1)?;
+    let log = KillLog::read(&mut kmsg)?;
+    ensure!(
+        log.killed_pids() == vec![hog.pid()],
+        "the kernel log reports kills of {:?}, expected only the hog {}:\n{}",
+        log.killed_pids(),
+        hog.pid(),
+        log.text()
+    );
+    ensure!(
+        log.lines
+            .iter()
+            .any(|l| l.contains("oom victim chosen by BPF OOM handler \"policyd_priority\"")),
+        "the OOM report does not name policyd_priority:\n{}",
+        log.text()
+    );
+
+    // The counters moved with the OOM.
+    let h = pdutil::status_at("/app")?.context("the handler vanished from policyd status")?;
+    check_status(&h, pd.pid())?;
+    let c = &h["counters"];
+    ensure!(
+        c["kills"].as_u64() >= Some(1) && c["ooms"].as_u64() >= Some(1),
+        "counters after the OOM: {c}"
+    );
+
+    pd.stop()?;
+    ensure!(
+        pdutil::status_at("/app")?.is_none(),
+        "policyd status still lists a handler at /app after policyd stopped"
+    );
+    println!("priority beat size on a memcg OOM: {d}");
+    Ok(())
+}
+
+/// What `policyd status --json` must say about policyd's handler on /app.
+fn check_status(h: &serde_json::Value, owner: i32) -> Result<()> {
+    ensure!(
+        h["cgroup"] == "/app"
+            && h["system_wide"] == false
+            && h["policy"] == "priority"
+            && h["name"] == "policyd_priority"
+            && h["dry_run"] == false,
+        "policyd status --json: unexpected handler {h:#}"
+    );
+    let owners: Vec<i64> = h["owners"]
+        .as_array()
+        .map(|o| o.iter().filter_map(|o| o["pid"].as_i64()).collect())
+        .unwrap_or_default();
+    ensure!(
+        owners == vec![i64::from(owner)],
+        "policyd status --json: owners {owners:?}, expected policyd's pid {owner}"
+    );
+    Ok(())
+}
+
+/// No memory.max anywhere: the guest's RAM runs out, the system-wide handler decides.
+fn run_global() -> Result<()> {
+    pdutil::quiet_oom_reports()?;
+    let app = Cgroup::create("app")?;
+    let service_cg = app.child("service")?;
+    let hog_cg = app.child("hog")?;
+    let config = pdutil::write_config("priority-global", CONFIG)?;
+    let mut pd = Policyd::load(&["priority", "--config", &config])?;
+
+    // The service takes 60% of what is free, so the hog, growing into the rest, stays
+    // smaller: the kernel's own choice would be the service.
+    let free_mib = pdutil::mem_free_mib()?;
+    let service_mib = free_mib * 6 / 10;
+    let mut service = Hog::start(
+        &service_cg,
+        &HogSpec::fixed(service_mib),
+        Duration::from_secs(40),
+    )?;
+    let mut kmsg = Kmsg::mark()?;
+    let mut hog = Hog::start(&hog_cg, &HogSpec::growing(8), pdutil::READY_TIMEOUT)?;
+    println!(
+        "{free_mib} MiB free: service {} ({service_mib} MiB, priority 500), hog {} (growing, \
+         priority 10)",
+        service.pid(),
+        hog.pid()
+    );
+
+    hog.wait_killed(Duration::from_secs(60))?;
+    let d = pd.next_decision(Duration::from_secs(10))?;
+    let pid = hog.pid().to_string();
+    d.expect(&[
+        ("policy", "priority"),
+        ("scope", "global"),
+        ("victim_cgroup", "/app/hog"),
+        ("pid", &pid),
+        ("reason", "lowest-priority"),
+        ("outcome", "killed"),
+        ("killed", "1"),
+        ("runner_up", "/app/service"),
+    ])?;
+    expect_alive(&mut service, "service (priority 500, the biggest)")?;
+    expect_oom_kills(&hog_cg, 1)?;
+    expect_oom_kills(&service_cg, 0)?;
+    let log = KillLog::read(&mut kmsg)?;
+    ensure!(
+        log.killed_pids() == vec![hog.pid()],
+        "the kernel log reports kills of {:?}, expected only the hog {}:\n{}",
+        log.killed_pids(),
+        hog.pid(),
+        log.text()
+    );
+    ensure!(
+        !log.lines
+            .iter()
+            .any(|l| l.contains("Memory cgroup out of memory")),
+        "a memcg OOM happened where only a global one should:\n{}",
+        log.text()
+    );
+    pd.stop()?;
+    println!("priority beat size on a global OOM: {d}");
+    Ok(())
+}
