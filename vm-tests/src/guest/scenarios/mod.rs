@@ -15,6 +15,7 @@ mod kernel_kill_refused;
 mod kernel_oom_storm;
 mod oom_default_memcg;
 mod policyd_priority;
+mod policyd_protect;
 
 /// Every scenario, in the order `test` runs them.
 pub fn all() -> Vec<Scenario> {
@@ -34,5 +35,6 @@ pub fn all() -> Vec<Scenario> {
         kernel_oom_storm::scenario(),
         policyd_priority::memcg(),
         policyd_priority::global(),
+        policyd_protect::scenario(),
     ]
 }
