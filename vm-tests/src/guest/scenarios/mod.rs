@@ -14,6 +14,7 @@ mod kernel_hierarchy;
 mod kernel_kill_refused;
 mod kernel_oom_storm;
 mod oom_default_memcg;
+mod policyd_kill_cgroup;
 mod policyd_priority;
 mod policyd_protect;
 
@@ -36,5 +37,6 @@ pub fn all() -> Vec<Scenario> {
         policyd_priority::memcg(),
         policyd_priority::global(),
         policyd_protect::scenario(),
+        policyd_kill_cgroup::scenario(),
     ]
 }
