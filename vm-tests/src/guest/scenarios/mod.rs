@@ -17,6 +17,7 @@ mod oom_default_memcg;
 mod policyd_kill_cgroup;
 mod policyd_priority;
 mod policyd_protect;
+mod policyd_rule_matching;
 
 /// Every scenario, in the order `test` runs them.
 pub fn all() -> Vec<Scenario> {
@@ -38,5 +39,6 @@ pub fn all() -> Vec<Scenario> {
         policyd_priority::global(),
         policyd_protect::scenario(),
         policyd_kill_cgroup::scenario(),
+        policyd_rule_matching::scenario(),
     ]
 }
