@@ -17,6 +17,7 @@ mod oom_default_memcg;
 mod policyd_kill_cgroup;
 mod policyd_priority;
 mod policyd_protect;
+mod policyd_reload;
 mod policyd_rule_matching;
 
 /// Every scenario, in the order `test` runs them.
@@ -40,5 +41,6 @@ pub fn all() -> Vec<Scenario> {
         policyd_protect::scenario(),
         policyd_kill_cgroup::scenario(),
         policyd_rule_matching::scenario(),
+        policyd_reload::scenario(),
     ]
 }
