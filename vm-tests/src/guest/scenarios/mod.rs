@@ -14,6 +14,7 @@ mod kernel_hierarchy;
 mod kernel_kill_refused;
 mod kernel_oom_storm;
 mod oom_default_memcg;
+mod policyd_dry_run;
 mod policyd_kill_cgroup;
 mod policyd_priority;
 mod policyd_protect;
@@ -42,5 +43,6 @@ pub fn all() -> Vec<Scenario> {
         policyd_kill_cgroup::scenario(),
         policyd_rule_matching::scenario(),
         policyd_reload::scenario(),
+        policyd_dry_run::scenario(),
     ]
 }

@@ -1,0 +1,115 @@
+//! `policyd load --dry-run`: the policy decides and logs, the kernel's own killer kills.
+//!
+//! Same layout as policyd-priority-memcg: /app (memory.max 96M) with a big service
+//! (priority 500) and a growing hog (priority 10). The kernel kills the service, its own
+//! choice (the biggest task); policyd's decision line names what it would have killed,
+//! the hog, with outcome dry-run. `policyd status` shows the handler as a dry run.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+
+use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, KillLog, Policyd};
+use crate::guest::util::{Cgroup, Hog, HogSpec, Kmsg};
+use crate::guest::Scenario;
+
+pub fn scenario() -> Scenario {
+    Scenario::new("policyd-dry-run", run)
+        .needs_policyd()
+        .timeout_s(120)
+}
+
+const CONFIG: &str = r#"
+policy = "priority"
+
+[[rule]]
+cgroup = "/app/service"
+priority = 500
+
+[[rule]]
+cgroup = "/app/hog"
+priority = 10
+"#;
+
+fn run() -> Result<()> {
+    pdutil::quiet_oom_reports()?;
+    let app = Cgroup::create("app")?;
+    app.set("memory.max", "96M")?;
+    let service_cg = app.child("service")?;
+    let hog_cg = app.child("hog")?;
+    let config = pdutil::write_config("dry-run", CONFIG)?;
+    let mut pd = Policyd::load(&[
+        "priority",
+        "--config",
+        &config,
+        "--cgroup",
+        "/app",
+        "--dry-run",
+    ])?;
+    let h = pdutil::status_at("/app")?.context("policyd status lists no handler at /app")?;
+    ensure!(
+        h["dry_run"] == true,
+        "policyd status --json does not show a dry run: {h:#}"
+    );
+
+    let mut service = Hog::start(&service_cg, &HogSpec::fixed(56), pdutil::READY_TIMEOUT)?;
+    let mut kmsg = Kmsg::mark()?;
+    let mut hog = Hog::start(&hog_cg, &HogSpec::growing(8), pdutil::READY_TIMEOUT)?;
+    println!(
+        "service {} (56 MiB, priority 500), hog {} (growing, priority 10), dry run",
+        service.pid(),
+        hog.pid()
+    );
+
+    service.wait_killed(pdutil::OOM_TIMEOUT)?;
+    // The hog keeps growing into the memory the service left: look, then stop it.
+    let hog_result = expect_alive(&mut hog, "hog (policyd only said it would kill it)");
+    let hog_kills = pdutil::oom_kills(&hog_cg)?;
+    hog_cg.kill_all()?;
+    hog_result?;
+    ensure!(
+        hog_kills == 0,
+        "/app/hog counts {hog_kills} OOM kills in a dry run"
+    );
+    expect_oom_kills(&service_cg, 1)?;
+
+    let d = pd.next_decision(Duration::from_secs(10))?;
+    let pid = hog.pid().to_string();
+    d.expect(&[
+        ("scope", "/app"),
+        ("victim_cgroup", "/app/hog"),
+        ("pid", &pid),
+        ("priority", "10"),
+        ("reason", "lowest-priority"),
+        ("outcome", "dry-run"),
+        ("killed", "0"),
+    ])?;
+    let log = KillLog::read(&mut kmsg)?;
+    ensure!(
+        log.kill_line(service.pid())
+            .is_some_and(|l| l.contains("Memory cgroup out of memory: Killed process")),
+        "no kernel kill of the service {} in the kernel log:\n{}",
+        service.pid(),
+        log.text()
+    );
+    ensure!(
+        log.killed_pids() == vec![service.pid()],
+        "kills reported: {:?}, expected only the service {}",
+        log.killed_pids(),
+        service.pid()
+    );
+    ensure!(
+        !log.bpf_chose_any(),
+        "the OOM report says a BPF handler chose the victim in a dry run:\n{}",
+        log.text()
+    );
+    let h = pdutil::status_at("/app")?.context("the handler vanished from policyd status")?;
+    let c = &h["counters"];
+    ensure!(
+        c["dry_runs"].as_u64() >= Some(1) && c["kills"].as_u64() == Some(0),
+        "counters after a dry-run OOM: {c}"
+    );
+    pd.stop()?;
+    println!("dry run: the kernel killed the service; policyd said: {d}");
+    Ok(())
+}
