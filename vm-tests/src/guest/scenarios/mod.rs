@@ -16,6 +16,7 @@ mod kernel_oom_storm;
 mod oom_default_memcg;
 mod policyd_dry_run;
 mod policyd_kill_cgroup;
+mod policyd_largest_badness;
 mod policyd_priority;
 mod policyd_protect;
 mod policyd_reload;
@@ -44,5 +45,6 @@ pub fn all() -> Vec<Scenario> {
         policyd_rule_matching::scenario(),
         policyd_reload::scenario(),
         policyd_dry_run::scenario(),
+        policyd_largest_badness::scenario(),
     ]
 }

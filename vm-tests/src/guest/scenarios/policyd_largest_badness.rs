@@ -1,0 +1,218 @@
+//! The two other killing policies on one layout, each against what it promises:
+//!
+//! * `badness` is the kernel's oom_badness() in BPF: on the same layout it must kill the
+//!   task the kernel's own killer kills with no handler attached (run first, as the
+//!   reference), rules ignored, oom_score_adj included.
+//! * `largest` kills in the non-protected cgroup that uses the most memory, priorities
+//!   ignored: with kill = "task", that cgroup's largest task.
+//!
+//! /lab, rebuilt for each run, holds
+//!   /lab/db    protected, one task of 72 MiB: the biggest task and the biggest cgroup;
+//!   /lab/pair  priority 900, tasks of 44 and 20 MiB: the biggest unprotected cgroup;
+//!   /lab/solo  priority 1, one task of 44 MiB with oom_score_adj 500: the highest
+//!              oom_badness() (RSS plus half the memcg's limit).
+//! Each OOM comes from lowering /lab's memory.max below its usage (see pdutil::squeeze
+//! for the sizes).
+
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Result};
+
+use crate::guest::pdutil::{self, expect_oom_kills, KillLog, Policyd};
+use crate::guest::util::{Cgroup, Hog, HogSpec, Kmsg};
+use crate::guest::Scenario;
+
+pub fn scenario() -> Scenario {
+    Scenario::new("policyd-largest-badness", run)
+        .needs_policyd()
+        .timeout_s(150)
+}
+
+const CONFIG: &str = r#"
+policy = "priority"
+
+[[rule]]
+cgroup = "/lab/db"
+protect = true
+
+[[rule]]
+cgroup = "/lab/pair"
+priority = 900
+
+[[rule]]
+cgroup = "/lab/solo"
+priority = 1
+"#;
+
+struct Layout {
+    lab: Cgroup,
+    db_cg: Cgroup,
+    pair_cg: Cgroup,
+    solo_cg: Cgroup,
+    /// (role, hog), in the order they started.
+    hogs: Vec<(&'static str, Hog)>,
+}
+
+impl Layout {
+    fn build() -> Result<Layout> {
+        let lab = Cgroup::create("lab")?;
+        lab.set("memory.max", "max")?;
+        let db_cg = lab.child("db")?;
+        let pair_cg = lab.child("pair")?;
+        let solo_cg = lab.child("solo")?;
+        let t = pdutil::READY_TIMEOUT;
+        let hogs = vec![
+            ("db", Hog::start(&db_cg, &HogSpec::fixed(72), t)?),
+            ("pair-big", Hog::start(&pair_cg, &HogSpec::fixed(44), t)?),
+            ("pair-small", Hog::start(&pair_cg, &HogSpec::fixed(20), t)?),
+            (
+                "solo",
+                Hog::start(&solo_cg, &HogSpec::fixed(44).oom_score_adj(500), t)?,
+            ),
+        ];
+        for (role, h) in &hogs {
+            println!("  {role}: pid {}", h.pid());
+        }
+        Ok(Layout {
+            lab,
+            db_cg,
+            pair_cg,
+            solo_cg,
+            hogs,
+        })
+    }
+
+    /// Squeezes /lab and returns the role of the one task that died.
+    fn oom(&mut self) -> Result<(&'static str, i32)> {
+        let mut kmsg = Kmsg::mark()?;
+        pdutil::squeeze(&self.lab, 10)?;
+        let mut dead = Vec::new();
+        wait_first_death(&mut self.hogs, &mut dead)?;
+        // Anything else dying would show up by now: the OOM is over when the write returned.
+        std::thread::sleep(Duration::from_millis(300));
+        for (role, h) in &mut self.hogs {
+            if !h.is_alive() && !dead.iter().any(|(r, _)| r == role) {
+                dead.push((role, h.pid()));
+            }
+        }
+        let log = KillLog::read(&mut kmsg)?;
+        ensure!(
+            dead.len() == 1,
+            "{} tasks died ({dead:?}), expected one; kernel log:\n{}",
+            dead.len(),
+            log.text()
+        );
+        let (role, pid) = dead[0];
+        ensure!(
+            log.killed_pids() == vec![pid],
+            "kills reported: {:?}, expected only {role} {pid}:\n{}",
+            log.killed_pids(),
+            log.text()
+        );
+        expect_oom_kills(&self.lab, 1)?;
+        Ok((role, pid))
+    }
+
+    fn pid(&self, role: &str) -> i32 {
+        self.hogs
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map_or(0, |(_, h)| h.pid())
+    }
+
+    /// Kills the layout and removes /lab.
+    fn tear_down(self) -> Result<()> {
+        drop(self.hogs);
+        drop((self.db_cg, self.pair_cg, self.solo_cg));
+        self.lab.remove()
+    }
+}
+
+/// Waits until one of `hogs` has died (by SIGKILL) and records it in `dead`.
+fn wait_first_death(
+    hogs: &mut [(&'static str, Hog)],
+    dead: &mut Vec<(&'static str, i32)>,
+) -> Result<()> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < pdutil::OOM_TIMEOUT {
+        for (role, h) in hogs.iter_mut() {
+            if !h.is_alive() {
+                dead.push((role, h.pid()));
+            }
+        }
+        if !dead.is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("no task of /lab died within {:?}", pdutil::OOM_TIMEOUT)
+}
+
+fn run() -> Result<()> {
+    pdutil::quiet_oom_reports()?;
+    let config = pdutil::write_config("largest-badness", CONFIG)?;
+
+    // 1. The reference: no handler, the kernel's own killer.
+    println!("kernel default (no handler):");
+    let mut l = Layout::build()?;
+    let (kernel_role, _) = l.oom()?;
+    println!("the kernel killed {kernel_role}");
+    l.tear_down()?;
+
+    // 2. badness: the same choice, made in BPF.
+    println!("policyd load badness:");
+    let mut pd = Policyd::load(&["badness", "--config", &config, "--cgroup", "/"])?;
+    let mut l = Layout::build()?;
+    let (role, pid) = l.oom()?;
+    let d = pd.next_decision(Duration::from_secs(10))?;
+    let pid_s = pid.to_string();
+    let cgroup = format!("/lab/{}", role.split('-').next().unwrap_or(role));
+    d.expect(&[
+        ("policy", "badness"),
+        ("scope", "/lab"),
+        ("victim_cgroup", &cgroup),
+        ("pid", &pid_s),
+        ("reason", "badness"),
+        ("outcome", "killed"),
+        ("killed", "1"),
+    ])?;
+    ensure!(
+        role == kernel_role,
+        "badness killed {role} (pid {pid}), the kernel's own killer killed {kernel_role}"
+    );
+    println!("badness killed {role}, as the kernel did: {d}");
+    l.tear_down()?;
+    pd.stop()?;
+
+    // 3. largest: the biggest unprotected cgroup, its largest task.
+    println!("policyd load largest:");
+    let mut pd = Policyd::load(&["largest", "--config", &config, "--cgroup", "/"])?;
+    let mut l = Layout::build()?;
+    let (role, pid) = l.oom()?;
+    let d = pd.next_decision(Duration::from_secs(10))?;
+    ensure!(
+        role == "pair-big",
+        "largest killed {role} (pid {pid}), expected pair-big (pid {}), the largest task of \
+         /lab/pair, the largest unprotected cgroup; decision: {d}",
+        l.pid("pair-big")
+    );
+    let pid_s = pid.to_string();
+    d.expect(&[
+        ("policy", "largest"),
+        ("scope", "/lab"),
+        ("victim_cgroup", "/lab/pair"),
+        ("pid", &pid_s),
+        ("reason", "largest-usage"),
+        ("outcome", "killed"),
+        ("killed", "1"),
+        // solo (44 MiB) ranks next; the protected db (72 MiB) not at all.
+        ("runner_up", "/lab/solo"),
+    ])?;
+    expect_oom_kills(&l.pair_cg, 1)?;
+    expect_oom_kills(&l.db_cg, 0)?;
+    expect_oom_kills(&l.solo_cg, 0)?;
+    println!("largest killed the biggest task of the biggest unprotected cgroup: {d}");
+    l.tear_down()?;
+    pd.stop()?;
+    Ok(())
+}
