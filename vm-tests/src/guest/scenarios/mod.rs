@@ -17,6 +17,7 @@ mod oom_default_memcg;
 mod policyd_dry_run;
 mod policyd_kill_cgroup;
 mod policyd_largest_badness;
+mod policyd_lifecycle;
 mod policyd_priority;
 mod policyd_protect;
 mod policyd_reload;
@@ -46,5 +47,6 @@ pub fn all() -> Vec<Scenario> {
         policyd_reload::scenario(),
         policyd_dry_run::scenario(),
         policyd_largest_badness::scenario(),
+        policyd_lifecycle::scenario(),
     ]
 }
