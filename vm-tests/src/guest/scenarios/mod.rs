@@ -15,6 +15,7 @@ mod kernel_kill_refused;
 mod kernel_oom_storm;
 mod oom_default_memcg;
 mod policyd_dry_run;
+mod policyd_exiting_victim;
 mod policyd_explain;
 mod policyd_kill_cgroup;
 mod policyd_largest_badness;
@@ -50,5 +51,6 @@ pub fn all() -> Vec<Scenario> {
         policyd_largest_badness::scenario(),
         policyd_lifecycle::scenario(),
         policyd_explain::scenario(),
+        policyd_exiting_victim::scenario(),
     ]
 }
