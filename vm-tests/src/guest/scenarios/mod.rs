@@ -3,6 +3,7 @@
 
 use super::Scenario;
 
+mod demo;
 mod kernel_attach_lifecycle;
 mod kernel_await;
 mod kernel_await_retry;
@@ -52,5 +53,6 @@ pub fn all() -> Vec<Scenario> {
         policyd_lifecycle::scenario(),
         policyd_explain::scenario(),
         policyd_exiting_victim::scenario(),
+        demo::scenario(),
     ]
 }
