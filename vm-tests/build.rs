@@ -1,5 +1,7 @@
 //! Compiles the test BPF OOM handler vm-tests/bpf/oom_test.bpf.c into a libbpf-rs skeleton
-//! `oom_test.skel.rs` in OUT_DIR (included by src/guest/kutil.rs).
+//! `oom_test.skel.rs` in OUT_DIR (included by src/guest/kutil.rs), and the
+//! benchmarks' stopwatch vm-tests/bpf/bench.bpf.c into `bench.skel.rs` (included by
+//! src/guest/scenarios/bench_common.rs).
 //!
 //! clang-19 compiles it against the patched kernel's bpf/vmlinux/x86_64/vmlinux.h (at the
 //! repository root). Linux 7.x headers use embedded anonymous structs, which clang drops
@@ -16,6 +18,8 @@ use libbpf_cargo::SkeletonBuilder;
 
 const SRC: &str = "bpf/oom_test.bpf.c";
 const HEADER: &str = "bpf/oom_test.h";
+const BENCH_SRC: &str = "bpf/bench.bpf.c";
+const BENCH_HEADER: &str = "bpf/bench.h";
 const VMLINUX_DIR: &str = "../bpf/vmlinux/x86_64";
 
 fn fail(msg: impl std::fmt::Display) -> ! {
@@ -48,6 +52,8 @@ fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     println!("cargo:rerun-if-changed={SRC}");
     println!("cargo:rerun-if-changed={HEADER}");
+    println!("cargo:rerun-if-changed={BENCH_SRC}");
+    println!("cargo:rerun-if-changed={BENCH_HEADER}");
     println!("cargo:rerun-if-changed={VMLINUX_DIR}/vmlinux.h");
 
     let vmlinux_dir = dir.join(VMLINUX_DIR);
@@ -60,13 +66,23 @@ fn main() {
         "-fms-extensions".into(),
         "-Wno-microsoft-anon-tag".into(),
     ];
+    let clang = clang();
     if let Err(e) = SkeletonBuilder::new()
         .source(dir.join(SRC))
         .obj(out.join("oom_test.bpf.o"))
-        .clang(clang())
-        .clang_args(args)
+        .clang(&clang)
+        .clang_args(args.clone())
         .build_and_generate(out.join("oom_test.skel.rs"))
     {
         fail(format!("building {SRC}: {e:#}"));
+    }
+    if let Err(e) = SkeletonBuilder::new()
+        .source(dir.join(BENCH_SRC))
+        .obj(out.join("bench.bpf.o"))
+        .clang(&clang)
+        .clang_args(args)
+        .build_and_generate(out.join("bench.skel.rs"))
+    {
+        fail(format!("building {BENCH_SRC}: {e:#}"));
     }
 }
