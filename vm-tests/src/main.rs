@@ -40,11 +40,15 @@ enum Cmd {
     },
     /// Tell the story of one OOM under policyd and under the kernel default.
     Demo,
-    /// Run the bench* scenarios and collect their results.
+    /// Run the bench* scenarios whose name contains FILTER; report in target/vm-tests/bench.md.
     Bench {
+        filter: Option<String>,
         /// Shorter runs (scenarios see vmtest_quick=1 on their kernel command line).
         #[arg(long)]
         quick: bool,
+        /// Run nothing: write bench.md again from the last bench.json.
+        #[arg(long, conflicts_with_all = ["quick", "filter"])]
+        report_only: bool,
     },
     /// List the guest scenarios.
     List,
@@ -64,7 +68,17 @@ fn main() -> ExitCode {
         }),
         Cmd::Test { filter, verbose } => host::test(filter.as_deref().unwrap_or(""), verbose),
         Cmd::Demo => host::demo(),
-        Cmd::Bench { quick } => host::bench(quick),
+        Cmd::Bench {
+            filter,
+            quick,
+            report_only,
+        } => {
+            if report_only {
+                host::bench_report_only()
+            } else {
+                host::bench(filter.as_deref().unwrap_or(""), quick)
+            }
+        }
         Cmd::List => {
             host::list();
             Ok(true)

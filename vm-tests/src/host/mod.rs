@@ -1,5 +1,6 @@
 //! The host side: `test`, `demo`, `bench`, and the kernel build steps they share.
 
+mod bench_report;
 mod initramfs;
 mod qemu;
 
@@ -148,8 +149,20 @@ fn select(filter: &str) -> Result<Vec<Scenario>> {
     Ok(chosen)
 }
 
+/// Benchmark scenarios run only under `bench`: they take many minutes and report numbers
+/// rather than pass or fail.
+fn is_bench(s: &Scenario) -> bool {
+    s.name.starts_with("bench")
+}
+
 pub fn test(filter: &str, verbose: bool) -> Result<bool> {
-    let scenarios = select(filter)?;
+    let scenarios: Vec<Scenario> = select(filter)?
+        .into_iter()
+        .filter(|s| !is_bench(s))
+        .collect();
+    if scenarios.is_empty() {
+        bail!("only benchmark scenarios match {filter:?}: run them with ./vm-tests/run bench {filter}");
+    }
     let mut tally = Tally {
         passed: 0,
         failed: 0,
@@ -220,59 +233,85 @@ pub fn demo() -> Result<bool> {
     Ok(true)
 }
 
-pub fn bench(quick: bool) -> Result<bool> {
+pub fn bench(filter: &str, quick: bool) -> Result<bool> {
     let scenarios: Vec<Scenario> = guest::scenarios::all()
         .into_iter()
-        .filter(|s| s.name.starts_with("bench"))
+        .filter(|s| is_bench(s) && s.name.contains(filter))
         .collect();
     if scenarios.is_empty() {
-        bail!("no bench* scenario is registered yet");
+        bail!("no bench* scenario name contains {filter:?}");
     }
+    let bench_started = Instant::now();
+    let machine = bench_report::Machine::probe(&top());
     let vm = prepare_vm()?;
     let extra: &[&str] = if quick {
         &[crate::protocol::QUICK_ARG]
     } else {
         &[]
     };
-    let mut results = serde_json::Map::new();
+    let mut runs = Vec::new();
     let mut ok = true;
     for s in &scenarios {
-        println!("bench {} ...", s.name);
+        println!(
+            "bench {} ({}) ...",
+            s.name,
+            if quick { "quick" } else { "full" }
+        );
+        let load_before = bench_report::loadavg();
+        let started = Instant::now();
         let run = vm.run_scenario(s, extra, |line| {
             if let Some(json) = qemu::after_marker(line, crate::protocol::JSON) {
-                println!("  {json}");
+                println!("  {}", bench_report::short(json, 160));
             }
         })?;
-        let mut values = Vec::new();
+        let wall_s = started.elapsed().as_secs_f64();
+        let mut records = Vec::new();
         for json in &run.json {
             match serde_json::from_str::<serde_json::Value>(json) {
-                Ok(v) => values.push(v),
+                Ok(v) => records.push(v),
                 Err(e) => {
                     ok = false;
                     println!("FAIL {}: bad JSON line {json:?}: {e}", s.name);
                 }
             }
         }
+        let verdict = run.verdict.to_string();
         if run.verdict != Verdict::Pass {
             ok = false;
-            println!(
-                "FAIL {}: {} (log: {})",
-                s.name,
-                run.verdict,
-                run.log.display()
-            );
+            println!("FAIL {}: {verdict} (log: {})", s.name, run.log.display());
+        } else {
+            println!("done {} in {wall_s:.0} s", s.name);
         }
-        results.insert(s.name.to_string(), serde_json::Value::Array(values));
+        runs.push(bench_report::ScenarioRun {
+            name: s.name.to_string(),
+            mem_mb: s.mem_mb,
+            wall_s,
+            verdict,
+            log: run.log.display().to_string(),
+            load_before,
+            load_after: bench_report::loadavg(),
+            records,
+        });
     }
-    let report = serde_json::json!({
-        "accel": vm.accel().to_string(),
-        "quick": quick,
-        "results": results,
-    });
-    let path = out_dir().join("bench/results.json");
-    fs::create_dir_all(path.parent().unwrap())?;
-    fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
-        .with_context(|| format!("writing {}", path.display()))?;
-    println!("bench results: {}", path.display());
+    let (json_path, md_path) = bench_report::write(
+        &out_dir(),
+        &machine,
+        &vm.accel().to_string(),
+        quick,
+        bench_started.elapsed().as_secs_f64(),
+        &runs,
+    )?;
+    println!(
+        "bench report: {} ({})",
+        md_path.display(),
+        json_path.display()
+    );
     Ok(ok)
+}
+
+/// `bench --report-only`: bench.md again from bench.json (after a change to the report).
+pub fn bench_report_only() -> Result<bool> {
+    let md = bench_report::rerender(&out_dir())?;
+    println!("bench report: {}", md.display());
+    Ok(true)
 }

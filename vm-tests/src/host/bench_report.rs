@@ -1,0 +1,1005 @@
+//! The benchmark report: target/vm-tests/bench.json (every raw sample the guest sent, the
+//! machine, and the summaries) and target/vm-tests/bench.md (the summaries as Markdown
+//! tables). The guest scenarios (guest/scenarios/bench_*.rs) measure and send JSON
+//! records; everything statistical happens here.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use serde_json::{json, Map, Value};
+
+/// The host the benchmark ran on.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    pub cpu_model: String,
+    pub cores: usize,
+    pub ram_kib: u64,
+    pub kernel: String,
+    pub date_utc: String,
+    /// The policyd tree measured: commit, "+changes" when the work tree differs from it.
+    pub source: String,
+}
+
+impl Machine {
+    pub fn probe(top: &Path) -> Machine {
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == "model name").then(|| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let ram_kib = meminfo
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("MemTotal:")?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0);
+        Machine {
+            cpu_model,
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+            ram_kib,
+            kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            date_utc: utc_now(),
+            source: source_version(top),
+        }
+    }
+}
+
+/// `git describe`-like: the commit of `top`, with "+changes" for a modified work tree.
+fn source_version(top: &Path) -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(top)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(commit) => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            format!("{commit}{}", if dirty { "+changes" } else { "" })
+        }
+        None => "unknown".into(),
+    }
+}
+
+/// One bench scenario's boot: what the harness saw and the guest's JSON records.
+pub struct ScenarioRun {
+    pub name: String,
+    pub mem_mb: u32,
+    pub wall_s: f64,
+    pub verdict: String,
+    pub log: String,
+    pub load_before: Option<[f64; 3]>,
+    pub load_after: Option<[f64; 3]>,
+    pub records: Vec<Value>,
+}
+
+/// The host's 1, 5 and 15 minute load averages.
+pub fn loadavg() -> Option<[f64; 3]> {
+    let text = fs::read_to_string("/proc/loadavg").ok()?;
+    let v: Vec<f64> = text
+        .split_whitespace()
+        .take(3)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    (v.len() == 3).then(|| [v[0], v[1], v[2]])
+}
+
+/// `s` cut to `n` characters, with "..." when cut.
+pub fn short(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}...", s.chars().take(n).collect::<String>())
+    }
+}
+
+/// "2026-11-26T09:15:02Z".
+fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's days-to-civil.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Statistics
+// ---------------------------------------------------------------------------------------
+
+/// Linear-interpolated percentile `p` (0..=100) of `v`; None when empty.
+fn percentile(v: &[f64], p: f64) -> Option<f64> {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
+        return None;
+    }
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let rank = p / 100.0 * (s.len() - 1) as f64;
+    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+    Some(s[lo] + (s[hi] - s[lo]) * (rank - lo as f64))
+}
+
+/// {"n", "median", "p10", "p90", "min", "max"} of `v`.
+fn spread(v: &[f64]) -> Value {
+    json!({
+        "n": v.len(),
+        "median": percentile(v, 50.0),
+        "p10": percentile(v, 10.0),
+        "p90": percentile(v, 90.0),
+        "min": percentile(v, 0.0),
+        "max": percentile(v, 100.0),
+    })
+}
+
+fn nums(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default()
+}
+
+fn f(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64)
+}
+
+// ---------------------------------------------------------------------------------------
+// Summaries
+// ---------------------------------------------------------------------------------------
+
+fn records<'a>(runs: &'a [ScenarioRun], kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+    runs.iter()
+        .flat_map(|r| r.records.iter())
+        .filter(move |v| v.get("kind").and_then(Value::as_str) == Some(kind))
+}
+
+fn storm_summary(runs: &[ScenarioRun]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for rec in records(runs, "storm") {
+        let trials = rec["trials"].as_array().cloned().unwrap_or_default();
+        let n = trials.len();
+        let survived = trials
+            .iter()
+            .filter(|t| t["service_survived"].as_bool() == Some(true))
+            .count();
+        let victims: Vec<f64> = trials
+            .iter()
+            .map(|t| t["victims"].as_array().map_or(0, Vec::len) as f64)
+            .collect();
+        let mut killers = Map::new();
+        for t in &trials {
+            let k = t["hog_killed_by"].as_str().unwrap_or("alive").to_string();
+            let c = killers.get(&k).and_then(Value::as_u64).unwrap_or(0);
+            killers.insert(k, json!(c + 1));
+        }
+        let secs = |key: &str| -> Vec<f64> {
+            trials
+                .iter()
+                .filter_map(|t| f(t, key))
+                .map(|ms| ms / 1000.0)
+                .collect()
+        };
+        let rates: Vec<f64> = trials
+            .iter()
+            .filter_map(|t| Some(f(t, "hog_peak_rss_mib")? / (f(t, "hog_dead_ms")? / 1000.0)))
+            .collect();
+        let handler_us: Vec<f64> = trials
+            .iter()
+            .flat_map(|t| nums(&t["policyd_handler_us"]))
+            .collect();
+        let kernel_kills: Vec<f64> = trials
+            .iter()
+            .filter_map(|t| f(t, "kernel_oom_kills"))
+            .collect();
+        let not_recovered = trials
+            .iter()
+            .filter(|t| t["recovered_ms"].is_null())
+            .count();
+        out.push(json!({
+            "variant": rec["variant"],
+            "hog_delay_us_per_mib": rec["hog_delay_us_per_mib"],
+            "contender": rec["contender"],
+            "trials": n,
+            "service_survived": survived,
+            "victims_per_storm": spread(&victims),
+            "victims_per_storm_mean": if n > 0 { Some(victims.iter().sum::<f64>() / n as f64) } else { None },
+            "kernel_oom_kills_per_storm": spread(&kernel_kills),
+            "hog_killed_by": killers,
+            "hog_dead_s": spread(&secs("hog_dead_ms")),
+            "recovered_s": spread(&secs("recovered_ms")),
+            "not_recovered": not_recovered,
+            "hog_rate_mib_s": spread(&rates),
+            "policyd_handler_us": spread(&handler_us),
+        }));
+    }
+    out
+}
+
+fn decision_summary(runs: &[ScenarioRun]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for rec in records(runs, "decision") {
+        let results = rec["results"].as_object().cloned().unwrap_or_default();
+        let kernel_median = results
+            .get("kernel")
+            .and_then(|k| percentile(&ms_of(&k["oom_ns"]), 50.0));
+        let kernel_kill_median = results
+            .get("kernel")
+            .and_then(|k| percentile(&ms_of(&k["to_kill_ns"]), 50.0));
+        let mut per = Map::new();
+        for (name, r) in &results {
+            let ms = ms_of(&r["oom_ns"]);
+            let printed: Vec<bool> = r["report_printed"]
+                .as_array()
+                .map(|a| a.iter().map(|b| b.as_bool() == Some(true)).collect())
+                .unwrap_or_default();
+            let ok = r["ok"].as_array().map_or(0, |a| {
+                a.iter().filter(|b| b.as_bool() == Some(true)).count()
+            });
+            let median = percentile(&ms, 50.0);
+            // Only the samples whose OOM report was printed, the same work for everyone.
+            let printed_ms: Vec<f64> = ms
+                .iter()
+                .zip(&printed)
+                .filter(|(_, p)| **p)
+                .map(|(m, _)| *m)
+                .collect();
+            let to_kill = ms_of(&r["to_kill_ns"]);
+            let kill_median = percentile(&to_kill, 50.0);
+            per.insert(
+                name.clone(),
+                json!({
+                    "to_kill_ms": spread(&to_kill),
+                    "to_kill_ratio_to_kernel": match (kill_median, kernel_kill_median) {
+                        (Some(m), Some(k)) if k > 0.0 => Some(m / k),
+                        _ => None,
+                    },
+                    "report_ms": spread(&ms_of(&r["report_ns"])),
+                    "oom_ms": spread(&ms),
+                    "oom_ms_report_printed": spread(&printed_ms),
+                    "ratio_to_kernel": match (median, kernel_median) {
+                        (Some(m), Some(k)) if k > 0.0 => Some(m / k),
+                        _ => None,
+                    },
+                    "handler_us": spread(&nums(&r["handler_us"])),
+                    "samples": ms.len(),
+                    "samples_ok": ok,
+                    "reports_printed": printed.iter().filter(|p| **p).count(),
+                }),
+            );
+        }
+        out.push(json!({
+            "cgroups": rec["cgroups"],
+            "tasks": rec["tasks"],
+            "contenders": per,
+            "problems": rec["problems"],
+            "policyd_start_s": spread(&nums(&rec["policyd_start_s"])),
+            "mem_per_added_task_kib": rec["mem_per_added_task_kib"],
+        }));
+    }
+    out
+}
+
+fn ms_of(ns: &Value) -> Vec<f64> {
+    nums(ns).into_iter().map(|n| n / 1e6).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Writing
+// ---------------------------------------------------------------------------------------
+
+/// Writes bench.json and bench.md into `out`; returns their paths.
+pub fn write(
+    out: &Path,
+    machine: &Machine,
+    accel: &str,
+    quick: bool,
+    total_wall_s: f64,
+    runs: &[ScenarioRun],
+) -> Result<(PathBuf, PathBuf)> {
+    let guest = records(runs, "env").next().cloned().unwrap_or(Value::Null);
+    let report = json!({
+        "mode": if quick { "quick" } else { "full" },
+        "date_utc": machine.date_utc,
+        "accel": accel,
+        "machine": {
+            "cpu_model": machine.cpu_model,
+            "cores": machine.cores,
+            "ram_mib": machine.ram_kib / 1024,
+            "kernel": machine.kernel,
+        },
+        "source": machine.source,
+        "guest": {
+            "kernel_release": guest["kernel_release"],
+            "kernel_version": guest["kernel_version"],
+            "cpus": guest["guest_cpus"],
+            "clocksource": guest["clocksource"],
+        },
+        "total_wall_s": total_wall_s,
+        "scenarios": runs.iter().map(|r| json!({
+            "name": r.name,
+            "mem_mb": r.mem_mb,
+            "wall_s": r.wall_s,
+            "verdict": r.verdict,
+            "log": r.log,
+            "host_load_before": r.load_before,
+            "host_load_after": r.load_after,
+            "records": r.records,
+        })).collect::<Vec<_>>(),
+        "summary": {
+            "storm": storm_summary(runs),
+            "decision": decision_summary(runs),
+            "footprint": records(runs, "footprint").next().cloned(),
+            "storm_setup": records(runs, "storm_setup").next().cloned(),
+            "decision_setup": records(runs, "decision_setup").next().cloned(),
+        },
+    });
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let json_path = out.join("bench.json");
+    let md_path = out.join("bench.md");
+    fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    fs::write(&md_path, markdown(&report))
+        .with_context(|| format!("writing {}", md_path.display()))?;
+    Ok((json_path, md_path))
+}
+
+/// Writes bench.md again from `out`/bench.json, with the summaries computed anew.
+pub fn rerender(out: &Path) -> Result<PathBuf> {
+    let json_path = out.join("bench.json");
+    let text = fs::read_to_string(&json_path)
+        .with_context(|| format!("reading {} (run the benchmark first)", json_path.display()))?;
+    let old: Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", json_path.display()))?;
+    let load = |v: &Value| -> Option<[f64; 3]> {
+        let a = v.as_array()?;
+        Some([
+            a.first()?.as_f64()?,
+            a.get(1)?.as_f64()?,
+            a.get(2)?.as_f64()?,
+        ])
+    };
+    let runs: Vec<ScenarioRun> = old["scenarios"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| ScenarioRun {
+            name: s["name"].as_str().unwrap_or("?").to_string(),
+            mem_mb: s["mem_mb"].as_u64().unwrap_or(0) as u32,
+            wall_s: s["wall_s"].as_f64().unwrap_or(0.0),
+            verdict: s["verdict"].as_str().unwrap_or("?").to_string(),
+            log: s["log"].as_str().unwrap_or("").to_string(),
+            load_before: load(&s["host_load_before"]),
+            load_after: load(&s["host_load_after"]),
+            records: s["records"].as_array().cloned().unwrap_or_default(),
+        })
+        .collect();
+    let m = &old["machine"];
+    let machine = Machine {
+        cpu_model: m["cpu_model"].as_str().unwrap_or("?").to_string(),
+        cores: m["cores"].as_u64().unwrap_or(0) as usize,
+        ram_kib: m["ram_mib"].as_u64().unwrap_or(0) * 1024,
+        kernel: m["kernel"].as_str().unwrap_or("?").to_string(),
+        date_utc: old["date_utc"].as_str().unwrap_or("?").to_string(),
+        source: old["source"].as_str().unwrap_or("?").to_string(),
+    };
+    let (_, md) = write(
+        out,
+        &machine,
+        old["accel"].as_str().unwrap_or("?"),
+        old["mode"] == "quick",
+        old["total_wall_s"].as_f64().unwrap_or(0.0),
+        &runs,
+    )?;
+    Ok(md)
+}
+
+/// "12.3" with a precision that suits the magnitude.
+fn num(x: f64) -> String {
+    let a = x.abs();
+    if a >= 100.0 {
+        format!("{x:.0}")
+    } else if a >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn opt(v: &Value) -> String {
+    v.as_f64().map(num).unwrap_or_else(|| "–".into())
+}
+
+/// "12.3 [11.0–14.1]" from a spread.
+fn med_range(s: &Value) -> String {
+    match (s["median"].as_f64(), s["p10"].as_f64(), s["p90"].as_f64()) {
+        (Some(m), Some(lo), Some(hi)) => format!("{} [{}–{}]", num(m), num(lo), num(hi)),
+        _ => "–".into(),
+    }
+}
+
+fn load_text(v: &Value) -> String {
+    match v.as_array() {
+        Some(a) if a.len() == 3 => format!("{} / {} / {}", opt(&a[0]), opt(&a[1]), opt(&a[2])),
+        _ => "?".into(),
+    }
+}
+
+/// The Markdown report (bench.md) from the bench.json document.
+pub fn markdown(r: &Value) -> String {
+    let mut md = String::new();
+    let quick = r["mode"] == "quick";
+    let tcg = r["accel"] == "TCG";
+    let m = &r["machine"];
+    let _ = writeln!(
+        md,
+        "# policyd benchmarks: {} run\n",
+        if quick { "QUICK" } else { "full" }
+    );
+    if quick {
+        let _ = writeln!(
+            md,
+            "**Quick run** (`./vm-tests/run bench --quick`): fewer trials and sizes than the \
+             full benchmark; indicative only.\n"
+        );
+    }
+    let _ = writeln!(
+        md,
+        "- Date: {}; policyd tree {}",
+        r["date_utc"].as_str().unwrap_or("?"),
+        r["source"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(
+        md,
+        "- Host: {}, {} cores, {} MiB RAM, Linux {}",
+        m["cpu_model"].as_str().unwrap_or("?"),
+        m["cores"],
+        m["ram_mib"],
+        m["kernel"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(
+        md,
+        "- Guest: Linux {} ({} vCPUs, clocksource {}), accelerator **{}**",
+        r["guest"]["kernel_release"].as_str().unwrap_or("?"),
+        r["guest"]["cpus"],
+        r["guest"]["clocksource"].as_str().unwrap_or("?"),
+        r["accel"].as_str().unwrap_or("?")
+    );
+    if tcg {
+        let _ = writeln!(
+            md,
+            "- **TCG** emulates the CPU in software: absolute times are many times those on \
+             hardware, and the test kernel is a debug build (lockdep). Compare the ratios between \
+             contenders measured in the same boot, not the absolute times."
+        );
+    }
+    let _ = writeln!(
+        md,
+        "- Total wall time: {:.1} min",
+        r["total_wall_s"].as_f64().unwrap_or(0.0) / 60.0
+    );
+    let _ = writeln!(
+        md,
+        "\n| scenario | guest RAM | wall | result | host load before (1/5/15 min) | after |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for s in r["scenarios"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "| {} | {} MiB | {:.0} s | {} | {} | {} |",
+            s["name"].as_str().unwrap_or("?"),
+            s["mem_mb"],
+            s["wall_s"].as_f64().unwrap_or(0.0),
+            short(s["verdict"].as_str().unwrap_or("?"), 80),
+            load_text(&s["host_load_before"]),
+            load_text(&s["host_load_after"]),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nA host load above {} (its core count) means other work competed with the guest.",
+        m["cores"]
+    );
+
+    storm_md(&mut md, r);
+    decision_md(&mut md, r);
+    footprint_md(&mut md, r);
+    md
+}
+
+fn storm_md(md: &mut String, r: &Value) {
+    let rows = r["summary"]["storm"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if rows.is_empty() {
+        return;
+    }
+    let setup = &r["summary"]["storm_setup"];
+    let _ = writeln!(md, "\n## 1. Storm correctness (global OOM)\n");
+    let _ = writeln!(
+        md,
+        "A \"service\" holding {} MiB of {} MiB guest RAM and a \"hog\" allocating 1 MiB at a \
+         time until something dies; all contenders in one boot, trials round-robin. The hog \
+         touches ~{} MiB/s here when alone (fast); the slow hog pauses {} ms after each MiB. \
+         kernel: no handler. earlyoom: `earlyoom {}` (Debian 1.7, default thresholds: SIGTERM at \
+         10% MemAvailable). policyd: `policyd load priority`, service cgroup priority 1000, hog \
+         cgroup 1. Victims: processes that died in the storm. Recovery: hog dead and \
+         MemAvailable back to 90% of its pre-storm value. Times are from the hog's start, \
+         median [p10–p90].\n",
+        setup["service_mib"],
+        setup["mem_total_mib"],
+        opt(&setup["hog_touch_rate_mib_s"]),
+        setup["slow_delay_us"].as_u64().unwrap_or(0) / 1000,
+        setup["earlyoom_args"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .map(|x| {
+                    let s = x.as_str().unwrap_or("");
+                    if s.starts_with('^') {
+                        format!("'{s}'")
+                    } else {
+                        s.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" "))
+            .unwrap_or_default(),
+    );
+    if setup["kernel_would_pick_service"] == false {
+        let _ = writeln!(
+            md,
+            "**Note:** MemAvailable with the service running ({} MiB) was not below the \
+             service's size: the kernel default need not pick the service.\n",
+            setup["mem_available_with_service_mib"]
+        );
+    }
+    let _ = writeln!(
+        md,
+        "| storm | contender | service survived | victims per storm (mean, max) | hog killed by | hog dead (s) | recovered (s) |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for row in &rows {
+        let n = row["trials"].as_u64().unwrap_or(0);
+        let surv = row["service_survived"].as_u64().unwrap_or(0);
+        let killers = row["hog_killed_by"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let not_rec = row["not_recovered"].as_u64().unwrap_or(0);
+        let _ = writeln!(
+            md,
+            "| {} | {} | **{surv}/{n}** ({:.0}%) | {}, {} | {killers} | {} | {}{} |",
+            row["variant"].as_str().unwrap_or("?"),
+            row["contender"].as_str().unwrap_or("?"),
+            if n > 0 {
+                surv as f64 * 100.0 / n as f64
+            } else {
+                0.0
+            },
+            opt(&row["victims_per_storm_mean"]),
+            opt(&row["victims_per_storm"]["max"]),
+            med_range(&row["hog_dead_s"]),
+            med_range(&row["recovered_s"]),
+            if not_rec > 0 {
+                format!(" ({not_rec} never)")
+            } else {
+                String::new()
+            },
+        );
+    }
+    let pd: Vec<String> = rows
+        .iter()
+        .filter(|r| r["contender"] == "policyd" && r["policyd_handler_us"]["n"].as_u64() > Some(0))
+        .map(|r| {
+            format!(
+                "{} storm {} µs",
+                r["variant"].as_str().unwrap_or("?"),
+                med_range(&r["policyd_handler_us"])
+            )
+        })
+        .collect();
+    if !pd.is_empty() {
+        let _ = writeln!(
+            md,
+            "\npolicyd's handler time per OOM (handler_us of its decision lines): {}.",
+            pd.join("; ")
+        );
+    }
+}
+
+fn decision_md(md: &mut String, r: &Value) {
+    let rows = r["summary"]["decision"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if rows.is_empty() {
+        return;
+    }
+    let setup = &r["summary"]["decision_setup"];
+    let names: Vec<String> = setup["contenders"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let _ = writeln!(
+        md,
+        "\n## 2. Decision cost (memcg OOM declared with bpf_out_of_memory())\n"
+    );
+    let _ = writeln!(
+        md,
+        "One SEC(\"syscall\") program declares an OOM of a memcg with `bpf_out_of_memory()` and \
+         reads `bpf_ktime_get_ns()` around the call; the kernel log's timestamps of the OOM \
+         report and of the \"Killed process\" line (printed right after the victim is marked), \
+         related to that clock by a mark written to /dev/kmsg, split the call. The same code \
+         measures every contender. The memcg holds the given number of cgroups and tasks \
+         (sleeping processes spread round-robin, plus one {} MiB victim that every contender \
+         picks: largest task, in the largest cgroup, the only one at priority 1). \
+         oom_dump_tasks=0, console log level 1; every OOM prints its report (OOMs are spaced \
+         {} ms apart to stay clear of its rate limit). {} OOMs per contender and size (after one \
+         unrecorded warm-up per block of {}), contenders in turn. `observe` ranks the cgroups and \
+         then defers to the kernel's killer. Cells: median [p10–p90] in ms, and the ratio of \
+         medians to the kernel default.\n",
+        setup["victim_mib"],
+        setup["oom_spacing_ms"],
+        setup["samples_per_contender"],
+        setup["per_block"],
+    );
+    let header = |md: &mut String, cols: &[&String]| {
+        let _ = write!(md, "| cgroups | tasks |");
+        for n in cols {
+            let _ = write!(md, " {n} |");
+        }
+        let _ = writeln!(md);
+        let _ = write!(md, "|---|---|");
+        for _ in cols {
+            let _ = write!(md, "---|");
+        }
+        let _ = writeln!(md);
+    };
+    let all: Vec<&String> = names.iter().collect();
+    let table = |md: &mut String, title: &str, key: &str, ratio: Option<&str>| {
+        let _ = writeln!(md, "{title}\n");
+        header(md, &all);
+        for row in &rows {
+            let _ = write!(md, "| {} | {} |", row["cgroups"], row["tasks"]);
+            for n in &names {
+                let c = &row["contenders"][n];
+                let r = match ratio.and_then(|k| c[k].as_f64()) {
+                    Some(x) if n != "kernel" => format!(" ×{x:.2}"),
+                    _ => String::new(),
+                };
+                let _ = write!(md, " {}{r} |", med_range(&c[key]));
+            }
+            let _ = writeln!(md);
+        }
+        let _ = writeln!(md);
+    };
+    table(
+        md,
+        "**Entering out_of_memory() → victim killed and marked** (the decision, then \
+         `oom_kill_process()` up to its \"Killed process\" line, OOM report included):",
+        "to_kill_ms",
+        Some("to_kill_ratio_to_kernel"),
+    );
+    table(
+        md,
+        "**The whole bpf_out_of_memory() call** (adds what follows the kill: \
+         `__oom_kill_process()` looks through every process for others sharing the victim's \
+         mm, then the lock is released):",
+        "oom_ms",
+        Some("ratio_to_kernel"),
+    );
+    table(
+        md,
+        "Of which the **OOM report** (`dump_header()`: stack dump and the memcg's memory.stat), \
+         the same work for every contender:",
+        "report_ms",
+        None,
+    );
+    let policies: Vec<&String> = names.iter().filter(|n| *n != "kernel").collect();
+    if !policies.is_empty() {
+        let _ = writeln!(
+            md,
+            "The policies' own time in their handler (handler_us of policyd's decision lines: \
+             ranking, then `bpf_oom_kill_process()`, whose OOM report is inside), µs:\n"
+        );
+        let _ = write!(md, "| cgroups | tasks |");
+        for n in &policies {
+            let _ = write!(md, " {n} |");
+        }
+        let _ = writeln!(md);
+        let _ = write!(md, "|---|---|");
+        for _ in &policies {
+            let _ = write!(md, "---|");
+        }
+        let _ = writeln!(md);
+        for row in &rows {
+            let _ = write!(md, "| {} | {} |", row["cgroups"], row["tasks"]);
+            for n in &policies {
+                let _ = write!(
+                    md,
+                    " {} |",
+                    med_range(&row["contenders"][n.as_str()]["handler_us"])
+                );
+            }
+            let _ = writeln!(md);
+        }
+    }
+    // Sample quality.
+    let mut notes = Vec::new();
+    for row in &rows {
+        for n in &names {
+            let c = &row["contenders"][n];
+            let (s, ok, printed) = (
+                c["samples"].as_u64().unwrap_or(0),
+                c["samples_ok"].as_u64().unwrap_or(0),
+                c["reports_printed"].as_u64().unwrap_or(0),
+            );
+            if ok < s {
+                notes.push(format!(
+                    "{}×{} {n}: {} of {s} OOMs did not kill exactly the victim",
+                    row["cgroups"],
+                    row["tasks"],
+                    s - ok
+                ));
+            }
+            if printed < s {
+                notes.push(format!(
+                    "{}×{} {n}: the OOM report was rate-limited in {} of {s} OOMs",
+                    row["cgroups"],
+                    row["tasks"],
+                    s - printed
+                ));
+            }
+        }
+    }
+    if notes.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nEvery OOM killed exactly the designated victim, by the expected killer, and \
+             printed its OOM report."
+        );
+    } else {
+        let _ = writeln!(md, "\nSample notes:\n");
+        for n in notes {
+            let _ = writeln!(md, "- {n}");
+        }
+    }
+}
+
+fn footprint_md(md: &mut String, r: &Value) {
+    let fp = &r["summary"]["footprint"];
+    if fp.is_null() {
+        return;
+    }
+    let idle = &fp["idle"];
+    let burst = &fp["burst"];
+    let mib = |v: &Value| {
+        v.as_f64()
+            .map(|k| format!("{:.1} MiB", k / 1024.0))
+            .unwrap_or_else(|| "?".into())
+    };
+    let check = |ok: bool| if ok { "yes" } else { "**NO**" };
+    let idle_rss = idle["rss_kib"].as_f64().unwrap_or(f64::NAN);
+    let idle_sw = idle["voluntary_switches"].as_u64().unwrap_or(u64::MAX);
+    let ooms = burst["ooms"].as_f64().unwrap_or(1.0);
+    let oom_ms = ms_of(&burst["oom_ns"]);
+    let _ = writeln!(md, "\n## 3. policyd footprint\n");
+    let _ = writeln!(
+        md,
+        "`policyd load priority` with {} cgroups ({} populated), from /proc/<pid>/status and \
+         /proc/<pid>/stat (utime+stime, {} ticks/s). Startup to \"attached\": {} s.\n",
+        fp["cgroups"],
+        fp["populated_cgroups"],
+        fp["clock_ticks_per_s"],
+        opt(&fp["policyd_start_s"]),
+    );
+    let _ = writeln!(md, "| measure | value | target | met |");
+    let _ = writeln!(md, "|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| idle {} s: RSS (VmRSS) | {} (peak VmHWM {}) | < 8 MiB | {} |",
+        opt(&idle["seconds"]),
+        mib(&idle["rss_kib"]),
+        mib(&idle["hwm_kib"]),
+        check(idle_rss < 8.0 * 1024.0)
+    );
+    let _ = writeln!(
+        md,
+        "| idle {} s: voluntary context switches | {} | 0 (no periodic wake-ups) | {} |",
+        opt(&idle["seconds"]),
+        idle["voluntary_switches"],
+        check(idle_sw == 0)
+    );
+    let _ = writeln!(
+        md,
+        "| idle {} s: CPU time (utime+stime) | {} ms | – | |",
+        opt(&idle["seconds"]),
+        opt(&idle["cpu_ms"])
+    );
+    let _ = writeln!(
+        md,
+        "| burst of {} OOMs: kills / decisions logged | {} / {} | {} / {} | {} |",
+        burst["ooms"],
+        burst["kills"],
+        burst["decisions_logged"],
+        burst["ooms"],
+        burst["ooms"],
+        check(burst["kills"] == burst["ooms"] && burst["decisions_logged"] == burst["ooms"])
+    );
+    let _ = writeln!(
+        md,
+        "| burst: wall time (all OOMs / all decisions logged) | {} s / {} s | – | |",
+        opt(&burst["wall_s"]),
+        opt(&burst["all_logged_s"])
+    );
+    let _ = writeln!(
+        md,
+        "| burst: policyd CPU time | {} ms ({} ms per OOM) | – | |",
+        opt(&burst["cpu_ms"]),
+        burst["cpu_ms"]
+            .as_f64()
+            .map(|c| num(c / ooms))
+            .unwrap_or_else(|| "?".into())
+    );
+    let _ = writeln!(
+        md,
+        "| burst: voluntary / involuntary context switches | {} / {} | – | |",
+        burst["voluntary_switches"], burst["involuntary_switches"]
+    );
+    let _ = writeln!(
+        md,
+        "| burst: RSS after (peak VmHWM) | {} ({}) | < 8 MiB | {} |",
+        mib(&burst["rss_kib"]),
+        mib(&burst["hwm_kib"]),
+        check(burst["rss_kib"].as_f64().unwrap_or(f64::NAN) < 8.0 * 1024.0)
+    );
+    let _ = writeln!(
+        md,
+        "| burst: time in bpf_out_of_memory() per OOM | {} ms | – | |",
+        med_range(&spread(&oom_ms))
+    );
+    let _ = writeln!(
+        md,
+        "| burst: handler_us per OOM | {} µs | – | |",
+        med_range(&spread(&nums(&burst["handler_us"])))
+    );
+    let after = &fp["after_burst_idle"];
+    let _ = writeln!(
+        md,
+        "| idle {} s after the burst: voluntary switches / CPU | {} / {} ms | 0 | {} |",
+        after["seconds"],
+        after["voluntary_switches"],
+        opt(&after["cpu_ms"]),
+        check(after["voluntary_switches"].as_u64() == Some(0))
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_numbers() {
+        assert_eq!(percentile(&[3.0, 1.0, 2.0], 50.0), Some(2.0));
+        assert_eq!(percentile(&[], 50.0), None);
+        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0, 5.0], 10.0), Some(1.4));
+        assert_eq!(num(123.456), "123");
+        assert_eq!(num(12.345), "12.3");
+        assert_eq!(num(1.2345), "1.23");
+        assert_eq!(short("abcdef", 3), "abc...");
+        let d = utc_now();
+        assert_eq!(d.len(), 20, "{d}");
+        assert!(d.ends_with('Z') && d.as_bytes()[10] == b'T', "{d}");
+    }
+
+    fn run_with(records: Vec<Value>) -> ScenarioRun {
+        ScenarioRun {
+            name: "bench-x".into(),
+            mem_mb: 512,
+            wall_s: 10.0,
+            verdict: "pass".into(),
+            log: "x.log".into(),
+            load_before: Some([1.0, 1.0, 1.0]),
+            load_after: None,
+            records,
+        }
+    }
+
+    #[test]
+    fn report_from_records() {
+        let runs = vec![run_with(vec![
+            json!({"kind": "env", "kernel_release": "7.3.4", "guest_cpus": 2}),
+            json!({"kind": "storm", "variant": "fast", "contender": "policyd", "trials": [
+                {"service_survived": true, "victims": ["hog"], "hog_killed_by": "policyd",
+                 "hog_dead_ms": 2000.0, "recovered_ms": 2100.0, "hog_peak_rss_mib": 100,
+                 "policyd_handler_us": [40], "kernel_oom_kills": 1},
+                {"service_survived": false, "victims": ["service", "hog"],
+                 "hog_killed_by": "kernel", "hog_dead_ms": 4000.0, "recovered_ms": null,
+                 "policyd_handler_us": [], "kernel_oom_kills": 2},
+            ]}),
+            json!({"kind": "decision_setup", "contenders": ["kernel", "priority"],
+                   "samples_per_contender": 2, "victim_mib": 8}),
+            json!({"kind": "decision", "cgroups": 10, "tasks": 100, "problems": [],
+                   "results": {
+                       "kernel": {"oom_ns": [2_000_000, 4_000_000], "handler_us": [null, null],
+                                  "report_printed": [true, true], "ok": [true, true]},
+                       "priority": {"oom_ns": [1_000_000, 2_000_000], "handler_us": [50, 70],
+                                    "report_printed": [true, false], "ok": [true, true]}}}),
+        ])];
+        let storm = storm_summary(&runs);
+        assert_eq!(storm[0]["service_survived"], 1);
+        assert_eq!(storm[0]["victims_per_storm_mean"], 1.5);
+        assert_eq!(storm[0]["hog_killed_by"]["policyd"], 1);
+        assert_eq!(storm[0]["not_recovered"], 1);
+        let dec = decision_summary(&runs);
+        assert_eq!(dec[0]["contenders"]["priority"]["ratio_to_kernel"], 0.5);
+        assert_eq!(dec[0]["contenders"]["priority"]["reports_printed"], 1);
+
+        let dir = std::env::temp_dir().join(format!("bench-report-{}", std::process::id()));
+        let m = Machine {
+            cpu_model: "Test CPU".into(),
+            cores: 2,
+            ram_kib: 1 << 20,
+            kernel: "6.1".into(),
+            date_utc: "2026-01-01T00:00:00Z".into(),
+            source: "abc".into(),
+        };
+        let (j, md) = write(&dir, &m, "TCG", true, 60.0, &runs).unwrap();
+        let text = fs::read_to_string(md).unwrap();
+        assert!(text.contains("QUICK"), "{text}");
+        assert!(
+            text.contains("| fast | policyd | **1/2** (50%) | 1.50, 2.00 |"),
+            "{text}"
+        );
+        assert!(text.contains("1.50 [1.10–1.90] ×0.50"), "{text}");
+        assert!(text.contains("rate-limited in 1 of 2"), "{text}");
+        let v: Value = serde_json::from_str(&fs::read_to_string(j).unwrap()).unwrap();
+        assert_eq!(v["machine"]["cpu_model"], "Test CPU");
+        let again = fs::read_to_string(rerender(&dir).unwrap()).unwrap();
+        assert_eq!(again, text);
+        fs::remove_dir_all(dir).unwrap();
+    }
+}
