@@ -3,6 +3,7 @@
 
 use super::Scenario;
 
+mod bench_common;
 mod demo;
 mod kernel_attach_lifecycle;
 mod kernel_await;
