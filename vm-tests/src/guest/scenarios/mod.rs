@@ -4,6 +4,7 @@
 use super::Scenario;
 
 mod bench_common;
+mod bench_storm;
 mod demo;
 mod kernel_attach_lifecycle;
 mod kernel_await;
@@ -55,5 +56,6 @@ pub fn all() -> Vec<Scenario> {
         policyd_explain::scenario(),
         policyd_exiting_victim::scenario(),
         demo::scenario(),
+        bench_storm::scenario(),
     ]
 }

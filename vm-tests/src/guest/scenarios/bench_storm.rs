@@ -1,0 +1,383 @@
+//! Storm correctness: a valuable "service" holding half of the guest's RAM and a cheap
+//! "hog" that allocates until something gives, under three contenders in the same boot:
+//!
+//! - kernel: no handler, the kernel's oom_badness() decides;
+//! - earlyoom: Debian's earlyoom 1.7 as a user would run it,
+//!   `earlyoom --prefer '^hog$' --avoid '^service$'` with its default thresholds,
+//!   started before the storm and stopped after it;
+//! - policyd: `policyd load priority` with the service's cgroup at priority 1000 and the
+//!   hog's at 1.
+//!
+//! The OOM is global (no memory.max anywhere). The service is the largest task, so the
+//! kernel's own choice is the service. Two storms: the hog touching 1 MiB after 1 MiB as
+//! fast as it can ("fast"), and with a pause after each MiB ("slow"). Trials go round-robin
+//! over the contenders so that a disturbance of the host hits them alike.
+//!
+//! Per trial: did the service survive, which processes died and who killed them, the time
+//! from the hog's start to its death, and to recovery: the hog dead and MemAvailable back
+//! to 90% of what it was before the storm.
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+use super::bench_common::{
+    self as bc, emit_env, kill_reap, meminfo_kib, parse_kill_line, start_hog, vmstat, Earlyoom,
+    HogMode, Policyd,
+};
+use crate::guest::util::{self, Cgroup, Kmsg};
+use crate::guest::Scenario;
+
+pub fn scenario() -> Scenario {
+    Scenario::new("bench-storm", run)
+        .mem_mb(384)
+        .timeout_s(5400)
+        .needs_policyd()
+}
+
+/// The service's share of MemTotal.
+const SERVICE_SHARE: f64 = 0.50;
+/// Pause of the slow hog after each MiB.
+const SLOW_DELAY_US: u64 = 10_000;
+/// A trial whose hog is not dead by then is recorded as a timeout.
+const TRIAL_TIMEOUT: Duration = Duration::from_secs(120);
+/// After the hog died: how long memory may take to come back.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// After recovery: how long we keep watching for late kills.
+const LINGER: Duration = Duration::from_millis(1000);
+
+const EARLYOOM_ARGS: &[&str] = &["--prefer", "^hog$", "--avoid", "^service$"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Contender {
+    Kernel,
+    Earlyoom,
+    Policyd,
+}
+
+impl Contender {
+    const ALL: [Contender; 3] = [Contender::Kernel, Contender::Earlyoom, Contender::Policyd];
+
+    fn name(self) -> &'static str {
+        match self {
+            Contender::Kernel => "kernel",
+            Contender::Earlyoom => "earlyoom",
+            Contender::Policyd => "policyd",
+        }
+    }
+}
+
+struct Setup {
+    service_cg: Cgroup,
+    hog_cg: Cgroup,
+    config: PathBuf,
+    service_mib: u64,
+    service: Option<Child>,
+    service_starts: u32,
+}
+
+fn run() -> Result<()> {
+    emit_env("bench-storm")?;
+    // The console stays quiet; OOM reports keep their task list (a user's default).
+    bc::quiet_kernel(true)?;
+    let quick = util::quick();
+    // Quick: two fast storms and one slow storm per contender.
+    let trials = |variant: &str| match (quick, variant) {
+        (false, _) => 20,
+        (true, "fast") => 2,
+        (true, _) => 1,
+    };
+
+    let parent = Cgroup::create("bench-storm")?;
+    let service_cg = parent.child("service")?;
+    let hog_cg = parent.child("hog")?;
+    let config = Path::new("/run/bench-storm.toml").to_path_buf();
+    util::write_file(
+        &config,
+        format!(
+            "policy = \"priority\"\ndefault_priority = 100\n\n\
+             [[rule]]\ncgroup = \"{}\"\npriority = 1000\n\n\
+             [[rule]]\ncgroup = \"{}\"\npriority = 1\n",
+            service_cg.path(),
+            hog_cg.path()
+        ),
+    )?;
+
+    let total_kib = meminfo_kib("MemTotal")?;
+    let service_mib = (total_kib as f64 * SERVICE_SHARE / 1024.0) as u64;
+    let rate = touch_rate(&hog_cg)?;
+    println!(
+        "MemTotal {} MiB, service {service_mib} MiB, hog touches {rate:.0} MiB/s",
+        total_kib / 1024
+    );
+
+    let mut s = Setup {
+        service_cg,
+        hog_cg,
+        config,
+        service_mib,
+        service: None,
+        service_starts: 0,
+    };
+    ensure_service(&mut s)?;
+    thread::sleep(Duration::from_millis(500));
+    let avail_with_service = meminfo_kib("MemAvailable")? / 1024;
+    util::emit_json(&json!({
+        "kind": "storm_setup",
+        "mem_total_mib": total_kib / 1024,
+        "service_mib": service_mib,
+        "mem_available_with_service_mib": avail_with_service,
+        "kernel_would_pick_service": avail_with_service < service_mib,
+        "hog_touch_rate_mib_s": rate,
+        "slow_delay_us": SLOW_DELAY_US,
+        "trials_per_contender": {"fast": trials("fast"), "slow": trials("slow")},
+        "earlyoom_args": EARLYOOM_ARGS,
+    }));
+
+    let variants: [(&str, u64); 2] = [("fast", 0), ("slow", SLOW_DELAY_US)];
+    let started = Instant::now();
+    for (variant, delay_us) in variants {
+        let mut records: Vec<(Contender, Vec<Value>)> =
+            Contender::ALL.iter().map(|c| (*c, Vec::new())).collect();
+        for trial in 0..trials(variant) {
+            for (contender, out) in records.iter_mut() {
+                let rec = run_trial(&mut s, *contender, delay_us).with_context(|| {
+                    format!("{variant} storm, {} trial {trial}", contender.name())
+                })?;
+                println!(
+                    "storm {variant} {} #{trial}: {rec} ({:.0} s in)",
+                    contender.name(),
+                    started.elapsed().as_secs_f64()
+                );
+                out.push(rec);
+            }
+        }
+        for (contender, out) in records {
+            util::emit_json(&json!({
+                "kind": "storm",
+                "variant": variant,
+                "hog_delay_us_per_mib": delay_us,
+                "contender": contender.name(),
+                "trials": out,
+            }));
+        }
+    }
+    if let Some(mut svc) = s.service.take() {
+        kill_reap(&mut svc);
+    }
+    util::emit_json(&json!({"kind": "storm_done", "service_starts": s.service_starts}));
+    Ok(())
+}
+
+/// MiB/s at which a hog touches fresh memory here (64 MiB, once).
+fn touch_rate(cg: &Cgroup) -> Result<f64> {
+    let t = Instant::now();
+    let mut hog = start_hog("hog", cg, HogMode::Fixed(64))?;
+    let rate = 64.0 / t.elapsed().as_secs_f64();
+    kill_reap(&mut hog);
+    Ok(rate)
+}
+
+/// Starts the service if it is not running (it died in the previous trial).
+fn ensure_service(s: &mut Setup) -> Result<()> {
+    if let Some(svc) = s.service.as_mut() {
+        if svc.try_wait()?.is_none() {
+            return Ok(());
+        }
+    }
+    s.service = Some(start_hog(
+        "service",
+        &s.service_cg,
+        HogMode::Fixed(s.service_mib),
+    )?);
+    s.service_starts += 1;
+    Ok(())
+}
+
+enum Running {
+    None,
+    Earlyoom(Earlyoom),
+    Policyd(Policyd),
+}
+
+fn run_trial(s: &mut Setup, contender: Contender, delay_us: u64) -> Result<Value> {
+    ensure_service(s)?;
+    let service_pid = s.service.as_ref().unwrap().id();
+
+    let mut setup_s = 0.0;
+    let running = match contender {
+        Contender::Kernel => Running::None,
+        Contender::Earlyoom => {
+            let t = Instant::now();
+            let e = Earlyoom::start(EARLYOOM_ARGS)?;
+            setup_s = t.elapsed().as_secs_f64();
+            Running::Earlyoom(e)
+        }
+        Contender::Policyd => {
+            let p = Policyd::start("priority", &s.config)?;
+            setup_s = p.start_s;
+            Running::Policyd(p)
+        }
+    };
+    // The baseline: the service and the contender running, the previous trial's memory
+    // given back.
+    thread::sleep(Duration::from_millis(300));
+    let baseline_kib = meminfo_kib("MemAvailable")?;
+    let eo_from = match &running {
+        Running::Earlyoom(e) => e.lines.len(),
+        _ => 0,
+    };
+    let pd_from = match &running {
+        Running::Policyd(p) => p.lines.len(),
+        _ => 0,
+    };
+
+    let mut kmsg = Kmsg::mark()?;
+    let oom_kills_before = vmstat("oom_kill")?;
+    let t0 = Instant::now();
+    let mut hog = start_hog("hog", &s.hog_cg, HogMode::Grow { delay_us })?;
+    let hog_pid = hog.id();
+
+    let ms = |t: Instant| t.duration_since(t0).as_secs_f64() * 1000.0;
+    let mut hog_status = None;
+    let mut service_status = None;
+    let mut hog_dead = None;
+    let mut service_dead = None;
+    let mut timed_out = false;
+    let mut hog_rss_kib = 0;
+    let mut last_sample = t0;
+    // Until the hog is dead.
+    while hog_status.is_none() {
+        if let Some(st) = hog.try_wait()? {
+            hog_status = Some(st);
+            hog_dead = Some(Instant::now());
+            break;
+        }
+        if last_sample.elapsed() >= Duration::from_millis(20) {
+            last_sample = Instant::now();
+            if let Ok(u) = bc::proc_usage(hog_pid) {
+                hog_rss_kib = hog_rss_kib.max(u.rss_kib);
+            }
+        }
+        if service_status.is_none() {
+            if let Some(st) = s.service.as_mut().unwrap().try_wait()? {
+                service_status = Some(st);
+                service_dead = Some(Instant::now());
+            }
+        }
+        if t0.elapsed() > TRIAL_TIMEOUT {
+            timed_out = true;
+            break;
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    if timed_out {
+        kill_reap(&mut hog);
+    }
+    let available_at_hog_death_kib = meminfo_kib("MemAvailable")?;
+    // Until memory is back.
+    let mut recovered = None;
+    if hog_dead.is_some() {
+        let deadline = Instant::now() + RECOVERY_TIMEOUT;
+        while Instant::now() < deadline {
+            if meminfo_kib("MemAvailable")? * 10 >= baseline_kib * 9 {
+                recovered = Some(Instant::now());
+                break;
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+    // Late kills.
+    let linger_end = Instant::now() + LINGER;
+    while Instant::now() < linger_end {
+        if service_status.is_none() {
+            if let Some(st) = s.service.as_mut().unwrap().try_wait()? {
+                service_status = Some(st);
+                service_dead = Some(Instant::now());
+            }
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+
+    let mut earlyoom_signals = Vec::new();
+    let mut handler_us = Vec::new();
+    let mut decisions = 0;
+    match running {
+        Running::None => {}
+        Running::Earlyoom(e) => {
+            earlyoom_signals = e.signalled(eo_from);
+            e.stop();
+        }
+        Running::Policyd(p) => {
+            for d in p.decisions_since(pd_from) {
+                decisions += 1;
+                if let Some(us) = bc::field(&d, "handler_us").and_then(|v| v.parse::<u64>().ok()) {
+                    handler_us.push(us);
+                }
+            }
+            p.stop()?;
+        }
+    }
+
+    // Who died, and by whose hand.
+    let log = kmsg.since()?;
+    let kernel_kills: Vec<(String, u32, String)> =
+        log.iter().filter_map(|l| parse_kill_line(l)).collect();
+    let oom_kills = vmstat("oom_kill")? - oom_kills_before;
+    let killer_of = |pid: u32, status: Option<std::process::ExitStatus>| -> Option<String> {
+        use std::os::unix::process::ExitStatusExt;
+        let status = status?;
+        if let Some((k, _, _)) = kernel_kills.iter().find(|(_, p, _)| *p == pid) {
+            return Some(k.clone());
+        }
+        if earlyoom_signals.iter().any(|(_, p)| *p == pid) {
+            return Some("earlyoom".into());
+        }
+        Some(match status.signal() {
+            Some(sig) => format!("signal {sig}"),
+            None => format!("exit {}", status.code().unwrap_or(-1)),
+        })
+    };
+    let hog_killed_by = if timed_out {
+        Some("timeout".to_string())
+    } else {
+        killer_of(hog_pid, hog_status)
+    };
+    let service_killed_by = killer_of(service_pid, service_status);
+    let mut victims: Vec<String> = Vec::new();
+    if service_status.is_some() {
+        victims.push("service".into());
+    }
+    if hog_status.is_some() {
+        victims.push("hog".into());
+    }
+    // Anything else the kernel killed (never expected: only the two are candidates).
+    for (_, pid, comm) in &kernel_kills {
+        if *pid != hog_pid && *pid != service_pid {
+            victims.push(format!("{comm}({pid})"));
+        }
+    }
+
+    Ok(json!({
+        "service_survived": service_status.is_none(),
+        "service_killed_by": service_killed_by,
+        "hog_killed_by": hog_killed_by,
+        "victims": victims,
+        "kernel_oom_kills": oom_kills,
+        "earlyoom_signals": earlyoom_signals.iter().map(|(s, p)| format!("{s} {p}")).collect::<Vec<_>>(),
+        "policyd_decisions": decisions,
+        "policyd_handler_us": handler_us,
+        "hog_dead_ms": hog_dead.map(ms),
+        "service_dead_ms": service_dead.map(ms),
+        "recovered_ms": recovered.map(ms),
+        "timed_out": timed_out,
+        "baseline_available_mib": baseline_kib / 1024,
+        "available_at_hog_death_mib": available_at_hog_death_kib / 1024,
+        "hog_peak_rss_mib": hog_rss_kib / 1024,
+        "contender_setup_s": setup_s,
+    }))
+}
