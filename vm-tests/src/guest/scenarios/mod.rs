@@ -4,6 +4,7 @@
 use super::Scenario;
 
 mod bench_common;
+mod bench_decision;
 mod bench_storm;
 mod demo;
 mod kernel_attach_lifecycle;
@@ -57,5 +58,6 @@ pub fn all() -> Vec<Scenario> {
         policyd_exiting_victim::scenario(),
         demo::scenario(),
         bench_storm::scenario(),
+        bench_decision::scenario(),
     ]
 }
