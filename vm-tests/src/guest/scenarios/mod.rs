@@ -5,6 +5,7 @@ use super::Scenario;
 
 mod bench_common;
 mod bench_decision;
+mod bench_footprint;
 mod bench_storm;
 mod demo;
 mod kernel_attach_lifecycle;
@@ -59,5 +60,6 @@ pub fn all() -> Vec<Scenario> {
         demo::scenario(),
         bench_storm::scenario(),
         bench_decision::scenario(),
+        bench_footprint::scenario(),
     ]
 }
