@@ -20,7 +20,6 @@ mod kernel_kill_refused;
 mod kernel_oom_storm;
 mod oom_default_memcg;
 mod policyd_dry_run;
-mod policyd_exiting_victim;
 mod policyd_explain;
 mod policyd_kill_cgroup;
 mod policyd_largest_badness;
@@ -56,7 +55,6 @@ pub fn all() -> Vec<Scenario> {
         policyd_largest_badness::scenario(),
         policyd_lifecycle::scenario(),
         policyd_explain::scenario(),
-        policyd_exiting_victim::scenario(),
         demo::scenario(),
         bench_storm::scenario(),
         bench_decision::scenario(),
