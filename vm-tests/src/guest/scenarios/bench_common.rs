@@ -271,43 +271,54 @@ pub fn make_children(
 /// What blockers wait on: a FIFO nobody ever opens for writing.
 const FIFO: &str = "/run/bench.fifo";
 
-/// Starts one process per entry of `dirs` (cgroup directories, repeated for several
-/// processes in one cgroup) that sleeps until killed: a busybox subshell blocked opening a
-/// FIFO, forked without an exec (several times cheaper than `sleep &` under TCG), with
-/// oom_score_adj 0. `shells` busybox shells, started in the root cgroup (outside every
-/// bench scope), fork them in parallel; each subshell moves itself into its cgroup. Returns
-/// the shells once every process is in place; they stay blocked on the FIFO too, as the
-/// parents of their subshells.
-pub fn spawn_blockers(dirs: &[PathBuf], shells: usize) -> Result<Vec<Child>> {
+/// Starts `count` processes in each (cgroup directory, count) of `groups` that sleep
+/// until killed: busybox subshells blocked opening a FIFO, forked without an exec (several
+/// times cheaper than `sleep &` under TCG), with oom_score_adj 0. One busybox shell,
+/// started in the root cgroup (outside every bench scope), forks one subshell per group,
+/// which moves itself into its cgroup and forks the rest there: they inherit the cgroup.
+/// (A migration per process instead, through cgroup.procs, takes the cgroup threadgroup
+/// rwsem for writing each time and crawls under TCG: minutes for 10000.) Returns the shell
+/// once every process is in place.
+pub fn spawn_blockers(groups: &[(PathBuf, usize)]) -> Result<Child> {
     if !Path::new(FIFO).exists() {
         nix::unistd::mkfifo(FIFO, nix::sys::stat::Mode::from_bits_truncate(0o600))
             .with_context(|| format!("mkfifo {FIFO}"))?;
     }
-    const SCRIPT: &str = "f=$1; shift; for d in \"$@\"; do \
-                          { echo 0 >\"$d/cgroup.procs\" && read x <$f; } & done; \
-                          echo ready; read x <$f";
-    let shells = shells.max(1);
-    let per = dirs.len().div_ceil(shells).max(1);
-    let mut started = Vec::new();
-    for chunk in dirs.chunks(per) {
-        let mut cmd = Command::new("/bin/busybox");
-        cmd.args(["sh", "-c", SCRIPT, "sh", FIFO])
-            .args(chunk)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        started.push(spawn_in(&Cgroup::root(), &mut cmd, Some(0))?);
+    const SCRIPT: &str = "f=$1; shift; \
+        while [ $# -gt 0 ]; do d=$1; k=$2; shift 2; \
+          ( echo 0 >\"$d/cgroup.procs\" || exit 1; \
+            i=1; while [ $i -lt $k ]; do { read x <$f; } & i=$((i+1)); done; \
+            echo r; read x <$f ) & \
+        done; read x <$f";
+    let groups: Vec<&(PathBuf, usize)> = groups.iter().filter(|(_, k)| *k > 0).collect();
+    let mut cmd = Command::new("/bin/busybox");
+    cmd.args(["sh", "-c", SCRIPT, "sh", FIFO])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (dir, k) in &groups {
+        cmd.arg(dir).arg(k.to_string());
     }
-    for child in started.iter_mut() {
-        let out = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(out).read_line(&mut line)?;
-        if line.trim() != "ready" {
-            let st = child.wait()?;
-            bail!("a blocker shell failed: {}", util::describe_status(st));
+    let mut shell = spawn_in(&Cgroup::root(), &mut cmd, Some(0))?;
+    let mut out = BufReader::new(shell.stdout.take().expect("piped stdout"));
+    let mut ready = 0;
+    let mut line = String::new();
+    while ready < groups.len() {
+        line.clear();
+        if out.read_line(&mut line)? == 0 {
+            let st = shell.try_wait()?;
+            kill_reap(&mut shell);
+            bail!(
+                "the blocker shell ended after {ready} of {} groups ({:?})",
+                groups.len(),
+                st.map(util::describe_status)
+            );
+        }
+        if line.trim() == "r" {
+            ready += 1;
         }
     }
-    Ok(started)
+    Ok(shell)
 }
 
 /// Kills the processes of `cgs` a few hundred at a time, waiting for each batch to be

@@ -192,13 +192,19 @@ fn add_sleepers(
 ) -> Result<()> {
     let n = cgs.len();
     let total: usize = placed.iter().sum();
-    let dirs: Vec<PathBuf> = (total..total + count)
-        .map(|j| {
-            placed[j % n] += 1;
-            cgs[j % n].dir().to_path_buf()
-        })
+    let mut add = vec![0usize; n];
+    for j in total..total + count {
+        add[j % n] += 1;
+    }
+    let groups: Vec<(PathBuf, usize)> = cgs
+        .iter()
+        .zip(&add)
+        .map(|(cg, k)| (cg.dir().to_path_buf(), *k))
         .collect();
-    spawners.extend(bc::spawn_blockers(&dirs, 2)?);
+    spawners.push(bc::spawn_blockers(&groups)?);
+    for (p, k) in placed.iter_mut().zip(add) {
+        *p += k;
+    }
     Ok(())
 }
 

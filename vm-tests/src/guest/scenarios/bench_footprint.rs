@@ -53,8 +53,8 @@ fn run() -> Result<()> {
             (0..LEAVES_PER_GROUP).map(|c| format!("c{c:02}")),
         )?);
     }
-    let dirs: Vec<PathBuf> = leaves.iter().map(|c| c.dir().to_path_buf()).collect();
-    let shells = spawn_blockers(&dirs, 2)?;
+    let groups: Vec<(PathBuf, usize)> = leaves.iter().map(|c| (c.dir().to_path_buf(), 1)).collect();
+    let shell = spawn_blockers(&groups)?;
     // The victims are our children, so that we reap each as it dies.
     let victims_cg = parent.child("victims")?;
     let mut victims: Vec<Child> = (0..BURST)
@@ -70,7 +70,7 @@ fn run() -> Result<()> {
     let cgroups = GROUPS * LEAVES_PER_GROUP + GROUPS + 2;
     println!(
         "{cgroups} cgroups, {} processes in {:.1} s",
-        dirs.len() + victims.len(),
+        groups.len() + victims.len(),
         t.elapsed().as_secs_f64()
     );
 
@@ -182,7 +182,7 @@ fn run() -> Result<()> {
     let mut all: Vec<&Cgroup> = leaves.iter().collect();
     all.push(&victims_cg);
     bc::kill_in_batches(&all, 300)?;
-    for mut p in shells.into_iter().chain(victims) {
+    for mut p in std::iter::once(shell).chain(victims) {
         kill_reap(&mut p);
     }
     drop(leaves);
