@@ -237,6 +237,11 @@ fn storm_summary(runs: &[ScenarioRun]) -> Vec<Value> {
             "victims_per_storm": spread(&victims),
             "victims_per_storm_mean": if n > 0 { Some(victims.iter().sum::<f64>() / n as f64) } else { None },
             "kernel_oom_kills_per_storm": spread(&kernel_kills),
+            "kernel_oom_kills_per_storm_mean": if kernel_kills.is_empty() {
+                None
+            } else {
+                Some(kernel_kills.iter().sum::<f64>() / kernel_kills.len() as f64)
+            },
             "hog_killed_by": killers,
             "hog_dead_s": spread(&secs("hog_dead_ms")),
             "recovered_s": spread(&secs("recovered_ms")),
@@ -539,6 +544,31 @@ pub fn markdown(r: &Value) -> String {
     md
 }
 
+/// "fast: the hog touches ... (~40 MiB/s alone); slow: ...".
+fn storms_text(setup: &Value) -> String {
+    match setup["variants"].as_array() {
+        Some(vs) => vs
+            .iter()
+            .map(|v| {
+                format!(
+                    "**{}**, the hog {} (~{} MiB/s alone)",
+                    v["name"].as_str().unwrap_or("?"),
+                    v["hog"].as_str().unwrap_or("?"),
+                    opt(&v["alloc_rate_mib_s"])
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        // Records from before the storms were described.
+        None => format!(
+            "**fast**, the hog touches 1 MiB after 1 MiB (~{} MiB/s alone); **slow**, it \
+             pauses {} ms after each MiB",
+            opt(&setup["hog_touch_rate_mib_s"]),
+            setup["slow_delay_us"].as_u64().unwrap_or(0) / 1000
+        ),
+    }
+}
+
 fn storm_md(md: &mut String, r: &Value) {
     let rows = r["summary"]["storm"]
         .as_array()
@@ -551,18 +581,17 @@ fn storm_md(md: &mut String, r: &Value) {
     let _ = writeln!(md, "\n## 1. Storm correctness (global OOM)\n");
     let _ = writeln!(
         md,
-        "A \"service\" holding {} MiB of {} MiB guest RAM and a \"hog\" allocating 1 MiB at a \
-         time until something dies; all contenders in one boot, trials round-robin. The hog \
-         touches ~{} MiB/s here when alone (fast); the slow hog pauses {} ms after each MiB. \
+        "A \"service\" holding {} MiB of {} MiB guest RAM and a \"hog\" allocating until \
+         something dies; all contenders in one boot, trials round-robin. Storms: {}. \
          kernel: no handler. earlyoom: `earlyoom {}` (Debian 1.7, default thresholds: SIGTERM at \
          10% MemAvailable). policyd: `policyd load priority`, service cgroup priority 1000, hog \
-         cgroup 1. Victims: processes that died in the storm. Recovery: hog dead and \
-         MemAvailable back to 90% of its pre-storm value. Times are from the hog's start, \
-         median [p10–p90].\n",
+         cgroup 1. Victims: processes that died in the storm. OOM-killer kills: \
+         /proc/vmstat oom_kill, kills through `oom_kill_process()`, by the kernel or by a BPF \
+         handler (earlyoom kills from user space). Recovery: hog dead and MemAvailable back to \
+         90% of its pre-storm value. Times are from the hog's start, median [p10–p90].\n",
         setup["service_mib"],
         setup["mem_total_mib"],
-        opt(&setup["hog_touch_rate_mib_s"]),
-        setup["slow_delay_us"].as_u64().unwrap_or(0) / 1000,
+        storms_text(setup),
         setup["earlyoom_args"]
             .as_array()
             .map(|a| a
@@ -589,9 +618,9 @@ fn storm_md(md: &mut String, r: &Value) {
     }
     let _ = writeln!(
         md,
-        "| storm | contender | service survived | victims per storm (mean, max) | hog killed by | hog dead (s) | recovered (s) |"
+        "| storm | contender | service survived | victims per storm (mean, max) | OOM-killer kills per storm | hog killed by | hog dead (s) | recovered (s) |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     for row in &rows {
         let n = row["trials"].as_u64().unwrap_or(0);
         let surv = row["service_survived"].as_u64().unwrap_or(0);
@@ -607,7 +636,7 @@ fn storm_md(md: &mut String, r: &Value) {
         let not_rec = row["not_recovered"].as_u64().unwrap_or(0);
         let _ = writeln!(
             md,
-            "| {} | {} | **{surv}/{n}** ({:.0}%) | {}, {} | {killers} | {} | {}{} |",
+            "| {} | {} | **{surv}/{n}** ({:.0}%) | {}, {} | {} | {killers} | {} | {}{} |",
             row["variant"].as_str().unwrap_or("?"),
             row["contender"].as_str().unwrap_or("?"),
             if n > 0 {
@@ -617,6 +646,7 @@ fn storm_md(md: &mut String, r: &Value) {
             },
             opt(&row["victims_per_storm_mean"]),
             opt(&row["victims_per_storm"]["max"]),
+            opt(&row["kernel_oom_kills_per_storm_mean"]),
             med_range(&row["hog_dead_s"]),
             med_range(&row["recovered_s"]),
             if not_rec > 0 {
@@ -991,7 +1021,7 @@ mod tests {
         let text = fs::read_to_string(md).unwrap();
         assert!(text.contains("QUICK"), "{text}");
         assert!(
-            text.contains("| fast | policyd | **1/2** (50%) | 1.50, 2.00 |"),
+            text.contains("| fast | policyd | **1/2** (50%) | 1.50, 2.00 | 1.50 |"),
             "{text}"
         );
         assert!(text.contains("1.50 [1.10–1.90] ×0.50"), "{text}");

@@ -357,6 +357,112 @@ pub fn kill_in_batches(cgs: &[&Cgroup], max_procs: usize) -> Result<()> {
     flush(&mut batch)
 }
 
+/// A child forked from this process without an exec (see [`fork_burst_hog`]).
+pub struct Forked {
+    pid: i32,
+    status: Option<ExitStatus>,
+}
+
+impl Forked {
+    pub fn id(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// The exit status once it has ended (reaping it), None while it runs.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        use std::os::unix::process::ExitStatusExt;
+        if self.status.is_none() {
+            let mut raw = 0;
+            // SAFETY: waitpid on our own child, writing one int.
+            let rc = unsafe { nix::libc::waitpid(self.pid, &mut raw, nix::libc::WNOHANG) };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("waitpid {}", self.pid));
+            }
+            if rc == self.pid {
+                self.status = Some(ExitStatus::from_raw(raw));
+            }
+        }
+        Ok(self.status)
+    }
+
+    pub fn kill_reap(&mut self) {
+        if self.status.is_none() {
+            signal(self.id(), nix::sys::signal::Signal::SIGKILL);
+            let mut raw = 0;
+            // SAFETY: as in try_wait, blocking.
+            unsafe { nix::libc::waitpid(self.pid, &mut raw, 0) };
+            use std::os::unix::process::ExitStatusExt;
+            self.status = Some(ExitStatus::from_raw(raw));
+        }
+    }
+}
+
+impl Drop for Forked {
+    fn drop(&mut self) {
+        self.kill_reap();
+    }
+}
+
+/// A hog that allocates as fast as the kernel can hand out memory: forked from this
+/// process (no exec), it names itself `comm`, moves into `cgroup`, sets oom_score_adj 0,
+/// then maps `chunk_mib` MiB at a time with MAP_POPULATE until it is killed. The kernel
+/// faults each chunk in within one system call: under TCG several times faster than
+/// touching page after page from user space, which is what the `guest hog` does.
+pub fn fork_burst_hog(comm: &str, cgroup: &Cgroup, chunk_mib: usize) -> Result<Forked> {
+    let procs = CString::new(
+        cgroup
+            .dir()
+            .join("cgroup.procs")
+            .as_os_str()
+            .as_encoded_bytes(),
+    )?;
+    let adj = CString::new("/proc/self/oom_score_adj").unwrap();
+    let name = CString::new(comm)?;
+    let len = chunk_mib << 20;
+    // SAFETY: the child only makes raw system calls on memory prepared before the fork
+    // (async-signal-safe) and never returns; the parent only records the pid.
+    let pid = unsafe { nix::libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error()).context("fork");
+    }
+    if pid == 0 {
+        // SAFETY: see above.
+        unsafe {
+            use nix::libc::*;
+            prctl(PR_SET_NAME, name.as_ptr() as c_ulong, 0, 0, 0);
+            let fd = open(procs.as_ptr(), O_WRONLY);
+            if fd < 0 || write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                _exit(101);
+            }
+            close(fd);
+            let fd = open(adj.as_ptr(), O_WRONLY);
+            if fd < 0 || write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                _exit(102);
+            }
+            close(fd);
+            loop {
+                let p = mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE,
+                    -1,
+                    0,
+                );
+                if p == MAP_FAILED {
+                    let ts = timespec {
+                        tv_sec: 0,
+                        tv_nsec: 1_000_000,
+                    };
+                    nanosleep(&ts, std::ptr::null_mut());
+                }
+            }
+        }
+    }
+    Ok(Forked { pid, status: None })
+}
+
 /// Waits up to `timeout` for `child` to end; None if it still runs.
 pub fn wait_exit(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
     let deadline = Instant::now() + timeout;

@@ -9,9 +9,12 @@
 //!   hog's at 1.
 //!
 //! The OOM is global (no memory.max anywhere). The service is the largest task, so the
-//! kernel's own choice is the service. Two storms: the hog touching 1 MiB after 1 MiB as
-//! fast as it can ("fast"), and with a pause after each MiB ("slow"). Trials go round-robin
-//! over the contenders so that a disturbance of the host hits them alike.
+//! kernel's own choice is the service. Three storms: the hog touching 1 MiB after 1 MiB as
+//! fast as it can ("fast"), with a pause after each MiB ("slow"), and mapping 16 MiB at a
+//! time with MAP_POPULATE ("burst": the kernel faults the memory in, several times faster
+//! than user space touching it under TCG, closer to how fast a storm grows on hardware
+//! relative to a poller's interval). Trials go round-robin over the contenders so that a
+//! disturbance of the host hits them alike.
 //!
 //! Per trial: did the service survive, which processes died and who killed them, the time
 //! from the hog's start to its death, and to recovery: the hog dead and MemAvailable back
@@ -22,7 +25,7 @@ use std::process::Child;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use super::bench_common::{
@@ -43,6 +46,90 @@ pub fn scenario() -> Scenario {
 const SERVICE_SHARE: f64 = 0.50;
 /// Pause of the slow hog after each MiB.
 const SLOW_DELAY_US: u64 = 10_000;
+/// What the burst hog maps (and the kernel faults in) per system call.
+const BURST_CHUNK_MIB: usize = 16;
+
+/// How the hog allocates.
+#[derive(Clone, Copy, Debug)]
+enum Storm {
+    /// `guest hog --grow`: touch 1 MiB page by page, pause, repeat.
+    Touch { delay_us: u64 },
+    /// A forked hog mapping chunks with MAP_POPULATE (bench_common::fork_burst_hog).
+    Populate { chunk_mib: usize },
+}
+
+const VARIANTS: [(&str, Storm); 3] = [
+    ("fast", Storm::Touch { delay_us: 0 }),
+    (
+        "slow",
+        Storm::Touch {
+            delay_us: SLOW_DELAY_US,
+        },
+    ),
+    (
+        "burst",
+        Storm::Populate {
+            chunk_mib: BURST_CHUNK_MIB,
+        },
+    ),
+];
+
+impl Storm {
+    fn describe(self) -> String {
+        match self {
+            Storm::Touch { delay_us: 0 } => {
+                "touches 1 MiB after 1 MiB from user space, no pause".into()
+            }
+            Storm::Touch { delay_us } => format!(
+                "touches 1 MiB from user space, then pauses {} ms",
+                delay_us / 1000
+            ),
+            Storm::Populate { chunk_mib } => format!(
+                "maps {chunk_mib} MiB at a time with MAP_POPULATE (the kernel faults it in)"
+            ),
+        }
+    }
+
+    fn start(self, cg: &Cgroup) -> Result<HogProc> {
+        Ok(match self {
+            Storm::Touch { delay_us } => {
+                HogProc::Exec(start_hog("hog", cg, HogMode::Grow { delay_us })?)
+            }
+            Storm::Populate { chunk_mib } => {
+                HogProc::Forked(bc::fork_burst_hog("hog", cg, chunk_mib)?)
+            }
+        })
+    }
+}
+
+/// The hog of one trial.
+enum HogProc {
+    Exec(Child),
+    Forked(bc::Forked),
+}
+
+impl HogProc {
+    fn id(&self) -> u32 {
+        match self {
+            HogProc::Exec(c) => c.id(),
+            HogProc::Forked(f) => f.id(),
+        }
+    }
+
+    fn try_wait(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        match self {
+            HogProc::Exec(c) => Ok(c.try_wait()?),
+            HogProc::Forked(f) => f.try_wait(),
+        }
+    }
+
+    fn kill(&mut self) {
+        match self {
+            HogProc::Exec(c) => kill_reap(c),
+            HogProc::Forked(f) => f.kill_reap(),
+        }
+    }
+}
 /// A trial whose hog is not dead by then is recorded as a timeout.
 const TRIAL_TIMEOUT: Duration = Duration::from_secs(120);
 /// After the hog died: how long memory may take to come back.
@@ -85,7 +172,7 @@ fn run() -> Result<()> {
     // The console stays quiet; OOM reports keep their task list (a user's default).
     bc::quiet_kernel(true)?;
     let quick = util::quick();
-    // Quick: two fast storms and one slow storm per contender.
+    // Quick: two fast storms, one slow and one burst storm per contender.
     let trials = |variant: &str| match (quick, variant) {
         (false, _) => 20,
         (true, "fast") => 2,
@@ -109,9 +196,12 @@ fn run() -> Result<()> {
 
     let total_kib = meminfo_kib("MemTotal")?;
     let service_mib = (total_kib as f64 * SERVICE_SHARE / 1024.0) as u64;
-    let rate = touch_rate(&hog_cg)?;
+    let rates: Vec<f64> = VARIANTS
+        .iter()
+        .map(|(_, storm)| alloc_rate(&hog_cg, *storm))
+        .collect::<Result<_>>()?;
     println!(
-        "MemTotal {} MiB, service {service_mib} MiB, hog touches {rate:.0} MiB/s",
+        "MemTotal {} MiB, service {service_mib} MiB, hogs allocate {rates:.0?} MiB/s",
         total_kib / 1024
     );
 
@@ -132,20 +222,24 @@ fn run() -> Result<()> {
         "service_mib": service_mib,
         "mem_available_with_service_mib": avail_with_service,
         "kernel_would_pick_service": avail_with_service < service_mib,
-        "hog_touch_rate_mib_s": rate,
+        "hog_touch_rate_mib_s": rates[0],
         "slow_delay_us": SLOW_DELAY_US,
-        "trials_per_contender": {"fast": trials("fast"), "slow": trials("slow")},
+        "variants": VARIANTS.iter().zip(&rates).map(|((name, storm), rate)| json!({
+            "name": name,
+            "hog": storm.describe(),
+            "alloc_rate_mib_s": rate,
+        })).collect::<Vec<_>>(),
+        "trials_per_contender": {"fast": trials("fast"), "slow": trials("slow"), "burst": trials("burst")},
         "earlyoom_args": EARLYOOM_ARGS,
     }));
 
-    let variants: [(&str, u64); 2] = [("fast", 0), ("slow", SLOW_DELAY_US)];
     let started = Instant::now();
-    for (variant, delay_us) in variants {
+    for (variant, storm) in VARIANTS {
         let mut records: Vec<(Contender, Vec<Value>)> =
             Contender::ALL.iter().map(|c| (*c, Vec::new())).collect();
         for trial in 0..trials(variant) {
             for (contender, out) in records.iter_mut() {
-                let rec = run_trial(&mut s, *contender, delay_us).with_context(|| {
+                let rec = run_trial(&mut s, *contender, storm).with_context(|| {
                     format!("{variant} storm, {} trial {trial}", contender.name())
                 })?;
                 println!(
@@ -160,7 +254,7 @@ fn run() -> Result<()> {
             util::emit_json(&json!({
                 "kind": "storm",
                 "variant": variant,
-                "hog_delay_us_per_mib": delay_us,
+                "hog": storm.describe(),
                 "contender": contender.name(),
                 "trials": out,
             }));
@@ -173,13 +267,45 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// MiB/s at which a hog touches fresh memory here (64 MiB, once).
-fn touch_rate(cg: &Cgroup) -> Result<f64> {
+/// MiB/s at which a hog of `storm` allocates here: the time its VmRSS takes to reach
+/// 64 MiB, once, from its start.
+fn alloc_rate(cg: &Cgroup, storm: Storm) -> Result<f64> {
     let t = Instant::now();
-    let mut hog = start_hog("hog", cg, HogMode::Fixed(64))?;
+    let mut hog = storm.start(cg)?;
+    let deadline = t + Duration::from_secs(60);
+    loop {
+        let rss = bc::proc_usage(hog.id()).map(|u| u.rss_kib).unwrap_or(0);
+        if rss >= 64 << 10 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            hog.kill();
+            bail!("a {storm:?} hog did not reach 64 MiB within 60 s");
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
     let rate = 64.0 / t.elapsed().as_secs_f64();
-    kill_reap(&mut hog);
+    hog.kill();
     Ok(rate)
+}
+
+/// The /proc/meminfo fields that say where memory is, in KiB.
+fn meminfo_snapshot() -> Result<Value> {
+    let text = util::read_file("/proc/meminfo")?;
+    let mut m = serde_json::Map::new();
+    for key in [
+        "MemFree",
+        "MemAvailable",
+        "AnonPages",
+        "Shmem",
+        "Slab",
+        "KernelStack",
+        "PageTables",
+        "Percpu",
+    ] {
+        m.insert(key.into(), json!(bc::status_field(&text, key)));
+    }
+    Ok(Value::Object(m))
 }
 
 /// Starts the service if it is not running (it died in the previous trial).
@@ -204,7 +330,7 @@ enum Running {
     Policyd(Policyd),
 }
 
-fn run_trial(s: &mut Setup, contender: Contender, delay_us: u64) -> Result<Value> {
+fn run_trial(s: &mut Setup, contender: Contender, storm: Storm) -> Result<Value> {
     ensure_service(s)?;
     let service_pid = s.service.as_ref().unwrap().id();
 
@@ -239,7 +365,7 @@ fn run_trial(s: &mut Setup, contender: Contender, delay_us: u64) -> Result<Value
     let mut kmsg = Kmsg::mark()?;
     let oom_kills_before = vmstat("oom_kill")?;
     let t0 = Instant::now();
-    let mut hog = start_hog("hog", &s.hog_cg, HogMode::Grow { delay_us })?;
+    let mut hog = storm.start(&s.hog_cg)?;
     let hog_pid = hog.id();
 
     let ms = |t: Instant| t.duration_since(t0).as_secs_f64() * 1000.0;
@@ -276,9 +402,12 @@ fn run_trial(s: &mut Setup, contender: Contender, delay_us: u64) -> Result<Value
         thread::sleep(Duration::from_millis(2));
     }
     if timed_out {
-        kill_reap(&mut hog);
+        hog.kill();
     }
     let available_at_hog_death_kib = meminfo_kib("MemAvailable")?;
+    // Where the memory is when the hog is gone (to explain slow recoveries).
+    let at_death = meminfo_snapshot()?;
+    let mut at_recovery = Value::Null;
     // Until memory is back.
     let mut recovered = None;
     if hog_dead.is_some() {
@@ -286,6 +415,7 @@ fn run_trial(s: &mut Setup, contender: Contender, delay_us: u64) -> Result<Value
         while Instant::now() < deadline {
             if meminfo_kib("MemAvailable")? * 10 >= baseline_kib * 9 {
                 recovered = Some(Instant::now());
+                at_recovery = meminfo_snapshot()?;
                 break;
             }
             thread::sleep(Duration::from_millis(2));
@@ -377,6 +507,8 @@ fn run_trial(s: &mut Setup, contender: Contender, delay_us: u64) -> Result<Value
         "timed_out": timed_out,
         "baseline_available_mib": baseline_kib / 1024,
         "available_at_hog_death_mib": available_at_hog_death_kib / 1024,
+        "meminfo_at_hog_death_kib": at_death,
+        "meminfo_at_recovery_kib": at_recovery,
         "hog_peak_rss_mib": hog_rss_kib / 1024,
         "contender_setup_s": setup_s,
     }))
