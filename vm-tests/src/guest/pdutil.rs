@@ -31,7 +31,7 @@ use anyhow::{bail, ensure, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::util::{self, describe_status, Cgroup, Hog, Kmsg};
+use super::util::{self, describe_status, Cgroup, Hog, HogSpec, Kmsg};
 
 /// The policyd binary in the guest's initramfs.
 pub const POLICYD: &str = "/bin/policyd";
@@ -50,6 +50,65 @@ pub fn write_config(name: &str, text: &str) -> Result<String> {
     let path = format!("/tmp/{name}.toml");
     util::write_file(&path, text)?;
     Ok(path)
+}
+
+/// The layout of the service-versus-hog scenarios: /app holds a valuable service
+/// (priority 500) and a cheap hog (priority 10). The service is the biggest task, so the
+/// kernel's own killer would pick it; `priority` must pick the hog.
+pub struct ServiceAndHog {
+    pub app: Cgroup,
+    pub service_cg: Cgroup,
+    pub hog_cg: Cgroup,
+    /// The config file holding the two rules.
+    pub config: String,
+}
+
+const SERVICE_AND_HOG_RULES: &str = r#"
+policy = "priority"
+
+[[rule]]
+cgroup = "/app/service"
+priority = 500
+
+[[rule]]
+cgroup = "/app/hog"
+priority = 10
+"#;
+
+impl ServiceAndHog {
+    /// Creates the cgroups and /tmp/<name>.toml. `memory_max` limits /app (a memcg OOM);
+    /// None leaves it unlimited, for a global OOM.
+    pub fn create(name: &str, memory_max: Option<&str>) -> Result<ServiceAndHog> {
+        let app = Cgroup::create("app")?;
+        if let Some(max) = memory_max {
+            app.set("memory.max", max)?;
+        }
+        Ok(ServiceAndHog {
+            service_cg: app.child("service")?,
+            hog_cg: app.child("hog")?,
+            app,
+            config: write_config(name, SERVICE_AND_HOG_RULES)?,
+        })
+    }
+
+    /// Starts the service holding `service_mib`, marks the kernel log, then starts the hog,
+    /// growing until an OOM: the returned log holds that OOM and nothing before it.
+    pub fn start(&self, service_mib: u64) -> Result<(Hog, Kmsg, Hog)> {
+        // A large service takes longer than READY_TIMEOUT to touch its memory under TCG.
+        let service = Hog::start(
+            &self.service_cg,
+            &HogSpec::fixed(service_mib),
+            Duration::from_secs(40),
+        )?;
+        let kmsg = Kmsg::mark()?;
+        let hog = Hog::start(&self.hog_cg, &HogSpec::growing(8), READY_TIMEOUT)?;
+        println!(
+            "service {} ({service_mib} MiB, priority 500), hog {} (growing, priority 10)",
+            service.pid(),
+            hog.pid()
+        );
+        Ok((service, kmsg, hog))
+    }
 }
 
 /// OOM-heavy scenarios: no task dump in the OOM report (slow on the serial console).
@@ -580,6 +639,17 @@ impl KillLog {
             .iter()
             .find(|l| l.contains(&wanted))
             .map(String::as_str)
+    }
+
+    /// Fails unless `pid` (the `role`) is the one and only task the log reports killed.
+    pub fn expect_only_killed(&self, pid: i32, role: &str) -> Result<()> {
+        ensure!(
+            self.killed_pids() == vec![pid],
+            "the kernel log reports kills of {:?}, expected only the {role} {pid}:\n{}",
+            self.killed_pids(),
+            self.text()
+        );
+        Ok(())
     }
 
     /// Whether any OOM report says a BPF OOM handler chose the victim.

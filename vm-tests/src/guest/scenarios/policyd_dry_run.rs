@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 
-use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, KillLog, Policyd};
-use crate::guest::util::{Cgroup, Hog, HogSpec, Kmsg};
+use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, KillLog, Policyd, ServiceAndHog};
 use crate::guest::Scenario;
 
 pub fn scenario() -> Scenario {
@@ -19,29 +18,14 @@ pub fn scenario() -> Scenario {
         .timeout_s(120)
 }
 
-const CONFIG: &str = r#"
-policy = "priority"
-
-[[rule]]
-cgroup = "/app/service"
-priority = 500
-
-[[rule]]
-cgroup = "/app/hog"
-priority = 10
-"#;
-
 fn run() -> Result<()> {
     pdutil::quiet_oom_reports()?;
-    let app = Cgroup::create("app")?;
-    app.set("memory.max", "96M")?;
-    let service_cg = app.child("service")?;
-    let hog_cg = app.child("hog")?;
-    let config = pdutil::write_config("dry-run", CONFIG)?;
+    let layout = ServiceAndHog::create("dry-run", Some("96M"))?;
+    let config = layout.config.as_str();
     let mut pd = Policyd::load(&[
         "priority",
         "--config",
-        &config,
+        config,
         "--cgroup",
         "/app",
         "--dry-run",
@@ -52,26 +36,19 @@ fn run() -> Result<()> {
         "policyd status --json does not show a dry run: {h:#}"
     );
 
-    let mut service = Hog::start(&service_cg, &HogSpec::fixed(56), pdutil::READY_TIMEOUT)?;
-    let mut kmsg = Kmsg::mark()?;
-    let mut hog = Hog::start(&hog_cg, &HogSpec::growing(8), pdutil::READY_TIMEOUT)?;
-    println!(
-        "service {} (56 MiB, priority 500), hog {} (growing, priority 10), dry run",
-        service.pid(),
-        hog.pid()
-    );
+    let (mut service, mut kmsg, mut hog) = layout.start(56)?;
 
     service.wait_killed(pdutil::OOM_TIMEOUT)?;
     // The hog keeps growing into the memory the service left: look, then stop it.
     let hog_result = expect_alive(&mut hog, "hog (policyd only said it would kill it)");
-    let hog_kills = pdutil::oom_kills(&hog_cg)?;
-    hog_cg.kill_all()?;
+    let hog_kills = pdutil::oom_kills(&layout.hog_cg)?;
+    layout.hog_cg.kill_all()?;
     hog_result?;
     ensure!(
         hog_kills == 0,
         "/app/hog counts {hog_kills} OOM kills in a dry run"
     );
-    expect_oom_kills(&service_cg, 1)?;
+    expect_oom_kills(&layout.service_cg, 1)?;
 
     let d = pd.next_decision(Duration::from_secs(10))?;
     let pid = hog.pid().to_string();
@@ -92,12 +69,7 @@ fn run() -> Result<()> {
         service.pid(),
         log.text()
     );
-    ensure!(
-        log.killed_pids() == vec![service.pid()],
-        "kills reported: {:?}, expected only the service {}",
-        log.killed_pids(),
-        service.pid()
-    );
+    log.expect_only_killed(service.pid(), "service")?;
     ensure!(
         !log.bpf_chose_any(),
         "the OOM report says a BPF handler chose the victim in a dry run:\n{}",

@@ -103,12 +103,7 @@ impl Layout {
             log.text()
         );
         let (role, pid) = dead[0];
-        ensure!(
-            log.killed_pids() == vec![pid],
-            "kills reported: {:?}, expected only {role} {pid}:\n{}",
-            log.killed_pids(),
-            log.text()
-        );
+        log.expect_only_killed(pid, role)?;
         expect_oom_kills(&self.lab, 1)?;
         Ok((role, pid))
     }

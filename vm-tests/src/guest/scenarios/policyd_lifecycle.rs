@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 
-use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, KillLog, Policyd};
-use crate::guest::util::{self, describe_status, Cgroup, Hog, HogSpec, Kmsg};
+use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, KillLog, Policyd, ServiceAndHog};
+use crate::guest::util::{self, describe_status};
 use crate::guest::Scenario;
 
 pub fn scenario() -> Scenario {
@@ -21,29 +21,14 @@ pub fn scenario() -> Scenario {
         .timeout_s(120)
 }
 
-const CONFIG: &str = r#"
-policy = "priority"
-
-[[rule]]
-cgroup = "/app/service"
-priority = 500
-
-[[rule]]
-cgroup = "/app/hog"
-priority = 10
-"#;
-
 fn run() -> Result<()> {
     pdutil::quiet_oom_reports()?;
-    let app = Cgroup::create("app")?;
-    app.set("memory.max", "96M")?;
-    let service_cg = app.child("service")?;
-    let hog_cg = app.child("hog")?;
-    let config = pdutil::write_config("lifecycle", CONFIG)?;
-    let first = Policyd::load(&["priority", "--config", &config, "--cgroup", "/app"])?;
+    let layout = ServiceAndHog::create("lifecycle", Some("96M"))?;
+    let config = layout.config.as_str();
+    let first = Policyd::load(&["priority", "--config", config, "--cgroup", "/app"])?;
 
     // 1. A second load on /app.
-    let mut second = Policyd::spawn(&["largest", "--config", &config, "--cgroup", "/app"])?;
+    let mut second = Policyd::spawn(&["largest", "--config", config, "--cgroup", "/app"])?;
     let status = second
         .wait_exit(Duration::from_secs(40))
         .context("a second policyd load on /app did not give up")?;
@@ -84,19 +69,12 @@ fn run() -> Result<()> {
         || pdutil::status().is_ok_and(|h| h.is_empty()),
     )?;
 
-    let mut service = Hog::start(&service_cg, &HogSpec::fixed(56), pdutil::READY_TIMEOUT)?;
-    let mut kmsg = Kmsg::mark()?;
-    let mut hog = Hog::start(&hog_cg, &HogSpec::growing(8), pdutil::READY_TIMEOUT)?;
-    println!(
-        "no handler: service {} (56 MiB, priority 500), hog {} (growing, priority 10)",
-        service.pid(),
-        hog.pid()
-    );
+    let (mut service, mut kmsg, mut hog) = layout.start(56)?;
     service.wait_killed(pdutil::OOM_TIMEOUT)?;
     let hog_result = expect_alive(&mut hog, "hog (the kernel kills the biggest task)");
-    hog_cg.kill_all()?;
+    layout.hog_cg.kill_all()?;
     hog_result?;
-    expect_oom_kills(&service_cg, 1)?;
+    expect_oom_kills(&layout.service_cg, 1)?;
     let log = KillLog::read(&mut kmsg)?;
     ensure!(
         log.kill_line(service.pid())

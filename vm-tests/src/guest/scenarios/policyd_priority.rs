@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 
-use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, KillLog, Policyd};
-use crate::guest::util::{Cgroup, Hog, HogSpec, Kmsg};
+use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, KillLog, Policyd, ServiceAndHog};
 use crate::guest::Scenario;
 
 pub fn memcg() -> Scenario {
@@ -28,28 +27,11 @@ pub fn global() -> Scenario {
         .timeout_s(120)
 }
 
-const CONFIG: &str = r#"
-policy = "priority"
-
-[[rule]]
-cgroup = "/app/service"
-priority = 500
-
-[[rule]]
-cgroup = "/app/hog"
-priority = 10
-"#;
-
 /// The handler on /app (memory.max 96M): status shows it there; the hog dies.
 fn run_memcg() -> Result<()> {
     pdutil::quiet_oom_reports()?;
-    let app = Cgroup::create("app")?;
-    app.set("memory.max", "96M")?;
-    let service_cg = app.child("service")?;
-    let hog_cg = app.child("hog")?;
-    let config = pdutil::write_config("priority-memcg", CONFIG)?;
-
-    let mut pd = Policyd::load(&["priority", "--config", &config, "--cgroup", "/app"])?;
+    let layout = ServiceAndHog::create("priority-memcg", Some("96M"))?;
+    let mut pd = Policyd::load(&["priority", "--config", &layout.config, "--cgroup", "/app"])?;
 
     // Loaded: status names the handler, where it is, who holds it, and no kills yet.
     let h = pdutil::status_at("/app")?.context("policyd status --json lists no handler at /app")?;
@@ -64,14 +46,7 @@ fn run_memcg() -> Result<()> {
         "more than one handler attached"
     );
 
-    let mut service = Hog::start(&service_cg, &HogSpec::fixed(56), pdutil::READY_TIMEOUT)?;
-    let mut kmsg = Kmsg::mark()?;
-    let mut hog = Hog::start(&hog_cg, &HogSpec::growing(8), pdutil::READY_TIMEOUT)?;
-    println!(
-        "service {} (56 MiB, priority 500), hog {} (growing, priority 10) in /app (max 96M)",
-        service.pid(),
-        hog.pid()
-    );
+    let (mut service, mut kmsg, mut hog) = layout.start(56)?;
 
     hog.wait_killed(pdutil::OOM_TIMEOUT)?;
     let d = pd.next_decision(Duration::from_secs(10))?;
@@ -89,17 +64,11 @@ fn run_memcg() -> Result<()> {
         ("runner_up_priority", "500"),
     ])?;
     expect_alive(&mut service, "service (priority 500, the biggest)")?;
-    expect_oom_kills(&hog_cg, 1)?;
-    expect_oom_kills(&service_cg, 0)?;
-    expect_oom_kills(&app, 1)?;
+    expect_oom_kills(&layout.hog_cg, 1)?;
+    expect_oom_kills(&layout.service_cg, 0)?;
+    expect_oom_kills(&layout.app, 1)?;
     let log = KillLog::read(&mut kmsg)?;
-    ensure!(
-        log.killed_pids() == vec![hog.pid()],
-        "the kernel log reports kills of {:?}, expected only the hog {}:\n{}",
-        log.killed_pids(),
-        hog.pid(),
-        log.text()
-    );
+    log.expect_only_killed(hog.pid(), "hog")?;
     ensure!(
         log.lines
             .iter()
@@ -150,29 +119,15 @@ fn check_status(h: &serde_json::Value, owner: i32) -> Result<()> {
 /// No memory.max anywhere: the guest's RAM runs out, the system-wide handler decides.
 fn run_global() -> Result<()> {
     pdutil::quiet_oom_reports()?;
-    let app = Cgroup::create("app")?;
-    let service_cg = app.child("service")?;
-    let hog_cg = app.child("hog")?;
-    let config = pdutil::write_config("priority-global", CONFIG)?;
-    let mut pd = Policyd::load(&["priority", "--config", &config])?;
+    let layout = ServiceAndHog::create("priority-global", None)?;
+    let mut pd = Policyd::load(&["priority", "--config", &layout.config])?;
 
     // The service takes 60% of what is free, so the hog, growing into the rest, stays
     // smaller: the kernel's own choice would be the service.
     let free_mib = pdutil::mem_free_mib()?;
     let service_mib = free_mib * 6 / 10;
-    let mut service = Hog::start(
-        &service_cg,
-        &HogSpec::fixed(service_mib),
-        Duration::from_secs(40),
-    )?;
-    let mut kmsg = Kmsg::mark()?;
-    let mut hog = Hog::start(&hog_cg, &HogSpec::growing(8), pdutil::READY_TIMEOUT)?;
-    println!(
-        "{free_mib} MiB free: service {} ({service_mib} MiB, priority 500), hog {} (growing, \
-         priority 10)",
-        service.pid(),
-        hog.pid()
-    );
+    println!("{free_mib} MiB free");
+    let (mut service, mut kmsg, mut hog) = layout.start(service_mib)?;
 
     hog.wait_killed(Duration::from_secs(60))?;
     let d = pd.next_decision(Duration::from_secs(10))?;
@@ -188,16 +143,10 @@ fn run_global() -> Result<()> {
         ("runner_up", "/app/service"),
     ])?;
     expect_alive(&mut service, "service (priority 500, the biggest)")?;
-    expect_oom_kills(&hog_cg, 1)?;
-    expect_oom_kills(&service_cg, 0)?;
+    expect_oom_kills(&layout.hog_cg, 1)?;
+    expect_oom_kills(&layout.service_cg, 0)?;
     let log = KillLog::read(&mut kmsg)?;
-    ensure!(
-        log.killed_pids() == vec![hog.pid()],
-        "the kernel log reports kills of {:?}, expected only the hog {}:\n{}",
-        log.killed_pids(),
-        hog.pid(),
-        log.text()
-    );
+    log.expect_only_killed(hog.pid(), "hog")?;
     ensure!(
         !log.lines
             .iter()

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 
 use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, KillLog, Policyd};
 use crate::guest::util::{Cgroup, Hog, HogSpec, Kmsg};
@@ -77,13 +77,7 @@ fn run() -> Result<()> {
     expect_oom_kills(&job1_cg, 1)?;
     expect_oom_kills(&web_cg, 0)?;
     let log = KillLog::read(&mut kmsg)?;
-    ensure!(
-        log.killed_pids() == vec![job1.pid()],
-        "kills reported: {:?}, expected only job1 {}:\n{}",
-        log.killed_pids(),
-        job1.pid(),
-        log.text()
-    );
+    log.expect_only_killed(job1.pid(), "job1")?;
     println!("job1 inherited priority 5 from /app/batch: {d}");
 
     // 2. A cgroup the glob matches, created after load.
@@ -114,13 +108,7 @@ fn run() -> Result<()> {
     expect_oom_kills(&j7_cg, 1)?;
     expect_oom_kills(&web_cg, 0)?;
     let log = KillLog::read(&mut kmsg)?;
-    ensure!(
-        log.killed_pids() == vec![j7.pid()],
-        "kills reported: {:?}, expected only j7 {}:\n{}",
-        log.killed_pids(),
-        j7.pid(),
-        log.text()
-    );
+    log.expect_only_killed(j7.pid(), "j7")?;
     pd.stop()?;
     println!("the glob reached a cgroup made after load: {d}");
     Ok(())
