@@ -113,7 +113,9 @@ fn run() -> Result<()> {
         'reap: loop {
             for j in 0..victims.len() {
                 if victims[j].try_wait()?.is_some() {
-                    victims.swap_remove(j);
+                    // try_wait() reaped it.
+                    #[allow(clippy::zombie_processes)]
+                    let _reaped = victims.swap_remove(j);
                     kills += 1;
                     break 'reap;
                 }
