@@ -14,7 +14,8 @@
 //!   and exit;
 //! * the link: if the kernel detaches it (the cgroup was removed), exit.
 //!
-//! It blocks in poll(2) with no timeout: an idle daemon never wakes up.
+//! It blocks in poll(2) with no timeout: an idle daemon never wakes up (once,
+//! a second after a run of awaits, to log how many there were).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -34,7 +35,7 @@ use crate::abi::{Pod, PolicydEvent, PolicydRule};
 use crate::cgroupfs::CgroupTree;
 use crate::commands;
 use crate::config::Config;
-use crate::events::Decision;
+use crate::events::{Awaits, Decision};
 use crate::loader::{self, HandlerLink, KernelBtf, PolicyObject};
 use crate::policy::PolicyName;
 use crate::resolve::{resolve_tree, Effective, Resolver};
@@ -92,6 +93,9 @@ pub fn run(req: LoadRequest) -> Result<()> {
     tracing::info!(cgroup = %cgroup, "detached");
     Ok(())
 }
+
+/// How long the OOM events stay quiet before counted awaits are logged.
+const AWAITS_QUIET: Duration = Duration::from_secs(1);
 
 type Pending = Rc<RefCell<Vec<PolicydEvent>>>;
 
@@ -233,6 +237,7 @@ pub struct Daemon {
     cgroups: Cgroups,
     watcher: Option<CgroupWatcher>,
     signals: Option<SignalFd>,
+    awaits: Awaits,
 }
 
 impl Daemon {
@@ -299,6 +304,7 @@ impl Daemon {
             cgroups,
             watcher,
             signals: None,
+            awaits: Awaits::default(),
         })
     }
 
@@ -334,6 +340,12 @@ impl Daemon {
     /// Wait for something to happen (at most `timeout`; `None`: as long as
     /// it takes) and handle it.
     pub fn handle_one_round(&mut self, timeout: Option<Duration>) -> Result<Round> {
+        // Counted awaits are logged once the OOM has been quiet for a second:
+        // a single wake-up after a burst, none when idle.
+        let timeout = match (timeout, self.awaits.pending()) {
+            (t, true) => Some(t.map_or(AWAITS_QUIET, |t| t.min(AWAITS_QUIET))),
+            (t, false) => t,
+        };
         let timeout = match timeout {
             None => PollTimeout::NONE,
             Some(d) => PollTimeout::try_from(d).unwrap_or(PollTimeout::MAX),
@@ -373,12 +385,15 @@ impl Daemon {
 
         if ring_ready {
             self.consume_events();
+        } else {
+            self.awaits.flush();
         }
         if watch_ready {
             self.apply_cgroup_changes();
         }
         if link_gone {
             self.consume_events();
+            self.awaits.flush();
             anyhow::bail!(
                 "the handler on {} was detached by the kernel (was the cgroup removed?)",
                 self.req.cgroup
@@ -411,6 +426,7 @@ impl Daemon {
                 Ok(sig @ (Signal::SIGINT | Signal::SIGTERM)) => {
                     tracing::info!("{sig}: detaching from {}", self.req.cgroup);
                     self.consume_events();
+                    self.awaits.flush();
                     round = Round::Stop;
                 }
                 _ => tracing::debug!("ignoring signal {signo}"),
@@ -426,7 +442,8 @@ impl Daemon {
         }
         let events = std::mem::take(&mut *self.pending.borrow_mut());
         for ev in events {
-            Decision::new(&ev, |id| self.cgroups.name(id)).log();
+            self.awaits
+                .log(Decision::new(&ev, |id| self.cgroups.name(id)));
         }
     }
 

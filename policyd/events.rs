@@ -12,6 +12,11 @@
 //!
 //! (one line in the log). Values with spaces or quotes are quoted; absent
 //! values are "-".
+//!
+//! An OOM that loops while its victim exits (a memory.max write retries until
+//! the usage fits) asks the handler again and again, hundreds of times under
+//! TCG; each time it awaits the same victim. [`Awaits`] logs the first such
+//! decision and then one `awaited again` line with the count.
 
 use std::fmt;
 
@@ -214,6 +219,58 @@ impl Decision {
     }
 }
 
+/// Collapses repeated awaits of one victim into one line.
+#[derive(Debug, Default)]
+pub struct Awaits {
+    /// The victim the last logged decision awaited, and what it said.
+    last: Option<Decision>,
+    /// Awaits of that victim since, not logged.
+    repeats: u64,
+}
+
+impl Awaits {
+    /// Logs `d` unless it awaits the same victim as the decision logged last;
+    /// before any other line, says how many were left out.
+    pub fn log(&mut self, d: Decision) {
+        if d.outcome == Outcome::Awaited
+            && self
+                .last
+                .as_ref()
+                .is_some_and(|l| l.pid == d.pid && l.victim_cgroup == d.victim_cgroup)
+        {
+            self.repeats += 1;
+            return;
+        }
+        self.flush();
+        d.log();
+        self.last = (d.outcome == Outcome::Awaited).then_some(d);
+    }
+
+    /// Whether awaits are counted but not yet logged.
+    pub fn pending(&self) -> bool {
+        self.repeats > 0
+    }
+
+    /// Logs the count of awaits left out, if any.
+    pub fn flush(&mut self) {
+        if let (Some(d), n @ 1..) = (&self.last, self.repeats) {
+            tracing::info!(
+                policy = %Val(d.policy.clone()),
+                scope = %Val(d.scope.clone()),
+                victim_cgroup = %Val(d.victim_cgroup.clone()),
+                pid = d.pid,
+                times = n,
+                summary = %Val(format!(
+                    "the OOM retried {n} more time(s) while {} exited; killed nothing more",
+                    d.task()
+                )),
+                "awaited again"
+            );
+        }
+        self.repeats = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +324,11 @@ mod tests {
 
     /// The line tracing's default formatter writes, as `policyd load` sets it up.
     fn logged(d: &Decision) -> String {
+        logged_by(|| d.log())
+    }
+
+    /// What `f` logs, formatted as by `policyd load`.
+    fn logged_by(f: impl FnOnce()) -> String {
         #[derive(Clone, Default)]
         struct Buf(Arc<Mutex<Vec<u8>>>);
         impl Write for Buf {
@@ -286,7 +348,7 @@ mod tests {
             .without_time()
             .with_target(false)
             .finish();
-        tracing::subscriber::with_default(subscriber, || d.log());
+        tracing::subscriber::with_default(subscriber, f);
         let out = buf.0.lock().unwrap().clone();
         String::from_utf8(out).unwrap()
     }
@@ -393,6 +455,51 @@ mod tests {
             "pid 310 (job2) in /demo/batch/j2 is still exiting from an earlier OOM kill: killed \
              nothing more"
         );
+    }
+
+    #[test]
+    fn repeated_awaits_of_one_victim_become_one_count() {
+        let mut awaited = killed_event();
+        awaited.outcome = 1;
+        awaited.reason = 5;
+        awaited.tasks_killed = 0;
+        let other = PolicydEvent {
+            victim_pid: 311,
+            ..awaited
+        };
+        let decision = |ev: &PolicydEvent| Decision::new(ev, names);
+        let mut awaits = Awaits::default();
+        let out = logged_by(|| {
+            awaits.log(decision(&killed_event()));
+            for _ in 0..500 {
+                awaits.log(decision(&awaited));
+            }
+            assert!(awaits.pending());
+            awaits.log(decision(&other));
+            awaits.log(decision(&awaited));
+            awaits.log(decision(&awaited));
+            awaits.flush();
+            assert!(!awaits.pending());
+            awaits.flush();
+        });
+        let lines: Vec<&str> = out.lines().collect();
+        let outcome = |l: &str| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("outcome="))
+                .map(str::to_owned)
+        };
+        assert_eq!(lines.len(), 6, "{out}");
+        assert_eq!(outcome(lines[0]).as_deref(), Some("killed"), "{out}");
+        assert_eq!(outcome(lines[1]).as_deref(), Some("awaited"), "{out}");
+        assert_eq!(
+            lines[2],
+            " INFO awaited again policy=priority scope=global victim_cgroup=/demo/batch/j2 \
+             pid=310 times=499 summary=\"the OOM retried 499 more time(s) while pid 310 (job2) \
+             exited; killed nothing more\""
+        );
+        assert!(lines[3].contains(" pid=311 ") && lines[3].contains("outcome=awaited"));
+        assert!(lines[4].contains(" pid=310 ") && lines[4].contains("outcome=awaited"));
+        assert!(lines[5].contains("awaited again") && lines[5].contains(" times=1 "));
     }
 
     #[test]
