@@ -11,10 +11,19 @@
 //! 2. rewrite to a = 30, b = 20, SIGHUP, "reloaded": b dies.
 //! 3. rewrite to a broken file that would say a = 5, SIGHUP: an error, policyd runs on,
 //!    and b (20 under the old rules) dies again, not a.
+//! 4. rewrite to `policy = "largest"`, SIGHUP: the handler is swapped in place
+//!    (bpf_link_update), never detached; the next OOM is decided by `largest`, so a, the
+//!    bigger cgroup, dies although b has the lower priority.
+//!
+//! policyd takes its policy from the config (no policy on the command line), as step 4
+//! needs. A squeeze retries its OOM while the victim exits, each retry awaiting it
+//! (hundreds of times under TCG): policyd logs at most one awaited decision per victim,
+//! then one "awaited again" line with the count.
 
+use std::thread;
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 
 use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, KillLog, Policyd};
 use crate::guest::util::{Cgroup, Hog, HogSpec, Kmsg};
@@ -26,9 +35,9 @@ pub fn scenario() -> Scenario {
         .timeout_s(120)
 }
 
-fn config(a: u32, b: u32) -> String {
+fn config(policy: &str, a: u32, b: u32) -> String {
     format!(
-        "policy = \"priority\"\n\n[[rule]]\ncgroup = \"/app/a\"\npriority = {a}\n\n\
+        "policy = \"{policy}\"\n\n[[rule]]\ncgroup = \"/app/a\"\npriority = {a}\n\n\
          [[rule]]\ncgroup = \"/app/b\"\npriority = {b}\n"
     )
 }
@@ -59,14 +68,15 @@ fn start_round(a_cg: &Cgroup, b_cg: &Cgroup, a_mib: u64, b_mib: u64) -> Result<R
     Ok(Round { a, b })
 }
 
-/// Squeezes /app, checks the decision and that exactly `victim` died, then cleans up.
+/// Squeezes /app, checks the decision (`want`, plus the victim's cgroup and pid) and
+/// that exactly `victim` died, then cleans up.
 fn oom(
     pd: &mut Policyd,
     app: &Cgroup,
     victim_cg: &Cgroup,
     victim: &mut Hog,
     survivor: &mut Hog,
-    priority: u32,
+    want: &[(&str, &str)],
 ) -> Result<()> {
     let kills_before = pdutil::oom_kills(victim_cg)?;
     let app_before = pdutil::oom_kills(app)?;
@@ -75,29 +85,31 @@ fn oom(
     victim.wait_killed(pdutil::OOM_TIMEOUT)?;
     let d = pd.next_decision(Duration::from_secs(10))?;
     let pid = victim.pid().to_string();
-    let prio = priority.to_string();
+    let cgroup = victim_cg.path();
     d.expect(&[
-        ("victim_cgroup", &victim_cg.path()),
+        ("victim_cgroup", &cgroup),
         ("pid", &pid),
-        ("priority", &prio),
-        ("reason", "lowest-priority"),
         ("outcome", "killed"),
         ("killed", "1"),
     ])?;
+    d.expect(want)?;
     expect_alive(survivor, "other hog")?;
     expect_oom_kills(victim_cg, kills_before + 1)?;
     expect_oom_kills(app, app_before + 1)?;
     let log = KillLog::read(&mut kmsg)?;
-    ensure!(
-        log.killed_pids() == vec![victim.pid()],
-        "kills reported: {:?}, expected only {}:\n{}",
-        log.killed_pids(),
-        victim.pid(),
-        log.text()
-    );
+    log.expect_only_killed(victim.pid(), "victim")?;
     println!("{d}");
     app.set("memory.max", "max")?;
     Ok(())
+}
+
+/// What a `priority` decision on a victim of `priority` says.
+fn lowest(priority: &str) -> [(&str, &str); 3] {
+    [
+        ("policy", "priority"),
+        ("priority", priority),
+        ("reason", "lowest-priority"),
+    ]
 }
 
 fn run() -> Result<()> {
@@ -105,19 +117,19 @@ fn run() -> Result<()> {
     let app = Cgroup::create("app")?;
     let a_cg = app.child("a")?;
     let b_cg = app.child("b")?;
-    let path = pdutil::write_config("reload", &config(10, 20))?;
-    let mut pd = Policyd::load(&["priority", "--config", &path, "--cgroup", "/app"])?;
+    let path = pdutil::write_config("reload", &config("priority", 10, 20))?;
+    let mut pd = Policyd::load(&["--config", &path, "--cgroup", "/app"])?;
 
     // 1. a = 10, b = 20.
     let mut r = start_round(&a_cg, &b_cg, 44, 52)?;
-    oom(&mut pd, &app, &a_cg, &mut r.a, &mut r.b, 10)?;
+    oom(&mut pd, &app, &a_cg, &mut r.a, &mut r.b, &lowest("10"))?;
     drop(r);
 
     // 2. a = 30, b = 20.
-    pdutil::write_config("reload", &config(30, 20))?;
+    pdutil::write_config("reload", &config("priority", 30, 20))?;
     ensure!(pd.reload()?, "policyd did not reload the valid config");
     let mut r = start_round(&a_cg, &b_cg, 52, 44)?;
-    oom(&mut pd, &app, &b_cg, &mut r.b, &mut r.a, 20)?;
+    oom(&mut pd, &app, &b_cg, &mut r.b, &mut r.a, &lowest("20"))?;
     drop(r);
 
     // 3. A broken file: rejected, the rules of step 2 stay.
@@ -134,10 +146,83 @@ fn run() -> Result<()> {
     );
     ensure!(pd.is_running(), "policyd exited after an invalid reload");
     let mut r = start_round(&a_cg, &b_cg, 52, 44)?;
-    oom(&mut pd, &app, &b_cg, &mut r.b, &mut r.a, 20)?;
+    oom(&mut pd, &app, &b_cg, &mut r.b, &mut r.a, &lowest("20"))?;
     drop(r);
 
+    // 4. Another policy: swapped into the same link.
+    pdutil::write_config("reload", &config("largest", 30, 20))?;
+    ensure!(pd.reload()?, "policyd did not reload the switch to largest");
+    ensure!(
+        pd.log()
+            .iter()
+            .any(|l| l.contains("policy priority -> largest")),
+        "policyd's log does not say the policy changed to largest"
+    );
+    let handlers = pdutil::status()?;
+    ensure!(
+        handlers.len() == 1
+            && handlers[0]["cgroup"] == "/app"
+            && handlers[0]["policy"] == "largest",
+        "after the switch, policyd status --json shows {handlers:#?}, expected one largest \
+         handler on /app"
+    );
+    let mut r = start_round(&a_cg, &b_cg, 52, 44)?;
+    oom(
+        &mut pd,
+        &app,
+        &a_cg,
+        &mut r.a,
+        &mut r.b,
+        &[("policy", "largest"), ("reason", "largest-usage")],
+    )?;
+    drop(r);
+
+    expect_awaits_collapsed(&mut pd)?;
     pd.stop()?;
-    println!("reload took effect; an invalid reload kept the old rules");
+    println!("reloads took effect, an invalid one kept the old rules, the policy swapped live");
+    Ok(())
+}
+
+/// Checks that the awaits of step 4's victim were logged as one decision plus a count,
+/// adding up to no more than the handler counted.
+fn expect_awaits_collapsed(pd: &mut Policyd) -> Result<()> {
+    // The counts are logged once the events have been quiet for a second.
+    thread::sleep(Duration::from_millis(1500));
+    // The handler's counters restarted with the switch to largest: count from there.
+    let log = pd.log();
+    let switch = log
+        .iter()
+        .position(|l| l.contains("policy priority -> largest"))
+        .context("no policy switch in policyd's log")?;
+    let log = &log[switch..];
+    let decisions = log.iter().filter(|l| l.contains("outcome=awaited")).count() as u64;
+    let repeats: u64 = log
+        .iter()
+        .filter(|l| l.contains("INFO awaited again "))
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("times=")))
+        .map(|n| n.parse::<u64>().unwrap_or(u64::MAX))
+        .sum();
+    let h = pdutil::status_at("/app")?.context("the handler vanished from policyd status")?;
+    let counted = h["counters"]["awaited"]
+        .as_u64()
+        .context("policyd status --json has no awaited counter")?;
+    println!(
+        "awaits: {counted} counted by the handler, {decisions} awaited decision line(s) plus \
+         {repeats} in counts"
+    );
+    ensure!(
+        decisions <= 1,
+        "{decisions} awaited decision lines for the one victim since the policy switch"
+    );
+    ensure!(
+        decisions + repeats <= counted,
+        "the log accounts for {} awaits, the handler counted only {counted}",
+        decisions + repeats
+    );
+    ensure!(
+        counted <= decisions || repeats > 0,
+        "the handler awaited {counted} times but the log shows only {decisions} awaited \
+         decision(s) and no count"
+    );
     Ok(())
 }
