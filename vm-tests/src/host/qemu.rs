@@ -31,7 +31,11 @@ const KERNEL_PROBLEMS: &[&str] = &[
     "possible recursive locking",
     "inconsistent lock state",
     "suspicious RCU usage",
-    "lockdep",
+    // Lockdep's reports, not the word: lockdep_*() frames show up in any stack dump.
+    "lockdep is turned off",
+    "DEBUG_LOCKS_WARN_ON",
+    "possible irq lock inversion",
+    "trying to register non-static key",
     "blocked for more than",
     "soft lockup",
 ];
@@ -461,6 +465,21 @@ mod tests {
             ],
         );
         assert_eq!(judge(&c, false, T), Verdict::Pass);
+    }
+
+    #[test]
+    fn lockdep_frames_in_an_oom_report_pass() {
+        let c = console(
+            "VMTEST-EXIT 0\n",
+            &[
+                "[  886.289926] vm-tests invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0",
+                "[  886.290415]  ? lockdep_assert_rq_held+0x12/0x19",
+                "[  886.290508]  ? find_held_lock+0x2b/0x6d",
+            ],
+        );
+        assert_eq!(judge(&c, false, T), Verdict::Pass);
+        let c = console("VMTEST-EXIT 0\n", &["[    2.0] DEBUG_LOCKS_WARN_ON(1)"]);
+        assert!(matches!(judge(&c, false, T), Verdict::Fail(_)));
     }
 
     #[test]
