@@ -586,6 +586,11 @@ impl Kmsg {
 
     /// The messages (text only) logged since the mark or the previous call.
     pub fn since(&mut self) -> Result<Vec<String>> {
+        Ok(self.records()?.into_iter().map(|r| r.text).collect())
+    }
+
+    /// The records logged since the mark or the previous call, with their timestamps.
+    pub fn records(&mut self) -> Result<Vec<KmsgRecord>> {
         let mut out = Vec::new();
         let mut buf = vec![0u8; 8192];
         loop {
@@ -595,8 +600,12 @@ impl Kmsg {
                 Ok(n) => {
                     let rec = String::from_utf8_lossy(&buf[..n]);
                     let first = rec.lines().next().unwrap_or("");
-                    if let Some((_, text)) = first.split_once(';') {
-                        out.push(text.to_string());
+                    if let Some((head, text)) = first.split_once(';') {
+                        let usec = head.split(',').nth(2).and_then(|u| u.parse().ok());
+                        out.push(KmsgRecord {
+                            usec: usec.unwrap_or(0),
+                            text: text.to_string(),
+                        });
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -607,6 +616,13 @@ impl Kmsg {
         }
         Ok(out)
     }
+}
+
+/// One kernel log record: its timestamp (local_clock(), µs since boot) and text.
+#[derive(Clone, Debug)]
+pub struct KmsgRecord {
+    pub usec: u64,
+    pub text: String,
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{OpenObject, ProgramInput};
 use serde_json::json;
 
-use crate::guest::util::{self, Cgroup};
+use crate::guest::util::{self, Cgroup, Kmsg, KmsgRecord};
 
 #[rustfmt::skip]
 mod skel { include!(concat!(env!("OUT_DIR"), "/bench.skel.rs")); }
@@ -728,14 +728,7 @@ pub fn monotonic_ns() -> u64 {
 /// record right after reading CLOCK_MONOTONIC, and the difference of the two is the offset
 /// (give or take one write(2)).
 pub struct KmsgTs {
-    file: fs::File,
-}
-
-/// One kernel log record.
-#[derive(Clone, Debug)]
-pub struct Record {
-    pub usec: u64,
-    pub text: String,
+    kmsg: Kmsg,
 }
 
 const MARK: &str = "bench: clock mark ";
@@ -743,13 +736,8 @@ const MARK: &str = "bench: clock mark ";
 impl KmsgTs {
     /// Starts reading at the current end of the log, then logs a clock mark.
     pub fn mark() -> Result<KmsgTs> {
-        use std::io::{Seek, SeekFrom, Write};
-        let mut file = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NONBLOCK)
-            .open("/dev/kmsg")
-            .context("opening /dev/kmsg")?;
-        file.seek(SeekFrom::End(0)).context("seeking /dev/kmsg")?;
+        use std::io::Write;
+        let kmsg = Kmsg::mark()?;
         let mut w = fs::OpenOptions::new()
             .write(true)
             .open("/dev/kmsg")
@@ -757,38 +745,12 @@ impl KmsgTs {
         let now = monotonic_ns();
         w.write_all(format!("{MARK}{now}").as_bytes())
             .context("writing a clock mark to /dev/kmsg")?;
-        Ok(KmsgTs { file })
+        Ok(KmsgTs { kmsg })
     }
 
     /// The records logged since the mark or the previous call.
-    pub fn since(&mut self) -> Result<Vec<Record>> {
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 8192];
-        loop {
-            match self.file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    let rec = String::from_utf8_lossy(&buf[..n]);
-                    let first = rec.lines().next().unwrap_or("");
-                    let Some((head, text)) = first.split_once(';') else {
-                        continue;
-                    };
-                    let usec = head
-                        .split(',')
-                        .nth(2)
-                        .and_then(|u| u.parse().ok())
-                        .unwrap_or(0);
-                    out.push(Record {
-                        usec,
-                        text: text.to_string(),
-                    });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.raw_os_error() == Some(nix::libc::EPIPE) => continue,
-                Err(e) => return Err(e).context("reading /dev/kmsg"),
-            }
-        }
-        Ok(out)
+    pub fn since(&mut self) -> Result<Vec<KmsgRecord>> {
+        self.kmsg.records()
     }
 }
 
@@ -807,7 +769,7 @@ pub struct OomPhases {
 
 impl OomPhases {
     /// From the records of one OOM (the clock mark first) and its [`TimedOom`].
-    pub fn from_log(log: &[Record], oom: &TimedOom) -> OomPhases {
+    pub fn from_log(log: &[KmsgRecord], oom: &TimedOom) -> OomPhases {
         let Some(mark) = log.iter().find_map(|r| {
             let mono: u64 = r.text.strip_prefix(MARK)?.trim().parse().ok()?;
             Some((r.usec * 1000) as i64 - mono as i64)
