@@ -7,6 +7,7 @@
 // A toolbox for scenarios: not every helper has a user at every point in time.
 #![allow(dead_code)]
 
+use std::ffi::CString;
 use std::fs;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -369,6 +370,49 @@ impl HogSpec {
     }
 }
 
+/// Spawns `cmd` inside `cgroup` (moved there between fork and exec, so nothing it does is
+/// charged elsewhere), with its oom_score_adj set to `adj` when given (children of the
+/// runner otherwise inherit its -1000).
+pub fn spawn_in(cgroup: &Cgroup, cmd: &mut Command, adj: Option<i32>) -> Result<Child> {
+    let procs_path = cgroup.dir().join("cgroup.procs");
+    let procs: OwnedFd = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_CLOEXEC)
+        .open(&procs_path)
+        .with_context(|| format!("opening {}", procs_path.display()))?
+        .into();
+    let fd = procs.as_raw_fd();
+    let adj_text = adj.map(|a| a.to_string().into_bytes());
+    let adj_path = CString::new("/proc/self/oom_score_adj").unwrap();
+    // SAFETY: only open(2), write(2) and close(2) on memory prepared before fork:
+    // async-signal-safe, no allocation.
+    unsafe {
+        cmd.pre_exec(move || {
+            let zero = b"0";
+            if nix::libc::write(fd, zero.as_ptr().cast(), zero.len()) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(text) = &adj_text {
+                let f = nix::libc::open(adj_path.as_ptr(), nix::libc::O_WRONLY);
+                if f < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let rc = nix::libc::write(f, text.as_ptr().cast(), text.len());
+                nix::libc::close(f);
+                if rc < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {cmd:?} in {}", cgroup.path()))?;
+    drop(procs);
+    Ok(child)
+}
+
 /// A memory hog: this same binary running `guest hog`, started inside a cgroup (it is moved
 /// there between fork and exec, so none of its memory is charged elsewhere). Dropping a Hog
 /// kills it if it still runs.
@@ -381,33 +425,13 @@ pub struct Hog {
 impl Hog {
     /// Starts a hog in `cgroup`; call [`Hog::wait_ready`] before relying on its memory.
     pub fn spawn(cgroup: &Cgroup, spec: &HogSpec) -> Result<Hog> {
-        let procs_path = cgroup.dir().join("cgroup.procs");
-        let procs: OwnedFd = fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(nix::libc::O_CLOEXEC)
-            .open(&procs_path)
-            .with_context(|| format!("opening {}", procs_path.display()))?
-            .into();
         let exe = std::env::current_exe().context("locating the vm-tests binary")?;
         let mut cmd = Command::new(&exe);
         cmd.args(spec.args())
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
-        let fd = procs.as_raw_fd();
-        // SAFETY: only write(2) on an fd opened before fork: async-signal-safe, no allocation.
-        unsafe {
-            cmd.pre_exec(move || {
-                let buf = b"0";
-                if nix::libc::write(fd, buf.as_ptr().cast(), buf.len()) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting hog {:?} in {}", spec, cgroup.path()))?;
-        drop(procs);
+        let mut child =
+            spawn_in(cgroup, &mut cmd, None).with_context(|| format!("starting hog {spec:?}"))?;
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, lines) = mpsc::channel();
         thread::spawn(move || {

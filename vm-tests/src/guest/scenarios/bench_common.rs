@@ -13,9 +13,6 @@ use std::ffi::CString;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::mem::{size_of, MaybeUninit};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -27,7 +24,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{OpenObject, ProgramInput};
 use serde_json::json;
 
-use crate::guest::util::{self, Cgroup, Kmsg, KmsgRecord};
+use crate::guest::util::{self, spawn_in, Cgroup, Kmsg, KmsgRecord};
 
 #[rustfmt::skip]
 mod skel { include!(concat!(env!("OUT_DIR"), "/bench.skel.rs")); }
@@ -151,49 +148,6 @@ pub fn named_exe(comm: &str) -> Result<PathBuf> {
             .with_context(|| format!("linking {} to {}", link.display(), exe.display()))?;
     }
     Ok(link)
-}
-
-/// Spawns `cmd` inside `cgroup` (moved there between fork and exec, so nothing it does is
-/// charged elsewhere), with its oom_score_adj set to `adj` when given (children of the
-/// runner otherwise inherit its -1000).
-pub fn spawn_in(cgroup: &Cgroup, cmd: &mut Command, adj: Option<i32>) -> Result<Child> {
-    let procs_path = cgroup.dir().join("cgroup.procs");
-    let procs: OwnedFd = fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(nix::libc::O_CLOEXEC)
-        .open(&procs_path)
-        .with_context(|| format!("opening {}", procs_path.display()))?
-        .into();
-    let fd = procs.as_raw_fd();
-    let adj_text = adj.map(|a| a.to_string().into_bytes());
-    let adj_path = CString::new("/proc/self/oom_score_adj").unwrap();
-    // SAFETY: only open(2), write(2) and close(2) on memory prepared before fork:
-    // async-signal-safe, no allocation.
-    unsafe {
-        cmd.pre_exec(move || {
-            let zero = b"0";
-            if nix::libc::write(fd, zero.as_ptr().cast(), zero.len()) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if let Some(text) = &adj_text {
-                let f = nix::libc::open(adj_path.as_ptr(), nix::libc::O_WRONLY);
-                if f < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let rc = nix::libc::write(f, text.as_ptr().cast(), text.len());
-                nix::libc::close(f);
-                if rc < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting {cmd:?} in {}", cgroup.path()))?;
-    drop(procs);
-    Ok(child)
 }
 
 /// What a hog does once started (the `guest hog` subcommand of this binary).

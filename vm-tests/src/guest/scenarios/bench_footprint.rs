@@ -19,10 +19,10 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::bench_common::{
-    self as bc, clock_ticks, emit_env, kill_reap, proc_usage, spawn_blockers, spawn_in, Policyd,
-    ProcUsage, Stopwatch,
+    self as bc, clock_ticks, emit_env, kill_reap, proc_usage, spawn_blockers, Policyd, ProcUsage,
+    Stopwatch,
 };
-use crate::guest::util::{self, Cgroup};
+use crate::guest::util::{self, spawn_in, Cgroup};
 use crate::guest::Scenario;
 
 pub fn scenario() -> Scenario {
