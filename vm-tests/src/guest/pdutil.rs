@@ -439,17 +439,6 @@ impl Policyd {
         Ok(d)
     }
 
-    /// The decision lines not yet consumed by a wait, without waiting; moves past them.
-    pub fn take_decisions(&mut self) -> Vec<Decision> {
-        self.pump();
-        let out = self.log[self.cursor..]
-            .iter()
-            .filter_map(|l| Decision::parse(l))
-            .collect();
-        self.cursor = self.log.len();
-        out
-    }
-
     pub fn signal(&self, sig: Signal) -> Result<()> {
         kill(Pid::from_raw(self.pid), sig)
             .with_context(|| format!("sending {sig} to policyd {}", self.pid))
