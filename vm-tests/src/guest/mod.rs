@@ -86,6 +86,12 @@ pub enum GuestCmd {
         step_kib: Option<u64>,
         #[arg(long)]
         delay_us: Option<u64>,
+        /// Stop growing at this many MiB in all.
+        #[arg(long)]
+        max_mib: Option<u64>,
+        /// After the initial MiB, wait for a line on stdin before growing.
+        #[arg(long)]
+        gated: bool,
         #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
         oom_score_adj: i32,
     },
@@ -105,12 +111,16 @@ pub fn main(cmd: GuestCmd) -> Result<()> {
             grow,
             step_kib,
             delay_us,
+            max_mib,
+            gated,
             oom_score_adj,
         } => util::run_hog(&util::HogSpec {
             mib,
             grow,
             step_kib,
             delay_us,
+            max_mib,
+            gated,
             oom_score_adj,
         }),
     }

@@ -61,6 +61,8 @@ pub struct ServiceAndHog {
     pub hog_cg: Cgroup,
     /// The config file holding the two rules.
     pub config: String,
+    /// /app's memory.max in MiB, if any.
+    memory_max: Option<u64>,
 }
 
 const SERVICE_AND_HOG_RULES: &str = r#"
@@ -76,18 +78,19 @@ priority = 10
 "#;
 
 impl ServiceAndHog {
-    /// Creates the cgroups and /tmp/<name>.toml. `memory_max` limits /app (a memcg OOM);
-    /// None leaves it unlimited, for a global OOM.
-    pub fn create(name: &str, memory_max: Option<&str>) -> Result<ServiceAndHog> {
+    /// Creates the cgroups and /tmp/<name>.toml. `memory_max` (MiB) limits /app (a memcg
+    /// OOM); None leaves it unlimited, for a global OOM.
+    pub fn create(name: &str, memory_max: Option<u64>) -> Result<ServiceAndHog> {
         let app = Cgroup::create("app")?;
         if let Some(max) = memory_max {
-            app.set("memory.max", max)?;
+            app.set("memory.max", format!("{max}M"))?;
         }
         Ok(ServiceAndHog {
             service_cg: app.child("service")?,
             hog_cg: app.child("hog")?,
             app,
             config: write_config(name, SERVICE_AND_HOG_RULES)?,
+            memory_max,
         })
     }
 
@@ -101,7 +104,19 @@ impl ServiceAndHog {
             Duration::from_secs(40),
         )?;
         let kmsg = Kmsg::mark()?;
-        let hog = Hog::start(&self.hog_cg, &HogSpec::growing(8), READY_TIMEOUT)?;
+        let mut spec = HogSpec::growing(8);
+        if let Some(max) = self.memory_max {
+            // Should the service be the one to die, the hog must not refill its memory
+            // and run into a second OOM before the scenario has looked.
+            let cap = max * 2 / 3;
+            ensure!(
+                service_mib + cap > max + 8 && cap + 8 < max,
+                "a {service_mib} MiB service and a hog capped at {cap} MiB do not make one \
+                 OOM under memory.max {max} MiB"
+            );
+            spec = spec.up_to(cap);
+        }
+        let hog = Hog::start(&self.hog_cg, &spec, READY_TIMEOUT)?;
         println!(
             "service {} ({service_mib} MiB, priority 500), hog {} (growing, priority 10)",
             service.pid(),
@@ -399,9 +414,7 @@ impl Policyd {
                 return Ok(line);
             }
             if !self.is_running() {
-                // Let the reader threads deliver the last lines.
-                thread::sleep(Duration::from_millis(100));
-                self.pump();
+                self.drain();
                 if let Some(i) = self.log[self.cursor..].iter().position(|l| pred(l)) {
                     let line = self.log[self.cursor + i].clone();
                     self.cursor += i + 1;
@@ -494,8 +507,18 @@ impl Policyd {
         util::wait_until(timeout, &format!("policyd {pid} to exit"), || {
             !self.is_running()
         })?;
-        self.pump();
+        self.drain();
         Ok(self.exit.expect("set once not running"))
+    }
+
+    /// Once policyd has exited: takes every line the reader threads still hold, until
+    /// both pipes are closed (bounded, should anything else hold them open).
+    fn drain(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let left = || deadline.saturating_duration_since(Instant::now());
+        while let Ok(line) = self.lines.recv_timeout(left()) {
+            self.log.push(line);
+        }
     }
 }
 
@@ -515,12 +538,13 @@ impl Drop for Policyd {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        // Give the reader threads a moment to echo the last lines to the console.
-        thread::sleep(Duration::from_millis(200));
+        // The last lines explain the failure: let them reach the console.
+        self.drain();
     }
 }
 
-/// Echoes each line of `from` to the console and sends it to `tx`.
+/// Echoes each line of `from` to the console and sends it to `tx` (in that order, so
+/// that once `tx` is closed everything has reached the console).
 fn forward(from: impl Read + Send + 'static, tx: mpsc::Sender<String>, pid: i32) {
     thread::spawn(move || {
         for line in BufReader::new(from).lines() {
@@ -598,61 +622,6 @@ pub fn expect_alive(hog: &mut Hog, role: &str) -> Result<()> {
     Ok(())
 }
 
-/// The kernel log since `kmsg`'s mark, for kill checks.
-pub struct KillLog {
-    pub lines: Vec<String>,
-}
-
-impl KillLog {
-    pub fn read(kmsg: &mut Kmsg) -> Result<KillLog> {
-        Ok(KillLog {
-            lines: kmsg.since()?,
-        })
-    }
-
-    /// The pids of every "Killed process N" report, in order.
-    pub fn killed_pids(&self) -> Vec<i32> {
-        self.lines
-            .iter()
-            .filter_map(|l| {
-                let rest = &l[l.find("Killed process ")? + "Killed process ".len()..];
-                rest.split_whitespace().next()?.parse().ok()
-            })
-            .collect()
-    }
-
-    /// The "...: Killed process N (comm) ..." line of `pid`.
-    pub fn kill_line(&self, pid: i32) -> Option<&str> {
-        let wanted = format!("Killed process {pid} ");
-        self.lines
-            .iter()
-            .find(|l| l.contains(&wanted))
-            .map(String::as_str)
-    }
-
-    /// Fails unless `pid` (the `role`) is the one and only task the log reports killed.
-    pub fn expect_only_killed(&self, pid: i32, role: &str) -> Result<()> {
-        ensure!(
-            self.killed_pids() == vec![pid],
-            "the kernel log reports kills of {:?}, expected only the {role} {pid}:\n{}",
-            self.killed_pids(),
-            self.text()
-        );
-        Ok(())
-    }
-
-    /// Whether any OOM report says a BPF OOM handler chose the victim.
-    pub fn bpf_chose_any(&self) -> bool {
-        self.lines
-            .iter()
-            .any(|l| l.contains("oom victim chosen by BPF OOM handler"))
-    }
-
-    pub fn text(&self) -> String {
-        self.lines.join("\n")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -681,20 +650,5 @@ mod tests {
             .contains("reason=lowest-priority (expected larger-usage)"));
         assert!(Decision::parse(" INFO attached policy=priority cgroup=/").is_none());
         assert!(Decision::parse(" INFO decision of some kind").is_none());
-    }
-
-    #[test]
-    fn kill_log_pids() {
-        let log = KillLog {
-            lines: vec![
-                "oom victim chosen by BPF OOM handler \"policyd_priority\"".into(),
-                "policyd: Killed process 212 (vm-tests) total-vm:1kB".into(),
-                "Memory cgroup out of memory: Killed process 215 (vm-tests) total-vm:1kB".into(),
-            ],
-        };
-        assert_eq!(log.killed_pids(), vec![212, 215]);
-        assert!(log.bpf_chose_any());
-        assert!(log.kill_line(21).is_none());
-        assert!(log.kill_line(215).unwrap().starts_with("Memory cgroup"));
     }
 }

@@ -9,17 +9,17 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 /// Where cgroup v2 is mounted in the guest.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -277,7 +277,8 @@ impl Drop for Cgroup {
     }
 }
 
-/// rmdir()s a cgroup directory tree bottom-up, retrying EBUSY for up to 5 s per directory.
+/// rmdir()s a cgroup directory tree bottom-up, retrying EBUSY (dying tasks, children
+/// still going offline) for up to 30 s per directory.
 fn remove_tree(dir: &Path) -> Result<()> {
     for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let entry = entry?;
@@ -291,7 +292,7 @@ fn remove_tree(dir: &Path) -> Result<()> {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
             Err(e)
-                if start.elapsed() < Duration::from_secs(5)
+                if start.elapsed() < Duration::from_secs(30)
                     && e.raw_os_error() == Some(nix::libc::EBUSY) =>
             {
                 thread::sleep(Duration::from_millis(50))
@@ -312,6 +313,11 @@ pub struct HogSpec {
     pub step_kib: Option<u64>,
     /// Pause between growth steps (default none).
     pub delay_us: Option<u64>,
+    /// Stop growing (and sleep) once this many MiB are touched (default: never).
+    pub max_mib: Option<u64>,
+    /// Once ready, wait for [`Hog::release`] before growing, so that whatever must
+    /// know the hog's pid (a handler's target) is set before it can reach an OOM.
+    pub gated: bool,
     /// The hog's /proc/self/oom_score_adj (default 0; the runner itself is -1000).
     pub oom_score_adj: i32,
 }
@@ -344,6 +350,19 @@ impl HogSpec {
         self
     }
 
+    /// Caps the growth at `mib` MiB in all. A hog that must push its cgroup into an OOM
+    /// once, then stay alive without refilling what the OOM freed, stops between the
+    /// two: above the room the others leave, below the limit on its own.
+    pub fn up_to(mut self, mib: u64) -> HogSpec {
+        self.max_mib = Some(mib);
+        self
+    }
+
+    pub fn gated(mut self) -> HogSpec {
+        self.gated = true;
+        self
+    }
+
     pub fn oom_score_adj(mut self, adj: i32) -> HogSpec {
         self.oom_score_adj = adj;
         self
@@ -364,6 +383,12 @@ impl HogSpec {
         }
         if let Some(d) = self.delay_us {
             args.extend(["--delay-us".into(), d.to_string()]);
+        }
+        if let Some(m) = self.max_mib {
+            args.extend(["--max-mib".into(), m.to_string()]);
+        }
+        if self.gated {
+            args.push("--gated".into());
         }
         args.push(format!("--oom-score-adj={}", self.oom_score_adj));
         args
@@ -420,6 +445,8 @@ pub struct Hog {
     child: Child,
     pid: i32,
     lines: mpsc::Receiver<String>,
+    /// The gate of a gated hog, until released.
+    gate: Option<ChildStdin>,
 }
 
 impl Hog {
@@ -428,10 +455,15 @@ impl Hog {
         let exe = std::env::current_exe().context("locating the vm-tests binary")?;
         let mut cmd = Command::new(&exe);
         cmd.args(spec.args())
-            .stdin(Stdio::null())
+            .stdin(if spec.gated {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped());
         let mut child =
             spawn_in(cgroup, &mut cmd, None).with_context(|| format!("starting hog {spec:?}"))?;
+        let gate = child.stdin.take();
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, lines) = mpsc::channel();
         thread::spawn(move || {
@@ -443,7 +475,12 @@ impl Hog {
             }
         });
         let pid = child.id() as i32;
-        Ok(Hog { child, pid, lines })
+        Ok(Hog {
+            child,
+            pid,
+            lines,
+            gate,
+        })
     }
 
     /// Starts a hog and waits until its initial memory is touched.
@@ -482,6 +519,16 @@ impl Hog {
                 }
             }
         }
+    }
+
+    /// Lets a gated hog start growing.
+    pub fn release(&mut self) -> Result<()> {
+        let mut gate = self
+            .gate
+            .take()
+            .with_context(|| format!("hog {} is not gated, or already released", self.pid))?;
+        gate.write_all(b"go\n")
+            .with_context(|| format!("releasing hog {}", self.pid))
     }
 
     /// The exit status if the hog has ended (reaping it), None while it runs.
@@ -545,19 +592,25 @@ pub fn run_hog(spec: &HogSpec) -> Result<()> {
     write_file("/proc/self/oom_score_adj", spec.oom_score_adj.to_string())?;
     touch_mib(spec.mib)?;
     println!("{HOG_READY}");
-    use std::io::Write;
     std::io::stdout().flush().ok();
-    if !spec.grow {
-        loop {
-            thread::sleep(Duration::from_secs(3600));
-        }
+    if spec.gated {
+        let mut go = String::new();
+        std::io::stdin()
+            .read_line(&mut go)
+            .context("waiting at the gate")?;
     }
     let step = spec.step_kib.unwrap_or(1024).max(4) * 1024;
-    loop {
+    let max = spec.max_mib.map_or(u64::MAX, |m| m << 20);
+    let mut held = spec.mib << 20;
+    while spec.grow && held < max {
         touch_bytes(step as usize)?;
+        held += step;
         if let Some(d) = spec.delay_us.filter(|d| *d > 0) {
             thread::sleep(Duration::from_micros(d));
         }
+    }
+    loop {
+        thread::sleep(Duration::from_secs(3600));
     }
 }
 
@@ -613,6 +666,29 @@ impl Kmsg {
         Ok(self.records()?.into_iter().map(|r| r.text).collect())
     }
 
+    /// Waits up to `timeout` for a message that satisfies `pred`, logged since the mark
+    /// or the previous call, and returns it; the messages read on the way are consumed.
+    pub fn wait_for(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.since()?.into_iter().find(|l| pred(l)) {
+                return Ok(line);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "timed out after {:.1} s waiting for {what} in the kernel log",
+                    timeout.as_secs_f64()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The records logged since the mark or the previous call, with their timestamps.
     pub fn records(&mut self) -> Result<Vec<KmsgRecord>> {
         let mut out = Vec::new();
@@ -639,6 +715,81 @@ impl Kmsg {
             }
         }
         Ok(out)
+    }
+}
+
+/// The kernel log since `kmsg`'s mark, for kill checks.
+pub struct KillLog {
+    pub lines: Vec<String>,
+}
+
+impl KillLog {
+    /// Reads on until the log reports the kill of every pid in `victims`: the kernel
+    /// writes that line just after the SIGKILL, so a victim other than the allocating
+    /// task can be dead and reaped before its line is there.
+    pub fn read(kmsg: &mut Kmsg, victims: &[i32]) -> Result<KillLog> {
+        let mut log = KillLog { lines: Vec::new() };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            log.lines.extend(kmsg.since()?);
+            let missing: Vec<i32> = victims
+                .iter()
+                .copied()
+                .filter(|&pid| log.kill_line(pid).is_none())
+                .collect();
+            if missing.is_empty() {
+                return Ok(log);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the kernel log reports no kill of {missing:?} (waited 10 s):\n{}",
+                    log.text()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The pids of every "Killed process N" report, in order.
+    pub fn killed_pids(&self) -> Vec<i32> {
+        self.lines
+            .iter()
+            .filter_map(|l| {
+                let rest = &l[l.find("Killed process ")? + "Killed process ".len()..];
+                rest.split_whitespace().next()?.parse().ok()
+            })
+            .collect()
+    }
+
+    /// The "...: Killed process N (comm) ..." line of `pid`.
+    pub fn kill_line(&self, pid: i32) -> Option<&str> {
+        let wanted = format!("Killed process {pid} ");
+        self.lines
+            .iter()
+            .find(|l| l.contains(&wanted))
+            .map(String::as_str)
+    }
+
+    /// Fails unless `pid` (the `role`) is the one and only task the log reports killed.
+    pub fn expect_only_killed(&self, pid: i32, role: &str) -> Result<()> {
+        ensure!(
+            self.killed_pids() == vec![pid],
+            "the kernel log reports kills of {:?}, expected only the {role} {pid}:\n{}",
+            self.killed_pids(),
+            self.text()
+        );
+        Ok(())
+    }
+
+    /// Whether any OOM report says a BPF OOM handler chose the victim.
+    pub fn bpf_chose_any(&self) -> bool {
+        self.lines
+            .iter()
+            .any(|l| l.contains("oom victim chosen by BPF OOM handler"))
+    }
+
+    pub fn text(&self) -> String {
+        self.lines.join("\n")
     }
 }
 
@@ -684,8 +835,27 @@ mod tests {
             "guest hog --mib 16 --grow --step-kib 256 --delay-us 10 --oom-score-adj=500"
         );
         assert_eq!(
+            HogSpec::growing(4).gated().args().join(" "),
+            "guest hog --mib 4 --grow --gated --oom-score-adj=0"
+        );
+        assert_eq!(
             HogSpec::fixed(8).args().join(" "),
             "guest hog --mib 8 --oom-score-adj=0"
         );
+    }
+
+    #[test]
+    fn kill_log_pids() {
+        let log = KillLog {
+            lines: vec![
+                "oom victim chosen by BPF OOM handler \"policyd_priority\"".into(),
+                "policyd: Killed process 212 (vm-tests) total-vm:1kB".into(),
+                "Memory cgroup out of memory: Killed process 215 (vm-tests) total-vm:1kB".into(),
+            ],
+        };
+        assert_eq!(log.killed_pids(), vec![212, 215]);
+        assert!(log.bpf_chose_any());
+        assert!(log.kill_line(21).is_none());
+        assert!(log.kill_line(215).unwrap().starts_with("Memory cgroup"));
     }
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 
-use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, KillLog, Policyd};
-use crate::guest::util::{story, Cgroup, Hog, HogSpec, Kmsg};
+use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, Policyd};
+use crate::guest::util::{story, Cgroup, Hog, HogSpec, KillLog, Kmsg};
 use crate::guest::Scenario;
 
 pub fn scenario() -> Scenario {
@@ -26,31 +26,53 @@ const LIMIT_MIB: u64 = 128;
 const DB_MIB: u64 = 60;
 const WEB_MIB: u64 = 30;
 const HELPER_MIB: u64 = 4;
+const WORKER_MAX_MIB: u64 = 64;
 
-struct Demo {
+/// /demo and the cgroups inside it.
+struct Cgroups {
     demo: Cgroup,
-    db_cg: Cgroup,
-    web_cg: Cgroup,
-    job_cg: Cgroup,
+    db: Cgroup,
+    web: Cgroup,
+    job: Cgroup,
+}
+
+impl Cgroups {
+    fn create() -> Result<Cgroups> {
+        let demo = Cgroup::create("demo")?;
+        demo.set("memory.max", format!("{LIMIT_MIB}M"))?;
+        Ok(Cgroups {
+            db: demo.child("db")?,
+            web: demo.child("web")?,
+            job: demo.child("batch/job")?,
+            demo,
+        })
+    }
+
+    fn remove(self) -> Result<()> {
+        let Cgroups { demo, db, web, job } = self;
+        drop((db, web, job));
+        demo.remove()
+    }
+}
+
+/// The tasks: once the worker is ready it grows until /demo is full.
+struct Tasks {
     db: Hog,
     web: Hog,
     helper: Hog,
     worker: Hog,
 }
 
-impl Demo {
-    /// Builds the layout; the worker starts growing at once.
-    fn start() -> Result<Demo> {
-        let demo = Cgroup::create("demo")?;
-        demo.set("memory.max", format!("{LIMIT_MIB}M"))?;
-        let db_cg = demo.child("db")?;
-        let web_cg = demo.child("web")?;
-        let job_cg = demo.child("batch/job")?;
+impl Tasks {
+    fn start(cgroups: &Cgroups) -> Result<Tasks> {
         let t = pdutil::READY_TIMEOUT;
-        let db = Hog::start(&db_cg, &HogSpec::fixed(DB_MIB), t)?;
-        let web = Hog::start(&web_cg, &HogSpec::fixed(WEB_MIB), t)?;
-        let helper = Hog::start(&job_cg, &HogSpec::fixed(HELPER_MIB), t)?;
-        let worker = Hog::start(&job_cg, &HogSpec::growing(8), t)?;
+        let db = Hog::start(&cgroups.db, &HogSpec::fixed(DB_MIB), t)?;
+        let web = Hog::start(&cgroups.web, &HogSpec::fixed(WEB_MIB), t)?;
+        let helper = Hog::start(&cgroups.job, &HogSpec::fixed(HELPER_MIB), t)?;
+        // It stops short of the limit on its own: past the OOM, it does not refill what
+        // the kernel's kill freed (run 1) before the scenario has looked.
+        let worker_spec = HogSpec::growing(8).up_to(WORKER_MAX_MIB);
+        let worker = Hog::start(&cgroups.job, &worker_spec, t)?;
         println!(
             "db {} ({DB_MIB} MiB), web {} ({WEB_MIB} MiB), batch job: helper {} ({HELPER_MIB} \
              MiB), worker {} (growing), /demo memory.max {LIMIT_MIB} MiB",
@@ -59,32 +81,12 @@ impl Demo {
             helper.pid(),
             worker.pid()
         );
-        Ok(Demo {
-            demo,
-            db_cg,
-            web_cg,
-            job_cg,
+        Ok(Tasks {
             db,
             web,
             helper,
             worker,
         })
-    }
-
-    fn tear_down(self) -> Result<()> {
-        let Demo {
-            demo,
-            db_cg,
-            web_cg,
-            job_cg,
-            db,
-            web,
-            helper,
-            worker,
-        } = self;
-        drop((db, web, helper, worker));
-        drop((db_cg, web_cg, job_cg));
-        demo.remove()
     }
 }
 
@@ -113,18 +115,19 @@ fn run() -> Result<()> {
 
     // 1. No handler: the kernel's own choice.
     let mut kmsg = Kmsg::mark()?;
-    let mut d1 = Demo::start()?;
+    let c1 = Cgroups::create()?;
+    let mut d1 = Tasks::start(&c1)?;
     d1.db.wait_killed(pdutil::OOM_TIMEOUT).context(
         "with no handler, the kernel was expected to kill the database (the biggest task)",
     )?;
-    // The job grows on into the freed memory: stop it before it hits the limit again.
-    let job_alive = d1.worker.is_alive();
-    d1.job_cg.kill_all()?;
-    ensure!(job_alive, "the batch job died too under the kernel default");
+    expect_alive(
+        &mut d1.worker,
+        "the batch job's worker under the kernel default",
+    )?;
     expect_alive(&mut d1.web, "web")?;
-    expect_oom_kills(&d1.db_cg, 1)?;
-    let log = KillLog::read(&mut kmsg)?;
+    expect_oom_kills(&c1.db, 1)?;
     let db_pid = d1.db.pid();
+    let log = KillLog::read(&mut kmsg, &[db_pid])?;
     let line = log
         .kill_line(db_pid)
         .with_context(|| format!("no kernel report of killing db {db_pid}:\n{}", log.text()))?;
@@ -137,12 +140,16 @@ fn run() -> Result<()> {
         "Run 1, kernel default (no handler): the job grows until /demo is full; the kernel \
          killed /demo/db (pid {db_pid}, {db_rss}), its biggest task: the database."
     ));
-    d1.tear_down()?;
+    drop(d1);
+    c1.remove()?;
 
-    // 2. The same under policyd.
+    // 2. The same under policyd. The cgroups come first, so that policyd finds their
+    // rules when it attaches rather than racing the tasks (policyd-rule-matching covers
+    // cgroups that appear later).
+    let c2 = Cgroups::create()?;
     let mut pd = Policyd::load(&["priority", "--config", pdutil::SHIPPED_CONFIG])?;
     let mut kmsg = Kmsg::mark()?;
-    let mut d2 = Demo::start()?;
+    let mut d2 = Tasks::start(&c2)?;
     d2.worker.wait_killed(pdutil::OOM_TIMEOUT).context(
         "under policyd, the batch job's worker was expected to die (priority 10, the lowest)",
     )?;
@@ -151,9 +158,9 @@ fn run() -> Result<()> {
     )?;
     expect_alive(&mut d2.db, "database (protected)")?;
     expect_alive(&mut d2.web, "web tier (priority 500)")?;
-    expect_oom_kills(&d2.job_cg, 2)?;
-    expect_oom_kills(&d2.db_cg, 0)?;
-    expect_oom_kills(&d2.web_cg, 0)?;
+    expect_oom_kills(&c2.job, 2)?;
+    expect_oom_kills(&c2.db, 0)?;
+    expect_oom_kills(&c2.web, 0)?;
     let d = pd.next_decision(Duration::from_secs(10))?;
     let worker_pid = d2.worker.pid();
     d.expect(&[
@@ -166,7 +173,7 @@ fn run() -> Result<()> {
         ("outcome", "killed"),
         ("killed", "2"),
     ])?;
-    let log = KillLog::read(&mut kmsg)?;
+    let log = KillLog::read(&mut kmsg, &[worker_pid, d2.helper.pid()])?;
     let mut killed = log.killed_pids();
     killed.sort_unstable();
     let mut want = vec![worker_pid, d2.helper.pid()];
@@ -201,7 +208,8 @@ fn run() -> Result<()> {
         "  policyd priority: killed /demo/batch/job (pid {worker_pid} + its helper) — batch \
          job, priority 10, lowest; db and web untouched"
     ));
-    d2.tear_down()?;
+    drop(d2);
+    c2.remove()?;
     pd.stop()?;
     Ok(())
 }

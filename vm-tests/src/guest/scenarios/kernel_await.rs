@@ -15,7 +15,7 @@ use anyhow::{bail, ensure, Context, Result};
 use nix::libc;
 
 use crate::guest::kutil::{self, expect_oom_kills, show, Action, Handler};
-use crate::guest::util::{wait_until, Cgroup, Hog, HogSpec};
+use crate::guest::util::{Cgroup, Hog, HogSpec, Kmsg};
 use crate::guest::Scenario;
 
 pub fn scenario() -> Scenario {
@@ -43,6 +43,8 @@ fn run() -> Result<()> {
     let h = Handler::load(Action::AwaitOrKill, v, 1)?;
     let _link = h.attach(&cg)?;
     let before = cg.events()?;
+    let full = cg.read_u64("memory.current")?;
+    let mut kmsg = Kmsg::mark()?;
 
     let killed_at = Instant::now();
     let d = h.declare_oom(cg.id()?, 0, 2)?;
@@ -50,7 +52,7 @@ fn run() -> Result<()> {
     println!("declare_oom x2: {d}; handler: {}", show(&s));
 
     // V must now sit in its exit stop: proof that OOM #2 met a victim still exiting.
-    let msg = wait_exit_stop(v, Duration::from_secs(5))?;
+    let msg = wait_exit_stop(v, Duration::from_secs(15))?;
     println!(
         "victim {v} is stopped at PTRACE_EVENT_EXIT (exit status {msg:#x}: {}), {:.0} ms after the kill",
         describe_wait(msg as i32),
@@ -111,18 +113,14 @@ fn run() -> Result<()> {
     // The reaper takes V's memory while V is still stopped; after that, awaiting V would
     // wait for nothing: -ESRCH, killing it again: -ESRCH, and the kernel picks the
     // bystander, skipping the reaped victim as oom_evaluate_task() does.
-    let full = cg.read_u64("memory.current")?;
-    wait_until(
-        Duration::from_secs(10),
+    let reaped = format!("oom_reaper: reaped process {v} ");
+    kmsg.wait_for(
+        Duration::from_secs(15),
         "the OOM reaper to take the victim's memory",
-        || {
-            cg.read_u64("memory.current")
-                .map(|now| now + (VICTIM_MIB << 20) / 2 <= full)
-                .unwrap_or(false)
-        },
+        |l| l.contains(&reaped),
     )?;
-    // MMF_OOM_SKIP is set right after the reaping.
-    std::thread::sleep(Duration::from_millis(200));
+    // The reaper sets MMF_OOM_SKIP right after that line.
+    std::thread::sleep(Duration::from_millis(100));
     println!(
         "reaped {:.0} ms after the kill: memory.current {} -> {}",
         killed_at.elapsed().as_secs_f64() * 1000.0,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 
 use crate::guest::kutil::{self, expect_log, expect_no_log, expect_oom_kills};
-use crate::guest::util::{Cgroup, Kmsg};
+use crate::guest::util::{Cgroup, KillLog, Kmsg};
 use crate::guest::Scenario;
 
 pub fn scenario() -> Scenario {
@@ -39,7 +39,7 @@ fn run() -> Result<()> {
         d.oom
     );
 
-    let log = kmsg.since()?;
+    let log = KillLog::read(&mut kmsg, &[big.pid()])?.lines;
     expect_log(
         &log,
         &format!("Out of memory: Killed process {} ", big.pid()),

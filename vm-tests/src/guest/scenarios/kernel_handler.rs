@@ -15,7 +15,7 @@ use crate::guest::kutil::{
     self, expect_log, expect_no_log, expect_oom_kills, show, Action, Handler, HANDLER_KILL_LINE,
     HANDLER_REPORT_LINE,
 };
-use crate::guest::util::{Cgroup, Hog, HogSpec, Kmsg};
+use crate::guest::util::{Cgroup, Hog, HogSpec, KillLog, Kmsg};
 use crate::guest::Scenario;
 
 pub fn kills_chosen() -> Scenario {
@@ -47,10 +47,9 @@ fn run_kills_chosen() -> Result<()> {
     let before = cg.events()?;
     let mut kmsg = Kmsg::mark()?;
 
-    // It touches 4 MiB, then grows: the target is set long before it reaches the limit.
-    let mut small = Hog::spawn(&cg, &HogSpec::growing(4))?;
+    let mut small = Hog::start(&cg, &HogSpec::growing(4).gated(), Duration::from_secs(30))?;
     h.set(Action::KillTarget, small.pid(), 1);
-    small.wait_ready(Duration::from_secs(30))?;
+    small.release()?;
     println!(
         "handler on {} kills the small growing hog {}; big idle hog {} (48 MiB)",
         cg.path(),
@@ -148,7 +147,7 @@ fn kernel_decides(name: &str, action: Action, claim: i32) -> Result<()> {
         cg.id()?
     );
 
-    let log = kmsg.since()?;
+    let log = KillLog::read(&mut kmsg, &[big.pid()])?.lines;
     expect_log(
         &log,
         &format!("Memory cgroup out of memory: Killed process {} ", big.pid()),

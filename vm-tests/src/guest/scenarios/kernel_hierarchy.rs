@@ -42,9 +42,10 @@ fn run() -> Result<()> {
         let mut big = kutil::fixed_hog(&b, 48)?;
         let (c1, c2) = (h1.stats(), h2.stats());
         let before = b.events()?;
-        let mut small = Hog::spawn(&b, &HogSpec::growing(4))?;
+        let mut small = Hog::start(&b, &HogSpec::growing(4).gated(), Duration::from_secs(30))?;
         h1.set(Action::Defer, small.pid(), 0);
         h2.set(Action::KillTarget, small.pid(), 1);
+        small.release()?;
         small.wait_killed(Duration::from_secs(40))?;
         ensure!(
             big.is_alive(),
@@ -97,9 +98,10 @@ fn run() -> Result<()> {
         let mut big = kutil::fixed_hog(&b, 48)?;
         let (c1, c2) = (h1.stats(), h2.stats());
         let before = b.events()?;
-        let mut small = Hog::spawn(&b, &HogSpec::growing(4))?;
+        let mut small = Hog::start(&b, &HogSpec::growing(4).gated(), Duration::from_secs(30))?;
         h1.set(Action::KillTarget, small.pid(), 1);
         h2.set(Action::KillTarget, small.pid(), 1);
+        small.release()?;
         small.wait_killed(Duration::from_secs(40))?;
         ensure!(
             big.is_alive(),

@@ -53,9 +53,9 @@ fn run() -> Result<()> {
         )?;
         let link = if attached { Some(h.attach(&cg)?) } else { None };
         let before = h.stats();
-        let mut grower = Hog::spawn(&cg, &HogSpec::growing(1))?;
-        // It touches 1 MiB, then grows: the target is set long before the OOM.
+        let mut grower = Hog::start(&cg, &HogSpec::growing(1).gated(), Duration::from_secs(30))?;
         h.set(Action::KillTarget, grower.pid(), 1);
+        grower.release()?;
         grower
             .wait_killed(Duration::from_secs(30))
             .with_context(ctx)?;

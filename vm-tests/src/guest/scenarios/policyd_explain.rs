@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 
-use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, KillLog, Policyd};
-use crate::guest::util::{Cgroup, Hog, HogSpec, Kmsg};
+use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, Policyd};
+use crate::guest::util::{Cgroup, Hog, HogSpec, KillLog, Kmsg};
 use crate::guest::Scenario;
 
 pub fn scenario() -> Scenario {
@@ -131,7 +131,7 @@ fn run() -> Result<()> {
     }
     expect_oom_kills(&b_cg, 1)?;
     expect_oom_kills(&x, 1)?;
-    let log = KillLog::read(&mut kmsg)?;
+    let log = KillLog::read(&mut kmsg, &[b_big.pid()])?;
     log.expect_only_killed(b_big.pid(), "victim")?;
     pd.stop()?;
     println!("explain agreed with the handler: {d}");

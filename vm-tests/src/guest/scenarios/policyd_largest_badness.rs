@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Result};
 
-use crate::guest::pdutil::{self, expect_oom_kills, KillLog, Policyd};
-use crate::guest::util::{Cgroup, Hog, HogSpec, Kmsg};
+use crate::guest::pdutil::{self, expect_oom_kills, Policyd};
+use crate::guest::util::{Cgroup, Hog, HogSpec, KillLog, Kmsg};
 use crate::guest::Scenario;
 
 pub fn scenario() -> Scenario {
@@ -54,32 +54,41 @@ struct Layout {
 }
 
 impl Layout {
-    fn build() -> Result<Layout> {
+    /// The cgroups, before policyd starts: it finds their rules when it attaches.
+    fn create() -> Result<Layout> {
         let lab = Cgroup::create("lab")?;
         lab.set("memory.max", "max")?;
-        let db_cg = lab.child("db")?;
-        let pair_cg = lab.child("pair")?;
-        let solo_cg = lab.child("solo")?;
+        Ok(Layout {
+            db_cg: lab.child("db")?,
+            pair_cg: lab.child("pair")?,
+            solo_cg: lab.child("solo")?,
+            lab,
+            hogs: Vec::new(),
+        })
+    }
+
+    /// The tasks.
+    fn start(&mut self) -> Result<()> {
         let t = pdutil::READY_TIMEOUT;
-        let hogs = vec![
-            ("db", Hog::start(&db_cg, &HogSpec::fixed(72), t)?),
-            ("pair-big", Hog::start(&pair_cg, &HogSpec::fixed(44), t)?),
-            ("pair-small", Hog::start(&pair_cg, &HogSpec::fixed(20), t)?),
+        self.hogs = vec![
+            ("db", Hog::start(&self.db_cg, &HogSpec::fixed(72), t)?),
+            (
+                "pair-big",
+                Hog::start(&self.pair_cg, &HogSpec::fixed(44), t)?,
+            ),
+            (
+                "pair-small",
+                Hog::start(&self.pair_cg, &HogSpec::fixed(20), t)?,
+            ),
             (
                 "solo",
-                Hog::start(&solo_cg, &HogSpec::fixed(44).oom_score_adj(500), t)?,
+                Hog::start(&self.solo_cg, &HogSpec::fixed(44).oom_score_adj(500), t)?,
             ),
         ];
-        for (role, h) in &hogs {
+        for (role, h) in &self.hogs {
             println!("  {role}: pid {}", h.pid());
         }
-        Ok(Layout {
-            lab,
-            db_cg,
-            pair_cg,
-            solo_cg,
-            hogs,
-        })
+        Ok(())
     }
 
     /// Squeezes /lab and returns the role of the one task that died.
@@ -95,7 +104,10 @@ impl Layout {
                 dead.push((role, h.pid()));
             }
         }
-        let log = KillLog::read(&mut kmsg)?;
+        let log = KillLog::read(
+            &mut kmsg,
+            &dead.iter().map(|&(_, pid)| pid).collect::<Vec<_>>(),
+        )?;
         ensure!(
             dead.len() == 1,
             "{} tasks died ({dead:?}), expected one; kernel log:\n{}",
@@ -149,15 +161,17 @@ fn run() -> Result<()> {
 
     // 1. The reference: no handler, the kernel's own killer.
     println!("kernel default (no handler):");
-    let mut l = Layout::build()?;
+    let mut l = Layout::create()?;
+    l.start()?;
     let (kernel_role, _) = l.oom()?;
     println!("the kernel killed {kernel_role}");
     l.tear_down()?;
 
     // 2. badness: the same choice, made in BPF.
     println!("policyd load badness:");
+    let mut l = Layout::create()?;
     let mut pd = Policyd::load(&["badness", "--config", &config, "--cgroup", "/"])?;
-    let mut l = Layout::build()?;
+    l.start()?;
     let (role, pid) = l.oom()?;
     let d = pd.next_decision(Duration::from_secs(10))?;
     let pid_s = pid.to_string();
@@ -181,8 +195,9 @@ fn run() -> Result<()> {
 
     // 3. largest: the biggest unprotected cgroup, its largest task.
     println!("policyd load largest:");
+    let mut l = Layout::create()?;
     let mut pd = Policyd::load(&["largest", "--config", &config, "--cgroup", "/"])?;
-    let mut l = Layout::build()?;
+    l.start()?;
     let (role, pid) = l.oom()?;
     let d = pd.next_decision(Duration::from_secs(10))?;
     ensure!(

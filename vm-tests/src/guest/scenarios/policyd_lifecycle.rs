@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 
-use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, KillLog, Policyd, ServiceAndHog};
-use crate::guest::util::{self, describe_status};
+use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, Policyd, ServiceAndHog};
+use crate::guest::util::{self, describe_status, KillLog};
 use crate::guest::Scenario;
 
 pub fn scenario() -> Scenario {
@@ -23,7 +23,7 @@ pub fn scenario() -> Scenario {
 
 fn run() -> Result<()> {
     pdutil::quiet_oom_reports()?;
-    let layout = ServiceAndHog::create("lifecycle", Some("96M"))?;
+    let layout = ServiceAndHog::create("lifecycle", Some(96))?;
     let config = layout.config.as_str();
     let first = Policyd::load(&["priority", "--config", config, "--cgroup", "/app"])?;
 
@@ -71,11 +71,9 @@ fn run() -> Result<()> {
 
     let (mut service, mut kmsg, mut hog) = layout.start(56)?;
     service.wait_killed(pdutil::OOM_TIMEOUT)?;
-    let hog_result = expect_alive(&mut hog, "hog (the kernel kills the biggest task)");
-    layout.hog_cg.kill_all()?;
-    hog_result?;
+    expect_alive(&mut hog, "hog (the kernel kills the biggest task)")?;
     expect_oom_kills(&layout.service_cg, 1)?;
-    let log = KillLog::read(&mut kmsg)?;
+    let log = KillLog::read(&mut kmsg, &[service.pid()])?;
     ensure!(
         log.kill_line(service.pid())
             .is_some_and(|l| l.contains("Memory cgroup out of memory: Killed process")),

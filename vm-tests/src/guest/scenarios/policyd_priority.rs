@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 
-use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, KillLog, Policyd, ServiceAndHog};
+use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, Policyd, ServiceAndHog};
+use crate::guest::util::KillLog;
 use crate::guest::Scenario;
 
 pub fn memcg() -> Scenario {
@@ -30,7 +31,7 @@ pub fn global() -> Scenario {
 /// The handler on /app (memory.max 96M): status shows it there; the hog dies.
 fn run_memcg() -> Result<()> {
     pdutil::quiet_oom_reports()?;
-    let layout = ServiceAndHog::create("priority-memcg", Some("96M"))?;
+    let layout = ServiceAndHog::create("priority-memcg", Some(96))?;
     let mut pd = Policyd::load(&["priority", "--config", &layout.config, "--cgroup", "/app"])?;
 
     // Loaded: status names the handler, where it is, who holds it, and no kills yet.
@@ -67,7 +68,7 @@ fn run_memcg() -> Result<()> {
     expect_oom_kills(&layout.hog_cg, 1)?;
     expect_oom_kills(&layout.service_cg, 0)?;
     expect_oom_kills(&layout.app, 1)?;
-    let log = KillLog::read(&mut kmsg)?;
+    let log = KillLog::read(&mut kmsg, &[hog.pid()])?;
     log.expect_only_killed(hog.pid(), "hog")?;
     ensure!(
         log.lines
@@ -145,7 +146,7 @@ fn run_global() -> Result<()> {
     expect_alive(&mut service, "service (priority 500, the biggest)")?;
     expect_oom_kills(&layout.hog_cg, 1)?;
     expect_oom_kills(&layout.service_cg, 0)?;
-    let log = KillLog::read(&mut kmsg)?;
+    let log = KillLog::read(&mut kmsg, &[hog.pid()])?;
     log.expect_only_killed(hog.pid(), "hog")?;
     ensure!(
         !log.lines

@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 
-use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, KillLog, Policyd};
-use crate::guest::util::{Cgroup, Hog, HogSpec, Kmsg};
+use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, Policyd};
+use crate::guest::util::{Cgroup, Hog, HogSpec, KillLog, Kmsg};
 use crate::guest::Scenario;
 
 pub fn scenario() -> Scenario {
@@ -95,7 +95,7 @@ fn oom(
     expect_alive(survivor, "other hog")?;
     expect_oom_kills(victim_cg, kills_before + 1)?;
     expect_oom_kills(app, app_before + 1)?;
-    let log = KillLog::read(&mut kmsg)?;
+    let log = KillLog::read(&mut kmsg, &[victim.pid()])?;
     log.expect_only_killed(victim.pid(), "victim")?;
     println!("{d}");
     app.set("memory.max", "max")?;
@@ -153,7 +153,7 @@ fn run() -> Result<()> {
     ensure!(pd.reload()?, "policyd did not reload the switch to largest");
     // Logged right after "reloaded", so it may still be on its way through the pipe.
     pd.wait_line(
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         "the line saying the policy changed to largest",
         |l| l.contains("policy priority -> largest"),
     )?;
@@ -190,8 +190,14 @@ fn expect_awaits_collapsed(pd: &mut Policyd) -> Result<()> {
     let counted = h["counters"]["awaited"]
         .as_u64()
         .context("policyd status --json has no awaited counter")?;
+    // The victim's first await is a decision line; the count of the others is logged
+    // once the events have been quiet for a second.
+    if counted >= 1 {
+        pd.wait_line(Duration::from_secs(10), "the awaited decision", |l| {
+            l.contains("outcome=awaited")
+        })?;
+    }
     if counted > 1 {
-        // Logged once the events have been quiet for a second.
         pd.wait_line(
             Duration::from_secs(10),
             "the \"awaited again\" count",

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, KillLog, Policyd};
-use crate::guest::util::{Cgroup, Hog, HogSpec, Kmsg};
+use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, Policyd};
+use crate::guest::util::{Cgroup, Hog, HogSpec, KillLog, Kmsg};
 use crate::guest::Scenario;
 
 pub fn scenario() -> Scenario {
@@ -76,7 +76,7 @@ fn run() -> Result<()> {
     expect_alive(&mut web, "web (priority 50, the biggest)")?;
     expect_oom_kills(&job1_cg, 1)?;
     expect_oom_kills(&web_cg, 0)?;
-    let log = KillLog::read(&mut kmsg)?;
+    let log = KillLog::read(&mut kmsg, &[job1.pid()])?;
     log.expect_only_killed(job1.pid(), "job1")?;
     println!("job1 inherited priority 5 from /app/batch: {d}");
 
@@ -107,7 +107,7 @@ fn run() -> Result<()> {
     expect_alive(&mut web, "web (priority 50, the biggest)")?;
     expect_oom_kills(&j7_cg, 1)?;
     expect_oom_kills(&web_cg, 0)?;
-    let log = KillLog::read(&mut kmsg)?;
+    let log = KillLog::read(&mut kmsg, &[j7.pid()])?;
     log.expect_only_killed(j7.pid(), "j7")?;
     pd.stop()?;
     println!("the glob reached a cgroup made after load: {d}");
