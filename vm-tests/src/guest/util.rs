@@ -835,8 +835,8 @@ mod tests {
             "guest hog --mib 16 --grow --step-kib 256 --delay-us 10 --oom-score-adj=500"
         );
         assert_eq!(
-            HogSpec::growing(4).gated().args().join(" "),
-            "guest hog --mib 4 --grow --gated --oom-score-adj=0"
+            HogSpec::growing(4).up_to(64).gated().args().join(" "),
+            "guest hog --mib 4 --grow --max-mib 64 --gated --oom-score-adj=0"
         );
         assert_eq!(
             HogSpec::fixed(8).args().join(" "),
