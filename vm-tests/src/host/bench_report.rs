@@ -531,8 +531,9 @@ fn storms_text(setup: &Value) -> String {
             .iter()
             .map(|v| {
                 format!(
-                    "**{}**, the hog {} (~{} MiB/s alone)",
+                    "**{}** ({}): the hog {} (~{} MiB/s alone)",
                     v["name"].as_str().unwrap_or("?"),
+                    v["scope"].as_str().unwrap_or("global OOM"),
                     v["hog"].as_str().unwrap_or("?"),
                     opt(&v["alloc_rate_mib_s"])
                 )
@@ -558,7 +559,7 @@ fn storm_md(md: &mut String, r: &Value) {
         return;
     }
     let setup = &r["summary"]["storm_setup"];
-    let _ = writeln!(md, "\n## 1. Storm correctness (global OOM)\n");
+    let _ = writeln!(md, "\n## 1. Storm correctness\n");
     let _ = writeln!(
         md,
         "A \"service\" holding {} MiB of {} MiB guest RAM and a \"hog\" allocating until \
@@ -567,8 +568,9 @@ fn storm_md(md: &mut String, r: &Value) {
          10% MemAvailable). policyd: `policyd load priority`, service cgroup priority 1000, hog \
          cgroup 1. Victims: processes that died in the storm. OOM-killer kills: \
          /proc/vmstat oom_kill, kills through `oom_kill_process()`, by the kernel or by a BPF \
-         handler (earlyoom kills from user space). Recovery: hog dead and MemAvailable back to \
-         90% of its pre-storm value. Times are from the hog's start, median [p10–p90].\n",
+         handler (earlyoom kills from user space). Recovery: hog dead and the room back to 90% \
+         of its pre-storm value (MemAvailable; in a memcg storm, memory.max minus \
+         memory.current). Times are from the hog's start, median [p10–p90].\n",
         setup["service_mib"],
         setup["mem_total_mib"],
         storms_text(setup),

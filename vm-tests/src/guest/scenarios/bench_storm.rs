@@ -8,17 +8,20 @@
 //! - policyd: `policyd load priority` with the service's cgroup at priority 1000 and the
 //!   hog's at 1.
 //!
-//! The OOM is global (no memory.max anywhere). The service is the largest task, so the
-//! kernel's own choice is the service. Three storms: the hog touching 1 MiB after 1 MiB as
-//! fast as it can ("fast"), with a pause after each MiB ("slow"), and mapping 16 MiB at a
-//! time with MAP_POPULATE ("burst": the kernel faults the memory in, several times faster
-//! than user space touching it under TCG, closer to how fast a storm grows on hardware
-//! relative to a poller's interval). Trials go round-robin over the contenders so that a
-//! disturbance of the host hits them alike.
+//! The service is the largest task, so the kernel's own choice is the service. Three
+//! global storms (no memory.max anywhere): the hog touching 1 MiB after 1 MiB as fast as
+//! it can ("fast"), with a pause after each MiB ("slow"), and mapping 16 MiB at a time
+//! with MAP_POPULATE ("burst": the kernel faults the memory in, several times faster than
+//! user space touching it under TCG, closer to how fast a storm grows on hardware relative
+//! to a poller's interval). A fourth, "memcg", is the fast storm under a memory.max on the
+//! cgroup holding both, one and a half times the service: the OOM of a container or a
+//! systemd slice, which a MemAvailable poller never sees. Trials go round-robin over the
+//! contenders so that a disturbance of the host hits them alike.
 //!
 //! Per trial: did the service survive, which processes died and who killed them, the time
-//! from the hog's start to its death, and to recovery: the hog dead and MemAvailable back
-//! to 90% of what it was before the storm.
+//! from the hog's start to its death, and to recovery: the hog dead and the room back to
+//! 90% of what it was before the storm (MemAvailable; for memcg, memory.max minus
+//! memory.current).
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -58,20 +61,35 @@ enum Storm {
     Populate { chunk_mib: usize },
 }
 
-const VARIANTS: [(&str, Storm); 3] = [
-    ("fast", Storm::Touch { delay_us: 0 }),
+/// Where the storm runs out of memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scope {
+    /// The whole guest.
+    Global,
+    /// The cgroup holding service and hog, limited to MEMCG_LIMIT_SHARE of the service.
+    Memcg,
+}
+
+/// memory.max of the memcg storm, relative to the service's size.
+const MEMCG_LIMIT_SHARE: f64 = 1.5;
+
+const VARIANTS: [(&str, Storm, Scope); 4] = [
+    ("fast", Storm::Touch { delay_us: 0 }, Scope::Global),
     (
         "slow",
         Storm::Touch {
             delay_us: SLOW_DELAY_US,
         },
+        Scope::Global,
     ),
     (
         "burst",
         Storm::Populate {
             chunk_mib: BURST_CHUNK_MIB,
         },
+        Scope::Global,
     ),
+    ("memcg", Storm::Touch { delay_us: 0 }, Scope::Memcg),
 ];
 
 impl Storm {
@@ -159,6 +177,8 @@ impl Contender {
 }
 
 struct Setup {
+    /// Holds service_cg and hog_cg; the memcg storm limits it.
+    parent: Cgroup,
     service_cg: Cgroup,
     hog_cg: Cgroup,
     config: PathBuf,
@@ -172,7 +192,7 @@ fn run() -> Result<()> {
     // The console stays quiet; OOM reports keep their task list (a user's default).
     bc::quiet_kernel(true)?;
     let quick = util::quick();
-    // Quick: two fast storms, one slow and one burst storm per contender.
+    // Quick: two fast storms, one of each other kind per contender.
     let trials = |variant: &str| match (quick, variant) {
         (false, _) => 20,
         (true, "fast") => 2,
@@ -196,9 +216,10 @@ fn run() -> Result<()> {
 
     let total_kib = meminfo_kib("MemTotal")?;
     let service_mib = (total_kib as f64 * SERVICE_SHARE / 1024.0) as u64;
+    let memcg_limit_mib = (service_mib as f64 * MEMCG_LIMIT_SHARE) as u64;
     let rates: Vec<f64> = VARIANTS
         .iter()
-        .map(|(_, storm)| alloc_rate(&hog_cg, *storm))
+        .map(|(_, storm, _)| alloc_rate(&hog_cg, *storm))
         .collect::<Result<_>>()?;
     println!(
         "MemTotal {} MiB, service {service_mib} MiB, hogs allocate {rates:.0?} MiB/s",
@@ -206,6 +227,7 @@ fn run() -> Result<()> {
     );
 
     let mut s = Setup {
+        parent,
         service_cg,
         hog_cg,
         config,
@@ -224,22 +246,31 @@ fn run() -> Result<()> {
         "kernel_would_pick_service": avail_with_service < service_mib,
         "hog_touch_rate_mib_s": rates[0],
         "slow_delay_us": SLOW_DELAY_US,
-        "variants": VARIANTS.iter().zip(&rates).map(|((name, storm), rate)| json!({
+        "memcg_limit_mib": memcg_limit_mib,
+        "variants": VARIANTS.iter().zip(&rates).map(|((name, storm, scope), rate)| json!({
             "name": name,
             "hog": storm.describe(),
+            "scope": describe_scope(*scope, memcg_limit_mib),
             "alloc_rate_mib_s": rate,
         })).collect::<Vec<_>>(),
-        "trials_per_contender": {"fast": trials("fast"), "slow": trials("slow"), "burst": trials("burst")},
+        "trials_per_contender": VARIANTS.iter()
+            .map(|(name, _, _)| (name.to_string(), json!(trials(name))))
+            .collect::<serde_json::Map<_, _>>(),
         "earlyoom_args": EARLYOOM_ARGS,
     }));
 
     let started = Instant::now();
-    for (variant, storm) in VARIANTS {
+    for (variant, storm, scope) in VARIANTS {
+        let limit = match scope {
+            Scope::Global => "max".to_string(),
+            Scope::Memcg => format!("{memcg_limit_mib}M"),
+        };
+        s.parent.set("memory.max", &limit)?;
         let mut records: Vec<(Contender, Vec<Value>)> =
             Contender::ALL.iter().map(|c| (*c, Vec::new())).collect();
         for trial in 0..trials(variant) {
             for (contender, out) in records.iter_mut() {
-                let rec = run_trial(&mut s, *contender, storm).with_context(|| {
+                let rec = run_trial(&mut s, *contender, storm, scope).with_context(|| {
                     format!("{variant} storm, {} trial {trial}", contender.name())
                 })?;
                 println!(
@@ -255,16 +286,40 @@ fn run() -> Result<()> {
                 "kind": "storm",
                 "variant": variant,
                 "hog": storm.describe(),
+                "scope": describe_scope(scope, memcg_limit_mib),
                 "contender": contender.name(),
                 "trials": out,
             }));
         }
     }
+    s.parent.set("memory.max", "max")?;
     if let Some(mut svc) = s.service.take() {
         kill_reap(&mut svc);
     }
     util::emit_json(&json!({"kind": "storm_done", "service_starts": s.service_starts}));
     Ok(())
+}
+
+fn describe_scope(scope: Scope, memcg_limit_mib: u64) -> String {
+    match scope {
+        Scope::Global => "global OOM".into(),
+        Scope::Memcg => {
+            format!("memcg OOM, memory.max {memcg_limit_mib} MiB on the cgroup of service and hog")
+        }
+    }
+}
+
+/// The room the storm eats into, in KiB: MemAvailable for a global storm, what is left
+/// under the limit for a memcg storm.
+fn room_kib(s: &Setup, scope: Scope) -> Result<u64> {
+    match scope {
+        Scope::Global => meminfo_kib("MemAvailable"),
+        Scope::Memcg => {
+            let max = s.parent.read_u64("memory.max")?;
+            let current = s.parent.read_u64("memory.current")?;
+            Ok(max.saturating_sub(current) / 1024)
+        }
+    }
 }
 
 /// MiB/s at which a hog of `storm` allocates here: the time its VmRSS takes to reach
@@ -330,7 +385,7 @@ enum Running {
     Policyd(Policyd),
 }
 
-fn run_trial(s: &mut Setup, contender: Contender, storm: Storm) -> Result<Value> {
+fn run_trial(s: &mut Setup, contender: Contender, storm: Storm, scope: Scope) -> Result<Value> {
     ensure_service(s)?;
     let service_pid = s.service.as_ref().unwrap().id();
 
@@ -352,7 +407,7 @@ fn run_trial(s: &mut Setup, contender: Contender, storm: Storm) -> Result<Value>
     // The baseline: the service and the contender running, the previous trial's memory
     // given back.
     thread::sleep(Duration::from_millis(300));
-    let baseline_kib = meminfo_kib("MemAvailable")?;
+    let baseline_kib = room_kib(s, scope)?;
     let eo_from = match &running {
         Running::Earlyoom(e) => e.lines.len(),
         _ => 0,
@@ -404,7 +459,7 @@ fn run_trial(s: &mut Setup, contender: Contender, storm: Storm) -> Result<Value>
     if timed_out {
         hog.kill();
     }
-    let available_at_hog_death_kib = meminfo_kib("MemAvailable")?;
+    let available_at_hog_death_kib = room_kib(s, scope)?;
     // Where the memory is when the hog is gone (to explain slow recoveries).
     let at_death = meminfo_snapshot()?;
     let mut at_recovery = Value::Null;
@@ -413,7 +468,7 @@ fn run_trial(s: &mut Setup, contender: Contender, storm: Storm) -> Result<Value>
     if hog_dead.is_some() {
         let deadline = Instant::now() + RECOVERY_TIMEOUT;
         while Instant::now() < deadline {
-            if meminfo_kib("MemAvailable")? * 10 >= baseline_kib * 9 {
+            if room_kib(s, scope)? * 10 >= baseline_kib * 9 {
                 recovered = Some(Instant::now());
                 at_recovery = meminfo_snapshot()?;
                 break;
