@@ -42,13 +42,17 @@ pub fn read_file(path: impl AsRef<Path>) -> Result<String> {
     fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
-/// Polls `cond` every 20 ms until it returns true; fails after `timeout` with an error
-/// naming `what` was awaited.
-pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
+/// Calls `check` every 20 ms until it yields a value; fails on its first error, or after
+/// `timeout` with an error naming `what` was awaited.
+pub fn poll<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let start = Instant::now();
     loop {
-        if cond() {
-            return Ok(());
+        if let Some(value) = check()? {
+            return Ok(value);
         }
         if start.elapsed() >= timeout {
             bail!(
@@ -58,6 +62,11 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
         }
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// [`poll`] for a condition.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
+    poll(timeout, what, || Ok(cond().then_some(())))
 }
 
 /// A line of the demo's story: the host's `demo` command prints these, in order.
@@ -674,19 +683,9 @@ impl Kmsg {
         what: &str,
         pred: impl Fn(&str) -> bool,
     ) -> Result<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(line) = self.since()?.into_iter().find(|l| pred(l)) {
-                return Ok(line);
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "timed out after {:.1} s waiting for {what} in the kernel log",
-                    timeout.as_secs_f64()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        poll(timeout, &format!("{what} in the kernel log"), || {
+            Ok(self.since()?.into_iter().find(|l| pred(l)))
+        })
     }
 
     /// The records logged since the mark or the previous call, with their timestamps.
@@ -729,24 +728,17 @@ impl KillLog {
     /// task can be dead and reaped before its line is there.
     pub fn read(kmsg: &mut Kmsg, victims: &[i32]) -> Result<KillLog> {
         let mut log = KillLog { lines: Vec::new() };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let what = format!("the kernel log to report the kill of {victims:?}");
+        let reported = poll(Duration::from_secs(10), &what, || {
             log.lines.extend(kmsg.since()?);
-            let missing: Vec<i32> = victims
+            Ok(victims
                 .iter()
-                .copied()
-                .filter(|&pid| log.kill_line(pid).is_none())
-                .collect();
-            if missing.is_empty() {
-                return Ok(log);
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "the kernel log reports no kill of {missing:?} (waited 10 s):\n{}",
-                    log.text()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
+                .all(|&pid| log.kill_line(pid).is_some())
+                .then_some(()))
+        });
+        match reported {
+            Ok(()) => Ok(log),
+            Err(e) => bail!("{e:#}; the kernel log since the mark:\n{}", log.text()),
         }
     }
 
