@@ -408,16 +408,12 @@ impl Policyd {
         let deadline = Instant::now() + timeout;
         loop {
             self.pump();
-            if let Some(i) = self.log[self.cursor..].iter().position(|l| pred(l)) {
-                let line = self.log[self.cursor + i].clone();
-                self.cursor += i + 1;
+            if let Some(line) = self.take_match(&pred) {
                 return Ok(line);
             }
             if !self.is_running() {
                 self.drain();
-                if let Some(i) = self.log[self.cursor..].iter().position(|l| pred(l)) {
-                    let line = self.log[self.cursor + i].clone();
-                    self.cursor += i + 1;
+                if let Some(line) = self.take_match(&pred) {
                     return Ok(line);
                 }
                 bail!(
@@ -443,6 +439,13 @@ impl Policyd {
                 self.log.push(line);
             }
         }
+    }
+
+    /// The first line past the cursor that satisfies `pred`; moves the cursor past it.
+    fn take_match(&mut self, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let i = self.log[self.cursor..].iter().position(|l| pred(l))?;
+        self.cursor += i + 1;
+        Some(self.log[self.cursor - 1].clone())
     }
 
     /// Waits for the next decision line.
