@@ -13,10 +13,15 @@ use libbpf_rs::btf::types::{MemberAttr, Struct};
 use libbpf_rs::btf::BtfType;
 use libbpf_rs::{Btf, HasSize};
 
+use crate::policy::PolicyName;
+
 /// `POLICYD_MAX_CGROUPS`: entries of the rules map.
 pub const MAX_CGROUPS: u32 = 65536;
 /// `POLICYD_DEFAULTS_KEY`: the rules map key of the defaults entry.
 pub const DEFAULTS_KEY: u64 = 0;
+/// `POLICYD_USAGE_SHIFT`: candidates' usage is compared in units of
+/// `1 << USAGE_SHIFT` bytes (1 MiB).
+pub const USAGE_SHIFT: u32 = 20;
 /// `POLICYD_EVENT_CANDIDATES`: ranked candidates per event.
 pub const EVENT_CANDIDATES: usize = 4;
 
@@ -43,7 +48,9 @@ pub struct PolicydCandidate {
     /// Bytes charged to the cgroup's memcg.
     pub usage: u64,
     pub priority: u32,
-    pub pad: u32,
+    /// `KILL_TASK` or `KILL_CGROUP`.
+    pub kill: u8,
+    pub pad: [u8; 3],
 }
 
 /// `struct policyd_event`: one per OOM, through the `events` ring buffer.
@@ -68,7 +75,19 @@ pub struct PolicydEvent {
     pub candidates: u32,
     /// Last error of `bpf_oom_kill_process()` (negative errno).
     pub kill_err: i32,
-    /// [`Policy`] as a number.
+    /// Candidates looked into, the victim's included.
+    pub tried: u32,
+    /// Candidates before the victim passed over: only unkillable tasks,
+    pub passed_unkillable: u32,
+    /// only exiting tasks,
+    pub passed_exiting: u32,
+    /// emptied or removed since ranked,
+    pub passed_empty: u32,
+    /// every kill refused by the kernel.
+    pub passed_refused: u32,
+    /// Eligible cgroups beyond `MAX_CGROUPS`, never considered.
+    pub over_cap: u32,
+    /// [`PolicyName::abi`] of the policy.
     pub policy: u8,
     pub scope_global: u8,
     /// [`Reason`] as a number.
@@ -76,7 +95,10 @@ pub struct PolicydEvent {
     /// [`Outcome`] as a number.
     pub outcome: u8,
     pub victim_comm: [u8; 16],
-    /// Best first; `[0]` is the victim's cgroup when there is one.
+    /// The candidate ranked right after the victim; cgroup id 0: none.
+    pub runner_up: PolicydCandidate,
+    /// The best-ranked candidates, best first (a report: the victim is not
+    /// among them when more candidates than these were passed over).
     pub ranked: [PolicydCandidate; EVENT_CANDIDATES],
 }
 
@@ -127,40 +149,6 @@ unsafe impl Pod for PolicydRule {}
 unsafe impl Pod for PolicydCandidate {}
 unsafe impl Pod for PolicydEvent {}
 unsafe impl Pod for PolicydStats {}
-
-/// `enum policyd_policy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    Priority,
-    Largest,
-    Badness,
-    Observe,
-    Unknown(u8),
-}
-
-impl From<u8> for Policy {
-    fn from(v: u8) -> Self {
-        match v {
-            0 => Policy::Priority,
-            1 => Policy::Largest,
-            2 => Policy::Badness,
-            3 => Policy::Observe,
-            v => Policy::Unknown(v),
-        }
-    }
-}
-
-impl fmt::Display for Policy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Policy::Priority => f.write_str("priority"),
-            Policy::Largest => f.write_str("largest"),
-            Policy::Badness => f.write_str("badness"),
-            Policy::Observe => f.write_str("observe"),
-            Policy::Unknown(v) => write!(f, "policy#{v}"),
-        }
-    }
-}
 
 /// `enum policyd_reason`: why the victim was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,8 +239,9 @@ impl fmt::Display for Outcome {
 }
 
 impl PolicydEvent {
-    pub fn policy(&self) -> Policy {
-        self.policy.into()
+    /// The policy, or its number if this policyd does not know it.
+    pub fn policy(&self) -> Result<PolicyName, u8> {
+        PolicyName::from_abi(self.policy).ok_or(self.policy)
     }
     pub fn reason(&self) -> Reason {
         self.reason.into()
@@ -296,7 +285,7 @@ pub fn layouts() -> Vec<Layout> {
         layout!(
             PolicydCandidate,
             "policyd_candidate",
-            [cgroup_id, usage, priority, pad]
+            [cgroup_id, usage, priority, kill, pad]
         ),
         layout!(
             PolicydEvent,
@@ -313,11 +302,18 @@ pub fn layouts() -> Vec<Layout> {
                 tasks_killed,
                 candidates,
                 kill_err,
+                tried,
+                passed_unkillable,
+                passed_exiting,
+                passed_empty,
+                passed_refused,
+                over_cap,
                 policy,
                 scope_global,
                 reason,
                 outcome,
                 victim_comm,
+                runner_up,
                 ranked,
             ]
         ),
@@ -442,7 +438,7 @@ mod tests {
         // The numbers policyd.h implies on x86_64 (checked against BTF below).
         assert_eq!(size_of::<PolicydRule>(), 8);
         assert_eq!(size_of::<PolicydCandidate>(), 24);
-        assert_eq!(size_of::<PolicydEvent>(), 184);
+        assert_eq!(size_of::<PolicydEvent>(), 232);
         assert_eq!(size_of::<PolicydStats>(), 72);
     }
 
@@ -478,44 +474,39 @@ mod tests {
     fn enums_name_unknown_values() {
         assert_eq!(Outcome::from(9).to_string(), "outcome#9");
         assert_eq!(Reason::from(1).to_string(), "lowest-priority");
-        assert_eq!(Policy::from(3).to_string(), "observe");
+        let ev = PolicydEvent {
+            policy: 3,
+            ..Default::default()
+        };
+        assert_eq!(ev.policy(), Ok(PolicyName::Observe));
+        let ev = PolicydEvent {
+            policy: 9,
+            ..Default::default()
+        };
+        assert_eq!(ev.policy(), Err(9));
     }
 
-    /// Every compiled policy object agrees with the Rust mirrors.
+    /// The compiled BPF object agrees with the Rust mirrors.
     #[test]
-    fn layout_matches_every_policy_object() {
-        let out = env!("OUT_DIR");
-        let mut checked = 0;
-        for entry in std::fs::read_dir(out).unwrap() {
-            let path = entry.unwrap().path();
-            if !path.to_string_lossy().ends_with(".bpf.o") {
-                continue;
-            }
-            let btf = Btf::from_path(&path).unwrap();
-            if let Err(problems) = check_layout(&btf) {
-                panic!("{}:\n  {}", path.display(), problems.join("\n  "));
-            }
-            // `stats` is where `policyd status` reads it: in .bss.
-            let bss = btf
-                .type_by_kind::<libbpf_rs::btf::types::DataSec<'_>>()
-                .find(|s| s.name().is_some_and(|n| n == ".bss"))
-                .expect(".bss");
-            let (_, tname) = datasec_var(&btf, *bss, "stats").expect("stats in .bss");
-            assert_eq!(tname, "policyd_stats");
-            checked += 1;
+    fn layout_matches_the_bpf_object() {
+        let path = std::path::Path::new(env!("OUT_DIR")).join("policyd.bpf.o");
+        let btf = Btf::from_path(&path).unwrap();
+        if let Err(problems) = check_layout(&btf) {
+            panic!("{}:\n  {}", path.display(), problems.join("\n  "));
         }
-        assert!(checked > 0, "no policy objects in {out}");
+        // `stats` is where `policyd status` reads it: in .bss.
+        let bss = btf
+            .type_by_kind::<libbpf_rs::btf::types::DataSec<'_>>()
+            .find(|s| s.name().is_some_and(|n| n == ".bss"))
+            .expect(".bss");
+        let (_, tname) = datasec_var(&btf, *bss, "stats").expect("stats in .bss");
+        assert_eq!(tname, "policyd_stats");
     }
 
     #[test]
     fn layout_check_reports_differences() {
         // A struct the policies lack altogether is named.
-        let out = env!("OUT_DIR");
-        let obj = std::fs::read_dir(out)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.to_string_lossy().ends_with(".bpf.o"))
-            .expect("a policy object");
+        let obj = std::path::Path::new(env!("OUT_DIR")).join("policyd.bpf.o");
         let btf = Btf::from_path(&obj).unwrap();
         let bogus = Layout {
             name: "policyd_stats",

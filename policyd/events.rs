@@ -6,9 +6,14 @@
 //! ```text
 //! INFO decision policy=priority scope=global victim_cgroup=/demo/batch/j2 pid=310 comm=job2
 //!   priority=10 usage=300MiB rss=290MiB reason=larger-usage outcome=killed killed=1
-//!   handler_us=41 candidates=3 runner_up=/demo/batch/j1 runner_up_priority=10
-//!   runner_up_usage=100MiB kill_err=0 summary="killed pid 310 (job2) of /demo/batch/j2: ..."
+//!   handler_us=41 candidates=3 tried=1 unkillable=0 exiting=0 empty=0 refused=0
+//!   runner_up=/demo/batch/j1 runner_up_priority=10 runner_up_usage=100MiB kill_err=0
+//!   summary="killed pid 310 (job2) of /demo/batch/j2: ..."
 //! ```
+//!
+//! `tried` counts the candidates the handler looked into, the victim's
+//! included; `unkillable`, `exiting`, `empty` and `refused` say why each one
+//! before the victim was passed over.
 //!
 //! (one line in the log). Values with spaces or quotes are quoted; absent
 //! values are "-".
@@ -20,7 +25,7 @@
 
 use std::fmt;
 
-use crate::abi::{Outcome, PolicydEvent, Reason};
+use crate::abi::{Outcome, PolicydEvent, Reason, MAX_CGROUPS};
 use crate::rank::format_bytes;
 
 /// A log value: bare when it is one word, otherwise quoted with escapes.
@@ -66,11 +71,54 @@ pub struct Decision {
     pub tasks_killed: u32,
     pub handler_us: u64,
     pub candidates: u32,
+    /// Candidates looked into, the victim's included.
+    pub tried: u32,
+    /// Why the candidates before the victim were passed over.
+    pub passed: PassedOver,
+    /// Eligible cgroups the handler had no room for.
+    pub over_cap: u32,
     /// The candidate ranked after the victim: path, priority, usage.
     pub runner_up: Option<(String, u32, u64)>,
     /// The best-ranked candidate when there is no victim (e.g. `observe`).
     pub top: Option<String>,
     pub kill_err: i32,
+}
+
+/// Candidates passed over, by why.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassedOver {
+    /// Only init, kernel threads or oom_score_adj -1000 tasks.
+    pub unkillable: u32,
+    /// Only exiting tasks (no memory left to free).
+    pub exiting: u32,
+    /// Emptied or removed since it was ranked.
+    pub empty: u32,
+    /// The kernel refused every kill.
+    pub refused: u32,
+}
+
+impl PassedOver {
+    fn total(&self) -> u32 {
+        self.unkillable + self.exiting + self.empty + self.refused
+    }
+}
+
+impl fmt::Display for PassedOver {
+    /// "3 with only unkillable tasks, 1 exiting"; the counts that are not 0.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts = [
+            (self.unkillable, "with only unkillable tasks"),
+            (self.exiting, "exiting"),
+            (self.empty, "emptied or removed"),
+            (self.refused, "refused by the kernel"),
+        ];
+        let text: Vec<String> = parts
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, what)| format!("{n} {what}"))
+            .collect();
+        f.write_str(&text.join(", "))
+    }
 }
 
 impl Decision {
@@ -86,24 +134,20 @@ impl Decision {
         } else {
             name(ev.victim_cgroup_id)
         };
-        let ranked: Vec<_> = ev.ranked().collect();
-        let runner_up = if ev.victim_cgroup_id == 0 {
-            None
-        } else {
-            ranked
-                .iter()
-                .position(|c| c.cgroup_id == ev.victim_cgroup_id)
-                .and_then(|i| ranked.get(i + 1))
-                .map(|c| (name(c.cgroup_id), c.priority, c.usage))
-        };
+        let runner_up = Some(&ev.runner_up)
+            .filter(|c| ev.victim_cgroup_id != 0 && c.cgroup_id != 0)
+            .map(|c| (name(c.cgroup_id), c.priority, c.usage));
         let top = if ev.victim_cgroup_id == 0 {
-            ranked.first().map(|c| name(c.cgroup_id))
+            ev.ranked().next().map(|c| name(c.cgroup_id))
         } else {
             None
         };
         let comm = ev.comm();
         Decision {
-            policy: ev.policy().to_string(),
+            policy: match ev.policy() {
+                Ok(p) => p.to_string(),
+                Err(n) => format!("policy#{n}"),
+            },
             scope,
             victim_cgroup,
             pid: ev.victim_pid,
@@ -120,6 +164,14 @@ impl Decision {
             tasks_killed: ev.tasks_killed,
             handler_us: ev.handler_ns / 1000,
             candidates: ev.candidates,
+            tried: ev.tried,
+            passed: PassedOver {
+                unkillable: ev.passed_unkillable,
+                exiting: ev.passed_exiting,
+                empty: ev.passed_empty,
+                refused: ev.passed_refused,
+            },
+            over_cap: ev.over_cap,
             runner_up,
             top,
             kill_err: ev.kill_err,
@@ -149,6 +201,23 @@ impl Decision {
 
     /// One sentence: what happened.
     pub fn summary(&self) -> String {
+        let mut text = self.what_happened();
+        if self.passed.total() > 0 {
+            let before = if matches!(self.outcome, Outcome::Killed | Outcome::DryRun) {
+                "before it, "
+            } else {
+                ""
+            };
+            text.push_str(&format!(
+                "; {before}passed over {} candidate(s): {}",
+                self.passed.total(),
+                self.passed
+            ));
+        }
+        text
+    }
+
+    fn what_happened(&self) -> String {
         match self.outcome {
             Outcome::Killed => {
                 let n = self.tasks_killed;
@@ -175,8 +244,9 @@ impl Decision {
                 self.why()
             ),
             Outcome::KillFailed => format!(
-                "every kill attempt failed (last error {}); left to the kernel's OOM killer",
-                self.kill_err
+                "none of the {} candidate(s) had anything to kill (last kill error {}); left to \
+                 the kernel's OOM killer",
+                self.tried, self.kill_err
             ),
             Outcome::Deferred => match &self.top {
                 Some(top) => format!(
@@ -189,8 +259,16 @@ impl Decision {
         }
     }
 
-    /// Log the decision: one info line.
+    /// Log the decision: one info line (and a warning when eligible cgroups
+    /// did not fit the handler's table).
     pub fn log(&self) {
+        if self.over_cap > 0 {
+            tracing::warn!(
+                "{} eligible cgroup(s) in scope were not considered for this OOM: the handler \
+                 ranks at most {MAX_CGROUPS} cgroups",
+                self.over_cap
+            );
+        }
         let (ru, ru_prio, ru_usage) = match &self.runner_up {
             Some((p, prio, usage)) => (p.clone(), prio.to_string(), size(*usage)),
             None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
@@ -209,6 +287,11 @@ impl Decision {
             killed = self.tasks_killed,
             handler_us = self.handler_us,
             candidates = self.candidates,
+            tried = self.tried,
+            unkillable = self.passed.unkillable,
+            exiting = self.passed.exiting,
+            empty = self.passed.empty,
+            refused = self.passed.refused,
             runner_up = %Val(ru),
             runner_up_priority = %ru_prio,
             runner_up_usage = %ru_usage,
@@ -284,7 +367,8 @@ mod tests {
             cgroup_id,
             usage,
             priority,
-            pad: 0,
+            kill: 0,
+            pad: [0; 3],
         }
     }
 
@@ -310,6 +394,7 @@ mod tests {
             victim_priority: 10,
             tasks_killed: 1,
             candidates: 3,
+            tried: 1,
             policy: 0,
             reason: 2,
             outcome: 0,
@@ -319,6 +404,7 @@ mod tests {
         ev.ranked[0] = cand(12, 10, 300 * MIB);
         ev.ranked[1] = cand(11, 10, 100 * MIB);
         ev.ranked[2] = cand(13, 500, 200 * MIB);
+        ev.runner_up = cand(11, 10, 100 * MIB);
         ev
     }
 
@@ -360,9 +446,62 @@ mod tests {
             logged(&d),
             " INFO decision policy=priority scope=global victim_cgroup=/demo/batch/j2 pid=310 \
              comm=job2 priority=10 usage=300MiB rss=290MiB reason=larger-usage outcome=killed \
-             killed=1 handler_us=41 candidates=3 runner_up=/demo/batch/j1 runner_up_priority=10 \
-             runner_up_usage=100MiB kill_err=0 summary=\"killed pid 310 (job2) of \
-             /demo/batch/j2: lowest priority (10), tie broken by larger usage (300MiB)\"\n"
+             killed=1 handler_us=41 candidates=3 tried=1 unkillable=0 exiting=0 empty=0 \
+             refused=0 runner_up=/demo/batch/j1 runner_up_priority=10 runner_up_usage=100MiB \
+             kill_err=0 summary=\"killed pid 310 (job2) of /demo/batch/j2: lowest priority \
+             (10), tie broken by larger usage (300MiB)\"\n"
+        );
+    }
+
+    #[test]
+    fn candidates_passed_over_are_counted_by_why() {
+        // The victim ranked fifth: four cheaper cgroups had nothing to kill.
+        let mut ev = killed_event();
+        ev.reason = 1;
+        ev.tried = 5;
+        ev.passed_unkillable = 2;
+        ev.passed_exiting = 1;
+        ev.passed_refused = 1;
+        let d = Decision::new(&ev, names);
+        assert_eq!(
+            d.summary(),
+            "killed pid 310 (job2) of /demo/batch/j2: lowest priority (10); before it, passed \
+             over 4 candidate(s): 2 with only unkillable tasks, 1 exiting, 1 refused by the kernel"
+        );
+        let line = logged(&d);
+        assert!(
+            line.contains(" tried=5 unkillable=2 exiting=1 empty=0 refused=1 "),
+            "{line}"
+        );
+
+        // Nothing killable anywhere: the kernel decides, and the line says why.
+        ev.outcome = 4;
+        ev.tasks_killed = 0;
+        ev.victim_cgroup_id = 0;
+        ev.victim_pid = 0;
+        ev.passed_empty = 1;
+        ev.kill_err = -3;
+        let d = Decision::new(&ev, names);
+        assert_eq!(d.runner_up, None);
+        assert_eq!(
+            d.summary(),
+            "none of the 5 candidate(s) had anything to kill (last kill error -3); left to the \
+             kernel's OOM killer; passed over 5 candidate(s): 2 with only unkillable tasks, 1 \
+             exiting, 1 emptied or removed, 1 refused by the kernel"
+        );
+    }
+
+    #[test]
+    fn candidates_beyond_the_table_are_a_warning() {
+        let mut ev = killed_event();
+        ev.over_cap = 7;
+        let out = logged(&Decision::new(&ev, names));
+        assert!(
+            out.starts_with(
+                " WARN 7 eligible cgroup(s) in scope were not considered for this OOM: the \
+                 handler ranks at most 65536 cgroups\n INFO decision "
+            ),
+            "{out}"
         );
     }
 

@@ -1,14 +1,15 @@
 //! Loading a policy object into the kernel and attaching its handler to a
 //! cgroup.
 //!
-//! Every policy object follows one contract (see `bpf/policies/common.bpf.h`):
+//! One BPF object, `bpf/policies/policyd.bpf.c`, serves every policy:
 //!
-//! * struct_ops map `<policy>_ops` (`struct bpf_oom_ops`) in `.struct_ops.link`;
+//! * `const volatile` `policy` and `dry_run` in `.rodata`, set before load;
+//! * struct_ops map `policyd_ops` (`struct bpf_oom_ops`) in `.struct_ops.link`,
+//!   whose value policyd builds from kernel BTF ([`KernelBtf::oom_ops_value`]);
 //! * `rules`: an array-of-maps with one slot whose inner hash maps cgroup id →
 //!   `struct policyd_rule`; policyd creates the inner maps and swaps them;
 //! * `events`: a ring buffer of `struct policyd_event`;
-//! * `const volatile bool dry_run` in `.rodata`, `struct policyd_stats stats`
-//!   in `.bss`.
+//! * `struct policyd_stats stats` in `.bss`.
 //!
 //! The handler is attached with a struct_ops link created by
 //! `bpf_link_create(map, cgroup_fd, BPF_STRUCT_OPS, BPF_F_CGROUP_FD)`: libbpf
@@ -17,7 +18,7 @@
 
 use std::fs::File;
 use std::io;
-use std::mem::{size_of, ManuallyDrop, MaybeUninit};
+use std::mem::{offset_of, size_of};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::ptr::NonNull;
@@ -25,14 +26,13 @@ use std::ptr::NonNull;
 use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::btf::types::MemberAttr;
 use libbpf_rs::libbpf_sys;
-#[allow(unused_imports)] // used by the per-policy arms, which depend on the build
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{
-    AsRawLibbpf, Btf, ErrorKind, Map, MapCore, MapFlags, MapHandle, MapType, Object, OpenMap,
-    OpenObject,
+    AsRawLibbpf, Btf, ErrorKind, Map, MapCore, MapFlags, MapHandle, MapType, Object,
+    ObjectBuilder, OpenMap, OpenObject,
 };
 
 use crate::abi::{self, PolicydRule};
+use crate::bpf::skel;
 use crate::policy::PolicyName;
 
 /// `BPF_F_CGROUP_FD` (uapi/linux/bpf.h): `link_create.target_fd` is a cgroup.
@@ -158,7 +158,6 @@ pub struct InnerSpec {
 
 impl InnerSpec {
     /// From the inner map template of `rules` (libbpf drops it at load).
-    #[allow(dead_code)] // unused when no policy source existed at build time
     fn of_open_object(obj: &OpenObject) -> Result<Self> {
         let rules = obj
             .maps()
@@ -221,61 +220,25 @@ fn with_permission_hint(e: libbpf_rs::Error, what: &str) -> anyhow::Error {
     }
 }
 
+/// policyd's BPF object (bpf/policies/policyd.bpf.c), as build.rs compiled it.
+/// Opened from memory, it is owned like any other value.
+const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policyd.bpf.o"));
+
+/// The handler program's name in [`OBJECT`].
+const HANDLER_PROG: &str = "policyd_handle_oom";
+
+/// The struct_ops map of [`OBJECT`].
+const OPS_MAP: &str = "policyd_ops";
+
 /// One loaded policy object (programs verified, maps created), not attached.
 pub struct PolicyObject {
     policy: PolicyName,
-    /// Borrows `*storage`; dropped first (see `Drop`).
-    skel: ManuallyDrop<Box<dyn Skel<'static>>>,
-    storage: NonNull<MaybeUninit<OpenObject>>,
+    object: Object,
     inner: InnerSpec,
     /// The handler program's fd (owned by the object).
     handler_fd: RawFd,
-    /// `bpf_oom_ops.name` as the object initialises it.
-    handler_name: Vec<u8>,
 }
 
-impl Drop for PolicyObject {
-    fn drop(&mut self) {
-        // SAFETY: the skeleton borrows the storage, so it goes first; the
-        // storage came from Box::into_raw in `open_load` and is freed once.
-        unsafe {
-            ManuallyDrop::drop(&mut self.skel);
-            drop(Box::from_raw(self.storage.as_ptr()));
-        }
-    }
-}
-
-/// Open one policy's skeleton into `$storage`, set `dry_run`, load it, and
-/// take what the generic code needs from its typed parts.
-#[allow(unused_macros)] // unused when no policy source existed at build time
-macro_rules! open_load {
-    ($module:ident, $builder:ident, $ops:ident, $storage:expr, $dry_run:expr) => {{
-        let mut open = crate::bpf::$module::$builder::default()
-            .open($storage)
-            .context("opening the BPF object")?;
-        open.maps
-            .rodata_data
-            .as_deref_mut()
-            .context("the policy object has no .rodata for dry_run")?
-            .dry_run = $dry_run;
-        let inner = InnerSpec::of_open_object(open.open_object())?;
-        let skel = open.load().map_err(load_error)?;
-        let ops = skel.struct_ops().$ops();
-        // SAFETY: libbpf keeps the program pointer valid while the object lives.
-        let handler_fd = unsafe { libbpf_sys::bpf_program__fd(ops.handle_out_of_memory) };
-        let name: Vec<u8> = ops.name.iter().map(|&c| c as u8).collect();
-        (
-            Box::new(skel) as Box<dyn Skel<'static>>,
-            inner,
-            handler_fd,
-            name,
-        )
-    }};
-}
-
-type Loaded = (Box<dyn Skel<'static>>, InnerSpec, RawFd, Vec<u8>);
-
-#[allow(dead_code)] // unused when no policy source existed at build time
 fn load_error(e: libbpf_rs::Error) -> anyhow::Error {
     match e.kind() {
         // EPERM and EACCES look alike here; as root, EACCES is the verifier.
@@ -297,88 +260,72 @@ fn load_error(e: libbpf_rs::Error) -> anyhow::Error {
     }
 }
 
-fn open_load_skel(
-    policy: PolicyName,
-    storage: &'static mut MaybeUninit<OpenObject>,
-    dry_run: bool,
-) -> Result<Loaded> {
-    let _ = (&storage, dry_run);
-    #[allow(unreachable_code)]
-    Ok(match policy {
-        #[cfg(policyd_skel = "priority")]
-        PolicyName::Priority => {
-            open_load!(
-                priority,
-                PrioritySkelBuilder,
-                priority_ops,
-                storage,
-                dry_run
-            )
-        }
-        #[cfg(policyd_skel = "largest")]
-        PolicyName::Largest => {
-            open_load!(largest, LargestSkelBuilder, largest_ops, storage, dry_run)
-        }
-        #[cfg(policyd_skel = "badness")]
-        PolicyName::Badness => {
-            open_load!(badness, BadnessSkelBuilder, badness_ops, storage, dry_run)
-        }
-        #[cfg(policyd_skel = "observe")]
-        PolicyName::Observe => {
-            open_load!(observe, ObserveSkelBuilder, observe_ops, storage, dry_run)
-        }
-        #[allow(unreachable_patterns)]
-        other => bail!(
-            "policy {other} is not built into this policyd (bpf/policies/{other}.bpf.c did not \
-             exist when it was compiled)"
-        ),
-    })
+/// Choose the policy and dry-run in the object's `.rodata`, before load: the
+/// verifier then drops the code of the other policies.
+fn configure(open: &mut OpenObject, policy: PolicyName, dry_run: bool) -> Result<()> {
+    let mut rodata = open
+        .maps_mut()
+        .find(|m| m.name().to_string_lossy().ends_with(".rodata"))
+        .context("the BPF object has no .rodata section")?;
+    let bytes = rodata
+        .initial_value_mut()
+        .context("the BPF object's .rodata has no initial value")?;
+    // Byte by byte at the skeleton's offsets: the section may end before the
+    // trailing padding of the skeleton's struct.
+    let fields = [
+        (offset_of!(skel::types::rodata, policy), policy.abi()),
+        (offset_of!(skel::types::rodata, dry_run), u8::from(dry_run)),
+    ];
+    let len = bytes.len();
+    for (offset, value) in fields {
+        let byte = bytes.get_mut(offset).with_context(|| {
+            format!("the BPF object's .rodata ({len} bytes) does not match its skeleton")
+        })?;
+        *byte = value;
+    }
+    Ok(())
 }
 
 impl PolicyObject {
-    /// Open and load `policy` with `dry_run` set. Verifies the programs and
-    /// creates the maps; attaches nothing. Checks the object's shared
-    /// structs against [`crate::abi`].
+    /// Open and load the handler as `policy` with `dry_run` set. Verifies the
+    /// program and creates the maps; attaches nothing. Checks the object's
+    /// shared structs against [`crate::abi`].
     pub fn open_load(policy: PolicyName, dry_run: bool) -> Result<Self> {
-        let storage = Box::into_raw(Box::new(MaybeUninit::<OpenObject>::uninit()));
-        // SAFETY: freshly allocated; the only reference until drop.
-        let loaded = open_load_skel(policy, unsafe { &mut *storage }, dry_run);
-        let (skel, inner, handler_fd, handler_name) = match loaded {
-            Ok(l) => l,
-            Err(e) => {
-                // SAFETY: on error the skeleton has dropped whatever it put in
-                // the storage; nothing borrows it any more.
-                drop(unsafe { Box::from_raw(storage) });
-                return Err(e.context(format!("policy {policy}")));
-            }
-        };
-        let obj = PolicyObject {
-            policy,
-            skel: ManuallyDrop::new(skel),
-            // SAFETY: from Box::into_raw, never null.
-            storage: unsafe { NonNull::new_unchecked(storage) },
-            inner,
-            handler_fd,
-            handler_name,
-        };
-        if obj.handler_fd < 0 {
-            bail!("policy {policy}: the handler program has no fd after load");
-        }
-        let btf = obj
-            .object()
+        Self::open_load_inner(policy, dry_run).with_context(|| format!("policy {policy}"))
+    }
+
+    fn open_load_inner(policy: PolicyName, dry_run: bool) -> Result<Self> {
+        let mut open = ObjectBuilder::default()
+            .name("policyd")
+            .and_then(|b| b.open_memory(OBJECT))
+            .context("opening the BPF object")?;
+        configure(&mut open, policy, dry_run)?;
+        let inner = InnerSpec::of_open_object(&open)?;
+        let object = open.load().map_err(load_error)?;
+        let handler_fd = object
+            .progs()
+            .find(|p| p.name() == HANDLER_PROG)
+            .map(|p| p.as_fd().as_raw_fd())
+            .with_context(|| format!("the BPF object has no program {HANDLER_PROG}"))?;
+        let btf = object
             .btf()
             .ok()
             .flatten()
-            .with_context(|| format!("policy {policy}: the object has no BTF"))?;
+            .context("the BPF object has no BTF")?;
         if let Err(problems) = abi::check_layout(&btf) {
             bail!(
-                "policy {policy}: its shared structs differ from policyd's (rebuild both from \
-                 the same bpf/policies/policyd.h):\n  {}",
+                "its shared structs differ from policyd's (rebuild both from the same \
+                 bpf/policies/policyd.h):\n  {}",
                 problems.join("\n  ")
             );
         }
         drop(btf);
-        Ok(obj)
+        Ok(PolicyObject {
+            policy,
+            object,
+            inner,
+            handler_fd,
+        })
     }
 
     pub fn policy(&self) -> PolicyName {
@@ -386,21 +333,17 @@ impl PolicyObject {
     }
 
     pub fn object(&self) -> &Object {
-        self.skel.object()
+        &self.object
     }
 
     pub fn inner_spec(&self) -> &InnerSpec {
         &self.inner
     }
 
-    /// The handler's name, e.g. "policyd_priority".
+    /// The handler's name as the OOM report and `policyd status` show it,
+    /// e.g. "policyd_priority".
     pub fn handler_name(&self) -> String {
-        let end = self
-            .handler_name
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(self.handler_name.len());
-        String::from_utf8_lossy(&self.handler_name[..end]).into_owned()
+        format!("policyd_{}", self.policy)
     }
 
     fn map(&self, name: &str) -> Result<Map<'_>> {
@@ -410,9 +353,9 @@ impl PolicyObject {
             .with_context(|| format!("policy {}: no map `{name}` in the object", self.policy))
     }
 
-    /// The struct_ops map, `<policy>_ops`.
+    /// The struct_ops map.
     pub fn ops_map(&self) -> Result<Map<'_>> {
-        self.map(&format!("{}_ops", self.policy))
+        self.map(OPS_MAP)
     }
 
     pub fn events_map(&self) -> Result<Map<'_>> {
@@ -435,7 +378,7 @@ impl PolicyObject {
         let value = kernel.oom_ops_value(
             map.value_size() as usize,
             self.handler_fd,
-            &self.handler_name,
+            self.handler_name().as_bytes(),
         )?;
         map.update(&0u32.to_ne_bytes(), &value, MapFlags::ANY)
             .map_err(|e| with_permission_hint(e, "registering the handler in its struct_ops map"))

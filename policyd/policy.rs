@@ -1,8 +1,8 @@
 //! The selectable OOM policies: their names and what each one does.
 //!
-//! Every policy here has a BPF program under `bpf/policies/<name>.bpf.c`; the
-//! userspace twin of its victim choice (used by `policyd explain`) lives in
-//! [`crate::rank`].
+//! One BPF object, `bpf/policies/policyd.bpf.c`, implements them all; the
+//! policy is chosen when it is loaded. The userspace twin of its victim
+//! choice (used by `policyd explain`) lives in [`crate::rank`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -63,6 +63,21 @@ impl PolicyName {
             PolicyName::Badness => "badness",
             PolicyName::Observe => "observe",
         }
+    }
+
+    /// `enum policyd_policy` (bpf/policies/policyd.h): the number the BPF
+    /// object's `policy` setting and its events use.
+    pub const fn abi(self) -> u8 {
+        match self {
+            PolicyName::Priority => 0,
+            PolicyName::Largest => 1,
+            PolicyName::Badness => 2,
+            PolicyName::Observe => 3,
+        }
+    }
+
+    pub fn from_abi(v: u8) -> Option<PolicyName> {
+        POLICIES.iter().map(|p| p.name).find(|n| n.abi() == v)
     }
 
     pub fn description(self) -> &'static str {

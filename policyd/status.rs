@@ -6,8 +6,8 @@
 //! 2. the link info's cgroup id (our kernel extends
 //!    `bpf_link_info.struct_ops` with it) → path, by cgroup directory inode;
 //! 3. the struct_ops map's value → handler name and program id; the
-//!    program's maps → the policy's `.bss` and `.rodata`, whose BTF says
-//!    where `stats` and `dry_run` are;
+//!    program's maps → the handler's `.bss` and `.rodata`, whose BTF says
+//!    where `stats`, `policy` and `dry_run` are;
 //! 4. /proc/*/fdinfo → the processes holding the link, and when they started.
 //!
 //! Handlers without policyd's `.bss` (loaded by another tool) are listed
@@ -33,6 +33,7 @@ use crate::cgroupfs::CgroupTree;
 use crate::cli::StatusArgs;
 use crate::commands;
 use crate::loader::{self, KernelBtf, OOM_OPS, OOM_OPS_VALUE};
+use crate::policy::PolicyName;
 
 /// One attached BPF OOM handler.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -424,16 +425,23 @@ fn var_in(btf: &Btf<'_>, value_type_id: u32, var: &str) -> Option<(u32, String)>
     abi::datasec_var(btf, ty, var)
 }
 
-/// policyd's counters and dry_run from the `.bss`/`.rodata` of the
-/// handler's program `prog_id`.
-fn policyd_data(prog_id: u32) -> (Option<PolicydStats>, Option<bool>) {
+/// What policyd's handler says of itself, from the `.bss` and `.rodata` of
+/// its program `prog_id`.
+#[derive(Debug, Default)]
+struct HandlerData {
+    stats: Option<PolicydStats>,
+    policy: Option<PolicyName>,
+    dry_run: Option<bool>,
+}
+
+fn policyd_data(prog_id: u32) -> HandlerData {
+    let mut data = HandlerData::default();
     let Ok(map_ids) = prog_map_ids(prog_id) else {
-        return (None, None);
+        return data;
     };
     let Ok(btf) = Btf::from_prog_id(prog_id) else {
-        return (None, None);
+        return data;
     };
-    let (mut stats, mut dry_run) = (None, None);
     for id in map_ids {
         // SAFETY: the id may be stale: then an error.
         let Ok(fd) = fd_from(unsafe { libbpf_sys::bpf_map_get_fd_by_id(id) }) else {
@@ -441,25 +449,27 @@ fn policyd_data(prog_id: u32) -> (Option<PolicydStats>, Option<bool>) {
         };
         let Ok(info) = map_info(&fd) else { continue };
         let name = map_name(&info);
+        let var = |name: &str| var_in(&btf, info.btf_value_type_id, name);
         if name.ends_with(".bss") {
-            let Some((off, tname)) = var_in(&btf, info.btf_value_type_id, "stats") else {
+            let Some((off, tname)) = var("stats") else {
                 continue;
             };
             if tname != "policyd_stats" {
                 continue;
             }
             if let Ok(v) = lookup0(&fd, info.value_size) {
-                stats = v.get(off as usize..).and_then(PolicydStats::from_bytes);
+                data.stats = v.get(off as usize..).and_then(PolicydStats::from_bytes);
             }
         } else if name.ends_with(".rodata") {
-            if let Some((off, _)) = var_in(&btf, info.btf_value_type_id, "dry_run") {
-                if let Ok(v) = lookup0(&fd, info.value_size) {
-                    dry_run = v.get(off as usize).map(|&b| b != 0);
-                }
-            }
+            let Ok(v) = lookup0(&fd, info.value_size) else {
+                continue;
+            };
+            let byte = |(off, _): (u32, String)| v.get(off as usize).copied();
+            data.dry_run = var("dry_run").and_then(byte).map(|b| b != 0);
+            data.policy = var("policy").and_then(byte).and_then(PolicyName::from_abi);
         }
     }
-    (stats, dry_run)
+    data
 }
 
 /// Every attached BPF OOM handler.
@@ -510,14 +520,16 @@ pub fn discover(cgroup_root: Option<&Path>, proc_root: &Path) -> Result<Vec<Hand
                 String::from_utf8_lossy(&b[..end]).into_owned()
             })
             .unwrap_or_default();
-        let (stats, dry_run) = prog_id.map(policyd_data).unwrap_or((None, None));
-        let policy = stats.and(name.strip_prefix("policyd_").map(str::to_owned));
+        let data = prog_id.map(policyd_data).unwrap_or_default();
+        // Only policyd's own handler has its counters and settings.
+        let policy = data.policy.filter(|_| data.stats.is_some());
+        let (stats, dry_run) = (data.stats, data.dry_run);
         found.push(Handler {
             link_id: id,
             map_id,
             name,
-            dry_run: policy.as_ref().and(dry_run),
-            policy,
+            dry_run: policy.and(dry_run),
+            policy: policy.map(|p| p.to_string()),
             cgroup_id,
             cgroup: String::new(),
             system_wide: cgroup_id <= 1,

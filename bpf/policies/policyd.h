@@ -13,10 +13,16 @@
 /* Room for this many cgroups in the rules map. */
 #define POLICYD_MAX_CGROUPS 65536
 
+/* Candidates' memory usage is compared in units of 1 << this many bytes (1 MiB). */
+#define POLICYD_USAGE_SHIFT 20
+
 /* Key of the rules map entry that holds the defaults (no cgroup has id 0). */
 #define POLICYD_DEFAULTS_KEY 0
 
-/* How many ranked candidates an event carries. */
+/*
+ * How many of the best-ranked candidates an event reports.  A report only:
+ * the handler itself looks at every eligible cgroup, in rank order.
+ */
 #define POLICYD_EVENT_CANDIDATES 4
 
 enum policyd_kill {
@@ -64,7 +70,8 @@ struct policyd_candidate {
 	__u64 cgroup_id;
 	__u64 usage;			/* bytes charged to the cgroup's memcg */
 	__u32 priority;
-	__u32 pad;
+	__u8 kill;			/* enum policyd_kill */
+	__u8 pad[3];
 };
 
 /* One per OOM the handler sees, through the `events` ring buffer. */
@@ -80,12 +87,25 @@ struct policyd_event {
 	__u32 tasks_killed;
 	__u32 candidates;		/* eligible cgroups (tasks for badness) seen */
 	__s32 kill_err;			/* last error of bpf_oom_kill_process() */
+	/*
+	 * Candidates looked into, the victim's included, and why each one
+	 * before the victim was passed over.
+	 */
+	__u32 tried;
+	__u32 passed_unkillable;	/* only init, kthreads, oom_score_adj -1000 */
+	__u32 passed_exiting;		/* its tasks are exiting (no mm left) */
+	__u32 passed_empty;		/* emptied or removed since it was ranked */
+	__u32 passed_refused;		/* the kernel refused every kill in it */
+	/* Eligible cgroups beyond POLICYD_MAX_CGROUPS, never considered. */
+	__u32 over_cap;
 	__u8 policy;			/* enum policyd_policy */
 	__u8 scope_global;		/* 1: system-wide OOM */
 	__u8 reason;			/* enum policyd_reason */
 	__u8 outcome;			/* enum policyd_outcome */
 	char victim_comm[16];
-	/* Best first; [0] is the victim's cgroup when there is one. */
+	/* The candidate that ranks right after the victim; cgroup_id 0: none. */
+	struct policyd_candidate runner_up;
+	/* The best-ranked candidates, best first (a report; may omit the victim). */
 	struct policyd_candidate ranked[POLICYD_EVENT_CANDIDATES];
 };
 

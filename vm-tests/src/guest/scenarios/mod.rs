@@ -24,6 +24,7 @@ mod policyd_explain;
 mod policyd_kill_cgroup;
 mod policyd_largest_badness;
 mod policyd_lifecycle;
+mod policyd_passes_over;
 mod policyd_priority;
 mod policyd_protect;
 mod policyd_reload;
@@ -48,6 +49,7 @@ pub fn all() -> Vec<Scenario> {
         policyd_priority::memcg(),
         policyd_priority::global(),
         policyd_protect::scenario(),
+        policyd_passes_over::scenario(),
         policyd_kill_cgroup::scenario(),
         policyd_rule_matching::scenario(),
         policyd_reload::scenario(),

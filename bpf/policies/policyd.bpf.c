@@ -1,0 +1,733 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * policyd's BPF OOM handler: one object for every policy, chosen at load
+ * time through `policy` in .rodata (the verifier drops the other branches).
+ *
+ *   priority  the eligible cgroup with the lowest priority dies; between
+ *             equals, the one using the most memory
+ *   largest   the eligible leaf cgroup using the most memory dies
+ *   observe   rank as priority does, report, kill nothing
+ *   badness   the kernel's own oom_badness() choice, rules ignored
+ *
+ * An eligible cgroup is a populated, unprotected, non-root, non-threaded
+ * cgroup in the OOM's scope that holds processes itself.  The cgroup
+ * policies try every eligible cgroup, best first, until a kill succeeds;
+ * the kernel's own killer decides only when none had anything killable.
+ *
+ * Handlers run one at a time (the kernel holds oom_lock around them), so the
+ * scratch state below needs no locking.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+#include "policyd.h"
+
+#define OOM_SCORE_ADJ_MIN (-1000)
+#define PF_KTHREAD 0x00200000
+#define PAGE_SIZE 4096
+#define LONG_MIN (-9223372036854775807L - 1)
+#define LONG_MAX 9223372036854775807L
+
+/* Deepest cgroup nesting whose rule inheritance the handler resolves itself. */
+#define MAX_CGROUP_DEPTH 32
+
+/* Levels of a binary heap of POLICYD_MAX_CGROUPS (2^16) candidates. */
+#define HEAP_LEVELS 17
+
+char _license[] SEC("license") = "GPL";
+
+/* Set by policyd before load. */
+const volatile __u8 policy = POLICYD_POLICY_PRIORITY;
+/* Decide and report, but leave the kill to the kernel. */
+const volatile bool dry_run;
+
+struct policyd_stats stats;
+
+/* The event being built; sent to user space when the handler is done. */
+struct policyd_event event;
+
+/* rules[0] is a cgroup id -> policyd_rule hash that policyd swaps as a whole. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_HASH);
+		__uint(max_entries, POLICYD_MAX_CGROUPS);
+		__type(key, __u64);
+		__type(value, struct policyd_rule);
+	});
+} rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+/*
+ * Every eligible cgroup of the OOM being handled, as a binary heap whose
+ * root is the best victim: ranking costs O(log n) per cgroup, and each
+ * candidate tried after a failed one costs O(log n) more.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, POLICYD_MAX_CGROUPS);
+	__type(key, __u32);
+	__type(value, struct policyd_candidate);
+} heap SEC(".maps");
+
+__u32 heap_len;
+
+/*
+ * Until policyd installs its rules.  A global, not a static: that also puts
+ * the complete struct policyd_rule into the object's BTF, which the rules
+ * map's inner definition alone does not, and libbpf needs it to size the map.
+ */
+const struct policyd_rule builtin_defaults = {
+	.priority = 100,
+	.kill = POLICYD_KILL_TASK,
+};
+
+static __always_inline void *rules_map(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&rules, &zero);
+}
+
+/*
+ * The resolved settings of @cgrp.  policyd writes an entry for every cgroup;
+ * one created since then inherits from its nearest ancestor that has one.
+ */
+static __always_inline struct policyd_rule rule_of(void *rmap, struct cgroup *cgrp)
+{
+	struct policyd_rule *rule;
+	__u64 key;
+	int i;
+
+	if (!rmap)
+		return builtin_defaults;
+
+	for (i = 0; i < MAX_CGROUP_DEPTH && cgrp; i++) {
+		key = BPF_CORE_READ(cgrp, kn, id);
+		rule = bpf_map_lookup_elem(rmap, &key);
+		if (rule)
+			return *rule;
+		cgrp = BPF_CORE_READ(cgrp, self.parent, cgroup);
+	}
+
+	key = POLICYD_DEFAULTS_KEY;
+	rule = bpf_map_lookup_elem(rmap, &key);
+	return rule ? *rule : builtin_defaults;
+}
+
+/* Bytes charged to @cgrp's memcg; 0 without the memory controller there. */
+static __always_inline __u64 cgroup_usage(struct cgroup *cgrp)
+{
+	struct cgroup_subsys_state *css;
+	struct mem_cgroup *memcg;
+
+	css = BPF_CORE_READ(cgrp, subsys[memory_cgrp_id]);
+	if (!css)
+		return 0;
+	memcg = container_of(css, struct mem_cgroup, css);
+	return BPF_CORE_READ(memcg, memory.usage.counter) * PAGE_SIZE;
+}
+
+/* Resident memory of @task's mm, in pages, as get_mm_rss() counts it. */
+static __always_inline __u64 task_rss_pages(struct task_struct *task)
+{
+	struct mm_struct *mm = task->mm;
+	__s64 pages;
+
+	if (!mm)
+		return 0;
+	pages = BPF_CORE_READ(mm, rss_stat[MM_FILEPAGES].count) +
+		BPF_CORE_READ(mm, rss_stat[MM_ANONPAGES].count) +
+		BPF_CORE_READ(mm, rss_stat[MM_SHMEMPAGES].count);
+	return pages > 0 ? pages : 0;
+}
+
+/* Tasks the kernel refuses to kill whatever their state. */
+static __always_inline bool task_unkillable(struct task_struct *task)
+{
+	return task->tgid == 1 || (task->flags & PF_KTHREAD) ||
+	       task->signal->oom_score_adj == OOM_SCORE_ADJ_MIN;
+}
+
+/*
+ * Is @a a better victim than @b?  Under `priority` (and `observe`, which
+ * reports what priority would do): lower priority, then more memory, then
+ * the lower cgroup id.  Under `largest`: more memory, then the lower id.
+ *
+ * Memory is compared in whole MiB: usage moves by a few pages all the time
+ * (per-CPU charge caches, page tables), and two cgroups of the same size
+ * must not swap places between `policyd explain` and the OOM.
+ */
+static __always_inline bool better(const struct policyd_candidate *a,
+				   const struct policyd_candidate *b)
+{
+	__u64 mib_a = a->usage >> POLICYD_USAGE_SHIFT, mib_b = b->usage >> POLICYD_USAGE_SHIFT;
+
+	if (policy != POLICYD_POLICY_LARGEST && a->priority != b->priority)
+		return a->priority < b->priority;
+	if (mib_a != mib_b)
+		return mib_a > mib_b;
+	return a->cgroup_id < b->cgroup_id;
+}
+
+static __noinline void heap_push(const struct policyd_candidate *cand)
+{
+	struct policyd_candidate *parent, *slot;
+	__u32 i = heap_len, up;
+	int level;
+
+	if (i >= POLICYD_MAX_CGROUPS) {
+		event.over_cap++;
+		return;
+	}
+	heap_len = i + 1;
+
+	/* Move worse parents down until @cand's place is found. */
+	bpf_for(level, 0, HEAP_LEVELS) {
+		if (!i)
+			break;
+		up = (i - 1) / 2;
+		parent = bpf_map_lookup_elem(&heap, &up);
+		slot = bpf_map_lookup_elem(&heap, &i);
+		if (!parent || !slot || !better(cand, parent))
+			break;
+		*slot = *parent;
+		i = up;
+	}
+	slot = bpf_map_lookup_elem(&heap, &i);
+	if (slot)
+		*slot = *cand;
+}
+
+/* Take the best candidate out of the heap.  Return: false if it is empty. */
+static __noinline bool heap_pop(struct policyd_candidate *out)
+{
+	struct policyd_candidate *root, *last, *child, *right, *slot;
+	struct policyd_candidate moving;
+	__u32 i = 0, c, r, n;
+	int level;
+
+	if (!heap_len)
+		return false;
+	root = bpf_map_lookup_elem(&heap, &i);
+	if (!root)
+		return false;
+	*out = *root;
+	n = heap_len - 1;
+	heap_len = n;
+	last = bpf_map_lookup_elem(&heap, &n);
+	if (!n || !last)
+		return true;
+	moving = *last;
+
+	/* Sift the last element down from the root. */
+	bpf_for(level, 0, HEAP_LEVELS) {
+		c = 2 * i + 1;
+		if (c >= n)
+			break;
+		child = bpf_map_lookup_elem(&heap, &c);
+		if (!child)
+			break;
+		r = c + 1;
+		right = bpf_map_lookup_elem(&heap, &r);
+		if (r < n && right && better(right, child)) {
+			child = right;
+			c = r;
+		}
+		if (!better(child, &moving))
+			break;
+		slot = bpf_map_lookup_elem(&heap, &i);
+		if (!slot)
+			break;
+		*slot = *child;
+		i = c;
+	}
+	slot = bpf_map_lookup_elem(&heap, &i);
+	if (slot)
+		*slot = moving;
+	return true;
+}
+
+/*
+ * Put every eligible cgroup of @scope into the heap.  Protected cgroups are
+ * left out; under `largest`, so are cgroups with a populated child (their
+ * usage counts their children's too).  Threaded cgroups share their
+ * domain's memcg and are not candidates of their own.
+ */
+static __noinline void rank_cgroups(struct cgroup *scope)
+{
+	struct cgroup_subsys_state *pos;
+	struct policyd_candidate cand = {};
+	struct policyd_rule rule;
+	void *rmap = rules_map();
+
+	heap_len = 0;
+	bpf_rcu_read_lock();
+	bpf_for_each(css, pos, &scope->self, BPF_CGROUP_ITER_DESCENDANTS_PRE) {
+		struct cgroup *cgrp = pos->cgroup;
+
+		if (!cgrp || !cgrp->level || !pos->nr_populated_csets)
+			continue;
+		if (cgrp->dom_cgrp != cgrp)
+			continue;
+		if (policy == POLICYD_POLICY_LARGEST && pos->nr_populated_children)
+			continue;
+		rule = rule_of(rmap, cgrp);
+		if (rule.protect)
+			continue;
+		cand.cgroup_id = cgrp->kn->id;
+		cand.usage = cgroup_usage(cgrp);
+		cand.priority = rule.priority;
+		cand.kill = rule.kill;
+		event.candidates++;
+		heap_push(&cand);
+	}
+	bpf_rcu_read_unlock();
+}
+
+/* The cgroup whose subtree this OOM may kill in: the OOMing memcg's, or all. */
+static __always_inline struct cgroup *scope_cgroup(struct oom_control *oc)
+{
+	struct mem_cgroup *memcg = oc->memcg;
+
+	if (!memcg)
+		return bpf_cgroup_from_id(1);
+	return bpf_cgroup_from_id(memcg->css.cgroup->kn->id);
+}
+
+static __always_inline void record_victim(struct task_struct *task)
+{
+	event.victim_pid = task->tgid;
+	event.victim_task_rss = task_rss_pages(task) * PAGE_SIZE;
+	bpf_probe_read_kernel_str(event.victim_comm, sizeof(event.victim_comm), task->comm);
+}
+
+/*
+ * An earlier OOM victim anywhere in the OOM's scope that is still releasing
+ * its memory: wait for it, as the kernel's select_bad_process() does, rather
+ * than kill a second task.  Looked for across the whole scope before any
+ * ranking: the victim's cgroup need not rank first any more (under `largest`
+ * it shrinks as the memory comes back).  Walks every process, as badness does.
+ *
+ * Return: true if the OOM is resolved by waiting; the event says for whom.
+ */
+static __noinline bool await_victim_in_scope(struct oom_control *oc, struct cgroup *scope)
+{
+	struct task_struct *task;
+	struct cgroup *cgrp;
+	__s32 pid = 0;
+
+	bpf_rcu_read_lock();
+	bpf_for_each(task, task, NULL, BPF_TASK_ITER_ALL_PROCS) {
+		if (!bpf_task_is_oom_victim(task))
+			continue;
+		if (oc->memcg && !bpf_task_under_cgroup(task, scope))
+			continue;
+		if (!bpf_oom_await_victim(oc, task)) {
+			pid = task->tgid;
+			break;
+		}
+	}
+	bpf_rcu_read_unlock();
+	if (!pid)
+		return false;
+
+	/* Handled from here on, even if the victim is gone by now. */
+	event.outcome = POLICYD_OUTCOME_AWAITED;
+	event.reason = POLICYD_REASON_VICTIM_EXITING;
+	event.victim_pid = pid;
+	task = bpf_task_from_pid(pid);
+	if (task) {
+		record_victim(task);
+		cgrp = task->cgroups->dfl_cgrp;
+		event.victim_cgroup_id = cgrp->kn->id;
+		event.victim_usage = cgroup_usage(cgrp);
+		event.victim_priority = rule_of(rules_map(), cgrp).priority;
+		bpf_task_release(task);
+	}
+	return true;
+}
+
+/*
+ * What a scan of one cgroup's tasks found.  Kept in a global rather than on
+ * the stack: the verifier then sees no loop-carried values and the task loops
+ * converge at once, whatever the number of tasks.
+ */
+struct {
+	__u64 best_rss;
+	__s32 best_pid;
+	__u32 killed;
+	__u32 tasks;
+	__u32 exiting;
+} scan;
+
+/* Find the largest killable task of @cgrp, or an earlier victim still exiting. */
+static __noinline void scan_tasks(struct oom_control *oc, struct cgroup *cgrp)
+{
+	struct bpf_iter_css_task it;
+	struct task_struct *task;
+	__u64 rss;
+
+	scan.best_rss = 0;
+	scan.best_pid = 0;
+	scan.tasks = 0;
+	scan.exiting = 0;
+
+	/* WITH_DEAD: a victim tearing down its memory is exiting, not gone. */
+	bpf_iter_css_task_new(&it, &cgrp->self, CSS_TASK_ITER_PROCS | CSS_TASK_ITER_WITH_DEAD);
+	while ((task = bpf_iter_css_task_next(&it))) {
+		if (bpf_task_is_oom_victim(task) && !bpf_oom_await_victim(oc, task)) {
+			event.outcome = POLICYD_OUTCOME_AWAITED;
+			event.reason = POLICYD_REASON_VICTIM_EXITING;
+			record_victim(task);
+			break;
+		}
+		scan.tasks++;
+		if (task_unkillable(task))
+			continue;
+		if (!task->mm) {
+			scan.exiting++;
+			continue;
+		}
+		rss = task_rss_pages(task);
+		if (scan.best_pid && (rss < scan.best_rss ||
+				      (rss == scan.best_rss && task->tgid > scan.best_pid)))
+			continue;
+		scan.best_rss = rss;
+		scan.best_pid = task->tgid;
+	}
+	bpf_iter_css_task_destroy(&it);
+}
+
+static __always_inline void kill_task(struct oom_control *oc, struct task_struct *task)
+{
+	int err = bpf_oom_kill_process(oc, task, "policyd");
+
+	if (!err)
+		scan.killed++;
+	else
+		event.kill_err = err;
+}
+
+/* Every killable task of @cgrp but the one already killed. */
+static __noinline void kill_rest(struct oom_control *oc, struct cgroup *cgrp)
+{
+	struct bpf_iter_css_task it;
+	struct task_struct *task;
+
+	bpf_iter_css_task_new(&it, &cgrp->self, CSS_TASK_ITER_PROCS);
+	while ((task = bpf_iter_css_task_next(&it))) {
+		if (task->tgid == scan.best_pid || task_unkillable(task) || !task->mm ||
+		    bpf_task_is_oom_victim(task))
+			continue;
+		kill_task(oc, task);
+	}
+	bpf_iter_css_task_destroy(&it);
+}
+
+/*
+ * Kill inside @cand's cgroup as its rule says: its largest task, or all of
+ * them, largest first so that the OOM report shows it.  An earlier OOM victim
+ * still exiting there means memory is on its way: wait for it instead.  A
+ * cgroup with nothing to kill is counted in the event by why.
+ *
+ * Return: the number of tasks killed.  Sets event.outcome when it awaited,
+ * event.victim_* for the (largest) victim, and event.kill_err on failures.
+ */
+static __noinline int kill_in_cgroup(struct oom_control *oc, struct policyd_candidate *cand)
+{
+	struct task_struct *task;
+	struct cgroup *cgrp;
+
+	scan.killed = 0;
+	cgrp = bpf_cgroup_from_id(cand->cgroup_id);
+	if (!cgrp) {
+		event.passed_empty++;
+		return 0;
+	}
+
+	scan_tasks(oc, cgrp);
+	if (event.outcome == POLICYD_OUTCOME_AWAITED)
+		goto out;
+	if (!scan.best_pid) {
+		if (!scan.tasks)
+			event.passed_empty++;
+		else if (scan.exiting)
+			event.passed_exiting++;
+		else
+			event.passed_unkillable++;
+		goto out;
+	}
+
+	task = bpf_task_from_pid(scan.best_pid);
+	if (!task) {
+		event.passed_empty++;
+		goto out;
+	}
+	record_victim(task);
+	if (!dry_run)
+		kill_task(oc, task);
+	bpf_task_release(task);
+
+	if (cand->kill == POLICYD_KILL_CGROUP && !dry_run)
+		kill_rest(oc, cgrp);
+	if (!dry_run && !scan.killed) {
+		/* Refused (e.g. -ESRCH: its memory was gone already). */
+		event.passed_refused++;
+		event.victim_pid = 0;
+		event.victim_task_rss = 0;
+		__builtin_memset(event.victim_comm, 0, sizeof(event.victim_comm));
+	}
+out:
+	bpf_cgroup_release(cgrp);
+	return scan.killed;
+}
+
+/*
+ * Try the ranked candidates, best first, until one dies.  The first few go
+ * into the event as a report; the search itself goes on through all of them.
+ */
+static __noinline void kill_ranked(struct oom_control *oc, enum policyd_reason reason)
+{
+	struct policyd_candidate cand, next;
+	int i, killed;
+
+	if (!heap_len) {
+		event.reason = POLICYD_REASON_NO_CANDIDATE;
+		return;
+	}
+
+	bpf_for(i, 0, POLICYD_MAX_CGROUPS) {
+		if (!heap_pop(&cand))
+			break;
+		if (i < POLICYD_EVENT_CANDIDATES)
+			event.ranked[i] = cand;
+		event.tried++;
+
+		killed = kill_in_cgroup(oc, &cand);
+		if (!killed && !(dry_run && event.victim_pid) &&
+		    event.outcome != POLICYD_OUTCOME_AWAITED)
+			continue;
+
+		event.victim_cgroup_id = cand.cgroup_id;
+		event.victim_priority = cand.priority;
+		event.victim_usage = cand.usage;
+		if (event.outcome == POLICYD_OUTCOME_AWAITED)
+			return;
+		event.reason = reason;
+		if (heap_pop(&next)) {
+			event.runner_up = next;
+			if (i + 1 < POLICYD_EVENT_CANDIDATES)
+				event.ranked[i + 1] = next;
+			if (reason == POLICYD_REASON_LOWEST_PRIORITY &&
+			    next.priority == cand.priority)
+				event.reason = POLICYD_REASON_LARGER_USAGE;
+		}
+		if (killed) {
+			event.tasks_killed = killed;
+			event.outcome = POLICYD_OUTCOME_KILLED;
+		} else {
+			event.outcome = POLICYD_OUTCOME_DRY_RUN;
+		}
+		return;
+	}
+	event.outcome = POLICYD_OUTCOME_KILL_FAILED;
+}
+
+/* `observe`: the report of how `priority` would rank, nothing more. */
+static __noinline void report_ranked(void)
+{
+	struct policyd_candidate cand;
+	int i;
+
+	bpf_for(i, 0, POLICYD_EVENT_CANDIDATES) {
+		if (!heap_pop(&cand))
+			break;
+		event.ranked[i] = cand;
+	}
+}
+
+/* oom_badness(): RSS, swap and page tables, shifted by oom_score_adj. */
+static __always_inline long task_badness(struct task_struct *task, unsigned long totalpages)
+{
+	struct mm_struct *mm = task->mm;
+	long points, adj;
+
+	if (task->signal->oom_flag_origin)
+		return LONG_MAX;
+	adj = task->signal->oom_score_adj;
+	if (adj == OOM_SCORE_ADJ_MIN ||
+	    (task->vfork_done && task->real_parent->mm == mm))
+		return LONG_MIN;
+
+	points = task_rss_pages(task) + BPF_CORE_READ(mm, rss_stat[MM_SWAPENTS].count) +
+		 (unsigned long)BPF_CORE_READ(mm, pgtables_bytes.counter) / PAGE_SIZE;
+	return points + adj * (long)(totalpages / 1000);
+}
+
+/*
+ * `badness`: the kernel's scan, every process in scope, the last of equals
+ * winning, and an exiting victim meaning wait.
+ */
+static __noinline void kill_by_badness(struct oom_control *oc, struct cgroup *scope)
+{
+	unsigned long totalpages = oc->totalpages;
+	long best_points = LONG_MIN, points;
+	struct task_struct *task;
+	struct cgroup *cgrp;
+	__s32 best_pid = 0;
+	bool awaited = false;
+	int err;
+
+	bpf_rcu_read_lock();
+	bpf_for_each(task, task, NULL, BPF_TASK_ITER_ALL_PROCS) {
+		if (task->tgid == 1 || (task->flags & PF_KTHREAD))
+			continue;
+		if (oc->memcg && !bpf_task_under_cgroup(task, scope))
+			continue;
+		/* Before the mm check: a victim tearing down its memory has no mm left. */
+		if (bpf_task_is_oom_victim(task)) {
+			if (!bpf_oom_await_victim(oc, task)) {
+				awaited = true;
+				best_pid = task->tgid;
+				break;
+			}
+			continue;
+		}
+		if (!task->mm)
+			continue;
+		event.candidates++;
+		points = task_badness(task, totalpages);
+		if (points == LONG_MIN || points < best_points)
+			continue;
+		best_points = points;
+		best_pid = task->tgid;
+	}
+	bpf_rcu_read_unlock();
+
+	if (!best_pid) {
+		event.reason = POLICYD_REASON_NO_CANDIDATE;
+		return;
+	}
+	if (awaited) {
+		/* Handled even if the victim is gone by the time we look it up. */
+		event.outcome = POLICYD_OUTCOME_AWAITED;
+		event.victim_pid = best_pid;
+	}
+	event.reason = awaited ? POLICYD_REASON_VICTIM_EXITING : POLICYD_REASON_BADNESS;
+
+	task = bpf_task_from_pid(best_pid);
+	if (!task)
+		return;
+	record_victim(task);
+	cgrp = task->cgroups->dfl_cgrp;
+	event.victim_cgroup_id = cgrp->kn->id;
+	event.victim_usage = cgroup_usage(cgrp);
+	event.tried = 1;
+
+	if (awaited) {
+		event.outcome = POLICYD_OUTCOME_AWAITED;
+	} else if (dry_run) {
+		event.outcome = POLICYD_OUTCOME_DRY_RUN;
+	} else {
+		err = bpf_oom_kill_process(oc, task, "policyd: oom_badness");
+		if (!err) {
+			event.tasks_killed = 1;
+			event.outcome = POLICYD_OUTCOME_KILLED;
+		} else {
+			event.kill_err = err;
+			event.outcome = POLICYD_OUTCOME_KILL_FAILED;
+		}
+	}
+	bpf_task_release(task);
+}
+
+static __always_inline void begin_event(struct oom_control *oc)
+{
+	struct mem_cgroup *memcg = oc->memcg;
+
+	__builtin_memset(&event, 0, sizeof(event));
+	event.timestamp_ns = bpf_ktime_get_ns();
+	event.policy = policy;
+	event.scope_global = !memcg;
+	event.oom_cgroup_id = memcg ? memcg->css.cgroup->kn->id : 0;
+	event.outcome = POLICYD_OUTCOME_DEFERRED;
+	stats.ooms++;
+}
+
+/* Account and publish the event; the handler's return value follows from it. */
+static __always_inline int finish_event(void)
+{
+	__u64 ns = bpf_ktime_get_ns() - event.timestamp_ns;
+
+	event.handler_ns = ns;
+	stats.handler_ns_total += ns;
+	if (ns > stats.handler_ns_max)
+		stats.handler_ns_max = ns;
+
+	switch (event.outcome) {
+	case POLICYD_OUTCOME_KILLED:
+		stats.kills += event.tasks_killed;
+		break;
+	case POLICYD_OUTCOME_AWAITED:
+		stats.awaited++;
+		break;
+	case POLICYD_OUTCOME_DRY_RUN:
+		stats.dry_runs++;
+		break;
+	case POLICYD_OUTCOME_KILL_FAILED:
+		stats.kill_failures++;
+		stats.deferred++;
+		break;
+	default:
+		stats.deferred++;
+		break;
+	}
+
+	if (bpf_ringbuf_output(&events, &event, sizeof(event), 0))
+		stats.events_dropped++;
+
+	return event.outcome == POLICYD_OUTCOME_KILLED ||
+	       event.outcome == POLICYD_OUTCOME_AWAITED;
+}
+
+SEC("struct_ops.s/handle_out_of_memory")
+int BPF_PROG(policyd_handle_oom, struct oom_control *oc, struct bpf_struct_ops_link *st_link)
+{
+	struct cgroup *scope;
+
+	begin_event(oc);
+	scope = scope_cgroup(oc);
+	if (!scope)
+		return finish_event();
+
+	if (policy == POLICYD_POLICY_BADNESS) {
+		kill_by_badness(oc, scope);
+	} else if (policy == POLICYD_POLICY_OBSERVE) {
+		event.reason = POLICYD_REASON_OBSERVE_ONLY;
+		rank_cgroups(scope);
+		report_ranked();
+	} else if (!await_victim_in_scope(oc, scope)) {
+		rank_cgroups(scope);
+		kill_ranked(oc, policy == POLICYD_POLICY_LARGEST ? POLICYD_REASON_LARGEST_USAGE :
+								   POLICYD_REASON_LOWEST_PRIORITY);
+	}
+	bpf_cgroup_release(scope);
+
+	return finish_event();
+}
+
+/* policyd writes the handler's name ("policyd_<policy>") when it attaches. */
+SEC(".struct_ops.link")
+struct bpf_oom_ops policyd_ops = {
+	.handle_out_of_memory = (void *)policyd_handle_oom,
+	.name = "policyd",
+};
