@@ -1,5 +1,6 @@
 //! Per-task facts from `/proc` that victim choice needs: resident memory,
-//! `oom_score_adj`, `oom_score`, and whether a pid is a kernel thread.
+//! swap and page tables, `oom_score_adj`, `oom_score`, start time, and
+//! whether a pid is a kernel thread or exiting.
 //!
 //! The proc root is a path so tests can use a fake one (see
 //! [`crate::testing::FakeProcfs`]).
@@ -26,6 +27,15 @@ pub struct TaskInfo {
     /// `/proc/<pid>/oom_score`: the kernel's oom_badness() scaled to 0..=2000.
     pub oom_score: Option<u64>,
     pub kernel_thread: bool,
+    /// `VmSwap` of `/proc/<pid>/status`.
+    pub swap_bytes: u64,
+    /// `VmPTE` of `/proc/<pid>/status`: page tables.
+    pub pgtables_bytes: u64,
+    /// Start time in clock ticks after boot (`/proc/<pid>/stat` field 22):
+    /// the order of the kernel's process list.
+    pub start_ticks: u64,
+    /// A zombie, or exiting with its memory gone (no mm): nothing to kill.
+    pub exiting: bool,
 }
 
 impl TaskInfo {
@@ -37,6 +47,8 @@ impl TaskInfo {
             Some("init")
         } else if self.oom_score_adj <= OOM_SCORE_ADJ_MIN {
             Some("oom_score_adj -1000")
+        } else if self.exiting {
+            Some("exiting (no memory left)")
         } else {
             None
         }
@@ -87,13 +99,17 @@ impl TaskSource for ProcFs {
     fn task(&self, pid: u32) -> Option<TaskInfo> {
         // statm is the one file every live task has; without it the task is gone.
         let statm = self.read(pid, "statm")?;
-        let resident_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-        let stat = self.read(pid, "stat");
-        let (stat_comm, flags) = stat.as_deref().map(parse_stat).unwrap_or((None, None));
+        let mut statm = statm.split_whitespace().map(|v| v.parse::<u64>().ok());
+        let size_pages = statm.next()??;
+        let resident_pages = statm.next()??;
+        let stat = self.read(pid, "stat").map(|s| parse_stat(&s)).unwrap_or_default();
+        let kernel_thread = stat.flags.is_some_and(|f| f & PF_KTHREAD != 0);
+        let status = self.read(pid, "status").unwrap_or_default();
+        let kib = |key: &str| status_kib(&status, key).unwrap_or(0).saturating_mul(1024);
         let comm = self
             .read(pid, "comm")
             .map(|c| c.trim_end_matches('\n').to_owned())
-            .or(stat_comm)
+            .or(stat.comm)
             .unwrap_or_default();
         let oom_score_adj = self
             .read(pid, "oom_score_adj")
@@ -108,24 +124,46 @@ impl TaskSource for ProcFs {
             rss_bytes: resident_pages.saturating_mul(self.page_size),
             oom_score_adj,
             oom_score,
-            kernel_thread: flags.is_some_and(|f| f & PF_KTHREAD != 0),
+            kernel_thread,
+            swap_bytes: kib("VmSwap:"),
+            pgtables_bytes: kib("VmPTE:"),
+            start_ticks: stat.start_ticks.unwrap_or(0),
+            exiting: !kernel_thread
+                && (size_pages == 0 || matches!(stat.state, Some('Z') | Some('X'))),
         })
     }
 }
 
-/// comm and flags from `/proc/<pid>/stat`. comm is in parentheses and may
-/// itself contain spaces and parentheses, so split at the last ')'.
-fn parse_stat(stat: &str) -> (Option<String>, Option<u64>) {
+/// What policyd reads of `/proc/<pid>/stat`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Stat {
+    comm: Option<String>,
+    state: Option<char>,
+    flags: Option<u64>,
+    start_ticks: Option<u64>,
+}
+
+/// comm is in parentheses and may itself contain spaces and parentheses, so
+/// the fields after it are counted from the last ')'.
+fn parse_stat(stat: &str) -> Stat {
     let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-        return (None, None);
+        return Stat::default();
     };
-    let comm = stat.get(open + 1..close).map(str::to_owned);
-    // After comm: state(3) ppid(4) pgrp(5) session(6) tty_nr(7) tpgid(8) flags(9).
-    let flags = stat[close + 1..]
-        .split_whitespace()
-        .nth(6)
-        .and_then(|f| f.parse().ok());
-    (comm, flags)
+    // After comm: state(3) ppid(4) pgrp(5) session(6) tty_nr(7) tpgid(8)
+    // flags(9) ... starttime(22).
+    let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    Stat {
+        comm: stat.get(open + 1..close).map(str::to_owned),
+        state: rest.first().and_then(|s| s.chars().next()),
+        flags: rest.get(6).and_then(|f| f.parse().ok()),
+        start_ticks: rest.get(19).and_then(|f| f.parse().ok()),
+    }
+}
+
+/// The value of a "Key:   123 kB" line of `/proc/<pid>/status`, in KiB.
+fn status_kib(status: &str, key: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..].split_whitespace().next()?.parse().ok()
 }
 
 fn system_page_size() -> u64 {
@@ -143,12 +181,24 @@ mod tests {
     #[test]
     fn stat_with_odd_comm() {
         let stat = "42 (a) b (c)) S 1 42 42 0 -1 2097216 0 0";
-        assert_eq!(
-            parse_stat(stat),
-            (Some("a) b (c)".to_owned()), Some(2097216))
-        );
+        let parsed = parse_stat(stat);
+        assert_eq!(parsed.comm.as_deref(), Some("a) b (c)"));
+        assert_eq!(parsed.flags, Some(2097216));
+        assert_eq!(parsed.state, Some('S'));
+        assert_eq!(parsed.start_ticks, None);
         assert_eq!(2097216 & PF_KTHREAD, PF_KTHREAD);
-        assert_eq!(parse_stat("garbage"), (None, None));
+        assert_eq!(parse_stat("garbage"), Stat::default());
+        let full = "7 (x) Z 1 7 7 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 5123 0 0";
+        let parsed = parse_stat(full);
+        assert_eq!((parsed.state, parsed.start_ticks), (Some('Z'), Some(5123)));
+    }
+
+    #[test]
+    fn status_fields_in_kib() {
+        let status = "Name:\tx\nVmPTE:\t      48 kB\nVmSwap:\t       0 kB\n";
+        assert_eq!(status_kib(status, "VmPTE:"), Some(48));
+        assert_eq!(status_kib(status, "VmSwap:"), Some(0));
+        assert_eq!(status_kib(status, "VmRSS:"), None);
     }
 
     #[test]
@@ -160,6 +210,7 @@ mod tests {
         assert!(!t.kernel_thread);
         assert!(t.oom_score.is_some());
         assert!(!t.comm.is_empty());
+        assert!(t.pgtables_bytes > 0 && t.start_ticks > 0 && !t.exiting);
     }
 
     #[test]
@@ -171,6 +222,10 @@ mod tests {
             oom_score_adj: adj,
             oom_score: None,
             kernel_thread: kthread,
+            swap_bytes: 0,
+            pgtables_bytes: 0,
+            start_ticks: 0,
+            exiting: false,
         };
         assert_eq!(t(10, 0, false).unkillable_reason(), None);
         assert_eq!(t(10, -999, false).unkillable_reason(), None);

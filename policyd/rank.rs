@@ -6,8 +6,9 @@
 //! * scope: the OOMing memcg's subtree, or the whole tree for a global OOM;
 //! * candidates: populated cgroups in scope that directly contain processes,
 //!   except the root cgroup and protected cgroups;
-//! * order: lowest effective priority first; ties → larger `memory.current`;
-//!   ties → lower cgroup id (deterministic);
+//! * order: lowest effective priority first; ties → larger `memory.current`,
+//!   compared in whole MiB (usage moves by a few pages between a prediction
+//!   and the OOM); ties → lower cgroup id (deterministic);
 //! * the first candidate with something killable is the victim: with
 //!   `kill = "task"` its task with the largest RSS, with `kill = "cgroup"`
 //!   every task in it. Init, kernel threads and tasks with
@@ -18,9 +19,13 @@
 //! cgroups (no populated child): largest `memory.current` first, ties → lower
 //! cgroup id. Protect and kill modes still apply.
 //!
-//! `badness`: the kernel's oom_badness(): every task in scope by
-//! `/proc/<pid>/oom_score`, highest first (ties → larger RSS → lower pid);
-//! rules are ignored and one task is killed.
+//! `badness`: the kernel's oom_badness(): every task in scope by its points,
+//! RSS + swap + page tables in pages, plus `oom_score_adj` thousandths of
+//! the OOM's total pages (`memory.max` of the scope for a memcg OOM, RAM +
+//! swap for a global one); highest first, and between equals the one the
+//! kernel meets last in its process list (the latest started). Rules are
+//! ignored and one task is killed. `/proc/<pid>/oom_score` is this score
+//! scaled to 0..=2000 against the machine's total, too coarse to break ties.
 //!
 //! `observe`: no victim; the kernel's own killer decides.
 
@@ -28,6 +33,7 @@ use std::cmp::Ordering;
 
 use serde::Serialize;
 
+use crate::abi::USAGE_SHIFT;
 use crate::cgroupfs::{Cgroup, CgroupTree};
 use crate::config::KillMode;
 use crate::policy::PolicyName;
@@ -75,6 +81,8 @@ pub struct Candidate {
 pub struct RankedTask {
     #[serde(flatten)]
     pub task: TaskInfo,
+    /// The kernel's oom_badness() points.
+    pub points: i64,
     pub cgroup: String,
     pub cgroup_id: u64,
     pub eligible: bool,
@@ -160,6 +168,11 @@ fn usage(c: &Cgroup) -> u64 {
     c.memory_current.unwrap_or(0)
 }
 
+/// Usage as the ranking compares it: in whole MiB, like the BPF handler.
+fn usage_units(c: &Cgroup) -> u64 {
+    usage(c) >> USAGE_SHIFT
+}
+
 /// Rank the cgroups in the subtree of `scope` (an index into `tree`) under
 /// `policy`. `effective` is index-aligned with the tree
 /// ([`crate::resolve::resolve_tree`]). Empty for `badness` and `observe`,
@@ -206,7 +219,7 @@ pub fn rank_cgroups(
             _ => Ordering::Equal,
         };
         by_priority
-            .then(usage(nb).cmp(&usage(na)))
+            .then(usage_units(nb).cmp(&usage_units(na)))
             .then(na.id.cmp(&nb.id))
     };
     eligible.sort_by(order);
@@ -262,14 +275,14 @@ fn why_before(
     } else {
         String::new()
     };
-    if usage(na) != usage(nb) {
+    if usage_units(na) != usage_units(nb) {
         let (ua, ub) = format_pair(usage(na), usage(nb));
         return format!("{same}larger usage {ua} vs {ub} of {}", nb.path);
     }
     let and_usage = if same.is_empty() {
-        "same usage; ".to_owned()
+        "same usage in whole MiB; ".to_owned()
     } else {
-        format!("same priority {pa} and usage; ")
+        format!("same priority {pa} and usage in whole MiB; ")
     };
     format!(
         "{and_usage}lower cgroup id {} < {} of {}",
@@ -325,13 +338,15 @@ pub fn pick_tasks(
     }
 }
 
-/// Predict what `policy` kills for an OOM in the subtree of `scope`.
+/// Predict what `policy` kills for an OOM in the subtree of `scope`, whose
+/// size in pages (the kernel's `oc->totalpages`) is `totalpages`.
 pub fn explain(
     policy: PolicyName,
     tree: &CgroupTree,
     effective: &[Effective],
     scope: usize,
     tasks: &dyn TaskSource,
+    totalpages: u64,
 ) -> Explanation {
     let scope_node = tree.get(scope);
     let scope_info = Scope {
@@ -358,7 +373,7 @@ pub fn explain(
                           task with the highest oom_badness (see /proc/<pid>/oom_score)"
                 .to_owned();
         }
-        PolicyName::Badness => explain_badness(&mut ex, tree, scope, tasks),
+        PolicyName::Badness => explain_badness(&mut ex, tree, scope, tasks, totalpages),
         PolicyName::Priority | PolicyName::Largest => {
             ex.candidates = rank_cgroups(policy, tree, effective, scope);
             for c in ex.candidates.iter().filter(|c| c.eligible) {
@@ -435,7 +450,20 @@ pub fn explain(
     ex
 }
 
-fn explain_badness(ex: &mut Explanation, tree: &CgroupTree, scope: usize, tasks: &dyn TaskSource) {
+/// The kernel's oom_badness() of `t` in an OOM of `totalpages` pages.
+pub fn badness_points(t: &TaskInfo, totalpages: u64) -> i64 {
+    const PAGE: u64 = 4096;
+    let pages = t.rss_bytes / PAGE + t.swap_bytes / PAGE + t.pgtables_bytes / PAGE;
+    pages as i64 + i64::from(t.oom_score_adj) * (totalpages / 1000) as i64
+}
+
+fn explain_badness(
+    ex: &mut Explanation,
+    tree: &CgroupTree,
+    scope: usize,
+    tasks: &dyn TaskSource,
+    totalpages: u64,
+) {
     let mut ranked: Vec<RankedTask> = Vec::new();
     for idx in tree.subtree(scope) {
         let node = tree.get(idx);
@@ -445,6 +473,7 @@ fn explain_badness(ex: &mut Explanation, tree: &CgroupTree, scope: usize, tasks:
             };
             let unkillable = task.unkillable_reason();
             ranked.push(RankedTask {
+                points: badness_points(&task, totalpages),
                 task,
                 cgroup: node.path.clone(),
                 cgroup_id: node.id,
@@ -454,34 +483,27 @@ fn explain_badness(ex: &mut Explanation, tree: &CgroupTree, scope: usize, tasks:
             });
         }
     }
-    let score = |t: &RankedTask| t.task.oom_score.unwrap_or(0);
+    // The kernel keeps the last of equal scores in its process list, which
+    // is in order of creation.
+    let later = |t: &RankedTask| (t.task.start_ticks, t.task.pid);
     ranked.sort_by(|a, b| {
         b.eligible
             .cmp(&a.eligible)
-            .then(score(b).cmp(&score(a)))
-            .then(b.task.rss_bytes.cmp(&a.task.rss_bytes))
-            .then(a.task.pid.cmp(&b.task.pid))
+            .then(b.points.cmp(&a.points))
+            .then(later(b).cmp(&later(a)))
     });
     let n_eligible = ranked.iter().filter(|t| t.eligible).count();
     for i in 0..n_eligible {
         ranked[i].rank = Some(i + 1);
         ranked[i].reason = match ranked.get(i + 1).filter(|n| n.eligible) {
-            Some(next) if score(&ranked[i]) != score(next) => {
-                format!(
-                    "oom_score {} > {} of pid {}",
-                    score(&ranked[i]),
-                    score(next),
-                    next.task.pid
-                )
-            }
-            Some(next) if ranked[i].task.rss_bytes != next.task.rss_bytes => {
-                let (a, b) = format_pair(ranked[i].task.rss_bytes, next.task.rss_bytes);
-                format!(
-                    "same oom_score; larger RSS {a} vs {b} of pid {}",
-                    next.task.pid
-                )
-            }
-            Some(next) => format!("same oom_score and RSS; lower pid than {}", next.task.pid),
+            Some(next) if ranked[i].points != next.points => format!(
+                "badness {} > {} of pid {}",
+                ranked[i].points, next.points, next.task.pid
+            ),
+            Some(next) => format!(
+                "same badness {}; started after pid {}",
+                next.points, next.task.pid
+            ),
             None if i == 0 => "only killable task".to_owned(),
             None => "ranks last".to_owned(),
         };
@@ -494,8 +516,9 @@ fn explain_badness(ex: &mut Explanation, tree: &CgroupTree, scope: usize, tasks:
             tasks: vec![top.task.clone()],
             spared: Vec::new(),
             reason: format!(
-                "{} (kernel oom_badness: see /proc/{}/oom_score)",
-                top.reason, top.task.pid
+                "{} (kernel oom_badness: RSS + swap + page tables in pages, plus oom_score_adj \
+                 thousandths of {totalpages} pages)",
+                top.reason
             ),
         });
         ex.outcome = format!(
@@ -517,6 +540,9 @@ mod tests {
     use crate::config::Config;
     use crate::resolve::resolve_tree;
     use crate::testing::{demo_layout, FakeCgroupfs, FakeProcfs, FakeTask, MIB};
+
+    /// A 1 GiB OOM.
+    const TOTALPAGES: u64 = 262_144;
 
     fn policies_toml() -> Config {
         Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies.toml")).unwrap()
@@ -560,6 +586,7 @@ mod tests {
                 &eff,
                 self.tree.lookup(scope).unwrap(),
                 &self.procs,
+                TOTALPAGES,
             )
         }
 
@@ -742,11 +769,11 @@ mod tests {
     }
 
     #[test]
-    fn ties_break_on_usage_then_lower_id() {
+    fn ties_break_on_usage_in_mib_then_lower_id() {
         let f = Fixture::new(|cg, procs| {
             cg.cgroup("/a", 100 * MIB, &[10])
-                .cgroup("/b", 100 * MIB, &[20])
-                .cgroup("/c", 100 * MIB + 1, &[30]);
+                .cgroup("/b", 100 * MIB + 1, &[20])
+                .cgroup("/c", 101 * MIB, &[30]);
             for pid in [10, 20, 30] {
                 procs.task(FakeTask::new(pid, "t", MIB));
             }
@@ -759,19 +786,19 @@ mod tests {
             ("/b", "/a")
         };
         let r = ranked(&ex);
-        // /c uses one byte more: the formatted sizes would look equal, so bytes are shown.
         assert_eq!(
             r[0],
             (
                 "/c",
-                &*format!("same priority 100; larger usage 104857601 B vs 104857600 B of {lo}")
+                &*format!("same priority 100; larger usage 101 MiB vs 100 MiB of {lo}")
             )
         );
+        // /a and /b differ by one byte: a tie in whole MiB, broken by the cgroup id.
         assert_eq!(r[1].0, lo);
         assert_eq!(
             r[1].1,
             format!(
-                "same priority 100 and usage; lower cgroup id {} < {} of {hi}",
+                "same priority 100 and usage in whole MiB; lower cgroup id {} < {} of {hi}",
                 ida.min(idb),
                 ida.max(idb)
             )
@@ -907,29 +934,32 @@ mod tests {
     }
 
     #[test]
-    fn badness_ranks_tasks_by_oom_score() {
+    fn badness_ranks_tasks_like_the_kernel() {
         let f = Fixture::new(|cg, procs| {
-            cg.cgroup("/a", 0, &[10, 11]).cgroup("/b", 0, &[20, 21]);
+            cg.cgroup("/a", 0, &[10, 11, 12]).cgroup("/b", 0, &[20, 21]);
             std::fs::write(cg.root().join("cgroup.procs"), "1\n").unwrap();
+            procs.task(FakeTask::new(1, "init", 50 * MIB));
+            // 1 MiB, but oom_score_adj 500 adds half of the OOM's pages.
             procs.task(FakeTask {
-                oom_score: 300,
-                ..FakeTask::new(1, "init", 50 * MIB)
-            });
-            procs.task(FakeTask {
-                oom_score: 100,
+                oom_score_adj: 500,
                 ..FakeTask::new(10, "x", MIB)
             });
             procs.task(FakeTask {
-                oom_score: 700,
+                pgtables_bytes: 64 * 1024,
                 ..FakeTask::new(11, "big", 5 * MIB)
             });
             procs.task(FakeTask {
-                oom_score: 0,
+                exiting: true,
+                ..FakeTask::new(12, "zombie", 0)
+            });
+            procs.task(FakeTask {
                 oom_score_adj: -1000,
                 ..FakeTask::new(20, "adj", 90 * MIB)
             });
+            // As many pages as pid 11, swap included, and started after it.
             procs.task(FakeTask {
-                oom_score: 700,
+                swap_bytes: 2 * MIB,
+                pgtables_bytes: 64 * 1024,
                 ..FakeTask::new(21, "big2", 3 * MIB)
             });
         });
@@ -940,24 +970,26 @@ mod tests {
             .iter()
             .map(|t| (t.task.pid, t.rank, t.reason.as_str()))
             .collect();
+        // TOTALPAGES / 1000 = 262 pages per unit of oom_score_adj.
         assert_eq!(
             rows,
             [
-                (
-                    11,
-                    Some(1),
-                    "same oom_score; larger RSS 5 MiB vs 3 MiB of pid 21"
-                ),
-                (21, Some(2), "oom_score 700 > 100 of pid 10"),
-                (10, Some(3), "ranks last"),
+                (10, Some(1), "badness 131256 > 1296 of pid 21"),
+                (21, Some(2), "same badness 1296; started after pid 11"),
+                (11, Some(3), "ranks last"),
                 (1, None, "init"),
+                (12, None, "exiting (no memory left)"),
                 (20, None, "oom_score_adj -1000"),
             ]
         );
         let v = ex.victim.as_ref().unwrap();
         assert_eq!((v.cgroup.as_str(), v.kill), ("/a", KillMode::Task));
-        assert_eq!(victim_pids(&ex), [11]);
-        assert_eq!(v.reason, "same oom_score; larger RSS 5 MiB vs 3 MiB of pid 21 (kernel oom_badness: see /proc/11/oom_score)");
+        assert_eq!(victim_pids(&ex), [10]);
+        assert_eq!(
+            v.reason,
+            "badness 131256 > 1296 of pid 21 (kernel oom_badness: RSS + swap + page tables in \
+             pages, plus oom_score_adj thousandths of 262144 pages)"
+        );
 
         let ex = f.explain(&policies_toml(), PolicyName::Badness, "/b");
         assert_eq!(victim_pids(&ex), [21]);
@@ -987,6 +1019,10 @@ mod tests {
             oom_score_adj: 0,
             oom_score: None,
             kernel_thread: false,
+            swap_bytes: 0,
+            pgtables_bytes: 0,
+            start_ticks: 0,
+            exiting: false,
         };
         let table = Table(
             [(5, t(5, 10)), (6, t(6, 30)), (7, t(7, 30))]

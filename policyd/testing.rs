@@ -78,6 +78,13 @@ pub struct FakeTask<'a> {
     pub oom_score_adj: i32,
     pub oom_score: u64,
     pub kernel_thread: bool,
+    /// Swap and page tables, for the badness score.
+    pub swap_bytes: u64,
+    pub pgtables_bytes: u64,
+    /// When it started, in ticks after boot (0: its pid).
+    pub start_ticks: u64,
+    /// A zombie (no memory of its own left).
+    pub exiting: bool,
 }
 
 impl<'a> FakeTask<'a> {
@@ -90,6 +97,10 @@ impl<'a> FakeTask<'a> {
             oom_score_adj: 0,
             oom_score: 0,
             kernel_thread: false,
+            swap_bytes: 0,
+            pgtables_bytes: 0,
+            start_ticks: 0,
+            exiting: false,
         }
     }
 }
@@ -115,10 +126,8 @@ impl FakeProcfs {
         let dir = self.root.join(t.pid.to_string());
         fs::create_dir_all(&dir).expect("create fake /proc/<pid>");
         let pages = t.rss_bytes / FAKE_PAGE_SIZE;
-        write(
-            &dir.join("statm"),
-            &format!("{} {pages} 0 0 0 0 0\n", pages * 2),
-        );
+        let size = if t.exiting { 0 } else { pages * 2 + 1 };
+        write(&dir.join("statm"), &format!("{size} {pages} 0 0 0 0 0\n"));
         let flags: u64 = if t.kernel_thread {
             0x0020_0040
         } else {
@@ -127,8 +136,26 @@ impl FakeProcfs {
         write(
             &dir.join("stat"),
             &format!(
-                "{} ({}) S 1 {} {} 0 -1 {flags} 0 0 0 0\n",
-                t.pid, t.comm, t.pid, t.pid
+                "{} ({}) {} 1 {} {} 0 -1 {flags} 0 0 0 0 0 0 0 0 20 0 1 0 {} 0 0\n",
+                t.pid,
+                t.comm,
+                if t.exiting { 'Z' } else { 'S' },
+                t.pid,
+                t.pid,
+                if t.start_ticks == 0 {
+                    u64::from(t.pid)
+                } else {
+                    t.start_ticks
+                }
+            ),
+        );
+        write(
+            &dir.join("status"),
+            &format!(
+                "Name:\t{}\nVmPTE:\t{} kB\nVmSwap:\t{} kB\n",
+                t.comm,
+                t.pgtables_bytes / 1024,
+                t.swap_bytes / 1024
             ),
         );
         write(&dir.join("comm"), &format!("{}\n", t.comm));
