@@ -121,7 +121,7 @@ impl CgroupPattern {
     /// Does this pattern match the cgroup at `path` ("/" or "/a/b")?
     pub fn matches(&self, path: &str) -> bool {
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        match_elements(&self.elements, &segments)
+        match_elements(&self.elements, &segments, &mut 0)
     }
 }
 
@@ -131,19 +131,30 @@ impl fmt::Display for CgroupPattern {
     }
 }
 
-fn match_elements(elements: &[Element], segments: &[&str]) -> bool {
-    match elements.split_first() {
-        None => segments.is_empty(),
-        Some((Element::AnyDepth, rest)) => {
-            // Try consuming 0, 1, ... segments. Consecutive "**" are merged at
-            // parse time, so this stays polynomial for real patterns.
-            (0..=segments.len()).any(|skip| match_elements(rest, &segments[skip..]))
+/// Do `elements` match all of `segments`? Dynamic programming over
+/// (element, segment) positions: `next[j]` says whether the elements after
+/// the current one match `segments[j..]`. Each pair is decided once, so a
+/// match costs at most (elements + 1) x (segments + 1) steps whatever the
+/// number of `**`; trying every split of the path for every `**` (a
+/// backtracking matcher) is exponential in their number when the path does
+/// not match. `steps` counts the pairs decided (tests bound it).
+fn match_elements(elements: &[Element], segments: &[&str], steps: &mut u64) -> bool {
+    let n = segments.len();
+    // No elements left: only the empty rest of the path matches.
+    let mut next: Vec<bool> = (0..=n).map(|j| j == n).collect();
+    let mut cur = vec![false; n + 1];
+    for element in elements.iter().rev() {
+        for j in (0..=n).rev() {
+            *steps += 1;
+            cur[j] = match element {
+                // Match nothing here, or swallow segment j and stay on `**`.
+                Element::AnyDepth => next[j] || (j < n && cur[j + 1]),
+                Element::Name(parts) => j < n && next[j + 1] && match_name(parts, segments[j]),
+            };
         }
-        Some((Element::Name(parts), rest)) => match segments.split_first() {
-            Some((seg, seg_rest)) => match_name(parts, seg) && match_elements(rest, seg_rest),
-            None => false,
-        },
+        std::mem::swap(&mut next, &mut cur);
     }
+    next[0]
 }
 
 /// Match one element: `parts` are the literal pieces between `*`s.
@@ -248,6 +259,79 @@ mod tests {
                 expected,
                 "pattern {pattern:?} vs path {path:?}"
             );
+        }
+    }
+
+    /// The backtracking matcher this module used before, kept as the
+    /// obviously-correct reference: it tries every split of the path for
+    /// every `**`. `steps` counts its calls.
+    fn reference_match(elements: &[Element], segments: &[&str], steps: &mut u64) -> bool {
+        *steps += 1;
+        match elements.split_first() {
+            None => segments.is_empty(),
+            Some((Element::AnyDepth, rest)) => {
+                (0..=segments.len()).any(|skip| reference_match(rest, &segments[skip..], steps))
+            }
+            Some((Element::Name(parts), rest)) => match segments.split_first() {
+                Some((seg, seg_rest)) => {
+                    match_name(parts, seg) && reference_match(rest, seg_rest, steps)
+                }
+                None => false,
+            },
+        }
+    }
+
+    /// (matched, steps) of the matcher and of the reference.
+    fn both(pattern: &str, path: &str) -> ((bool, u64), (bool, u64)) {
+        let p = CgroupPattern::parse(pattern).unwrap();
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let (mut new, mut old) = (0, 0);
+        let got = match_elements(&p.elements, &segments, &mut new);
+        let want = reference_match(&p.elements, &segments, &mut old);
+        ((got, new), (want, old))
+    }
+
+    #[test]
+    fn many_any_depths_against_a_deep_path_stay_polynomial() {
+        // Seven "**" and a final "b" that never matches: a backtracking
+        // matcher tries every way to spread 200 segments over them.
+        let pattern = CgroupPattern::parse("/**/a/**/a/**/a/**/a/**/a/**/a/**/b").unwrap();
+        assert_eq!(pattern.elements.len(), 14);
+        let deep = "/a".repeat(200);
+        let segments: Vec<&str> = deep.split('/').filter(|s| !s.is_empty()).collect();
+        let mut steps = 0;
+        assert!(!match_elements(&pattern.elements, &segments, &mut steps));
+        // One step per (element, position) pair, by construction.
+        assert_eq!(steps, 14 * 201);
+        // The same pattern ending in "a" matches, at the same cost.
+        let ok = CgroupPattern::parse("/**/a/**/a/**/a/**/a/**/a/**/a/**/a").unwrap();
+        let mut steps = 0;
+        assert!(match_elements(&ok.elements, &segments, &mut steps));
+        assert_eq!(steps, 14 * 201);
+        assert!(ok.matches(&deep));
+
+        // What it replaced: already at 24 segments the backtracking
+        // matcher needs over a hundred times the work, and it grows with
+        // the depth to the power of the number of "**".
+        let ((got, new), (want, old)) =
+            both("/**/a/**/a/**/a/**/a/**/a/**/a/**/b", &"/a".repeat(24));
+        assert_eq!((got, want), (false, false));
+        assert_eq!(new, 14 * 25);
+        assert!(old > 100 * new, "reference took {old} steps, matcher {new}");
+    }
+
+    #[test]
+    fn agrees_with_the_reference_on_the_table_cases() {
+        for (pattern, path) in [
+            ("/a/**/b", "/a/x/y/b"),
+            ("/**/b/**", "/x/b/y/z"),
+            ("/**/*.service", "/system.slice/foo.service"),
+            ("/**", "/"),
+            ("/", "/a"),
+            ("/a*b*c", "/axxbyyc"),
+        ] {
+            let ((got, _), (want, _)) = both(pattern, path);
+            assert_eq!(got, want, "{pattern} vs {path}");
         }
     }
 
