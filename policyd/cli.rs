@@ -60,7 +60,9 @@ pub enum Command {
     #[command(
         long_about = "Load a policy into the kernel and keep its cgroup table up to date.\n\n\
                       The configuration is read and validated first; nothing is loaded if it \
-                      has an error. The policy is attached to --cgroup (default: the root \
+                      has an error. It must be a regular file of at most 1 MiB, owned by root \
+                      and not writable by group or others (--insecure-config lifts the last \
+                      two, for tests). The policy is attached to --cgroup (default: the root \
                       cgroup, i.e. system-wide) and handles OOMs of that cgroup's subtree. \
                       policyd stays in the foreground: it logs one line per OOM decision, keeps \
                       the policy's cgroup table up to date as cgroups come and go, re-reads the \
@@ -125,6 +127,12 @@ pub struct LoadArgs {
     /// Attach, decide and log every OOM, but leave the kill to the kernel's own killer
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Accept a config file that is not owned by root or is writable by group or others
+    /// (for tests and development: whoever can write the file decides what dies). Regular
+    /// file and 1 MiB limit still apply
+    #[arg(long)]
+    pub insecure_config: bool,
 }
 
 #[derive(Debug, Args)]

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 
 use crate::cgroupfs::{self, CgroupTree};
 use crate::cli::{CheckArgs, ExplainArgs, LoadArgs};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Ownership};
 use crate::daemon::{self, LoadRequest};
 use crate::policy::POLICIES;
 use crate::procfs::ProcFs;
@@ -28,9 +28,10 @@ pub fn list() -> String {
         .collect()
 }
 
-/// Read and validate a configuration, with a hint when the file is missing.
-pub fn load_config(path: &Path) -> Result<Config> {
-    match Config::load(path) {
+/// Read and validate a configuration (see [`Config::load_checked`]), with
+/// a hint when the file is missing.
+pub fn load_config(path: &Path, ownership: Ownership) -> Result<Config> {
+    match Config::load_checked(path, ownership) {
         Ok(config) => {
             for w in &config.warnings {
                 tracing::warn!("{w}");
@@ -103,7 +104,16 @@ pub fn cgroup_root(given: Option<&Path>) -> Result<PathBuf> {
 
 /// `policyd load`: validate, then hand over to the daemon.
 pub fn load(args: &LoadArgs, cgroup_root: Option<&Path>) -> Result<()> {
-    let config = load_config(&args.config)?;
+    let ownership = if args.insecure_config {
+        tracing::warn!(
+            "--insecure-config: not checking that only root can write {}",
+            args.config.display()
+        );
+        Ownership::Any
+    } else {
+        Ownership::Root
+    };
+    let config = load_config(&args.config, ownership)?;
     let policy = args.policy.unwrap_or(config.policy);
     if args.policy.is_some_and(|p| p != config.policy) {
         tracing::info!(
@@ -116,6 +126,7 @@ pub fn load(args: &LoadArgs, cgroup_root: Option<&Path>) -> Result<()> {
         policy_from_cli: args.policy.is_some(),
         config,
         config_path: args.config.clone(),
+        ownership,
         cgroup_root: self::cgroup_root(cgroup_root)?,
         cgroup: cgroupfs::normalise_path(&args.cgroup),
         dry_run: args.dry_run,
@@ -125,7 +136,7 @@ pub fn load(args: &LoadArgs, cgroup_root: Option<&Path>) -> Result<()> {
 
 /// `policyd explain`: the prediction, as text or JSON.
 pub fn explain(args: &ExplainArgs, cgroup_root: Option<&Path>, proc_root: &Path) -> Result<String> {
-    let config = load_config(&args.config)?;
+    let config = load_config(&args.config, Ownership::Any)?;
     let root = self::cgroup_root(cgroup_root)?;
     warn_without_memory_controller(&root);
     let tree = CgroupTree::read(&root)

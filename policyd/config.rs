@@ -24,8 +24,10 @@
 //! problems it finds, not just the first.
 
 use std::fmt;
-use std::io;
+use std::fs::{Metadata, OpenOptions};
+use std::io::{self, Read};
 use std::ops::Range;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -41,6 +43,21 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/policyd/policies.toml";
 pub const MAX_PRIORITY: u32 = 10_000;
 /// `default_priority` when the file does not set it.
 pub const DEFAULT_PRIORITY: u32 = 100;
+/// Largest configuration file policyd reads (1 MiB); real ones are a few KiB.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// What a configuration file's owner and mode must be, beyond being a
+/// regular file of at most [`MAX_CONFIG_BYTES`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Ownership {
+    /// Any owner and mode: `check` and `explain` only read the file, and
+    /// anyone may run them.
+    #[default]
+    Any,
+    /// Owned by root and not writable by group or others: `load` (root)
+    /// lets the file decide what dies, so only root may be able to change it.
+    Root,
+}
 
 /// What to kill once a cgroup is chosen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
@@ -187,6 +204,8 @@ pub enum DiagnosticKind {
     },
     #[error("cgroup patterns are relative to the cgroup2 mount; did you mean \"{suggestion}\"?")]
     WarnMountPrefix { suggestion: String },
+    #[error("the file is not UTF-8 text (byte 0x{byte:02x} here); TOML files are UTF-8")]
+    NotUtf8 { byte: u8 },
 }
 
 impl DiagnosticKind {
@@ -203,6 +222,29 @@ impl DiagnosticKind {
 pub enum ConfigError {
     #[error("cannot read config file {}: {error}", path.display())]
     Read { path: PathBuf, error: io::Error },
+    #[error(
+        "config file {} is {kind}, not a regular file; policyd reads its configuration only \
+         from a regular file",
+        path.display()
+    )]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error(
+        "config file {} is {size}, over the limit of {MAX_CONFIG_BYTES} bytes (1 MiB); a policyd \
+         configuration is a few KiB: is this the right file?",
+        path.display()
+    )]
+    TooLarge {
+        path: PathBuf,
+        /// "N bytes", or "at least N bytes" when it grew while being read.
+        size: String,
+    },
+    #[error(
+        "config file {} {problem}: whoever can write it decides what policyd kills; fix it with \
+         `chown root:root {} && chmod go-w {}` (or pass --insecure-config, for tests and \
+         development only)",
+        path.display(), path.display(), path.display()
+    )]
+    Insecure { path: PathBuf, problem: String },
     /// One or more problems in the file, in file order.
     #[error("{}", DisplayLines(.0))]
     Invalid(Vec<Diagnostic>),
@@ -217,7 +259,7 @@ impl ConfigError {
     pub fn diagnostics(&self) -> &[Diagnostic] {
         match self {
             ConfigError::Invalid(d) => d,
-            ConfigError::Read { .. } => &[],
+            _ => &[],
         }
     }
 }
@@ -258,15 +300,43 @@ struct RawRule {
 }
 
 impl Config {
-    /// Read and validate `path`.
+    /// Read and validate `path`, with no requirement on its owner (what
+    /// `check` and `explain` do).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.to_owned(),
-            error,
-        })?;
-        let mut config = Config::parse(&text, &path.display().to_string())?;
+        Config::load_checked(path, Ownership::Any)
+    }
+
+    /// Read and validate `path`: a regular file (never a FIFO, which could
+    /// block the daemon, nor a device) of at most [`MAX_CONFIG_BYTES`],
+    /// whose owner and mode `ownership` accepts. The one place policyd
+    /// reads a configuration file.
+    pub fn load_checked(path: &Path, ownership: Ownership) -> Result<Config, ConfigError> {
+        let bytes = read_config_file(path, ownership)?;
+        let mut config = Config::parse_bytes(&bytes, &path.display().to_string())?;
         config.path = path.to_owned();
         Ok(config)
+    }
+
+    /// Validate `bytes`, which must be UTF-8; `file_name` is what messages
+    /// call the file.
+    pub fn parse_bytes(bytes: &[u8], file_name: &str) -> Result<Config, ConfigError> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Config::parse(text, file_name),
+            Err(e) => {
+                let valid = &bytes[..e.valid_up_to()];
+                // Everything before the bad byte is valid UTF-8.
+                let prefix = std::str::from_utf8(valid).unwrap_or_default();
+                let (line, column) = line_column(prefix, prefix.len());
+                Err(ConfigError::Invalid(vec![Diagnostic {
+                    file: file_name.to_owned(),
+                    line,
+                    column,
+                    kind: DiagnosticKind::NotUtf8 {
+                        byte: bytes[e.valid_up_to()],
+                    },
+                }]))
+            }
+        }
     }
 
     /// Validate `text`; `file_name` is what messages call the file.
@@ -422,6 +492,90 @@ impl Config {
     }
 }
 
+/// The contents of the configuration file at `path`, checked as
+/// [`Config::load_checked`] says.
+fn read_config_file(path: &Path, ownership: Ownership) -> Result<Vec<u8>, ConfigError> {
+    let read_error = |error| ConfigError::Read {
+        path: path.to_owned(),
+        error,
+    };
+    // Look before opening: opening a device can have effects of its own.
+    check_file_type(path, &std::fs::metadata(path).map_err(read_error)?)?;
+    // O_NONBLOCK: should a FIFO replace the file after the look above,
+    // opening and reading it still return at once.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+        .map_err(read_error)?;
+    // What was opened is what counts.
+    let meta = file.metadata().map_err(read_error)?;
+    check_file_type(path, &meta)?;
+    let too_large = |size: String| ConfigError::TooLarge {
+        path: path.to_owned(),
+        size,
+    };
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(too_large(format!("{} bytes", meta.len())));
+    }
+    if ownership == Ownership::Root {
+        check_ownership(path, &meta)?;
+    }
+    // One byte more than the limit tells a file that grew past it.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_large(format!("at least {} bytes", bytes.len())));
+    }
+    Ok(bytes)
+}
+
+fn check_file_type(path: &Path, meta: &Metadata) -> Result<(), ConfigError> {
+    let t = meta.file_type();
+    let kind = if t.is_file() {
+        return Ok(());
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "not a regular file"
+    };
+    Err(ConfigError::NotRegular {
+        path: path.to_owned(),
+        kind,
+    })
+}
+
+/// Owned by root, not writable by group or others.
+fn check_ownership(path: &Path, meta: &Metadata) -> Result<(), ConfigError> {
+    let mode = meta.mode() & 0o7777;
+    let problem = if meta.uid() != 0 {
+        format!("is owned by uid {}, not root", meta.uid())
+    } else if mode & 0o022 != 0 {
+        let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+            (true, true) => "its group and others",
+            (true, false) => "its group",
+            _ => "others",
+        };
+        format!("is writable by {who} (mode {mode:04o})")
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::Insecure {
+        path: path.to_owned(),
+        problem,
+    })
+}
+
 fn check_priority(key: &'static str, v: &Spanned<i64>) -> Result<u32, DiagnosticKind> {
     let value = *v.get_ref();
     match u32::try_from(value) {
@@ -446,7 +600,11 @@ fn clarify_toml_message(message: &str) -> String {
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.
 pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
+    let mut offset = offset.min(text.len());
+    // Inside a character: count from its start.
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
     let before = &text[..offset];
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let line = before.matches('\n').count() + 1;
@@ -739,6 +897,144 @@ protect = false
         assert!(err
             .to_string()
             .starts_with("cannot read config file /nonexistent/policies.toml:"));
+    }
+
+    /// A file in a fresh directory with `bytes` and permission bits `mode`.
+    fn file_with(bytes: &[u8], mode: u32) -> (tempfile::TempDir, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policies.toml");
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        (dir, path)
+    }
+
+    fn is_root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Config::load(dir.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "config file {} is a directory, not a regular file; policyd reads its \
+                 configuration only from a regular file",
+                dir.path().display()
+            )
+        );
+        // A FIFO with no writer: opening it for reading would block, so it
+        // is refused before it is opened.
+        let fifo = dir.path().join("fifo.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        for ownership in [Ownership::Any, Ownership::Root] {
+            let err = Config::load_checked(&fifo, ownership).unwrap_err();
+            assert!(matches!(
+                err,
+                ConfigError::NotRegular {
+                    kind: "a FIFO (named pipe)",
+                    ..
+                }
+            ));
+        }
+        let err = Config::load(Path::new("/dev/null")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("/dev/null is a character device, not a regular file"),
+            "{err}"
+        );
+        assert!(!err.is_not_found());
+    }
+
+    #[test]
+    fn refuses_a_file_over_one_mebibyte() {
+        // Exactly the limit is fine: a valid file of comments.
+        let line = format!("#{}\n", "x".repeat(1022));
+        let text = line.repeat((MAX_CONFIG_BYTES / 1024) as usize);
+        assert_eq!(text.len() as u64, MAX_CONFIG_BYTES);
+        let (_dir, path) = file_with(text.as_bytes(), 0o644);
+        assert!(Config::load(&path).unwrap().rules.is_empty());
+
+        let (_dir, path) = file_with(format!("{text}\n").as_bytes(), 0o644);
+        let err = Config::load(&path).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "config file {} is 1048577 bytes, over the limit of 1048576 bytes (1 MiB); a \
+                 policyd configuration is a few KiB: is this the right file?",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn root_ownership_is_enforced_only_when_asked() {
+        let text = b"[[rule]]\ncgroup = \"/a\"\npriority = 1\n";
+        let insecure = |path: &Path| match Config::load_checked(path, Ownership::Root) {
+            Err(e @ ConfigError::Insecure { .. }) => e.to_string(),
+            other => panic!("expected an ownership error, got {other:?}"),
+        };
+        for mode in [0o644, 0o664, 0o646, 0o666] {
+            let (_dir, path) = file_with(text, mode);
+            // check and explain read anything readable.
+            assert_eq!(Config::load(&path).unwrap().rules.len(), 1);
+            if !is_root() {
+                let e = insecure(&path);
+                let uid = nix::unistd::geteuid();
+                assert!(
+                    e.contains(&format!("is owned by uid {uid}, not root")),
+                    "{e}"
+                );
+                continue;
+            }
+            if mode == 0o644 {
+                assert!(Config::load_checked(&path, Ownership::Root).is_ok());
+                // The same file owned by someone else.
+                nix::unistd::chown(&path, Some(1000.into()), None).unwrap();
+                let e = insecure(&path);
+                assert!(e.contains("is owned by uid 1000, not root"), "{e}");
+                continue;
+            }
+            let who = match mode {
+                0o664 => "its group (mode 0664)",
+                0o646 => "others (mode 0646)",
+                _ => "its group and others (mode 0666)",
+            };
+            let p = path.display();
+            assert_eq!(
+                insecure(&path),
+                format!(
+                    "config file {p} is writable by {who}: whoever can write it decides what \
+                     policyd kills; fix it with `chown root:root {p} && chmod go-w {p}` (or \
+                     pass --insecure-config, for tests and development only)"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn reports_bytes_that_are_not_utf8_where_they_are() {
+        let err = Config::parse_bytes(b"policy = \"priority\"\n# caf\xc3\xa9 \xff\n", "p.toml")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "p.toml:2:8: the file is not UTF-8 text (byte 0xff here); TOML files are UTF-8"
+        );
+        let (_dir, path) = file_with(b"\xfe", 0o644);
+        let err = Config::load(&path).unwrap_err();
+        assert_eq!(err.diagnostics().len(), 1);
+        assert_eq!(
+            (err.diagnostics()[0].line, err.diagnostics()[0].column),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn line_column_inside_a_character_counts_from_its_start() {
+        assert_eq!(line_column("é", 1), (1, 1));
+        assert_eq!(line_column("aé", 2), (1, 2));
     }
 
     #[test]

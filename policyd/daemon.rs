@@ -34,7 +34,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use crate::abi::{Pod, PolicydEvent, PolicydRule};
 use crate::cgroupfs::CgroupTree;
 use crate::commands;
-use crate::config::Config;
+use crate::config::{Config, Ownership};
 use crate::events::{Awaits, Decision};
 use crate::loader::{self, HandlerLink, KernelBtf, PolicyObject};
 use crate::policy::PolicyName;
@@ -53,6 +53,8 @@ pub struct LoadRequest {
     pub config: Config,
     /// The file `config` was read from (re-read on SIGHUP).
     pub config_path: PathBuf,
+    /// What the file's owner and mode must be, on every reload too.
+    pub ownership: Ownership,
     /// The cgroup2 mount.
     pub cgroup_root: PathBuf,
     /// Cgroup to attach to, relative to the cgroup2 mount ("/" = system-wide).
@@ -218,6 +220,25 @@ impl Cgroups {
         self.names.insert(id, path.to_owned());
         self.effective.insert(path.to_owned(), e.clone());
         Some(e)
+    }
+}
+
+/// The configuration as SIGHUP re-reads it: through the same checks as at
+/// start. `None` (logged) when it cannot be used: the caller keeps the
+/// running policy and rules.
+fn reread_config(req: &LoadRequest) -> Option<Config> {
+    match commands::load_config(&req.config_path, req.ownership) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            for line in format!("{e:#}").lines() {
+                tracing::error!("{line}");
+            }
+            tracing::warn!(
+                "{} is not valid: keeping the running policy and rules",
+                req.config_path.display()
+            );
+            None
+        }
     }
 }
 
@@ -522,18 +543,8 @@ impl Daemon {
     /// Another policy → load it, fill its rules, swap it into the link
     /// (`bpf_link_update`: the old handler stays until the new one is in).
     pub fn reload(&mut self) -> Result<()> {
-        let config = match commands::load_config(&self.req.config_path) {
-            Ok(c) => c,
-            Err(e) => {
-                for line in format!("{e:#}").lines() {
-                    tracing::error!("{line}");
-                }
-                tracing::warn!(
-                    "{} is not valid: keeping the running policy and rules",
-                    self.req.config_path.display()
-                );
-                return Ok(());
-            }
+        let Some(config) = reread_config(&self.req) else {
+            return Ok(());
         };
         let policy = if self.req.policy_from_cli {
             if config.policy != self.req.policy {
@@ -614,6 +625,34 @@ impl Daemon {
 mod tests {
     use super::*;
     use crate::testing::FakeCgroupfs;
+
+    #[test]
+    fn a_reload_checks_the_file_as_the_start_did() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "default_priority = 7\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let mut req = LoadRequest {
+            policy: PolicyName::Priority,
+            policy_from_cli: false,
+            config: Config::default(),
+            config_path: path.clone(),
+            ownership: Ownership::Root,
+            cgroup_root: dir.path().to_owned(),
+            cgroup: "/".into(),
+            dry_run: false,
+        };
+        // World-writable: refused, so the running rules stay.
+        assert_eq!(reread_config(&req), None);
+        // Started with --insecure-config: its reloads skip the owner check too.
+        req.ownership = Ownership::Any;
+        assert_eq!(reread_config(&req).map(|c| c.default_priority), Some(7));
+        // Whatever the ownership, a FIFO is refused, never waited on.
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert_eq!(reread_config(&req), None);
+    }
 
     #[test]
     fn resolves_new_cgroups_and_missing_ancestors() {

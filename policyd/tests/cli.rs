@@ -1,7 +1,9 @@
 //! The policyd binary end to end, against fake cgroup and proc trees.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use policyd::testing::{demo_layout, FakeCgroupfs};
 
@@ -11,6 +13,47 @@ fn policyd(args: &[&str]) -> Output {
         .env_remove("RUST_LOG")
         .output()
         .expect("run policyd")
+}
+
+/// Like [`policyd`], but a run still going after 30 s is killed and fails
+/// the test: for inputs that could make policyd wait forever.
+fn policyd_within_30s(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_policyd"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run policyd");
+    let start = Instant::now();
+    while child.try_wait().expect("wait for policyd").is_none() {
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("policyd {} did not finish within 30 s", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("policyd's output")
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// `policyd load` arguments that can never attach anything: the cgroup
+/// does not exist in the fake tree at `cg`.
+fn load_nowhere<'a>(cg: &'a Path, config: &'a Path) -> Vec<&'a str> {
+    vec![
+        "load",
+        "--config",
+        config.to_str().unwrap(),
+        "--cgroup-root",
+        cg.to_str().unwrap(),
+        "--cgroup",
+        "/nope",
+    ]
 }
 
 fn stdout(o: &Output) -> String {
@@ -167,7 +210,12 @@ fn load_validates_before_the_kernel_is_touched() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "policy = \"nope\"\n").unwrap();
-    let o = policyd(&["load", "--config", bad.to_str().unwrap()]);
+    let o = policyd(&[
+        "load",
+        "--insecure-config",
+        "--config",
+        bad.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("bad.toml:1:10: unknown policy \"nope\""),
@@ -194,4 +242,88 @@ fn help_teaches() {
     assert!(text.contains("Examples:"));
     let o = policyd(&["explain", "--help"]);
     assert!(stdout(&o).contains("policyd explain --cgroup /demo"));
+}
+
+#[test]
+fn a_fifo_as_config_is_refused_without_waiting_for_a_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let cg = FakeCgroupfs::new(dir.path().join("cg"));
+    for args in [
+        vec!["check", fifo.to_str().unwrap()],
+        load_nowhere(cg.root(), &fifo),
+    ] {
+        let o = policyd_within_30s(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr(&o).contains(&format!(
+                "config file {} is a FIFO (named pipe), not a regular file",
+                fifo.display()
+            )),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn a_config_over_one_mebibyte_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.toml");
+    std::fs::write(&big, "#".repeat(2 << 20)).unwrap();
+    let o = policyd(&["check", big.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "error: config file {} is 2097152 bytes, over the limit of 1048576 bytes (1 MiB); a \
+             policyd configuration is a few KiB: is this the right file?\n",
+            big.display()
+        )
+    );
+}
+
+#[test]
+fn load_refuses_a_config_that_others_can_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let cg = FakeCgroupfs::new(dir.path().join("cg"));
+    let file = dir.path().join("policies.toml");
+    std::fs::write(&file, "[[rule]]\ncgroup = \"/a\"\npriority = 1\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o664)).unwrap();
+
+    let o = policyd(&load_nowhere(cg.root(), &file));
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    let f = file.display();
+    assert!(
+        err.contains(&format!("chown root:root {f} && chmod go-w {f}")),
+        "{err}"
+    );
+    if is_root() {
+        assert!(
+            err.contains(&format!("{f} is writable by its group (mode 0664)")),
+            "{err}"
+        );
+    } else {
+        assert!(err.contains("not root"), "{err}");
+    }
+
+    // check only reads the file: anyone may run it on anything readable.
+    let o = policyd(&["check", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "ok: 1 rule, policy priority\n");
+
+    // --insecure-config skips the owner check, says so, and goes on (to
+    // fail later, on the missing cgroup or a kernel without BPF OOM).
+    let o = policyd(&[&load_nowhere(cg.root(), &file)[..], &["--insecure-config"]].concat());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains(&format!(
+            "--insecure-config: not checking that only root can write {f}"
+        )),
+        "{}",
+        stdout(&o)
+    );
+    assert!(!stderr(&o).contains("chown"), "{}", stderr(&o));
 }
