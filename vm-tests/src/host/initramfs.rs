@@ -133,6 +133,8 @@ pub fn build(top: &Path, out: &Path) -> Result<Initramfs> {
         );
     }
     stamp += INIT;
+    // Rebuilds a cached cpio made before the config's mode was set below.
+    stamp += "etc/policyd/policies.toml mode 0644\n";
     if cpio.is_file() && fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str()) {
         return Ok(Initramfs {
             path: cpio,
@@ -152,6 +154,12 @@ pub fn build(top: &Path, out: &Path) -> Result<Initramfs> {
         fs::create_dir_all(dest.parent().unwrap())?;
         fs::copy(&i.src, &dest)
             .with_context(|| format!("copying {} to {}", i.src.display(), dest.display()))?;
+    }
+    // `policyd load` refuses a config that group or others can write; the
+    // copy keeps the checkout's mode, which a umask of 002 makes 0664.
+    let config = staging.join("etc/policyd/policies.toml");
+    if config.is_file() {
+        fs::set_permissions(&config, fs::Permissions::from_mode(0o644))?;
     }
     let init = staging.join("init");
     fs::write(&init, INIT)?;
