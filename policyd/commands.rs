@@ -10,6 +10,7 @@ use crate::cgroupfs::{self, CgroupTree};
 use crate::cli::{CheckArgs, ExplainArgs, LoadArgs};
 use crate::config::{Config, ConfigError, Ownership};
 use crate::daemon::{self, LoadRequest};
+use crate::guard;
 use crate::policy::POLICIES;
 use crate::procfs::ProcFs;
 use crate::rank::{self, format_bytes, Explanation};
@@ -102,8 +103,9 @@ pub fn cgroup_root(given: Option<&Path>) -> Result<PathBuf> {
     }
 }
 
-/// `policyd load`: validate, then hand over to the daemon.
-pub fn load(args: &LoadArgs, cgroup_root: Option<&Path>) -> Result<()> {
+/// `policyd load`: validate, check where we run, then hand over to the
+/// daemon. `proc_root` is /proc but for tests.
+pub fn load(args: &LoadArgs, cgroup_root: Option<&Path>, proc_root: &Path) -> Result<()> {
     let ownership = if args.insecure_config {
         tracing::warn!(
             "--insecure-config: not checking that only root can write {}",
@@ -114,6 +116,7 @@ pub fn load(args: &LoadArgs, cgroup_root: Option<&Path>) -> Result<()> {
         Ownership::Root
     };
     let config = load_config(&args.config, ownership)?;
+    guard::require_host_cgroup_namespace(proc_root)?;
     let policy = args.policy.unwrap_or(config.policy);
     if args.policy.is_some_and(|p| p != config.policy) {
         tracing::info!(

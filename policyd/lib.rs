@@ -15,6 +15,7 @@
 //!   resolved settings into rules map entries, [`abi`] mirrors the structs
 //!   shared with BPF, [`events`] logs OOM decisions, [`watch`] follows the
 //!   cgroup tree;
+//! * [`guard`]: what `load` checks and does to itself before attaching;
 //! * [`testing`]: fake cgroup and proc trees for tests.
 
 pub mod abi;
@@ -25,6 +26,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod events;
+pub mod guard;
 pub mod loader;
 pub mod matcher;
 pub mod policy;

@@ -8,7 +8,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use policyd::cli::{Cli, Command};
-use policyd::{commands, status};
+use policyd::{commands, guard, status};
 
 /// `daemon`: `policyd load`, whose log is its output: info lines by default,
 /// on stdout (`policyd load | grep decision`). The other commands log
@@ -56,8 +56,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let text = commands::explain(&args, cli.cgroup_root.as_deref(), &cli.proc_root)?;
             print!("{text}");
         }
-        Command::Load(args) => commands::load(&args, cli.cgroup_root.as_deref())?,
-        Command::Status(args) => status::run(&args, cli.cgroup_root.as_deref(), &cli.proc_root)?,
+        Command::Load(args) => commands::load(&args, cli.cgroup_root.as_deref(), &cli.proc_root)?,
+        Command::Status(args) => {
+            guard::note_private_cgroup_namespace(&cli.proc_root);
+            status::run(&args, cli.cgroup_root.as_deref(), &cli.proc_root)?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -327,3 +327,43 @@ fn load_refuses_a_config_that_others_can_write() {
     );
     assert!(!stderr(&o).contains("chown"), "{}", stderr(&o));
 }
+
+/// A fake proc tree whose self/ns/cgroup names the namespace `ns`.
+fn proc_in_cgroupns(dir: &Path, ns: &str) -> PathBuf {
+    let proc_root = dir.join("proc");
+    std::fs::create_dir_all(proc_root.join("self/ns")).unwrap();
+    std::os::unix::fs::symlink(ns, proc_root.join("self/ns/cgroup")).unwrap();
+    proc_root
+}
+
+#[test]
+fn load_refuses_a_private_cgroup_namespace_and_status_notes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cg = FakeCgroupfs::new(dir.path().join("cg"));
+    let config = repo_config();
+    let proc_root = proc_in_cgroupns(dir.path(), "cgroup:[4026532510]");
+    let mut args = load_nowhere(cg.root(), &config);
+    args.extend([
+        "--insecure-config",
+        "--proc-root",
+        proc_root.to_str().unwrap(),
+    ]);
+    let o = policyd(&args);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("policyd: error: policyd runs in a private cgroup namespace"),
+        "{err}"
+    );
+    assert!(
+        err.contains("run policyd in the host's cgroup namespace"),
+        "{err}"
+    );
+
+    let o = policyd(&["status", "--proc-root", proc_root.to_str().unwrap()]);
+    assert!(
+        stderr(&o).contains("note: policyd runs in a private cgroup namespace"),
+        "{}",
+        stderr(&o)
+    );
+}

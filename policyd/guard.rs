@@ -1,0 +1,157 @@
+//! What `policyd load` checks about where it runs, before it attaches
+//! anything: that it sees the host's cgroup tree ([`cgroup_namespace`]).
+//!
+//! Everything reads `<proc root>/self/...`, so tests point it at a fake
+//! proc tree (the hidden global `--proc-root`).
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use anyhow::Result;
+
+/// `PROC_CGROUP_INIT_INO`: the inode number of the initial (host) cgroup
+/// namespace, fixed by the kernel (include/linux/proc_ns.h).
+pub const PROC_CGROUP_INIT_INO: u64 = 0xEFFF_FFFB;
+
+/// Which cgroup namespace `<proc root>/self/ns/cgroup` says we are in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupNamespace {
+    /// The host's: the cgroup2 mount shows the whole tree.
+    Init,
+    /// Another one (a container's), with its inode number.
+    Private(u64),
+    /// No such file: a kernel without cgroup namespaces, so the host's.
+    Unsupported,
+    /// The file is there but could not be read: why.
+    Unknown(String),
+}
+
+/// The cgroup namespace of the process whose proc tree is `proc_root`.
+pub fn cgroup_namespace(proc_root: &Path) -> CgroupNamespace {
+    let link = proc_root.join("self/ns/cgroup");
+    // The link's text is "cgroup:[INODE]"; stat-ing through it gives the
+    // same inode number, which covers a proc that says something else.
+    let from_link = fs::read_link(&link).ok().and_then(|target| {
+        let text = target.to_str()?;
+        text.strip_prefix("cgroup:[")?
+            .strip_suffix(']')?
+            .parse::<u64>()
+            .ok()
+    });
+    let ino = match from_link {
+        Some(ino) => ino,
+        None => match fs::metadata(&link) {
+            Ok(meta) => meta.ino(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return CgroupNamespace::Unsupported,
+            Err(e) => return CgroupNamespace::Unknown(format!("{}: {e}", link.display())),
+        },
+    };
+    if ino == PROC_CGROUP_INIT_INO {
+        CgroupNamespace::Init
+    } else {
+        CgroupNamespace::Private(ino)
+    }
+}
+
+/// What a private cgroup namespace costs, for the messages below.
+const CGROUPNS_HINT: &str = "run policyd in the host's cgroup namespace (e.g. `docker run \
+     --cgroupns=host`; in Kubernetes hostPID is not enough, the pod needs the host's cgroup \
+     namespace too; a systemd service or a shell on the host already is)";
+
+/// `policyd load` refuses to run in a private cgroup namespace: its cgroup2
+/// mount would show only the container's subtree, under paths that are not
+/// the ones the rules name, so it would protect and rank the wrong cgroups.
+pub fn require_host_cgroup_namespace(proc_root: &Path) -> Result<()> {
+    match cgroup_namespace(proc_root) {
+        CgroupNamespace::Init | CgroupNamespace::Unsupported => Ok(()),
+        CgroupNamespace::Private(ino) => anyhow::bail!(
+            "policyd runs in a private cgroup namespace (cgroup:[{ino}], the host's is \
+             cgroup:[{PROC_CGROUP_INIT_INO}]): it would see only part of the cgroup tree, under \
+             paths that are not the ones its rules name; {CGROUPNS_HINT}"
+        ),
+        CgroupNamespace::Unknown(why) => {
+            tracing::warn!(
+                "cannot tell whether policyd runs in the host's cgroup namespace ({why}); going \
+                 on as if it did"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// For commands that only look (`status`): a note, on stderr, when a
+/// private cgroup namespace hides part of the tree.
+pub fn note_private_cgroup_namespace(proc_root: &Path) {
+    if let CgroupNamespace::Private(ino) = cgroup_namespace(proc_root) {
+        tracing::warn!(
+            "note: policyd runs in a private cgroup namespace (cgroup:[{ino}]): cgroup paths are \
+             this namespace's, and handlers on cgroups outside it show as cgroup#ID; to see \
+             them all, {CGROUPNS_HINT}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn proc_with_ns(target: Option<&str>) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("self/ns")).unwrap();
+        if let Some(t) = target {
+            symlink(t, dir.path().join("self/ns/cgroup")).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn tells_the_host_namespace_from_a_private_one() {
+        let host = proc_with_ns(Some("cgroup:[4026531835]"));
+        assert_eq!(cgroup_namespace(host.path()), CgroupNamespace::Init);
+        assert!(require_host_cgroup_namespace(host.path()).is_ok());
+
+        let container = proc_with_ns(Some("cgroup:[4026532510]"));
+        assert_eq!(
+            cgroup_namespace(container.path()),
+            CgroupNamespace::Private(4026532510)
+        );
+        let err = require_host_cgroup_namespace(container.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "policyd runs in a private cgroup namespace (cgroup:[4026532510], the host's is \
+                 cgroup:[4026531835])"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("host's cgroup namespace"), "{err}");
+        assert!(err.contains("--cgroupns=host"), "{err}");
+
+        // No ns/cgroup: a kernel without cgroup namespaces. Not refused.
+        let old = proc_with_ns(None);
+        assert_eq!(cgroup_namespace(old.path()), CgroupNamespace::Unsupported);
+        assert!(require_host_cgroup_namespace(old.path()).is_ok());
+
+        // Not in the link's usual form: the inode of what it points to.
+        let odd = proc_with_ns(Some("elsewhere"));
+        fs::write(odd.path().join("self/ns/elsewhere"), "").unwrap();
+        let ino = fs::metadata(odd.path().join("self/ns/elsewhere"))
+            .unwrap()
+            .ino();
+        assert_eq!(cgroup_namespace(odd.path()), CgroupNamespace::Private(ino));
+    }
+
+    #[test]
+    fn agrees_with_stat_on_the_real_proc() {
+        let ns = cgroup_namespace(Path::new("/proc"));
+        match fs::metadata("/proc/self/ns/cgroup") {
+            Ok(m) if m.ino() == PROC_CGROUP_INIT_INO => assert_eq!(ns, CgroupNamespace::Init),
+            Ok(m) => assert_eq!(ns, CgroupNamespace::Private(m.ino())),
+            Err(_) => assert_eq!(ns, CgroupNamespace::Unsupported),
+        }
+    }
+}
