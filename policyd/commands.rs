@@ -124,13 +124,15 @@ pub fn load(args: &LoadArgs, cgroup_root: Option<&Path>, proc_root: &Path) -> Re
             config.policy
         );
     }
+    let cgroup_root = self::cgroup_root(cgroup_root)?;
+    guard::protect_self(proc_root)?;
     let req = LoadRequest {
         policy,
         policy_from_cli: args.policy.is_some(),
         config,
         config_path: args.config.clone(),
         ownership,
-        cgroup_root: self::cgroup_root(cgroup_root)?,
+        cgroup_root,
         cgroup: cgroupfs::normalise_path(&args.cgroup),
         dry_run: args.dry_run,
     };

@@ -1,15 +1,22 @@
-//! What `policyd load` checks about where it runs, before it attaches
-//! anything: that it sees the host's cgroup tree ([`cgroup_namespace`]).
+//! What `policyd load` checks about where it runs and does to itself,
+//! before it attaches anything: that it sees the host's cgroup tree
+//! ([`cgroup_namespace`]), and that the OOM killer never picks policyd
+//! ([`protect_self`]).
 //!
 //! Everything reads `<proc root>/self/...`, so tests point it at a fake
 //! proc tree (the hidden global `--proc-root`).
 
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use anyhow::Result;
+use nix::errno::Errno;
+use nix::sys::mman::{mlockall, MlockAllFlags};
+use tracing::Level;
+
+use crate::procfs::OOM_SCORE_ADJ_MIN;
 
 /// `PROC_CGROUP_INIT_INO`: the inode number of the initial (host) cgroup
 /// namespace, fixed by the kernel (include/linux/proc_ns.h).
@@ -93,6 +100,97 @@ pub fn note_private_cgroup_namespace(proc_root: &Path) {
     }
 }
 
+/// Make policyd the last thing the kernel kills and keep it in memory:
+/// oom_score_adj -1000 (the kernel's killer, and bpf_oom_kill_process(),
+/// never pick such a task), then every page locked as it is touched. Each
+/// logs one info line. Failing to set oom_score_adj is an error: `load`
+/// runs as root, so it means something is wrong. Failing to lock memory
+/// is only a warning, see [`lock_memory`].
+pub fn protect_self(proc_root: &Path) -> Result<()> {
+    set_oom_score_adj(proc_root)?;
+    lock_memory();
+    Ok(())
+}
+
+/// Write -1000 to `<proc root>/self/oom_score_adj`.
+pub fn set_oom_score_adj(proc_root: &Path) -> Result<()> {
+    let path = proc_root.join("self/oom_score_adj");
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(OOM_SCORE_ADJ_MIN.to_string().as_bytes()));
+    if let Err(e) = written {
+        let errno = e
+            .raw_os_error()
+            .map_or_else(|| e.to_string(), |n| Errno::from_raw(n).to_string());
+        anyhow::bail!(
+            "cannot protect policyd from the OOM killer: writing {OOM_SCORE_ADJ_MIN} to {} failed \
+             with {errno}; policyd load must run as root (lowering oom_score_adj needs \
+             CAP_SYS_RESOURCE)",
+            path.display()
+        );
+    }
+    tracing::info!(
+        "oom_score_adj {OOM_SCORE_ADJ_MIN}: the OOM killer never picks policyd ({})",
+        path.display()
+    );
+    Ok(())
+}
+
+/// mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT): under memory pressure
+/// policyd's pages are not reclaimed, so logging a decision or adding a
+/// new cgroup's entry never waits on swap-in or page cache refaults.
+/// MCL_ONFAULT locks pages as they are touched instead of populating every
+/// mapping up front (thread stacks, reserved heap), so RSS stays what
+/// policyd uses.
+///
+/// A failure (EPERM or ENOMEM: RLIMIT_MEMLOCK without CAP_IPC_LOCK) is a
+/// warning and policyd goes on: OOM decisions are made in the kernel by
+/// the BPF handler, which needs nothing from policyd's memory; what could
+/// be slowed is only the logging and the rules map updates. Refusing to
+/// start would leave the machine with no policy at all, which is worse.
+pub fn lock_memory() {
+    let flags = MlockAllFlags::MCL_CURRENT
+        | MlockAllFlags::MCL_FUTURE
+        | MlockAllFlags::from_bits_retain(nix::libc::MCL_ONFAULT);
+    let (level, message) = lock_memory_outcome(mlockall(flags));
+    if level == Level::INFO {
+        tracing::info!("{message}");
+    } else {
+        tracing::warn!("{message}");
+    }
+}
+
+/// The log line for mlockall's result.
+fn lock_memory_outcome(result: nix::Result<()>) -> (Level, String) {
+    match result {
+        Ok(()) => (
+            Level::INFO,
+            "memory locked (mlockall MCL_CURRENT|MCL_FUTURE|MCL_ONFAULT): policyd's pages stay \
+             in RAM"
+                .to_owned(),
+        ),
+        Err(e @ (Errno::EPERM | Errno::ENOMEM)) => (
+            Level::WARN,
+            format!(
+                "cannot lock policyd's memory (mlockall: {e}): RLIMIT_MEMLOCK is too low and \
+                 CAP_IPC_LOCK is missing; going on, since OOM decisions are made in the kernel, \
+                 but under memory pressure policyd's logging and cgroup updates may stall on \
+                 page faults (raise the limit, e.g. LimitMEMLOCK=infinity, or run as root)"
+            ),
+        ),
+        Err(e) => (
+            Level::WARN,
+            format!(
+                "cannot lock policyd's memory (mlockall: {e}); going on, since OOM decisions are \
+                 made in the kernel, but under memory pressure policyd's logging and cgroup \
+                 updates may stall on page faults"
+            ),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +251,47 @@ mod tests {
             Ok(m) => assert_eq!(ns, CgroupNamespace::Private(m.ino())),
             Err(_) => assert_eq!(ns, CgroupNamespace::Unsupported),
         }
+    }
+
+    #[test]
+    fn sets_its_own_oom_score_adj_to_the_minimum() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("self")).unwrap();
+        let adj = dir.path().join("self/oom_score_adj");
+        fs::write(&adj, "0\n").unwrap();
+        set_oom_score_adj(dir.path()).unwrap();
+        assert_eq!(fs::read_to_string(&adj).unwrap(), "-1000");
+
+        // No such file (not procfs, or it refuses): an error naming the
+        // file and the errno, never a silent go-on.
+        let err = set_oom_score_adj(&dir.path().join("nope"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cannot protect policyd from the OOM killer: writing -1000 to "),
+            "{err}"
+        );
+        assert!(
+            err.contains("nope/self/oom_score_adj failed with ENOENT"),
+            "{err}"
+        );
+        assert!(err.contains("must run as root"), "{err}");
+    }
+
+    #[test]
+    fn a_memory_lock_refused_by_the_rlimit_is_a_warning() {
+        let (level, msg) = lock_memory_outcome(Ok(()));
+        assert_eq!(level, Level::INFO);
+        assert!(msg.starts_with("memory locked (mlockall"), "{msg}");
+        for errno in [Errno::EPERM, Errno::ENOMEM] {
+            let (level, msg) = lock_memory_outcome(Err(errno));
+            assert_eq!(level, Level::WARN);
+            assert!(msg.contains(&format!("mlockall: {errno}")), "{msg}");
+            assert!(msg.contains("RLIMIT_MEMLOCK"), "{msg}");
+            assert!(msg.contains("going on"), "{msg}");
+        }
+        let (level, msg) = lock_memory_outcome(Err(Errno::EINVAL));
+        assert_eq!(level, Level::WARN);
+        assert!(msg.contains("mlockall: EINVAL"), "{msg}");
     }
 }

@@ -367,3 +367,43 @@ fn load_refuses_a_private_cgroup_namespace_and_status_notes_it() {
         stderr(&o)
     );
 }
+
+/// A fake proc tree for `policyd load`: the host's cgroup namespace, an
+/// oom_score_adj of 0.
+fn proc_for_load(dir: &Path) -> PathBuf {
+    let proc_root = proc_in_cgroupns(dir, "cgroup:[4026531835]");
+    std::fs::write(proc_root.join("self/oom_score_adj"), "0\n").unwrap();
+    proc_root
+}
+
+#[test]
+fn load_protects_itself_before_attaching() {
+    let dir = tempfile::tempdir().unwrap();
+    let cg = FakeCgroupfs::new(dir.path().join("cg"));
+    let config = repo_config();
+    let proc_root = proc_for_load(dir.path());
+    let mut args = load_nowhere(cg.root(), &config);
+    args.extend([
+        "--insecure-config",
+        "--proc-root",
+        proc_root.to_str().unwrap(),
+    ]);
+    let o = policyd(&args);
+    // It goes on to fail on the cgroup that does not exist (or on a kernel
+    // without BPF OOM), after protecting itself.
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        std::fs::read_to_string(proc_root.join("self/oom_score_adj")).unwrap(),
+        "-1000"
+    );
+    let out = stdout(&o);
+    assert!(
+        out.contains("oom_score_adj -1000: the OOM killer never picks policyd"),
+        "{out}"
+    );
+    // Locked, or a warning saying why not: never silence.
+    assert!(
+        out.contains("memory locked (mlockall") || out.contains("cannot lock policyd's memory"),
+        "{out}"
+    );
+}
