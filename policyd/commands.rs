@@ -126,12 +126,27 @@ pub fn load(args: &LoadArgs, cgroup_root: Option<&Path>, proc_root: &Path) -> Re
     }
     let cgroup_root = self::cgroup_root(cgroup_root)?;
     guard::protect_self(proc_root)?;
+    let own_cgroup = match guard::own_cgroup(proc_root, &cgroup_root) {
+        Ok(Some(own)) => {
+            tracing::info!("protecting policyd's own cgroup {}", own.path);
+            Some(own)
+        }
+        Ok(None) => None,
+        Err(why) => {
+            tracing::warn!(
+                "cannot find policyd's own cgroup ({why}), so it is not protected: policyd \
+                 itself is never killed, but what shares its cgroup may be"
+            );
+            None
+        }
+    };
     let req = LoadRequest {
         policy,
         policy_from_cli: args.policy.is_some(),
         config,
         config_path: args.config.clone(),
         ownership,
+        own_cgroup,
         cgroup_root,
         cgroup: cgroupfs::normalise_path(&args.cgroup),
         dry_run: args.dry_run,

@@ -36,6 +36,7 @@ use crate::cgroupfs::CgroupTree;
 use crate::commands;
 use crate::config::{Config, Ownership};
 use crate::events::{Awaits, Decision};
+use crate::guard::OwnCgroup;
 use crate::loader::{self, HandlerLink, KernelBtf, PolicyObject};
 use crate::policy::PolicyName;
 use crate::resolve::{resolve_tree, Effective, Resolver};
@@ -55,6 +56,9 @@ pub struct LoadRequest {
     pub config_path: PathBuf,
     /// What the file's owner and mode must be, on every reload too.
     pub ownership: Ownership,
+    /// policyd's own cgroup, protected whatever the rules say (`None`: the
+    /// root cgroup, or not found).
+    pub own_cgroup: Option<OwnCgroup>,
     /// The cgroup2 mount.
     pub cgroup_root: PathBuf,
     /// Cgroup to attach to, relative to the cgroup2 mount ("/" = system-wide).
@@ -223,6 +227,22 @@ impl Cgroups {
     }
 }
 
+/// The rules map entries for `effective` under `config`, with policyd's
+/// own cgroup protected: with policyd unkillable (oom_score_adj -1000) the
+/// policy would otherwise pick its cgroup and find nothing to kill there,
+/// or kill what shares the cgroup with it.
+fn entries_for(
+    config: &Config,
+    effective: &[Effective],
+    own: Option<&OwnCgroup>,
+) -> Vec<(u64, PolicydRule)> {
+    let mut entries = rules::rule_entries(config, effective);
+    if let Some(own) = own {
+        rules::force_protect(&mut entries, own.id, config);
+    }
+    entries
+}
+
 /// The configuration as SIGHUP re-reads it: through the same checks as at
 /// start. `None` (logged) when it cannot be used: the caller keeps the
 /// running policy and rules.
@@ -292,7 +312,7 @@ impl Daemon {
         let tree = CgroupTree::read(&req.cgroup_root)
             .with_context(|| format!("reading the cgroup tree at {}", req.cgroup_root.display()))?;
         let effective = resolve_tree(&req.config, &tree);
-        let entries = rules::rule_entries(&req.config, &effective);
+        let entries = entries_for(&req.config, &effective, req.own_cgroup.as_ref());
 
         let obj = PolicyObject::open_load(req.policy, req.dry_run)?;
         let rules_map = new_rules_map(&obj, &entries)?;
@@ -526,7 +546,7 @@ impl Daemon {
     fn replace_rules(&mut self, config: &Config) -> Result<()> {
         let tree = CgroupTree::read(&self.req.cgroup_root)?;
         let effective = resolve_tree(config, &tree);
-        let entries = rules::rule_entries(config, &effective);
+        let entries = entries_for(config, &effective, self.req.own_cgroup.as_ref());
         let map = new_rules_map(&self.obj, &entries)?;
         self.obj.install_rules(&map)?;
         self.rules = map;
@@ -597,7 +617,7 @@ impl Daemon {
     fn switch_policy(&mut self, policy: PolicyName, config: &Config) -> Result<()> {
         let tree = CgroupTree::read(&self.req.cgroup_root)?;
         let effective = resolve_tree(config, &tree);
-        let entries = rules::rule_entries(config, &effective);
+        let entries = entries_for(config, &effective, self.req.own_cgroup.as_ref());
         let obj = PolicyObject::open_load(policy, self.req.dry_run)?;
         let map = new_rules_map(&obj, &entries)?;
         obj.install_rules(&map)?;
@@ -639,6 +659,7 @@ mod tests {
             config: Config::default(),
             config_path: path.clone(),
             ownership: Ownership::Root,
+            own_cgroup: None,
             cgroup_root: dir.path().to_owned(),
             cgroup: "/".into(),
             dry_run: false,
@@ -652,6 +673,45 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         assert_eq!(reread_config(&req), None);
+    }
+
+    #[test]
+    fn its_own_cgroup_is_protected_in_every_generation_of_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeCgroupfs::new(dir.path());
+        fake.cgroup("/system.slice/policyd.service", 0, &[]).cgroup(
+            "/system.slice/other.service",
+            0,
+            &[],
+        );
+        let proc_root = dir.path().join("proc");
+        std::fs::create_dir_all(proc_root.join("self")).unwrap();
+        std::fs::write(
+            proc_root.join("self/cgroup"),
+            "0::/system.slice/policyd.service\n",
+        )
+        .unwrap();
+        let own = crate::guard::own_cgroup(&proc_root, dir.path())
+            .unwrap()
+            .unwrap();
+        // A rule that would make policyd's cgroup the first victim.
+        let config = Config::parse(
+            "[[rule]]\ncgroup = \"/system.slice/**\"\npriority = 1\n",
+            "t.toml",
+        )
+        .unwrap();
+        let tree = CgroupTree::read(dir.path()).unwrap();
+        let eff = resolve_tree(&config, &tree);
+        let protect_of = |entries: &[(u64, PolicydRule)], path: &str| {
+            let id = tree.get(tree.find(path).unwrap()).id;
+            entries.iter().find(|(k, _)| *k == id).unwrap().1.protect
+        };
+        let entries = entries_for(&config, &eff, Some(&own));
+        assert_eq!(protect_of(&entries, "/system.slice/policyd.service"), 1);
+        assert_eq!(protect_of(&entries, "/system.slice/other.service"), 0);
+        assert_eq!(protect_of(&entries, "/system.slice"), 0);
+        let entries = entries_for(&config, &eff, None);
+        assert_eq!(protect_of(&entries, "/system.slice/policyd.service"), 0);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What `policyd load` checks about where it runs and does to itself,
 //! before it attaches anything: that it sees the host's cgroup tree
 //! ([`cgroup_namespace`]), and that the OOM killer never picks policyd
-//! ([`protect_self`]).
+//! ([`protect_self`]) nor, through the policy, its cgroup ([`own_cgroup`]).
 //!
 //! Everything reads `<proc root>/self/...`, so tests point it at a fake
 //! proc tree (the hidden global `--proc-root`).
@@ -191,6 +191,37 @@ fn lock_memory_outcome(result: nix::Result<()>) -> (Level, String) {
     }
 }
 
+/// policyd's own cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnCgroup {
+    /// Relative to the cgroup2 mount, "/a/b".
+    pub path: String,
+    /// Kernel cgroup id (the directory's inode number).
+    pub id: u64,
+}
+
+/// The cgroup that `<proc root>/self/cgroup` puts policyd in (its cgroup2
+/// "0::" line), looked up under `cgroup_root`. `None` for the root cgroup,
+/// which is never a candidate anyway. The error says why it could not be
+/// found.
+pub fn own_cgroup(proc_root: &Path, cgroup_root: &Path) -> Result<Option<OwnCgroup>, String> {
+    let file = proc_root.join("self/cgroup");
+    let text = fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
+        return Err(format!("{} has no cgroup2 (\"0::\") line", file.display()));
+    };
+    let path = crate::cgroupfs::normalise_path(path);
+    if path == "/" {
+        return Ok(None);
+    }
+    let dir = cgroup_root.join(path.trim_start_matches('/'));
+    let meta = fs::metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(Some(OwnCgroup {
+        path,
+        id: meta.ino(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,5 +324,37 @@ mod tests {
         let (level, msg) = lock_memory_outcome(Err(Errno::EINVAL));
         assert_eq!(level, Level::WARN);
         assert!(msg.contains("mlockall: EINVAL"), "{msg}");
+    }
+
+    #[test]
+    fn finds_its_own_cgroup() {
+        use crate::testing::FakeCgroupfs;
+        let dir = tempfile::tempdir().unwrap();
+        let cg = FakeCgroupfs::new(dir.path().join("cg"));
+        cg.cgroup("/system.slice/policyd.service", 0, &[]);
+        let proc_root = dir.path().join("proc");
+        fs::create_dir_all(proc_root.join("self")).unwrap();
+        let write = |text: &str| fs::write(proc_root.join("self/cgroup"), text).unwrap();
+
+        // A hybrid system lists the v1 hierarchies too; only "0::" counts.
+        write("4:memory:/elsewhere\n0::/system.slice/policyd.service\n");
+        let own = own_cgroup(&proc_root, cg.root()).unwrap().unwrap();
+        assert_eq!(own.path, "/system.slice/policyd.service");
+        let ino = fs::metadata(cg.root().join("system.slice/policyd.service"))
+            .unwrap()
+            .ino();
+        assert_eq!(own.id, ino);
+
+        // The root cgroup: nothing to protect.
+        write("0::/\n");
+        assert_eq!(own_cgroup(&proc_root, cg.root()), Ok(None));
+
+        // Not found: an error saying where it looked.
+        write("0::/gone.scope\n");
+        let err = own_cgroup(&proc_root, cg.root()).unwrap_err();
+        assert!(err.contains("gone.scope"), "{err}");
+        write("1:name=systemd:/\n");
+        let err = own_cgroup(&proc_root, cg.root()).unwrap_err();
+        assert!(err.ends_with("has no cgroup2 (\"0::\") line"), "{err}");
     }
 }

@@ -49,6 +49,23 @@ pub fn rule_entries(config: &Config, effective: &[Effective]) -> Vec<(u64, Polic
     out
 }
 
+/// Make cgroup `id` protected in `entries` (from [`rule_entries`]) whatever
+/// its rules say: policyd's own cgroup. Only that entry changes; its
+/// descendants keep what they resolved to. Adds the entry if the tree
+/// read had no such cgroup.
+pub fn force_protect(entries: &mut Vec<(u64, PolicydRule)>, id: u64, config: &Config) {
+    match entries.iter_mut().find(|(k, _)| *k == id) {
+        Some((_, rule)) => rule.protect = 1,
+        None => entries.push((
+            id,
+            PolicydRule {
+                protect: 1,
+                ..defaults_rule(config)
+            },
+        )),
+    }
+}
+
 /// Settings by cgroup path, to compare two generations of rules.
 pub type Snapshot = BTreeMap<String, PolicydRule>;
 
@@ -151,6 +168,46 @@ mod tests {
         assert_eq!(by_path("/"), rule(100, 0, abi::KILL_TASK));
         // No cgroup has id 0: the defaults key never collides.
         assert!(entries[1..].iter().all(|(k, _)| *k != abi::DEFAULTS_KEY));
+    }
+
+    #[test]
+    fn forces_protection_on_one_cgroup_only() {
+        let config = Config::parse(
+            "[[rule]]\ncgroup = \"/svc/**\"\npriority = 5\nkill = \"cgroup\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cg = crate::testing::FakeCgroupfs::new(dir.path());
+        cg.cgroup("/svc/policyd/child", 0, &[])
+            .cgroup("/svc/other", 0, &[]);
+        let tree = CgroupTree::read(cg.root()).unwrap();
+        let eff = resolve_tree(&config, &tree);
+        let id = |p: &str| tree.get(tree.find(p).unwrap()).id;
+        let mut entries = rule_entries(&config, &eff);
+        let before = entries.clone();
+        force_protect(&mut entries, id("/svc/policyd"), &config);
+        for (k, r) in &entries {
+            let old = before.iter().find(|(b, _)| b == k).unwrap().1;
+            if *k == id("/svc/policyd") {
+                assert_eq!(*r, PolicydRule { protect: 1, ..old });
+            } else {
+                // Its child, sibling and parent keep their rules.
+                assert_eq!(*r, old);
+            }
+        }
+        // A cgroup the tree did not have gets an entry of its own.
+        force_protect(&mut entries, 424_242, &config);
+        assert_eq!(
+            entries.last(),
+            Some(&(
+                424_242,
+                PolicydRule {
+                    protect: 1,
+                    ..defaults_rule(&config)
+                }
+            ))
+        );
     }
 
     #[test]

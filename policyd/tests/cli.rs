@@ -382,6 +382,12 @@ fn load_protects_itself_before_attaching() {
     let cg = FakeCgroupfs::new(dir.path().join("cg"));
     let config = repo_config();
     let proc_root = proc_for_load(dir.path());
+    cg.cgroup("/system.slice/policyd.service", 0, &[]);
+    std::fs::write(
+        proc_root.join("self/cgroup"),
+        "0::/system.slice/policyd.service\n",
+    )
+    .unwrap();
     let mut args = load_nowhere(cg.root(), &config);
     args.extend([
         "--insecure-config",
@@ -399,6 +405,10 @@ fn load_protects_itself_before_attaching() {
     let out = stdout(&o);
     assert!(
         out.contains("oom_score_adj -1000: the OOM killer never picks policyd"),
+        "{out}"
+    );
+    assert!(
+        out.contains("protecting policyd's own cgroup /system.slice/policyd.service"),
         "{out}"
     );
     // Locked, or a warning saying why not: never silence.
