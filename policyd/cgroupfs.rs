@@ -13,16 +13,100 @@
 //!   absent (root cgroup, fake trees) it is computed: the cgroup or a
 //!   descendant has processes.
 //!
-//! A cgroup that disappears while being read is skipped, not an error.
+//! Nothing below the root makes the whole read fail: a cgroup that
+//! disappears while being read is skipped (a debug line), and one policyd
+//! cannot handle (a name that is not UTF-8, a path longer than PATH_MAX, a
+//! directory it may not read) is left out or read in part, with one
+//! warning per cgroup (see [`CgroupTree::problems`]). What is left out gets
+//! no rules entry; the BPF policy gives it the entry of its nearest
+//! ancestor that has one.
 
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::fs;
 use std::io;
 use std::ops::Range;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use nix::errno::Errno;
 
 /// Where cgroup2 is mounted on systemd machines.
 pub const DEFAULT_MOUNT: &str = "/sys/fs/cgroup";
+/// Linux's PATH_MAX, terminating NUL included: a longer path cannot be
+/// opened by name.
+pub const PATH_MAX: usize = 4096;
+
+/// A cgroup that a tree read left out or read only in part, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// "/a/b" (a name that is not UTF-8 shows with U+FFFD in its place).
+    pub path: String,
+    pub message: String,
+}
+
+impl Problem {
+    /// Log it as a warning, once per process for each cgroup and message:
+    /// the daemon re-reads the tree on every reload.
+    pub fn warn_once(&self) {
+        static SEEN: Mutex<BTreeSet<(String, String)>> = Mutex::new(BTreeSet::new());
+        let first = SEEN
+            .lock()
+            .map(|mut seen| seen.insert((self.path.clone(), self.message.clone())))
+            .unwrap_or(true);
+        if first {
+            tracing::warn!("cgroup {}: {}", self.path, self.message);
+        }
+    }
+}
+
+/// "ENOENT: No such file or directory" where the error has an errno.
+pub fn errno_text(e: &io::Error) -> String {
+    e.raw_os_error()
+        .map_or_else(|| e.to_string(), |n| Errno::from_raw(n).to_string())
+}
+
+/// The cgroup (or the file) is gone: removed since its parent was listed
+/// (ENOENT), or removed while open (ENODEV).
+pub fn is_gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(nix::libc::ENODEV)
+}
+
+/// The path of the child `name` of the cgroup at `parent` ("/" or "/a"),
+/// if policyd can handle it: rules are text, so the name must be UTF-8,
+/// and the directory below `root_dir` must be short enough to open.
+pub fn child_cgroup_path(root_dir: &Path, parent: &str, name: &OsStr) -> Result<String, Problem> {
+    let join = |name: &str| {
+        if parent == "/" {
+            format!("/{name}")
+        } else {
+            format!("{parent}/{name}")
+        }
+    };
+    let Some(utf8) = name.to_str() else {
+        return Err(Problem {
+            path: join(&name.to_string_lossy()),
+            message: format!(
+                "left out: its name is not UTF-8, so no rule can name it; it and its \
+                 descendants get the settings of {parent}"
+            ),
+        });
+    };
+    let path = join(utf8);
+    // root_dir + path, NUL included.
+    let len = root_dir.as_os_str().len() + path.len() + 1;
+    if len > PATH_MAX {
+        return Err(Problem {
+            message: format!(
+                "left out: its directory's path is {len} bytes, over PATH_MAX ({PATH_MAX}); it \
+                 and its descendants get the settings of {parent}"
+            ),
+            path,
+        });
+    }
+    Ok(path)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupfsError {
@@ -142,6 +226,7 @@ impl Cgroup {
 pub struct CgroupTree {
     root_dir: PathBuf,
     nodes: Vec<Cgroup>,
+    problems: Vec<Problem>,
 }
 
 impl CgroupTree {
@@ -159,64 +244,154 @@ impl CgroupTree {
         let mut tree = CgroupTree {
             root_dir: root_dir.to_owned(),
             nodes: Vec::new(),
+            problems: Vec::new(),
         };
         // Root must be readable; below it, vanished cgroups are skipped.
-        let root =
-            tree.read_node(None, "/".to_owned())?
-                .ok_or_else(|| CgroupfsError::NotADirectory {
-                    path: root_dir.to_owned(),
-                })?;
+        let mut problems = Vec::new();
+        let root = tree
+            .read_node(None, "/".to_owned(), &mut problems)?
+            .ok_or_else(|| CgroupfsError::NotADirectory {
+                path: root_dir.to_owned(),
+            })?;
         tree.nodes.push(root);
-        tree.read_children(0)?;
+        tree.read_descendants(&mut problems)?;
         tree.compute_populated();
+        for p in &problems {
+            p.warn_once();
+        }
+        tree.problems = problems;
         Ok(tree)
     }
 
-    fn read_children(&mut self, idx: usize) -> Result<(), CgroupfsError> {
-        let dir = self.fs_path(idx);
-        let mut names: Vec<String> = match fs::read_dir(&dir) {
-            Ok(entries) => entries
-                .filter_map(Result::ok)
-                // A cgroup's subdirectories are its children; do not follow symlinks.
-                .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-                .filter_map(|e| e.file_name().into_string().ok())
-                .collect(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(error) => return Err(CgroupfsError::Io { path: dir, error }),
-        };
-        names.sort();
-        for name in names {
-            let parent_path = &self.nodes[idx].path;
-            let path = if parent_path == "/" {
-                format!("/{name}")
-            } else {
-                format!("{parent_path}/{name}")
+    /// Cgroups this read left out or read in part (each logged once).
+    pub fn problems(&self) -> &[Problem] {
+        &self.problems
+    }
+
+    /// Read everything below the root, depth first (a loop, not recursion:
+    /// a hostile tree can be thousands of cgroups deep).
+    fn read_descendants(&mut self, problems: &mut Vec<Problem>) -> Result<(), CgroupfsError> {
+        // Per open cgroup: its index and the names of the children still
+        // to read, last to read first.
+        let mut stack = vec![(0, self.child_names(0, problems))];
+        while let Some((idx, names)) = stack.last_mut() {
+            let idx = *idx;
+            let Some(name) = names.pop() else {
+                self.nodes[idx].subtree_end = self.nodes.len();
+                stack.pop();
+                continue;
             };
-            let Some(node) = self.read_node(Some(idx), path)? else {
+            let path = match child_cgroup_path(&self.root_dir, &self.nodes[idx].path, &name) {
+                Ok(path) => path,
+                Err(problem) => {
+                    problems.push(problem);
+                    continue;
+                }
+            };
+            let Some(node) = self.read_node(Some(idx), path, problems)? else {
                 continue;
             };
             let child = self.nodes.len();
             self.nodes.push(node);
             self.nodes[idx].children.push(child);
-            self.read_children(child)?;
+            let names = self.child_names(child, problems);
+            stack.push((child, names));
         }
-        self.nodes[idx].subtree_end = self.nodes.len();
         Ok(())
     }
 
-    /// Read one cgroup's files; `None` if the directory has gone.
+    /// The names of the subdirectories (child cgroups) of cgroup `idx`,
+    /// sorted in reverse.
+    fn child_names(&self, idx: usize, problems: &mut Vec<Problem>) -> Vec<std::ffi::OsString> {
+        let dir = self.fs_path(idx);
+        let mut names = Vec::new();
+        let listing = fs::read_dir(&dir).and_then(|entries| {
+            for e in entries {
+                let e = e?;
+                // A cgroup's subdirectories are its children; do not follow symlinks.
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    names.push(e.file_name());
+                }
+            }
+            Ok(())
+        });
+        match listing {
+            Ok(()) => {}
+            Err(e) if is_gone(&e) => names.clear(),
+            Err(e) => problems.push(Problem {
+                path: self.nodes[idx].path.clone(),
+                message: format!(
+                    "cannot list its children ({}); those not listed get its settings",
+                    errno_text(&e)
+                ),
+            }),
+        }
+        names.sort_by(|a, b| b.cmp(a));
+        names
+    }
+
+    /// Read one cgroup's files; `None` if the directory has gone or cannot
+    /// be looked at (a problem, then). A file that cannot be read is taken
+    /// as absent, with a problem.
     fn read_node(
         &self,
         parent: Option<usize>,
         path: String,
+        problems: &mut Vec<Problem>,
     ) -> Result<Option<Cgroup>, CgroupfsError> {
         let dir = self.dir_of(&path);
         let id = match fs::symlink_metadata(&dir) {
             Ok(m) => m.ino(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(CgroupfsError::Io { path: dir, error }),
+            Err(e) if is_gone(&e) => {
+                tracing::debug!("cgroup {path} went away while the tree was read");
+                return Ok(None);
+            }
+            Err(e) if parent.is_none() => {
+                return Err(CgroupfsError::Io {
+                    path: dir,
+                    error: e,
+                })
+            }
+            Err(e) => {
+                let parent_path = &self.nodes[parent.unwrap_or(0)].path;
+                problems.push(Problem {
+                    message: format!(
+                        "left out: cannot look at its directory ({}); it and its descendants \
+                         get the settings of {parent_path}",
+                        errno_text(&e)
+                    ),
+                    path,
+                });
+                return Ok(None);
+            }
         };
-        let memory_current = match read_optional(&dir.join("memory.current"))? {
+        let mut unreadable = Vec::new();
+        let mut read = |file: &str| match read_optional(&dir.join(file)) {
+            Ok(text) => Ok(text),
+            Err(e) if is_gone(&e) => Err(()),
+            Err(e) => {
+                unreadable.push(format!("{file} ({})", errno_text(&e)));
+                Ok(None)
+            }
+        };
+        let (Ok(memory), Ok(procs), Ok(events)) = (
+            read("memory.current"),
+            read("cgroup.procs"),
+            read("cgroup.events"),
+        ) else {
+            tracing::debug!("cgroup {path} went away while the tree was read");
+            return Ok(None);
+        };
+        if !unreadable.is_empty() {
+            problems.push(Problem {
+                path: path.clone(),
+                message: format!(
+                    "cannot read {}; taken as absent (no memory usage or processes known)",
+                    unreadable.join(", ")
+                ),
+            });
+        }
+        let memory_current = match memory {
             None => None,
             Some(text) => Some(
                 text.trim()
@@ -228,7 +403,7 @@ impl CgroupTree {
                     })?,
             ),
         };
-        let procs = match read_optional(&dir.join("cgroup.procs"))? {
+        let procs = match procs {
             None => Vec::new(),
             Some(text) => text
                 .split_whitespace()
@@ -241,7 +416,7 @@ impl CgroupTree {
                 })
                 .collect::<Result<_, _>>()?,
         };
-        let events_populated = read_optional(&dir.join("cgroup.events"))?.and_then(|text| {
+        let events_populated = events.and_then(|text| {
             text.lines()
                 .find_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
                     ["populated", v] => Some(v == "1"),
@@ -351,15 +526,12 @@ pub fn normalise_path(path: &str) -> String {
 
 /// File contents, or `None` if the file does not exist. Reading
 /// `cgroup.procs` of a threaded cgroup fails with EOPNOTSUPP: also `None`.
-fn read_optional(path: &Path) -> Result<Option<String>, CgroupfsError> {
+fn read_optional(path: &Path) -> io::Result<Option<String>> {
     match fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) if e.raw_os_error() == Some(nix::libc::EOPNOTSUPP) => Ok(None),
-        Err(error) => Err(CgroupfsError::Io {
-            path: path.to_owned(),
-            error,
-        }),
+        Err(e) => Err(e),
     }
 }
 
@@ -472,6 +644,153 @@ mod tests {
         assert!(matches!(err, CgroupfsError::Io { .. }));
         let err = CgroupTree::read(&dir.path().join("cgroup.procs")).unwrap_err();
         assert!(matches!(err, CgroupfsError::NotADirectory { .. }));
+    }
+
+    #[test]
+    fn a_hostile_subtree_does_not_fail_the_read() {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeCgroupfs::new(dir.path());
+        fake.cgroup("/a/ok", MIB, &[10])
+            .cgroup("/b/unreadable", MIB, &[20])
+            .cgroup("/c", 0, &[]);
+        // A name that is not UTF-8, with a child: both left out.
+        let bad = dir.path().join("a").join(OsStr::from_bytes(b"bad\xff"));
+        fs::create_dir_all(bad.join("child")).unwrap();
+        // Files that cannot be read (root reads anything, so a symlink
+        // loop stands in for EACCES): taken as absent.
+        let unreadable = dir.path().join("b/unreadable");
+        for f in ["cgroup.procs", "memory.current"] {
+            fs::remove_file(unreadable.join(f)).unwrap();
+            symlink(f, unreadable.join(f)).unwrap();
+        }
+        // A cgroup whose files are gone (removed mid-walk): no problem.
+        fs::create_dir(dir.path().join("c/bare")).unwrap();
+
+        let tree = CgroupTree::read(dir.path()).unwrap();
+        let paths: Vec<&str> = tree.nodes().iter().map(|n| n.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["/", "/a", "/a/ok", "/b", "/b/unreadable", "/c", "/c/bare"]
+        );
+        let ok = tree.get(tree.find("/a/ok").unwrap());
+        assert_eq!(
+            (ok.memory_current, ok.procs.as_slice()),
+            (Some(MIB), &[10][..])
+        );
+        let u = tree.get(tree.find("/b/unreadable").unwrap());
+        assert_eq!((u.memory_current, u.procs.len()), (None, 0));
+
+        let problems: Vec<(&str, String)> = tree
+            .problems()
+            .iter()
+            .map(|p| (p.path.as_str(), p.message.clone()))
+            .collect();
+        let eloop = Errno::ELOOP;
+        assert_eq!(
+            problems,
+            [
+                (
+                    "/a/bad\u{fffd}",
+                    "left out: its name is not UTF-8, so no rule can name it; it and its \
+                     descendants get the settings of /a"
+                        .to_owned()
+                ),
+                (
+                    "/b/unreadable",
+                    format!(
+                        "cannot read memory.current ({eloop}), cgroup.procs ({eloop}); taken as \
+                         absent (no memory usage or processes known)"
+                    )
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_cgroup_too_deep_to_open_is_left_out() {
+        use nix::fcntl::{openat, OFlag};
+        use nix::sys::stat::{mkdirat, Mode};
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeCgroupfs::new(dir.path());
+        fake.cgroup("/deep", 0, &[]);
+        // 30 levels of 200-byte names: past PATH_MAX, so built relative to
+        // directory fds, as a delegated subtree's owner could.
+        let name = "d".repeat(200);
+        let open = |at: Option<&OwnedFd>, name: &str| {
+            let fd = openat(
+                at.map(AsRawFd::as_raw_fd),
+                name,
+                OFlag::O_DIRECTORY | OFlag::O_RDONLY,
+                Mode::empty(),
+            )
+            .unwrap();
+            // SAFETY: openat just returned this fd and nothing else owns it.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        };
+        let mut fd = open(None, dir.path().join("deep").to_str().unwrap());
+        for _ in 0..30 {
+            mkdirat(
+                Some(fd.as_raw_fd()),
+                name.as_str(),
+                Mode::from_bits_truncate(0o755),
+            )
+            .unwrap();
+            fd = open(Some(&fd), &name);
+        }
+
+        let tree = CgroupTree::read(dir.path()).unwrap();
+        let deepest = tree.nodes().last().unwrap();
+        let len = |path: &str| dir.path().as_os_str().len() + path.len() + 1;
+        assert!(len(&deepest.path) <= PATH_MAX);
+        assert!(len(&deepest.path) + 201 > PATH_MAX);
+        assert_eq!(tree.problems().len(), 1, "{:?}", tree.problems());
+        let p = &tree.problems()[0];
+        assert_eq!(p.path, format!("{}/{name}", deepest.path));
+        assert!(
+            p.message.starts_with("left out: its directory's path is ")
+                && p.message.contains(&format!(
+                    "over PATH_MAX (4096); it and its descendants get the settings of {}",
+                    deepest.path
+                )),
+            "{}",
+            p.message
+        );
+    }
+
+    #[test]
+    fn vanished_is_enoent_or_enodev() {
+        let gone = |errno| is_gone(&io::Error::from_raw_os_error(errno));
+        assert!(gone(nix::libc::ENOENT));
+        assert!(gone(nix::libc::ENODEV));
+        assert!(!gone(nix::libc::EACCES));
+        assert_eq!(
+            errno_text(&io::Error::from_raw_os_error(nix::libc::EACCES)),
+            "EACCES: Permission denied"
+        );
+    }
+
+    #[test]
+    fn child_paths_policyd_can_handle() {
+        let root = Path::new("/sys/fs/cgroup");
+        assert_eq!(
+            child_cgroup_path(root, "/", OsStr::new("a")),
+            Ok("/a".to_owned())
+        );
+        assert_eq!(
+            child_cgroup_path(root, "/a", OsStr::new("b")),
+            Ok("/a/b".to_owned())
+        );
+        // 14 bytes of root, the path, a NUL: 4096 at most.
+        let parent = format!("/{}", "p".repeat(4076));
+        assert!(child_cgroup_path(root, &parent, OsStr::new("abc")).is_ok());
+        let err = child_cgroup_path(root, &parent, OsStr::new("abcd")).unwrap_err();
+        assert!(
+            err.message.contains("is 4097 bytes, over PATH_MAX"),
+            "{err:?}"
+        );
     }
 
     #[test]

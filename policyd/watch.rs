@@ -2,7 +2,7 @@
 //! (inotify on every cgroup directory, added as directories appear).
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -27,15 +27,7 @@ pub struct CgroupWatcher {
     warned_limit: bool,
 }
 
-/// "/a" + "b" → "/a/b".
-fn child_path(parent: &str, name: &OsStr) -> String {
-    let name = name.to_string_lossy();
-    if parent == "/" {
-        format!("/{name}")
-    } else {
-        format!("{parent}/{name}")
-    }
-}
+use crate::cgroupfs::child_cgroup_path;
 
 impl CgroupWatcher {
     /// Watch the hierarchy mounted at `root`, all of it.
@@ -61,6 +53,14 @@ impl CgroupWatcher {
         }
     }
 
+    /// The path of `parent`'s child `name`, or `None` (and a warning) when
+    /// policyd cannot handle it: the tree read leaves it out too.
+    fn child_path(&self, parent: &str, name: &OsStr) -> Option<String> {
+        child_cgroup_path(&self.root, parent, name)
+            .map_err(|problem| problem.warn_once())
+            .ok()
+    }
+
     fn add_watch(&mut self, path: &str) -> io::Result<()> {
         let mask = WatchMask::CREATE | WatchMask::DELETE | WatchMask::ONLYDIR;
         let wd = self.inotify.watches().add(self.dir(path), mask)?;
@@ -80,7 +80,7 @@ impl CgroupWatcher {
             let mut children: Vec<String> = entries
                 .flatten()
                 .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| child_path(&p, &e.file_name()))
+                .filter_map(|e| self.child_path(&p, &e.file_name()))
                 .collect();
             children.sort();
             for c in children.into_iter().rev() {
@@ -117,16 +117,10 @@ impl CgroupWatcher {
         let mut changes = Vec::new();
         loop {
             let mut buf = std::mem::take(&mut self.buf);
-            let events: Vec<(WatchDescriptor, EventMask, Option<String>)> =
+            let events: Vec<(WatchDescriptor, EventMask, Option<OsString>)> =
                 match self.inotify.read_events(&mut buf) {
                     Ok(events) => events
-                        .map(|e| {
-                            (
-                                e.wd,
-                                e.mask,
-                                e.name.map(|n| n.to_string_lossy().into_owned()),
-                            )
-                        })
+                        .map(|e| (e.wd, e.mask, e.name.map(OsStr::to_owned)))
                         .collect(),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Vec::new(),
                     Err(e) => {
@@ -154,7 +148,9 @@ impl CgroupWatcher {
                 ) else {
                     continue;
                 };
-                let path = child_path(&parent, OsStr::new(&name));
+                let Some(path) = self.child_path(&parent, &name) else {
+                    continue;
+                };
                 if mask.contains(EventMask::CREATE) {
                     match self.add_watch(&path) {
                         Ok(()) => {}
@@ -231,5 +227,13 @@ mod tests {
         // New directories below a new one are watched too.
         fs::create_dir(root.join("n/m/k/deep")).unwrap();
         assert_eq!(w.read().unwrap(), [Change::Created("/n/m/k/deep".into())]);
+
+        // A name no rule can hold (not UTF-8) is left out, with its
+        // children, as the tree read leaves it out; the rest goes on.
+        use std::os::unix::ffi::OsStrExt;
+        let bad = root.join("a").join(OsStr::from_bytes(b"x\xff"));
+        fs::create_dir_all(bad.join("below")).unwrap();
+        fs::create_dir(root.join("a/fine")).unwrap();
+        assert_eq!(w.read().unwrap(), [Change::Created("/a/fine".into())]);
     }
 }
