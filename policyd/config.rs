@@ -615,6 +615,8 @@ pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
 
     fn errors(text: &str) -> Vec<Diagnostic> {
         match Config::parse(text, "policies.toml") {
@@ -1035,6 +1037,100 @@ protect = false
     fn line_column_inside_a_character_counts_from_its_start() {
         assert_eq!(line_column("é", 1), (1, 1));
         assert_eq!(line_column("aé", 2), (1, 2));
+    }
+
+    /// Every diagnostic of parsing `bytes` points into the text: a line
+    /// that exists, a column at most one past that line's end.
+    fn diagnostics_point_into(bytes: &[u8]) -> Result<(), TestCaseError> {
+        let diagnostics = match Config::parse_bytes(bytes, "f.toml") {
+            Ok(c) => c.warnings,
+            Err(ConfigError::Invalid(d)) => {
+                prop_assert!(!d.is_empty());
+                d
+            }
+            Err(e) => return Err(TestCaseError::fail(e.to_string())),
+        };
+        let text = String::from_utf8_lossy(bytes);
+        // Lines as line_column counts them: split at '\n' only.
+        let lines: Vec<&str> = text.split('\n').collect();
+        for d in diagnostics {
+            prop_assert!(d.line >= 1 && d.line <= lines.len(), "{d} in {text:?}");
+            let width = lines[d.line - 1].chars().count();
+            prop_assert!(d.column >= 1 && d.column <= width + 1, "{d} in {text:?}");
+            let place = format!("f.toml:{}:{}: ", d.line, d.column);
+            prop_assert!(d.to_string().starts_with(&place));
+        }
+        Ok(())
+    }
+
+    /// Pieces of plausible and broken configuration.
+    const FRAGMENTS: &[&str] = &[
+        "[[rule]]",
+        "[rule]",
+        "[[rule]",
+        "cgroup = \"/a/**\"",
+        "cgroup = \"/demo/*/x\"",
+        "cgroup = \"\"",
+        "cgroup = \"a//b\"",
+        "cgroup = 5",
+        "cgroup = \"/a**\"",
+        "priority = 10",
+        "priority = -1",
+        "priority = 99999999999999999999",
+        "protect = true",
+        "protect = \"yes\"",
+        "kill = \"cgroup\"",
+        "kill = \"all\"",
+        "policy = \"largest\"",
+        "policy = \"nope\"",
+        "default_priority = 7",
+        "default_priority = 1e3",
+        "unknown = 1",
+        "rule = [{ cgroup = \"/x\", priority = 1 }]",
+        "\"",
+        "'''",
+        "\"\"\"",
+        "[",
+        "]",
+        "=",
+        "{",
+        "}",
+        ",",
+        "é",
+        "ünï",
+        "\t",
+        "# comment",
+        "\\",
+        "\u{0}",
+        "\r",
+        "🦀",
+    ];
+
+    proptest! {
+        /// Whatever the bytes, parsing returns (never panics), and every
+        /// error and warning names a line and column inside the text.
+        #[test]
+        fn any_bytes_parse_without_panic_to_positioned_diagnostics(
+            bytes in proptest::collection::vec(any::<u8>(), 0..400),
+        ) {
+            diagnostics_point_into(&bytes)?;
+        }
+
+        /// The same for text made of configuration pieces, which gets far
+        /// past the TOML syntax check.
+        #[test]
+        fn toml_like_text_parses_to_positioned_diagnostics(
+            pieces in proptest::collection::vec(
+                (
+                    proptest::sample::select(FRAGMENTS),
+                    proptest::sample::select(&["\n", "\n", " ", "", "\r\n", "\n\n"][..]),
+                ),
+                0..24,
+            ),
+        ) {
+            let text: String = pieces.iter().flat_map(|(f, sep)| [*f, *sep]).collect();
+            diagnostics_point_into(text.as_bytes())?;
+        }
     }
 
     #[test]

@@ -264,7 +264,8 @@ mod tests {
 
     /// The backtracking matcher this module used before, kept as the
     /// obviously-correct reference: it tries every split of the path for
-    /// every `**`. `steps` counts its calls.
+    /// every `**`, and every split of a name for every `*`. `steps` counts
+    /// its calls.
     fn reference_match(elements: &[Element], segments: &[&str], steps: &mut u64) -> bool {
         *steps += 1;
         match elements.split_first() {
@@ -274,10 +275,47 @@ mod tests {
             }
             Some((Element::Name(parts), rest)) => match segments.split_first() {
                 Some((seg, seg_rest)) => {
-                    match_name(parts, seg) && reference_match(rest, seg_rest, steps)
+                    reference_name(parts.join("*").as_bytes(), seg.as_bytes())
+                        && reference_match(rest, seg_rest, steps)
                 }
                 None => false,
             },
+        }
+    }
+
+    /// `*` matches any run of bytes; everything else itself.
+    fn reference_name(pattern: &[u8], name: &[u8]) -> bool {
+        match pattern.split_first() {
+            None => name.is_empty(),
+            Some((b'*', rest)) => (0..=name.len()).any(|i| reference_name(rest, &name[i..])),
+            Some((c, rest)) => name.first() == Some(c) && reference_name(rest, &name[1..]),
+        }
+    }
+
+    proptest::proptest! {
+        /// On small patterns and paths over a tiny alphabet (so that
+        /// matches are common), the matcher agrees with the reference, and
+        /// within its step bound.
+        #[test]
+        fn agrees_with_the_reference_on_generated_inputs(
+            elements in proptest::collection::vec("\\*\\*|[ab*]{1,4}", 0..7),
+            segments in proptest::collection::vec("[ab]{1,3}", 0..9),
+        ) {
+            // "*" runs inside a name are one "*"; "**" inside one is an error.
+            let elements: Vec<String> = elements
+                .into_iter()
+                .map(|e| if e == "**" { e } else { e.replace("**", "*").replace("**", "*") })
+                .collect();
+            let pattern = CgroupPattern::parse(&format!("/{}", elements.join("/"))).unwrap();
+            let path = format!("/{}", segments.join("/"));
+            let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+            let (mut new, mut old) = (0, 0);
+            let got = match_elements(&pattern.elements, &segs, &mut new);
+            let want = reference_match(&pattern.elements, &segs, &mut old);
+            proptest::prop_assert_eq!(got, want, "{} vs {}", pattern, path);
+            proptest::prop_assert_eq!(pattern.matches(&path), want);
+            let bound = (pattern.elements.len() as u64 + 1) * (segs.len() as u64 + 1);
+            proptest::prop_assert!(new <= bound);
         }
     }
 
