@@ -1,18 +1,20 @@
-//! Rust mirrors of the types policyd shares with its BPF policies
-//! (`bpf/policies/policyd.h`), and a check of their layout against a policy
-//! object's BTF.
+//! The types policyd shares with its BPF handler (`bpf/policies/policyd.h`).
 //!
-//! [`check_layout`] runs when a policy is loaded (a mismatch refuses to load)
-//! and in the host tests against every compiled policy, so the C header and
-//! these structs cannot drift apart unnoticed.
+//! The structs are not mirrored here: they are the skeleton's own types
+//! ([`crate::bpf::skel::types`]), which libbpf-cargo generates from the BTF
+//! of `policyd.bpf.o`, the very object [`crate::loader`] embeds. Both come
+//! from one build of the header, so they cannot drift apart. This module
+//! gives them names, byte access ([`Pod`]), equality, and the helpers that
+//! read their fields.
 
 use std::fmt;
-use std::mem::{offset_of, size_of};
+use std::mem::size_of;
 
-use libbpf_rs::btf::types::{MemberAttr, Struct};
+use libbpf_rs::btf::types::Struct;
 use libbpf_rs::btf::BtfType;
-use libbpf_rs::{Btf, HasSize};
+use libbpf_rs::Btf;
 
+use crate::bpf::skel::types;
 use crate::policy::PolicyName;
 
 /// `POLICYD_MAX_CGROUPS`: entries of the rules map.
@@ -29,95 +31,24 @@ pub const EVENT_CANDIDATES: usize = 4;
 pub const KILL_TASK: u8 = 0;
 pub const KILL_CGROUP: u8 = 1;
 
-/// `struct policyd_rule`: the rules map value, keyed by cgroup id.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PolicydRule {
-    pub priority: u32,
-    pub protect: u8,
-    /// `KILL_TASK` or `KILL_CGROUP`.
-    pub kill: u8,
-    pub pad: [u8; 2],
-}
+/// `struct policyd_rule`: the rules map value, keyed by cgroup id. `kill`
+/// is `KILL_TASK` or `KILL_CGROUP`.
+pub type PolicydRule = types::policyd_rule;
 
-/// `struct policyd_candidate`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PolicydCandidate {
-    pub cgroup_id: u64,
-    /// Bytes charged to the cgroup's memcg.
-    pub usage: u64,
-    pub priority: u32,
-    /// `KILL_TASK` or `KILL_CGROUP`.
-    pub kill: u8,
-    pub pad: [u8; 3],
-}
+/// `struct policyd_candidate`: a ranked cgroup; `usage` is the bytes charged
+/// to its memcg, `kill` as in [`PolicydRule`].
+pub type PolicydCandidate = types::policyd_candidate;
 
 /// `struct policyd_event`: one per OOM, through the `events` ring buffer.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PolicydEvent {
-    /// CLOCK_MONOTONIC.
-    pub timestamp_ns: u64,
-    pub handler_ns: u64,
-    /// The OOMing memcg's cgroup; 0: global OOM.
-    pub oom_cgroup_id: u64,
-    /// 0: none.
-    pub victim_cgroup_id: u64,
-    pub victim_usage: u64,
-    /// Bytes, of `victim_pid`.
-    pub victim_task_rss: u64,
-    /// 0: none.
-    pub victim_pid: u32,
-    pub victim_priority: u32,
-    pub tasks_killed: u32,
-    /// Eligible cgroups (tasks for `badness`) seen.
-    pub candidates: u32,
-    /// Last error of `bpf_oom_kill_process()` (negative errno).
-    pub kill_err: i32,
-    /// Candidates looked into, the victim's included.
-    pub tried: u32,
-    /// Candidates before the victim passed over: only unkillable tasks,
-    pub passed_unkillable: u32,
-    /// only exiting tasks,
-    pub passed_exiting: u32,
-    /// emptied or removed since ranked,
-    pub passed_empty: u32,
-    /// every kill refused by the kernel.
-    pub passed_refused: u32,
-    /// Eligible cgroups beyond `MAX_CGROUPS`, never considered.
-    pub over_cap: u32,
-    /// [`PolicyName::abi`] of the policy.
-    pub policy: u8,
-    pub scope_global: u8,
-    /// [`Reason`] as a number.
-    pub reason: u8,
-    /// [`Outcome`] as a number.
-    pub outcome: u8,
-    pub victim_comm: [u8; 16],
-    /// The candidate ranked right after the victim; cgroup id 0: none.
-    pub runner_up: PolicydCandidate,
-    /// The best-ranked candidates, best first (a report: the victim is not
-    /// among them when more candidates than these were passed over).
-    pub ranked: [PolicydCandidate; EVENT_CANDIDATES],
-}
+/// policyd.h says what each field means; [`PolicydEvent::policy`],
+/// [`reason`](PolicydEvent::reason) and [`outcome`](PolicydEvent::outcome)
+/// read its enums, [`comm`](PolicydEvent::comm) and
+/// [`ranked`](PolicydEvent::ranked) its arrays.
+pub type PolicydEvent = types::policyd_event;
 
-/// `struct policyd_stats`: counters in each policy's `.bss` (variable `stats`).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PolicydStats {
-    pub ooms: u64,
-    /// Tasks killed.
-    pub kills: u64,
-    pub awaited: u64,
-    pub deferred: u64,
-    pub dry_runs: u64,
-    pub kill_failures: u64,
-    /// Events lost because the ring buffer was full.
-    pub events_dropped: u64,
-    pub handler_ns_total: u64,
-    pub handler_ns_max: u64,
-}
+/// `struct policyd_stats`: the handler's counters in its `.bss` (variable
+/// `stats`).
+pub type PolicydStats = types::policyd_stats;
 
 /// Plain data shared with BPF: any bit pattern is a valid value and there is
 /// no implicit padding.
@@ -143,12 +74,27 @@ pub unsafe trait Pod: Copy + Default {
     }
 }
 
-// SAFETY: repr(C), integer fields only, explicit padding (checked against
-// BTF, which has no hidden holes for these, by the layout test).
-unsafe impl Pod for PolicydRule {}
-unsafe impl Pod for PolicydCandidate {}
-unsafe impl Pod for PolicydEvent {}
-unsafe impl Pod for PolicydStats {}
+/// [`Pod`], and equality, for the shared structs. The skeleton derives no
+/// `PartialEq`; with plain integers and no padding, equal bytes are equal
+/// fields.
+macro_rules! shared_structs {
+    ($($t:ty),* $(,)?) => {$(
+        // SAFETY: libbpf-cargo generates these from the object's BTF as
+        // #[repr(C)] structs of integers, integer arrays and each other;
+        // `no_padding_in_shared_structs` checks the C side has no holes.
+        unsafe impl Pod for $t {}
+
+        impl PartialEq for $t {
+            fn eq(&self, other: &Self) -> bool {
+                self.as_bytes() == other.as_bytes()
+            }
+        }
+
+        impl Eq for $t {}
+    )*};
+}
+
+shared_structs!(PolicydRule, PolicydCandidate, PolicydEvent, PolicydStats);
 
 /// `enum policyd_reason`: why the victim was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,8 +197,14 @@ impl PolicydEvent {
     }
     /// `victim_comm` up to its NUL.
     pub fn comm(&self) -> String {
-        let end = self.victim_comm.iter().position(|&b| b == 0).unwrap_or(16);
-        String::from_utf8_lossy(&self.victim_comm[..end]).into_owned()
+        // C `char`s: the skeleton has them as i8.
+        let bytes: Vec<u8> = self
+            .victim_comm
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
     }
     /// The ranked candidates actually filled in (cgroup id 0 ends the list).
     pub fn ranked(&self) -> impl Iterator<Item = &PolicydCandidate> {
@@ -260,152 +212,10 @@ impl PolicydEvent {
     }
 }
 
-/// Name, size and member offsets of a Rust mirror, as the C side must have them.
-#[derive(Debug, Clone)]
-pub struct Layout {
-    pub name: &'static str,
-    pub size: usize,
-    pub members: Vec<(&'static str, usize)>,
-}
-
-macro_rules! layout {
-    ($rust:ty, $c:literal, [$($field:ident),* $(,)?]) => {
-        Layout {
-            name: $c,
-            size: size_of::<$rust>(),
-            members: vec![$((stringify!($field), offset_of!($rust, $field))),*],
-        }
-    };
-}
-
-/// The layouts of every shared struct.
-pub fn layouts() -> Vec<Layout> {
-    vec![
-        layout!(PolicydRule, "policyd_rule", [priority, protect, kill, pad]),
-        layout!(
-            PolicydCandidate,
-            "policyd_candidate",
-            [cgroup_id, usage, priority, kill, pad]
-        ),
-        layout!(
-            PolicydEvent,
-            "policyd_event",
-            [
-                timestamp_ns,
-                handler_ns,
-                oom_cgroup_id,
-                victim_cgroup_id,
-                victim_usage,
-                victim_task_rss,
-                victim_pid,
-                victim_priority,
-                tasks_killed,
-                candidates,
-                kill_err,
-                tried,
-                passed_unkillable,
-                passed_exiting,
-                passed_empty,
-                passed_refused,
-                over_cap,
-                policy,
-                scope_global,
-                reason,
-                outcome,
-                victim_comm,
-                runner_up,
-                ranked,
-            ]
-        ),
-        layout!(
-            PolicydStats,
-            "policyd_stats",
-            [
-                ooms,
-                kills,
-                awaited,
-                deferred,
-                dry_runs,
-                kill_failures,
-                events_dropped,
-                handler_ns_total,
-                handler_ns_max,
-            ]
-        ),
-    ]
-}
-
 /// The complete (not forward-declared) struct `name` in `btf`.
 pub fn find_struct<'b>(btf: &'b Btf<'_>, name: &str) -> Option<Struct<'b>> {
     btf.type_by_kind::<Struct<'b>>()
         .find(|s| s.name().is_some_and(|n| n == name))
-}
-
-/// Differences between one layout and its C struct in `btf`.
-fn compare(btf: &Btf<'_>, layout: &Layout) -> Vec<String> {
-    let Some(st) = find_struct(btf, layout.name) else {
-        return vec![format!(
-            "struct {} is not (completely) described in the object's BTF",
-            layout.name
-        )];
-    };
-    let mut problems = Vec::new();
-    if st.size() != layout.size {
-        problems.push(format!(
-            "struct {}: {} bytes in C, {} in policyd",
-            layout.name,
-            st.size(),
-            layout.size
-        ));
-    }
-    let c_members: Vec<(String, Option<u32>)> = st
-        .iter()
-        .map(|m| {
-            let name = m
-                .name
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let offset = match m.attr {
-                MemberAttr::Normal { offset } if offset % 8 == 0 => Some(offset / 8),
-                _ => None,
-            };
-            (name, offset)
-        })
-        .collect();
-    for (name, offset) in &c_members {
-        match layout.members.iter().find(|(n, _)| n == name) {
-            None => problems.push(format!(
-                "struct {}: member {name} exists in C but not in policyd",
-                layout.name
-            )),
-            Some(&(_, rust)) if *offset != Some(rust as u32) => problems.push(format!(
-                "struct {}: member {name} at byte {} in C, {rust} in policyd",
-                layout.name,
-                offset.map_or("?(bitfield)".to_owned(), |o| o.to_string())
-            )),
-            Some(_) => {}
-        }
-    }
-    for (name, _) in &layout.members {
-        if !c_members.iter().any(|(n, _)| n == name) {
-            problems.push(format!(
-                "struct {}: member {name} exists in policyd but not in C",
-                layout.name
-            ));
-        }
-    }
-    problems
-}
-
-/// Check every shared struct against a policy object's BTF. The error lists
-/// every difference.
-pub fn check_layout(btf: &Btf<'_>) -> Result<(), Vec<String>> {
-    let problems: Vec<String> = layouts().iter().flat_map(|l| compare(btf, l)).collect();
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems)
-    }
 }
 
 /// Offset and type name of the global variable `var` in the data section
@@ -432,6 +242,10 @@ pub fn datasec_var(btf: &Btf<'_>, datasec_type: BtfType<'_>, var: &str) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::c_comm;
+    use libbpf_rs::btf::types::MemberAttr;
+    use libbpf_rs::btf::TypeId;
+    use libbpf_rs::{AsRawLibbpf, HasSize};
 
     #[test]
     fn sizes_match_the_header() {
@@ -459,7 +273,7 @@ mod tests {
             outcome: 3,
             ..Default::default()
         };
-        ev.victim_comm[..4].copy_from_slice(b"job2");
+        ev.victim_comm = c_comm("job2");
         // Ring buffer records are longer than the struct only by alignment.
         let mut bytes = ev.as_bytes().to_vec();
         bytes.extend_from_slice(&[0xff; 8]);
@@ -486,53 +300,54 @@ mod tests {
         assert_eq!(ev.policy(), Err(9));
     }
 
-    /// The compiled BPF object agrees with the Rust mirrors.
-    #[test]
-    fn layout_matches_the_bpf_object() {
+    fn object_btf() -> Btf<'static> {
         let path = std::path::Path::new(env!("OUT_DIR")).join("policyd.bpf.o");
-        let btf = Btf::from_path(&path).unwrap();
-        if let Err(problems) = check_layout(&btf) {
-            panic!("{}:\n  {}", path.display(), problems.join("\n  "));
+        Btf::from_path(&path).unwrap()
+    }
+
+    /// What [`Pod`] relies on: each shared struct is as large as in the
+    /// object's BTF, and its members fill it without holes (policyd_event's
+    /// nested policyd_candidate is checked as a struct of its own).
+    #[test]
+    fn no_padding_in_shared_structs() {
+        let btf = object_btf();
+        let type_size = |id: TypeId| {
+            // SAFETY: a live BTF object and one of its type ids.
+            let n = unsafe {
+                libbpf_rs::libbpf_sys::btf__resolve_size(btf.as_libbpf_object().as_ptr(), id.into())
+            };
+            usize::try_from(n).expect("a sized type")
+        };
+        for (name, size) in [
+            ("policyd_rule", size_of::<PolicydRule>()),
+            ("policyd_candidate", size_of::<PolicydCandidate>()),
+            ("policyd_event", size_of::<PolicydEvent>()),
+            ("policyd_stats", size_of::<PolicydStats>()),
+        ] {
+            let st = find_struct(&btf, name).unwrap_or_else(|| panic!("struct {name}"));
+            assert_eq!(st.size(), size, "struct {name}");
+            let mut end = 0;
+            for m in st.iter() {
+                let member = m.name.unwrap_or_default().to_string_lossy();
+                let MemberAttr::Normal { offset } = m.attr else {
+                    panic!("{name}.{member} is a bitfield");
+                };
+                assert_eq!(offset as usize, end * 8, "a hole before {name}.{member}");
+                end += type_size(m.ty);
+            }
+            assert_eq!(end, size, "padding at the end of {name}");
         }
-        // `stats` is where `policyd status` reads it: in .bss.
+    }
+
+    /// `stats` is where `policyd status` reads it: in .bss.
+    #[test]
+    fn stats_is_in_bss() {
+        let btf = object_btf();
         let bss = btf
             .type_by_kind::<libbpf_rs::btf::types::DataSec<'_>>()
             .find(|s| s.name().is_some_and(|n| n == ".bss"))
             .expect(".bss");
         let (_, tname) = datasec_var(&btf, *bss, "stats").expect("stats in .bss");
         assert_eq!(tname, "policyd_stats");
-    }
-
-    #[test]
-    fn layout_check_reports_differences() {
-        // A struct the policies lack altogether is named.
-        let obj = std::path::Path::new(env!("OUT_DIR")).join("policyd.bpf.o");
-        let btf = Btf::from_path(&obj).unwrap();
-        let bogus = Layout {
-            name: "policyd_stats",
-            size: 80,
-            members: vec![("ooms", 0), ("kills", 16), ("extra", 72)],
-        };
-        let problems = compare(&btf, &bogus);
-        let text = problems.join("\n");
-        assert!(text.contains("72 bytes in C, 80 in policyd"), "{text}");
-        assert!(
-            text.contains("member kills at byte 8 in C, 16 in policyd"),
-            "{text}"
-        );
-        assert!(
-            text.contains("member awaited exists in C but not in policyd"),
-            "{text}"
-        );
-        assert!(
-            text.contains("member extra exists in policyd but not in C"),
-            "{text}"
-        );
-        let missing = Layout {
-            name: "no_such_struct",
-            size: 1,
-            members: vec![],
-        };
-        assert!(compare(&btf, &missing)[0].contains("not (completely) described"));
     }
 }

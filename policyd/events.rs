@@ -358,7 +358,7 @@ impl Awaits {
 mod tests {
     use super::*;
     use crate::abi::PolicydCandidate;
-    use crate::testing::MIB;
+    use crate::testing::{c_comm, MIB};
     use std::io::Write;
     use std::sync::{Arc, Mutex};
 
@@ -400,7 +400,7 @@ mod tests {
             outcome: 0,
             ..Default::default()
         };
-        ev.victim_comm[..4].copy_from_slice(b"job2");
+        ev.victim_comm = c_comm("job2");
         ev.ranked[0] = cand(12, 10, 300 * MIB);
         ev.ranked[1] = cand(11, 10, 100 * MIB);
         ev.ranked[2] = cand(13, 500, 200 * MIB);

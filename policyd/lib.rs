@@ -12,7 +12,7 @@
 //! * [`cli`] and [`commands`]: the command line;
 //! * [`daemon`], [`status`]: the kernel-facing side: [`loader`] loads and
 //!   attaches a policy ([`bpf`]: the generated skeletons), [`rules`] turns
-//!   resolved settings into rules map entries, [`abi`] mirrors the structs
+//!   resolved settings into rules map entries, [`abi`] names the types
 //!   shared with BPF, [`events`] logs OOM decisions, [`watch`] follows the
 //!   cgroup tree;
 //! * [`guard`]: what `load` checks and does to itself before attaching;

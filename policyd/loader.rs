@@ -11,6 +11,10 @@
 //! * `events`: a ring buffer of `struct policyd_event`;
 //! * `struct policyd_stats stats` in `.bss`.
 //!
+//! The Rust side of those structs ([`crate::abi`]) and of `.rodata`
+//! ([`skel::types::rodata`]) is the skeleton build.rs generates from this
+//! object's BTF: there is nothing to check at load time.
+//!
 //! The handler is attached with a struct_ops link created by
 //! `bpf_link_create(map, cgroup_fd, BPF_STRUCT_OPS, BPF_F_CGROUP_FD)`: libbpf
 //! 1.7's own `bpf_map__attach_struct_ops()` cannot name a cgroup. Closing the
@@ -27,8 +31,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::btf::types::MemberAttr;
 use libbpf_rs::libbpf_sys;
 use libbpf_rs::{
-    AsRawLibbpf, Btf, ErrorKind, Map, MapCore, MapFlags, MapHandle, MapType, Object,
-    ObjectBuilder, OpenMap, OpenObject,
+    AsRawLibbpf, Btf, ErrorKind, Map, MapCore, MapFlags, MapHandle, MapType, Object, ObjectBuilder,
+    OpenMap, OpenObject,
 };
 
 use crate::abi::{self, PolicydRule};
@@ -221,7 +225,8 @@ fn with_permission_hint(e: libbpf_rs::Error, what: &str) -> anyhow::Error {
 }
 
 /// policyd's BPF object (bpf/policies/policyd.bpf.c), as build.rs compiled it.
-/// Opened from memory, it is owned like any other value.
+/// Opened from memory, it is owned like any other value. The skeleton
+/// ([`crate::bpf::skel`]) is generated from this same file.
 const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policyd.bpf.o"));
 
 /// The handler program's name in [`OBJECT`].
@@ -288,8 +293,7 @@ fn configure(open: &mut OpenObject, policy: PolicyName, dry_run: bool) -> Result
 
 impl PolicyObject {
     /// Open and load the handler as `policy` with `dry_run` set. Verifies the
-    /// program and creates the maps; attaches nothing. Checks the object's
-    /// shared structs against [`crate::abi`].
+    /// program and creates the maps; attaches nothing.
     pub fn open_load(policy: PolicyName, dry_run: bool) -> Result<Self> {
         Self::open_load_inner(policy, dry_run).with_context(|| format!("policy {policy}"))
     }
@@ -307,19 +311,6 @@ impl PolicyObject {
             .find(|p| p.name() == HANDLER_PROG)
             .map(|p| p.as_fd().as_raw_fd())
             .with_context(|| format!("the BPF object has no program {HANDLER_PROG}"))?;
-        let btf = object
-            .btf()
-            .ok()
-            .flatten()
-            .context("the BPF object has no BTF")?;
-        if let Err(problems) = abi::check_layout(&btf) {
-            bail!(
-                "its shared structs differ from policyd's (rebuild both from the same \
-                 bpf/policies/policyd.h):\n  {}",
-                problems.join("\n  ")
-            );
-        }
-        drop(btf);
         Ok(PolicyObject {
             policy,
             object,

@@ -175,6 +175,15 @@ fn write(path: &Path, text: &str) {
 /// Mebibytes, for readable fixtures.
 pub const MIB: u64 = 1 << 20;
 
+/// `comm` as the NUL-padded C chars of an event's `victim_comm`.
+pub fn c_comm(comm: &str) -> [i8; 16] {
+    let mut out = [0; 16];
+    for (c, &b) in out.iter_mut().zip(comm.as_bytes()) {
+        *c = b as i8;
+    }
+    out
+}
+
 /// The demo layout of `policies.toml`, in fake trees under `cgroup_root`
 /// and `proc_root`:
 ///
