@@ -731,3 +731,19 @@ struct bpf_oom_ops policyd_ops = {
 	.handle_out_of_memory = (void *)policyd_handle_oom,
 	.name = "policyd",
 };
+
+/*
+ * Not used by the handler: puts every enum of policyd.h into this object's
+ * BTF, which otherwise holds only the types the code refers to.  The skeleton
+ * generates Rust for them from there (policyd/abi.rs takes its constants and
+ * enum values from it).  20 bytes of .rodata, never read.
+ */
+struct policyd_abi {
+	enum policyd_limits limits;
+	enum policyd_kill kill;
+	enum policyd_policy policy;
+	enum policyd_reason reason;
+	enum policyd_outcome outcome;
+};
+
+const volatile struct policyd_abi policyd_abi;

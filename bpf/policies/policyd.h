@@ -1,7 +1,11 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * What policyd and its BPF policies share.  Rust reads these types through
- * the generated skeletons; keep them plain (fixed-size integers, no bitfields).
+ * What policyd and its BPF handler share.  policyd's Rust side is generated
+ * from it: libbpf-cargo turns the types in policyd.bpf.o's BTF into the
+ * skeleton's Rust types (policyd/abi.rs names them).  So keep the structs
+ * plain (fixed-size integers, no bitfields, no implicit padding), make
+ * constants enumerators rather than #defines, and anchor every enum in
+ * policyd.bpf.c's policyd_abi so that it is in the BTF.
  */
 #ifndef __POLICYD_H
 #define __POLICYD_H
@@ -10,20 +14,27 @@
 #include <linux/types.h>
 #endif
 
-/* Room for this many cgroups in the rules map. */
-#define POLICYD_MAX_CGROUPS 65536
-
-/* Candidates' memory usage is compared in units of 1 << this many bytes (1 MiB). */
-#define POLICYD_USAGE_SHIFT 20
-
-/* Key of the rules map entry that holds the defaults (no cgroup has id 0). */
-#define POLICYD_DEFAULTS_KEY 0
-
 /*
- * How many of the best-ranked candidates an event reports.  A report only:
- * the handler itself looks at every eligible cgroup, in rank order.
+ * Sizes and fixed values.  An enum rather than #defines: enumerators are
+ * constant expressions (array sizes, max_entries) and, unlike macros, reach
+ * the object's BTF, from which policyd's Rust side takes them.
  */
-#define POLICYD_EVENT_CANDIDATES 4
+enum policyd_limits {
+	/* Room for this many cgroups in the rules map. */
+	POLICYD_MAX_CGROUPS = 65536,
+
+	/* Candidates' memory usage is compared in units of 1 << this many bytes (1 MiB). */
+	POLICYD_USAGE_SHIFT = 20,
+
+	/* Key of the rules map entry that holds the defaults (no cgroup has id 0). */
+	POLICYD_DEFAULTS_KEY = 0,
+
+	/*
+	 * How many of the best-ranked candidates an event reports.  A report
+	 * only: the handler itself looks at every eligible cgroup, in rank order.
+	 */
+	POLICYD_EVENT_CANDIDATES = 4,
+};
 
 enum policyd_kill {
 	POLICYD_KILL_TASK = 0,		/* the largest killable task of the cgroup */
