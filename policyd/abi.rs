@@ -1,11 +1,18 @@
 //! The types policyd shares with its BPF handler (`bpf/policies/policyd.h`).
 //!
-//! The structs are not mirrored here: they are the skeleton's own types
-//! ([`crate::bpf::skel::types`]), which libbpf-cargo generates from the BTF
-//! of `policyd.bpf.o`, the very object [`crate::loader`] embeds. Both come
-//! from one build of the header, so they cannot drift apart. This module
-//! gives them names, byte access ([`Pod`]), equality, and the helpers that
-//! read their fields.
+//! Nothing is mirrored here by hand. libbpf-cargo generates Rust for every
+//! type in the BTF of `policyd.bpf.o`, the very object [`crate::loader`]
+//! embeds, into the skeleton ([`crate::bpf::skel::types`]): each struct as a
+//! `#[repr(C)]` struct, each enum as a `u32` newtype with one associated
+//! const per enumerator. policyd.bpf.c anchors every enum of the header in
+//! its BTF (`policyd_abi`), and the header's constants are the enumerators
+//! of `enum policyd_limits`. Both sides come from one build of the header,
+//! so they cannot drift apart.
+//!
+//! This module gives the structs names, byte access ([`Pod`]), equality and
+//! helpers that read their fields, and takes the constants and the enum
+//! values of [`Reason`] and [`Outcome`] from the generated types, as
+//! [`PolicyName::abi`] and [`crate::KillMode::abi`] do for theirs.
 
 use std::fmt;
 use std::mem::size_of;
@@ -14,25 +21,21 @@ use libbpf_rs::btf::types::Struct;
 use libbpf_rs::btf::BtfType;
 use libbpf_rs::Btf;
 
-use crate::bpf::skel::types;
+use crate::bpf::skel::types::{self, policyd_limits, policyd_outcome, policyd_reason};
 use crate::policy::PolicyName;
 
 /// `POLICYD_MAX_CGROUPS`: entries of the rules map.
-pub const MAX_CGROUPS: u32 = 65536;
+pub const MAX_CGROUPS: u32 = policyd_limits::POLICYD_MAX_CGROUPS.0;
 /// `POLICYD_DEFAULTS_KEY`: the rules map key of the defaults entry.
-pub const DEFAULTS_KEY: u64 = 0;
+pub const DEFAULTS_KEY: u64 = policyd_limits::POLICYD_DEFAULTS_KEY.0 as u64;
 /// `POLICYD_USAGE_SHIFT`: candidates' usage is compared in units of
 /// `1 << USAGE_SHIFT` bytes (1 MiB).
-pub const USAGE_SHIFT: u32 = 20;
+pub const USAGE_SHIFT: u32 = policyd_limits::POLICYD_USAGE_SHIFT.0;
 /// `POLICYD_EVENT_CANDIDATES`: ranked candidates per event.
-pub const EVENT_CANDIDATES: usize = 4;
-
-/// `enum policyd_kill`.
-pub const KILL_TASK: u8 = 0;
-pub const KILL_CGROUP: u8 = 1;
+pub const EVENT_CANDIDATES: usize = policyd_limits::POLICYD_EVENT_CANDIDATES.0 as usize;
 
 /// `struct policyd_rule`: the rules map value, keyed by cgroup id. `kill`
-/// is `KILL_TASK` or `KILL_CGROUP`.
+/// holds a [`crate::KillMode::abi`] number.
 pub type PolicydRule = types::policyd_rule;
 
 /// `struct policyd_candidate`: a ranked cgroup; `usage` is the bytes charged
@@ -112,16 +115,16 @@ pub enum Reason {
 
 impl From<u8> for Reason {
     fn from(v: u8) -> Self {
-        match v {
-            0 => Reason::None,
-            1 => Reason::LowestPriority,
-            2 => Reason::LargerUsage,
-            3 => Reason::LargestUsage,
-            4 => Reason::Badness,
-            5 => Reason::VictimExiting,
-            6 => Reason::NoCandidate,
-            7 => Reason::ObserveOnly,
-            v => Reason::Unknown(v),
+        match policyd_reason(v.into()) {
+            policyd_reason::POLICYD_REASON_NONE => Reason::None,
+            policyd_reason::POLICYD_REASON_LOWEST_PRIORITY => Reason::LowestPriority,
+            policyd_reason::POLICYD_REASON_LARGER_USAGE => Reason::LargerUsage,
+            policyd_reason::POLICYD_REASON_LARGEST_USAGE => Reason::LargestUsage,
+            policyd_reason::POLICYD_REASON_BADNESS => Reason::Badness,
+            policyd_reason::POLICYD_REASON_VICTIM_EXITING => Reason::VictimExiting,
+            policyd_reason::POLICYD_REASON_NO_CANDIDATE => Reason::NoCandidate,
+            policyd_reason::POLICYD_REASON_OBSERVE_ONLY => Reason::ObserveOnly,
+            _ => Reason::Unknown(v),
         }
     }
 }
@@ -160,13 +163,13 @@ pub enum Outcome {
 
 impl From<u8> for Outcome {
     fn from(v: u8) -> Self {
-        match v {
-            0 => Outcome::Killed,
-            1 => Outcome::Awaited,
-            2 => Outcome::Deferred,
-            3 => Outcome::DryRun,
-            4 => Outcome::KillFailed,
-            v => Outcome::Unknown(v),
+        match policyd_outcome(v.into()) {
+            policyd_outcome::POLICYD_OUTCOME_KILLED => Outcome::Killed,
+            policyd_outcome::POLICYD_OUTCOME_AWAITED => Outcome::Awaited,
+            policyd_outcome::POLICYD_OUTCOME_DEFERRED => Outcome::Deferred,
+            policyd_outcome::POLICYD_OUTCOME_DRY_RUN => Outcome::DryRun,
+            policyd_outcome::POLICYD_OUTCOME_KILL_FAILED => Outcome::KillFailed,
+            _ => Outcome::Unknown(v),
         }
     }
 }
@@ -243,6 +246,7 @@ pub fn datasec_var(btf: &Btf<'_>, datasec_type: BtfType<'_>, var: &str) -> Optio
 mod tests {
     use super::*;
     use crate::testing::c_comm;
+    use crate::KillMode;
     use libbpf_rs::btf::types::MemberAttr;
     use libbpf_rs::btf::TypeId;
     use libbpf_rs::{AsRawLibbpf, HasSize};
@@ -254,6 +258,7 @@ mod tests {
         assert_eq!(size_of::<PolicydCandidate>(), 24);
         assert_eq!(size_of::<PolicydEvent>(), 232);
         assert_eq!(size_of::<PolicydStats>(), 72);
+        assert_eq!(PolicydEvent::default().ranked.len(), EVENT_CANDIDATES);
     }
 
     #[test]
@@ -261,7 +266,7 @@ mod tests {
         let rule = PolicydRule {
             priority: 10,
             protect: 1,
-            kill: KILL_CGROUP,
+            kill: KillMode::Cgroup.abi(),
             pad: [0; 2],
         };
         assert_eq!(rule.as_bytes(), &[10, 0, 0, 0, 1, 1, 0, 0]);
@@ -298,6 +303,17 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(ev.policy(), Err(9));
+    }
+
+    #[test]
+    fn enum_numbers_round_trip() {
+        for p in crate::policy::POLICIES {
+            assert_eq!(PolicyName::from_abi(p.name.abi()), Some(p.name));
+        }
+        for k in [KillMode::Task, KillMode::Cgroup] {
+            assert_eq!(KillMode::from_abi(k.abi()), Some(k));
+        }
+        assert_eq!(KillMode::from_abi(7), None);
     }
 
     fn object_btf() -> Btf<'static> {

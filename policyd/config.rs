@@ -34,6 +34,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use crate::bpf::skel::types::policyd_kill;
 use crate::matcher::{CgroupPattern, PatternError};
 use crate::policy::{PolicyName, UnknownPolicy};
 
@@ -76,6 +77,23 @@ impl KillMode {
             KillMode::Task => "task",
             KillMode::Cgroup => "cgroup",
         }
+    }
+
+    /// `enum policyd_kill` (bpf/policies/policyd.h, through the skeleton):
+    /// the number a rule's `kill` holds for the BPF handler.
+    pub const fn abi(self) -> u8 {
+        let kill = match self {
+            KillMode::Task => policyd_kill::POLICYD_KILL_TASK,
+            KillMode::Cgroup => policyd_kill::POLICYD_KILL_CGROUP,
+        };
+        kill.0 as u8
+    }
+
+    /// The kill mode an `enum policyd_kill` number stands for.
+    pub fn from_abi(v: u8) -> Option<KillMode> {
+        [KillMode::Task, KillMode::Cgroup]
+            .into_iter()
+            .find(|k| k.abi() == v)
     }
 }
 

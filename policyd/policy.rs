@@ -9,6 +9,8 @@ use std::str::FromStr;
 
 use serde::{Serialize, Serializer};
 
+use crate::bpf::skel::types::policyd_policy;
+
 /// A selectable OOM policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PolicyName {
@@ -65,15 +67,17 @@ impl PolicyName {
         }
     }
 
-    /// `enum policyd_policy` (bpf/policies/policyd.h): the number the BPF
-    /// object's `policy` setting and its events use.
+    /// `enum policyd_policy` (bpf/policies/policyd.h, through the
+    /// skeleton): the number the BPF object's `policy` setting and its
+    /// events use.
     pub const fn abi(self) -> u8 {
-        match self {
-            PolicyName::Priority => 0,
-            PolicyName::Largest => 1,
-            PolicyName::Badness => 2,
-            PolicyName::Observe => 3,
-        }
+        let policy = match self {
+            PolicyName::Priority => policyd_policy::POLICYD_POLICY_PRIORITY,
+            PolicyName::Largest => policyd_policy::POLICYD_POLICY_LARGEST,
+            PolicyName::Badness => policyd_policy::POLICYD_POLICY_BADNESS,
+            PolicyName::Observe => policyd_policy::POLICYD_POLICY_OBSERVE,
+        };
+        policy.0 as u8
     }
 
     pub fn from_abi(v: u8) -> Option<PolicyName> {

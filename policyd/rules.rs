@@ -18,15 +18,8 @@ pub fn rule_of(e: &Effective) -> PolicydRule {
     PolicydRule {
         priority: e.priority,
         protect: u8::from(e.protect),
-        kill: kill_code(e.kill),
+        kill: e.kill.abi(),
         pad: [0; 2],
-    }
-}
-
-pub fn kill_code(kill: KillMode) -> u8 {
-    match kill {
-        KillMode::Task => abi::KILL_TASK,
-        KillMode::Cgroup => abi::KILL_CGROUP,
     }
 }
 
@@ -35,7 +28,7 @@ pub fn defaults_rule(config: &Config) -> PolicydRule {
     PolicydRule {
         priority: config.default_priority,
         protect: 0,
-        kill: abi::KILL_TASK,
+        kill: KillMode::Task.abi(),
         pad: [0; 2],
     }
 }
@@ -80,11 +73,8 @@ fn describe(r: &PolicydRule) -> String {
     if r.protect != 0 {
         "protected".to_owned()
     } else {
-        let kill = if r.kill == abi::KILL_CGROUP {
-            "cgroup"
-        } else {
-            "task"
-        };
+        // An unknown number reads as the handler's fallback, `task`.
+        let kill = KillMode::from_abi(r.kill).unwrap_or_default();
         format!("priority {} kill {kill}", r.priority)
     }
 }
@@ -143,7 +133,7 @@ mod tests {
                 PolicydRule {
                     priority: 100,
                     protect: 0,
-                    kill: abi::KILL_TASK,
+                    kill: KillMode::Task.abi(),
                     pad: [0; 2]
                 }
             )
@@ -152,20 +142,20 @@ mod tests {
             let id = tree.get(tree.find(p).unwrap()).id;
             entries.iter().find(|(k, _)| *k == id).unwrap().1
         };
-        let rule = |priority, protect, kill| PolicydRule {
+        let rule = |priority, protect, kill: KillMode| PolicydRule {
             priority,
             protect,
-            kill,
+            kill: kill.abi(),
             pad: [0; 2],
         };
-        assert_eq!(by_path("/demo/db"), rule(100, 1, abi::KILL_TASK));
-        assert_eq!(by_path("/demo/web"), rule(500, 0, abi::KILL_TASK));
-        assert_eq!(by_path("/demo/batch/j2"), rule(10, 0, abi::KILL_CGROUP));
+        assert_eq!(by_path("/demo/db"), rule(100, 1, KillMode::Task));
+        assert_eq!(by_path("/demo/web"), rule(500, 0, KillMode::Task));
+        assert_eq!(by_path("/demo/batch/j2"), rule(10, 0, KillMode::Cgroup));
         assert_eq!(
             by_path("/system.slice/sshd.service"),
-            rule(1000, 0, abi::KILL_TASK)
+            rule(1000, 0, KillMode::Task)
         );
-        assert_eq!(by_path("/"), rule(100, 0, abi::KILL_TASK));
+        assert_eq!(by_path("/"), rule(100, 0, KillMode::Task));
         // No cgroup has id 0: the defaults key never collides.
         assert!(entries[1..].iter().all(|(k, _)| *k != abi::DEFAULTS_KEY));
     }
