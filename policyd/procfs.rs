@@ -102,7 +102,10 @@ impl TaskSource for ProcFs {
         let mut statm = statm.split_whitespace().map(|v| v.parse::<u64>().ok());
         let size_pages = statm.next()??;
         let resident_pages = statm.next()??;
-        let stat = self.read(pid, "stat").map(|s| parse_stat(&s)).unwrap_or_default();
+        let stat = self
+            .read(pid, "stat")
+            .map(|s| parse_stat(&s))
+            .unwrap_or_default();
         let kernel_thread = stat.flags.is_some_and(|f| f & PF_KTHREAD != 0);
         let status = self.read(pid, "status").unwrap_or_default();
         let kib = |key: &str| status_kib(&status, key).unwrap_or(0).saturating_mul(1024);

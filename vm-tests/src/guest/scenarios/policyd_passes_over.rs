@@ -95,7 +95,10 @@ fn run() -> Result<()> {
     ])?;
     expect_alive(&mut service, "priority-1000 service")?;
     for (i, hog) in immortals.iter_mut().enumerate() {
-        expect_alive(hog, &format!("oom_score_adj -1000 task of /pile/immortal{i}"))?;
+        expect_alive(
+            hog,
+            &format!("oom_score_adj -1000 task of /pile/immortal{i}"),
+        )?;
     }
     expect_oom_kills(&batch_cg, 1)?;
     expect_oom_kills(&service_cg, 0)?;
