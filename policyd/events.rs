@@ -243,10 +243,15 @@ impl Decision {
                 self.victim_cgroup,
                 self.why()
             ),
-            Outcome::KillFailed => format!(
+            Outcome::KillFailed if self.kill_err != 0 => format!(
                 "none of the {} candidate(s) had anything to kill (last kill error {}); left to \
                  the kernel's OOM killer",
                 self.tried, self.kill_err
+            ),
+            Outcome::KillFailed => format!(
+                "none of the {} candidate(s) had anything to kill; left to the kernel's OOM \
+                 killer",
+                self.tried
             ),
             Outcome::Deferred => match &self.top {
                 Some(top) => format!(
@@ -489,6 +494,14 @@ mod tests {
              kernel's OOM killer; passed over 5 candidate(s): 2 with only unkillable tasks, 1 \
              exiting, 1 emptied or removed, 1 refused by the kernel"
         );
+        // No kill was even tried: no error to report.
+        ev.kill_err = 0;
+        ev.passed_refused = 0;
+        ev.tried = 4;
+        assert!(Decision::new(&ev, names).summary().starts_with(
+            "none of the 4 candidate(s) had anything to kill; left to the kernel's OOM killer; \
+             passed over 4"
+        ));
     }
 
     #[test]
