@@ -18,7 +18,7 @@
 //! a second after a run of awaits, to log how many there were).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -158,10 +158,17 @@ struct Cgroups {
     root: PathBuf,
     /// By path.
     effective: HashMap<String, Effective>,
-    /// Id → path, including removed cgroups (ids are never reused), so an
-    /// event about a cgroup removed since still names it.
+    /// Id → path, including the last REMOVED_NAMES removed cgroups (ids are
+    /// never reused), so an event about a cgroup removed since still names it.
     names: HashMap<u64, String>,
+    /// Removed cgroups still in `names`, oldest first.
+    removed: VecDeque<u64>,
 }
+
+/// How many removed cgroups keep their name for late events. A cgroup
+/// removed longer ago is logged as "cgroup#<id>": its name is forgotten so
+/// that a node churning pods does not grow policyd without bound.
+const REMOVED_NAMES: usize = 4096;
 
 impl Cgroups {
     fn from_tree(root: &Path, tree: &CgroupTree, effective: Vec<Effective>) -> Self {
@@ -174,6 +181,36 @@ impl Cgroups {
             root: root.to_owned(),
             effective: effective.into_iter().map(|e| (e.path.clone(), e)).collect(),
             names,
+            removed: VecDeque::new(),
+        }
+    }
+
+    /// The tree was read again: its settings replace the old ones; cgroups
+    /// that are gone since keep their names a while, as if removed now.
+    fn refresh(&mut self, tree: &CgroupTree, effective: Vec<Effective>) {
+        self.effective = effective.into_iter().map(|e| (e.path.clone(), e)).collect();
+        let live: HashMap<u64, &str> = tree.nodes().iter().map(|n| (n.id, &*n.path)).collect();
+        let gone: Vec<u64> = self
+            .names
+            .keys()
+            .filter(|id| !live.contains_key(id) && !self.removed.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            self.forget_later(id);
+        }
+        for (id, path) in live {
+            self.names.insert(id, path.to_owned());
+        }
+    }
+
+    /// Cgroup `id` was removed: keep its name for the next REMOVED_NAMES removals.
+    fn forget_later(&mut self, id: u64) {
+        self.removed.push_back(id);
+        if self.removed.len() > REMOVED_NAMES {
+            if let Some(old) = self.removed.pop_front() {
+                self.names.remove(&old);
+            }
         }
     }
 
@@ -279,6 +316,8 @@ pub struct Daemon {
     watcher: Option<CgroupWatcher>,
     signals: Option<SignalFd>,
     awaits: Awaits,
+    /// Events the handler could not send (ring buffer full), as last logged.
+    dropped: u64,
 }
 
 impl Daemon {
@@ -346,6 +385,7 @@ impl Daemon {
             watcher,
             signals: None,
             awaits: Awaits::default(),
+            dropped: 0,
         })
     }
 
@@ -486,6 +526,19 @@ impl Daemon {
             self.awaits
                 .log(Decision::new(&ev, |id| self.cgroups.name(id)));
         }
+        match self.obj.stats() {
+            Ok(stats) => {
+                if let Some(lost) = newly_dropped(&mut self.dropped, stats.events_dropped) {
+                    tracing::warn!(
+                        lost,
+                        total = stats.events_dropped,
+                        "OOM decisions not logged: the event ring buffer was full (the OOMs \
+                         were handled; `policyd status` counts them)"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!("reading the handler's counters: {e:#}"),
+        }
     }
 
     fn apply_cgroup_changes(&mut self) {
@@ -527,6 +580,7 @@ impl Daemon {
                     if let Some(e) = self.cgroups.effective.remove(&path) {
                         // Children are gone first (rmdir needs an empty cgroup).
                         let _ = self.rules.delete(&e.id.to_ne_bytes());
+                        self.cgroups.forget_later(e.id);
                         tracing::debug!("cgroup {path} (id {}) removed", e.id);
                     }
                 }
@@ -550,11 +604,7 @@ impl Daemon {
         let map = new_rules_map(&self.obj, &entries)?;
         self.obj.install_rules(&map)?;
         self.rules = map;
-        let names = std::mem::take(&mut self.cgroups.names);
-        self.cgroups = Cgroups::from_tree(&self.req.cgroup_root, &tree, effective);
-        for (id, path) in names {
-            self.cgroups.names.entry(id).or_insert(path);
-        }
+        self.cgroups.refresh(&tree, effective);
         Ok(())
     }
 
@@ -627,24 +677,68 @@ impl Daemon {
             .update(obj.ops_map()?.as_fd(), self.obj.ops_map()?.as_fd())
             .map_err(|e| anyhow::anyhow!("swapping the handler to policy {policy}: {e}"))?;
         // The old handler is out: log what it still reported, then drop it.
+        // The new one counts its lost events from zero.
         self.consume_events();
+        self.dropped = 0;
         self.ring = ring;
         self.pending = pending;
         self.obj = obj;
         self.rules = map;
-        let names = std::mem::take(&mut self.cgroups.names);
-        self.cgroups = Cgroups::from_tree(&self.req.cgroup_root, &tree, effective);
-        for (id, path) in names {
-            self.cgroups.names.entry(id).or_insert(path);
-        }
+        self.cgroups.refresh(&tree, effective);
         Ok(())
     }
+}
+
+/// Events lost since `seen` was last updated, if any: `now` is the
+/// handler's running count.
+fn newly_dropped(seen: &mut u64, now: u64) -> Option<u64> {
+    let lost = now.checked_sub(*seen).filter(|&n| n > 0)?;
+    *seen = now;
+    Some(lost)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testing::FakeCgroupfs;
+
+    #[test]
+    fn removed_cgroups_keep_their_names_for_a_while() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = FakeCgroupfs::new(dir.path());
+        cg.cgroup("/a", 0, &[]);
+        let tree = CgroupTree::read(cg.root()).unwrap();
+        let mut cgroups = Cgroups::from_tree(cg.root(), &tree, Vec::new());
+        let first = 1_000_000;
+        for id in first..first + REMOVED_NAMES as u64 + 1 {
+            cgroups.names.insert(id, format!("/gone{id}"));
+            cgroups.forget_later(id);
+        }
+        // The oldest removal is forgotten, the later ones still named.
+        assert_eq!(cgroups.name(first), format!("cgroup#{first}"));
+        assert_eq!(cgroups.name(first + 1), format!("/gone{}", first + 1));
+        assert_eq!(cgroups.names.len(), REMOVED_NAMES + tree.len());
+
+        // A cgroup gone by the next read of the tree counts as removed then.
+        let a = tree.get(tree.find("/a").unwrap()).id;
+        std::fs::remove_dir_all(cg.root().join("a")).unwrap();
+        let tree = CgroupTree::read(cg.root()).unwrap();
+        cgroups.refresh(&tree, Vec::new());
+        assert_eq!(cgroups.removed.back(), Some(&a));
+        assert_eq!(cgroups.name(a), "/a");
+    }
+
+    #[test]
+    fn lost_events_are_reported_once_each() {
+        let mut seen = 0;
+        assert_eq!(newly_dropped(&mut seen, 0), None);
+        assert_eq!(newly_dropped(&mut seen, 3), Some(3));
+        assert_eq!(newly_dropped(&mut seen, 3), None);
+        assert_eq!(newly_dropped(&mut seen, 10), Some(7));
+        // A new handler after a policy swap starts again at zero.
+        seen = 0;
+        assert_eq!(newly_dropped(&mut seen, 2), Some(2));
+    }
 
     #[test]
     fn a_reload_checks_the_file_as_the_start_did() {

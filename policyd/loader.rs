@@ -35,7 +35,7 @@ use libbpf_rs::{
     OpenMap, OpenObject,
 };
 
-use crate::abi::{self, PolicydRule};
+use crate::abi::{self, Pod, PolicydRule, PolicydStats};
 use crate::bpf::skel;
 use crate::policy::PolicyName;
 
@@ -351,6 +351,23 @@ impl PolicyObject {
 
     pub fn events_map(&self) -> Result<Map<'_>> {
         self.map("events")
+    }
+
+    /// The handler's counters (`stats` in its `.bss`).
+    pub fn stats(&self) -> Result<PolicydStats> {
+        let bss = self
+            .object
+            .maps()
+            .find(|m| m.name().to_string_lossy().ends_with(".bss"))
+            .context("the BPF object has no .bss")?;
+        let value = bss
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .context("reading the handler's .bss")?
+            .context("the handler's .bss has no value")?;
+        value
+            .get(offset_of!(skel::types::bss, stats)..)
+            .and_then(PolicydStats::from_bytes)
+            .context("the handler's .bss is shorter than its skeleton says")
     }
 
     /// Make `inner` the rules the handler reads: one atomic store into
