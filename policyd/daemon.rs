@@ -37,7 +37,7 @@ use crate::commands;
 use crate::config::{Config, Ownership};
 use crate::events::{Awaits, Decision};
 use crate::guard::OwnCgroup;
-use crate::loader::{self, HandlerLink, KernelBtf, PolicyObject};
+use crate::loader::{self, HandlerLink, KernelBtf, PerCpu, PolicyObject};
 use crate::policy::PolicyName;
 use crate::resolve::{resolve_tree, Effective, Resolver};
 use crate::rules;
@@ -311,6 +311,7 @@ pub struct Daemon {
     /// The rules map in `rules[0]`.
     rules: MapHandle,
     kernel: KernelBtf,
+    per_cpu: Option<PerCpu>,
     req: LoadRequest,
     cgroups: Cgroups,
     watcher: Option<CgroupWatcher>,
@@ -353,7 +354,8 @@ impl Daemon {
         let effective = resolve_tree(&req.config, &tree);
         let entries = entries_for(&req.config, &effective, req.own_cgroup.as_ref());
 
-        let obj = PolicyObject::open_load(req.policy, req.dry_run)?;
+        let per_cpu = PerCpu::discover();
+        let obj = PolicyObject::open_load(req.policy, req.dry_run, per_cpu)?;
         let rules_map = new_rules_map(&obj, &entries)?;
         obj.install_rules(&rules_map)?;
         let (ring, pending) = event_ring(&obj)?;
@@ -380,6 +382,7 @@ impl Daemon {
             obj,
             rules: rules_map,
             kernel,
+            per_cpu,
             req,
             cgroups,
             watcher,
@@ -668,7 +671,7 @@ impl Daemon {
         let tree = CgroupTree::read(&self.req.cgroup_root)?;
         let effective = resolve_tree(config, &tree);
         let entries = entries_for(config, &effective, self.req.own_cgroup.as_ref());
-        let obj = PolicyObject::open_load(policy, self.req.dry_run)?;
+        let obj = PolicyObject::open_load(policy, self.req.dry_run, self.per_cpu)?;
         let map = new_rules_map(&obj, &entries)?;
         obj.install_rules(&map)?;
         let (ring, pending) = event_ring(&obj)?;

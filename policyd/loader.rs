@@ -265,9 +265,93 @@ fn load_error(e: libbpf_rs::Error) -> anyhow::Error {
     }
 }
 
+/// Where the kernel keeps `__per_cpu_offset[]`, and how many CPUs are
+/// possible: what the handler needs to add up per-CPU memory counters as
+/// the kernel does (see `mm_counter_sum()` in policyd.bpf.c).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerCpu {
+    pub offsets_addr: u64,
+    pub nr_cpus: u32,
+}
+
+/// The handler's room for per-CPU offsets (`MAX_CPUS` in policyd.bpf.c).
+const MAX_CPUS: u32 = 1024;
+
+impl PerCpu {
+    /// From /proc/kallsyms and /sys/devices/system/cpu/possible. `None`, with
+    /// a warning saying what that costs, where either cannot be read.
+    pub fn discover() -> Option<PerCpu> {
+        let found = Self::from_files(
+            Path::new("/proc/kallsyms"),
+            Path::new("/sys/devices/system/cpu/possible"),
+        );
+        match found {
+            Ok(p) if p.nr_cpus > MAX_CPUS => {
+                tracing::warn!(
+                    "{} possible CPUs, the handler adds up per-CPU memory counters of the \
+                     first {MAX_CPUS} only: tasks of about the same size may be ranked \
+                     otherwise than by the kernel",
+                    p.nr_cpus
+                );
+                Some(p)
+            }
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(
+                    "{e:#}; the handler reads tasks' memory without the per-CPU shares (up to \
+                     32 pages per CPU): between tasks of about the same size it may choose \
+                     otherwise than the kernel and `policyd explain`"
+                );
+                None
+            }
+        }
+    }
+
+    fn from_files(kallsyms: &Path, possible: &Path) -> Result<PerCpu> {
+        let syms = std::fs::read_to_string(kallsyms)
+            .with_context(|| format!("reading {}", kallsyms.display()))?;
+        let offsets_addr = syms
+            .lines()
+            .find_map(|l| {
+                let mut f = l.split_whitespace();
+                let (addr, _, name) = (f.next()?, f.next()?, f.next()?);
+                (name == "__per_cpu_offset").then(|| u64::from_str_radix(addr, 16).ok())?
+            })
+            .filter(|&a| a != 0)
+            .with_context(|| {
+                format!(
+                    "no address of __per_cpu_offset in {} (kernel.kptr_restrict hides it, or \
+                     not root)",
+                    kallsyms.display()
+                )
+            })?;
+        let text = std::fs::read_to_string(possible)
+            .with_context(|| format!("reading {}", possible.display()))?;
+        let nr_cpus = possible_cpus(text.trim())
+            .with_context(|| format!("{}: cannot parse {:?}", possible.display(), text.trim()))?;
+        Ok(PerCpu {
+            offsets_addr,
+            nr_cpus,
+        })
+    }
+}
+
+/// One more than the highest CPU of a cpu list such as "0-3,8-11".
+fn possible_cpus(list: &str) -> Option<u32> {
+    list.split(',')
+        .map(|range| range.rsplit('-').next()?.trim().parse::<u32>().ok())
+        .try_fold(0, |max, last| Some(max.max(last? + 1)))
+}
+
 /// Choose the policy and dry-run in the object's `.rodata`, before load: the
-/// verifier then drops the code of the other policies.
-fn configure(open: &mut OpenObject, policy: PolicyName, dry_run: bool) -> Result<()> {
+/// verifier then drops the code of the other policies. `per_cpu` lets it add
+/// up per-CPU memory counters.
+fn configure(
+    open: &mut OpenObject,
+    policy: PolicyName,
+    dry_run: bool,
+    per_cpu: Option<PerCpu>,
+) -> Result<()> {
     let mut rodata = open
         .maps_mut()
         .find(|m| m.name().to_string_lossy().ends_with(".rodata"))
@@ -275,18 +359,35 @@ fn configure(open: &mut OpenObject, policy: PolicyName, dry_run: bool) -> Result
     let bytes = rodata
         .initial_value_mut()
         .context("the BPF object's .rodata has no initial value")?;
-    // Byte by byte at the skeleton's offsets: the section may end before the
-    // trailing padding of the skeleton's struct.
-    let fields = [
-        (offset_of!(skel::types::rodata, policy), policy.abi()),
-        (offset_of!(skel::types::rodata, dry_run), u8::from(dry_run)),
+    let per_cpu = per_cpu.unwrap_or(PerCpu {
+        offsets_addr: 0,
+        nr_cpus: 0,
+    });
+    // At the skeleton's offsets, byte by byte: the section may end before
+    // the trailing padding of the skeleton's struct.
+    let fields: [(usize, &[u8]); 4] = [
+        (offset_of!(skel::types::rodata, policy), &[policy.abi()]),
+        (
+            offset_of!(skel::types::rodata, dry_run),
+            &[u8::from(dry_run)],
+        ),
+        (
+            offset_of!(skel::types::rodata, per_cpu_offset_addr),
+            &per_cpu.offsets_addr.to_ne_bytes(),
+        ),
+        (
+            offset_of!(skel::types::rodata, nr_cpus),
+            &per_cpu.nr_cpus.to_ne_bytes(),
+        ),
     ];
     let len = bytes.len();
     for (offset, value) in fields {
-        let byte = bytes.get_mut(offset).with_context(|| {
-            format!("the BPF object's .rodata ({len} bytes) does not match its skeleton")
-        })?;
-        *byte = value;
+        bytes
+            .get_mut(offset..offset + value.len())
+            .with_context(|| {
+                format!("the BPF object's .rodata ({len} bytes) does not match its skeleton")
+            })?
+            .copy_from_slice(value);
     }
     Ok(())
 }
@@ -294,16 +395,16 @@ fn configure(open: &mut OpenObject, policy: PolicyName, dry_run: bool) -> Result
 impl PolicyObject {
     /// Open and load the handler as `policy` with `dry_run` set. Verifies the
     /// program and creates the maps; attaches nothing.
-    pub fn open_load(policy: PolicyName, dry_run: bool) -> Result<Self> {
-        Self::open_load_inner(policy, dry_run).with_context(|| format!("policy {policy}"))
+    pub fn open_load(policy: PolicyName, dry_run: bool, per_cpu: Option<PerCpu>) -> Result<Self> {
+        Self::open_load_inner(policy, dry_run, per_cpu).with_context(|| format!("policy {policy}"))
     }
 
-    fn open_load_inner(policy: PolicyName, dry_run: bool) -> Result<Self> {
+    fn open_load_inner(policy: PolicyName, dry_run: bool, per_cpu: Option<PerCpu>) -> Result<Self> {
         let mut open = ObjectBuilder::default()
             .name("policyd")
             .and_then(|b| b.open_memory(OBJECT))
             .context("opening the BPF object")?;
-        configure(&mut open, policy, dry_run)?;
+        configure(&mut open, policy, dry_run, per_cpu)?;
         let inner = InnerSpec::of_open_object(&open)?;
         let object = open.load().map_err(load_error)?;
         let handler_fd = object
@@ -530,6 +631,33 @@ mod tests {
                 fake.display()
             )
         );
+    }
+
+    #[test]
+    fn per_cpu_layout_from_kallsyms_and_the_possible_cpus() {
+        let dir = tempfile::tempdir().unwrap();
+        let (syms, possible) = (dir.path().join("kallsyms"), dir.path().join("possible"));
+        std::fs::write(
+            &syms,
+            "ffffffff81000000 T _text\nffffffff82a1b2c0 R __per_cpu_offset\n\
+             ffffffff82a1b2c8 r __per_cpu_offset_end [mod]\n",
+        )
+        .unwrap();
+        std::fs::write(&possible, "0-3,8-11\n").unwrap();
+        assert_eq!(
+            PerCpu::from_files(&syms, &possible).unwrap(),
+            PerCpu {
+                offsets_addr: 0xffffffff82a1b2c0,
+                nr_cpus: 12
+            }
+        );
+        // Hidden addresses (kptr_restrict) read as zeros: refused, with why.
+        std::fs::write(&syms, "0000000000000000 R __per_cpu_offset\n").unwrap();
+        let err = PerCpu::from_files(&syms, &possible).unwrap_err();
+        assert!(err.to_string().contains("kptr_restrict"), "{err}");
+        assert_eq!(possible_cpus("0"), Some(1));
+        assert_eq!(possible_cpus("0-1"), Some(2));
+        assert_eq!(possible_cpus("x"), None);
     }
 
     #[test]

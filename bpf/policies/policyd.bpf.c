@@ -136,18 +136,71 @@ static __always_inline __u64 cgroup_usage(struct cgroup *cgrp)
 	return BPF_CORE_READ(memcg, memory.usage.counter) * PAGE_SIZE;
 }
 
-/* Resident memory of @task's mm, in pages, as get_mm_rss() counts it. */
+/*
+ * An mm's counters are per-CPU: the shared count lags each CPU's share by
+ * up to percpu_counter_batch pages.  oom_badness() and /proc/<pid>/statm
+ * add the shares up (get_mm_counter_sum()), and so must the handler, or it
+ * picks another of two tasks of the same size than the kernel and
+ * `policyd explain` would.  A BPF program cannot follow a __percpu pointer
+ * without the kernel's percpu type tags (a gcc-built kernel has none), so
+ * policyd passes where __per_cpu_offset[] is (from /proc/kallsyms) and how
+ * many CPUs are possible; per_cpu_ptr() is then pointer + offset.
+ */
+const volatile __u64 per_cpu_offset_addr;
+const volatile __u32 nr_cpus;
+
+#define MAX_CPUS 1024
+
+/* __per_cpu_offset[], read once per OOM. */
+__u64 cpu_offsets[MAX_CPUS];
+__u32 cpu_offsets_read;
+
+static __noinline void read_cpu_offsets(void)
+{
+	__u32 cpu;
+
+	cpu_offsets_read = 0;
+	if (!per_cpu_offset_addr)
+		return;
+	bpf_for(cpu, 0, MAX_CPUS) {
+		if (cpu >= nr_cpus)
+			break;
+		if (bpf_probe_read_kernel(&cpu_offsets[cpu], sizeof(__u64),
+					  (void *)(per_cpu_offset_addr + cpu * sizeof(__u64))))
+			return;
+		cpu_offsets_read = cpu + 1;
+	}
+}
+
+/* percpu_counter_sum() of one of @mm's counters, in pages. */
+static __always_inline __s64 mm_counter_sum(struct mm_struct *mm, int member)
+{
+	struct percpu_counter *counter = &mm->rss_stat[member];
+	__s64 sum = BPF_CORE_READ(counter, count);
+	__u64 counters = (__u64)BPF_CORE_READ(counter, counters);
+	__s32 share;
+	__u32 cpu;
+
+	bpf_for(cpu, 0, MAX_CPUS) {
+		if (cpu >= cpu_offsets_read)
+			break;
+		if (bpf_probe_read_kernel(&share, sizeof(share),
+					  (void *)(counters + cpu_offsets[cpu])))
+			break;
+		sum += share;
+	}
+	return sum > 0 ? sum : 0;
+}
+
+/* Resident memory of @task's mm, in pages, as get_mm_rss_sum() counts it. */
 static __always_inline __u64 task_rss_pages(struct task_struct *task)
 {
 	struct mm_struct *mm = task->mm;
-	__s64 pages;
 
 	if (!mm)
 		return 0;
-	pages = BPF_CORE_READ(mm, rss_stat[MM_FILEPAGES].count) +
-		BPF_CORE_READ(mm, rss_stat[MM_ANONPAGES].count) +
-		BPF_CORE_READ(mm, rss_stat[MM_SHMEMPAGES].count);
-	return pages > 0 ? pages : 0;
+	return mm_counter_sum(mm, MM_FILEPAGES) + mm_counter_sum(mm, MM_ANONPAGES) +
+	       mm_counter_sum(mm, MM_SHMEMPAGES);
 }
 
 /* Tasks the kernel refuses to kill whatever their state. */
@@ -568,7 +621,7 @@ static __always_inline long task_badness(struct task_struct *task, unsigned long
 	    (task->vfork_done && task->real_parent->mm == mm))
 		return LONG_MIN;
 
-	points = task_rss_pages(task) + BPF_CORE_READ(mm, rss_stat[MM_SWAPENTS].count) +
+	points = task_rss_pages(task) + mm_counter_sum(mm, MM_SWAPENTS) +
 		 (unsigned long)BPF_CORE_READ(mm, pgtables_bytes.counter) / PAGE_SIZE;
 	return points + adj * (long)(totalpages / 1000);
 }
@@ -661,6 +714,7 @@ static __always_inline void begin_event(struct oom_control *oc)
 	event.oom_cgroup_id = memcg ? memcg->css.cgroup->kn->id : 0;
 	event.outcome = POLICYD_OUTCOME_DEFERRED;
 	stats.ooms++;
+	read_cpu_offsets();
 }
 
 /* Account and publish the event; the handler's return value follows from it. */
