@@ -142,6 +142,15 @@ pub fn discover_mount() -> Result<PathBuf, CgroupfsError> {
     })
 }
 
+/// The cgroup2 mount: `given` (`--cgroup-root`), or the one in
+/// /proc/self/mounts.
+pub fn root(given: Option<&Path>) -> Result<PathBuf, CgroupfsError> {
+    match given {
+        Some(p) => Ok(p.to_owned()),
+        None => discover_mount(),
+    }
+}
+
 /// The cgroup2 mount point named in `mounts` (the text of a mounts file).
 /// Prefers [`DEFAULT_MOUNT`] when cgroup2 is mounted more than once.
 pub fn cgroup2_mount_in(mounts: &str) -> Option<PathBuf> {

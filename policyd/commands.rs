@@ -2,7 +2,7 @@
 //! it; `main.rs` prints it and turns errors into exit codes.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
@@ -13,8 +13,9 @@ use crate::daemon::{self, LoadRequest};
 use crate::guard;
 use crate::policy::POLICIES;
 use crate::procfs::ProcFs;
-use crate::rank::{self, format_bytes, Explanation};
+use crate::rank::{self, Explanation};
 use crate::resolve::resolve_tree;
+use crate::sizes::format_bytes;
 
 /// `policyd list`.
 pub fn list() -> String {
@@ -27,25 +28,6 @@ pub fn list() -> String {
         .iter()
         .map(|p| format!("{:width$}  {}\n", p.name.as_str(), p.description))
         .collect()
-}
-
-/// Read and validate a configuration (see [`Config::load_checked`]), with
-/// a hint when the file is missing.
-pub fn load_config(path: &Path, ownership: Ownership) -> Result<Config> {
-    match Config::load_checked(path, ownership) {
-        Ok(config) => {
-            for w in &config.warnings {
-                tracing::warn!("{w}");
-            }
-            Ok(config)
-        }
-        Err(e) if e.is_not_found() => Err(anyhow::anyhow!(
-            "config file {} not found; pass --config FILE to use another one \
-             (policies.toml in the policyd sources documents every key)",
-            path.display()
-        )),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Result of `policyd check`.
@@ -95,14 +77,6 @@ pub fn check(args: &CheckArgs) -> CheckReport {
     CheckReport { ok, stdout, stderr }
 }
 
-/// The cgroup2 mount: `--cgroup-root` or the one in /proc/self/mounts.
-pub fn cgroup_root(given: Option<&Path>) -> Result<PathBuf> {
-    match given {
-        Some(p) => Ok(p.to_owned()),
-        None => Ok(cgroupfs::discover_mount()?),
-    }
-}
-
 /// `policyd load`: validate, check where we run, then hand over to the
 /// daemon. `proc_root` is /proc but for tests.
 pub fn load(args: &LoadArgs, cgroup_root: Option<&Path>, proc_root: &Path) -> Result<()> {
@@ -115,7 +89,7 @@ pub fn load(args: &LoadArgs, cgroup_root: Option<&Path>, proc_root: &Path) -> Re
     } else {
         Ownership::Root
     };
-    let config = load_config(&args.config, ownership)?;
+    let config = crate::config::load_logged(&args.config, ownership)?;
     guard::require_host_cgroup_namespace(proc_root)?;
     let policy = args.policy.unwrap_or(config.policy);
     if args.policy.is_some_and(|p| p != config.policy) {
@@ -124,7 +98,7 @@ pub fn load(args: &LoadArgs, cgroup_root: Option<&Path>, proc_root: &Path) -> Re
             config.policy
         );
     }
-    let cgroup_root = self::cgroup_root(cgroup_root)?;
+    let cgroup_root = cgroupfs::root(cgroup_root)?;
     guard::protect_self(proc_root)?;
     let own_cgroup = match guard::own_cgroup(proc_root, &cgroup_root) {
         Ok(Some(own)) => {
@@ -156,8 +130,8 @@ pub fn load(args: &LoadArgs, cgroup_root: Option<&Path>, proc_root: &Path) -> Re
 
 /// `policyd explain`: the prediction, as text or JSON.
 pub fn explain(args: &ExplainArgs, cgroup_root: Option<&Path>, proc_root: &Path) -> Result<String> {
-    let config = load_config(&args.config, Ownership::Any)?;
-    let root = self::cgroup_root(cgroup_root)?;
+    let config = crate::config::load_logged(&args.config, Ownership::Any)?;
+    let root = cgroupfs::root(cgroup_root)?;
     warn_without_memory_controller(&root);
     let tree = CgroupTree::read(&root)
         .with_context(|| format!("reading the cgroup tree at {}", root.display()))?;

@@ -317,6 +317,26 @@ struct RawRule {
     kill: Option<Spanned<String>>,
 }
 
+/// Read and validate a configuration (see [`Config::load_checked`]),
+/// logging its warnings, with a hint when the file is missing: what every
+/// command that acts on a config does.
+pub fn load_logged(path: &Path, ownership: Ownership) -> anyhow::Result<Config> {
+    match Config::load_checked(path, ownership) {
+        Ok(config) => {
+            for w in &config.warnings {
+                tracing::warn!("{w}");
+            }
+            Ok(config)
+        }
+        Err(e) if e.is_not_found() => Err(anyhow::anyhow!(
+            "config file {} not found; pass --config FILE to use another one \
+             (policies.toml in the policyd sources documents every key)",
+            path.display()
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl Config {
     /// Read and validate `path`, with no requirement on its owner (what
     /// `check` and `explain` do).

@@ -33,7 +33,6 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::abi::{Pod, PolicydEvent, PolicydRule};
 use crate::cgroupfs::CgroupTree;
-use crate::commands;
 use crate::config::{Config, Ownership};
 use crate::events::{Awaits, Decision};
 use crate::guard::OwnCgroup;
@@ -284,7 +283,7 @@ fn entries_for(
 /// start. `None` (logged) when it cannot be used: the caller keeps the
 /// running policy and rules.
 fn reread_config(req: &LoadRequest) -> Option<Config> {
-    match commands::load_config(&req.config_path, req.ownership) {
+    match crate::config::load_logged(&req.config_path, req.ownership) {
         Ok(c) => Some(c),
         Err(e) => {
             for line in format!("{e:#}").lines() {

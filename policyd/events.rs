@@ -26,7 +26,7 @@
 use std::fmt;
 
 use crate::abi::{Outcome, PolicydEvent, Reason, MAX_CGROUPS};
-use crate::rank::format_bytes;
+use crate::sizes::format_bytes;
 
 /// A log value: bare when it is one word, otherwise quoted with escapes.
 #[derive(Debug, Clone, PartialEq, Eq)]

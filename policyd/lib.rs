@@ -34,6 +34,7 @@ pub mod procfs;
 pub mod rank;
 pub mod resolve;
 pub mod rules;
+pub mod sizes;
 pub mod status;
 pub mod testing;
 pub mod watch;

@@ -39,6 +39,7 @@ use crate::config::KillMode;
 use crate::policy::PolicyName;
 use crate::procfs::{TaskInfo, TaskSource};
 use crate::resolve::{Effective, Source};
+use crate::sizes::{format_bytes, format_pair};
 
 /// Global OOM (the root cgroup's subtree) or a memcg's own limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -133,35 +134,6 @@ pub struct Explanation {
     pub victim: Option<Victim>,
     /// One sentence: what happens.
     pub outcome: String,
-}
-
-/// Human size: "300 MiB", "1.5 GiB", "512 KiB", "12 B".
-pub fn format_bytes(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [
-        ("TiB", 1 << 40),
-        ("GiB", 1 << 30),
-        ("MiB", 1 << 20),
-        ("KiB", 1 << 10),
-    ];
-    for (unit, size) in UNITS {
-        if bytes >= size {
-            let value = bytes as f64 / size as f64;
-            let text = format!("{value:.1}");
-            let text = text.strip_suffix(".0").unwrap_or(&text);
-            return format!("{text} {unit}");
-        }
-    }
-    format!("{bytes} B")
-}
-
-/// Two sizes that differ, written so the difference shows.
-fn format_pair(a: u64, b: u64) -> (String, String) {
-    let (fa, fb) = (format_bytes(a), format_bytes(b));
-    if fa == fb && a != b {
-        (format!("{a} B"), format!("{b} B"))
-    } else {
-        (fa, fb)
-    }
 }
 
 fn usage(c: &Cgroup) -> u64 {
@@ -1054,15 +1026,5 @@ mod tests {
         assert_eq!(j["candidates"][0]["source"]["kind"], "rule");
         assert_eq!(j["candidates"][0]["source"]["pattern"], "/demo/batch/**");
         assert_eq!(j["candidates"][0]["memory_current"], 300 * MIB);
-    }
-
-    #[test]
-    fn formats_sizes() {
-        assert_eq!(format_bytes(0), "0 B");
-        assert_eq!(format_bytes(1023), "1023 B");
-        assert_eq!(format_bytes(1024), "1 KiB");
-        assert_eq!(format_bytes(300 * MIB), "300 MiB");
-        assert_eq!(format_bytes(1536 * MIB), "1.5 GiB");
-        assert_eq!(format_bytes(120 * MIB + MIB / 2), "120.5 MiB");
     }
 }

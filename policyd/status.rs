@@ -29,9 +29,8 @@ use libbpf_rs::Btf;
 use serde::Serialize;
 
 use crate::abi::{self, Pod, PolicydStats};
-use crate::cgroupfs::CgroupTree;
+use crate::cgroupfs::{self, CgroupTree};
 use crate::cli::StatusArgs;
-use crate::commands;
 use crate::loader::{self, KernelBtf, OOM_OPS, OOM_OPS_VALUE};
 use crate::policy::PolicyName;
 
@@ -543,7 +542,7 @@ pub fn discover(cgroup_root: Option<&Path>, proc_root: &Path) -> Result<Vec<Hand
     }
 
     // Cgroup paths: the cgroup id is the directory's inode number.
-    let tree = commands::cgroup_root(cgroup_root)
+    let tree = cgroupfs::root(cgroup_root)
         .ok()
         .and_then(|root| CgroupTree::read(&root).ok());
     let holders = link_holders(proc_root);
