@@ -132,26 +132,40 @@ pub fn quiet_oom_reports() -> Result<()> {
 }
 
 /// Runs `policyd ARGS...` to completion (a one-shot command: status, explain, load that
-/// is expected to fail, ...) and returns its output.
+/// is expected to fail, ...) and returns its output, which it also prints.
 pub fn run(args: &[&str]) -> Result<Output> {
+    run_echo(args, true)
+}
+
+fn run_echo(args: &[&str], echo: bool) -> Result<Output> {
     let out = Command::new(POLICYD)
         .args(args)
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("running {POLICYD} {}", args.join(" ")))?;
-    println!(
-        "$ policyd {} -> {}\n{}{}",
-        args.join(" "),
-        describe_status(out.status),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if echo {
+        println!(
+            "$ policyd {} -> {}\n{}{}",
+            args.join(" "),
+            describe_status(out.status),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     Ok(out)
 }
 
 /// Runs `policyd ARGS...`, requires exit status 0 and parses stdout as JSON.
 pub fn run_json(args: &[&str]) -> Result<serde_json::Value> {
-    let out = run(args)?;
+    parse_json(args, run(args)?)
+}
+
+/// [`run_json`] that prints nothing unless the command fails, for many runs in a row.
+pub fn run_json_quiet(args: &[&str]) -> Result<serde_json::Value> {
+    parse_json(args, run_echo(args, false)?)
+}
+
+fn parse_json(args: &[&str], out: Output) -> Result<serde_json::Value> {
     ensure!(
         out.status.success(),
         "policyd {} failed ({}): {}",

@@ -19,6 +19,7 @@ mod kernel_hierarchy;
 mod kernel_kill_refused;
 mod kernel_oom_storm;
 mod oom_default_memcg;
+mod policyd_differential;
 mod policyd_dry_run;
 mod policyd_explain;
 mod policyd_kill_cgroup;
@@ -57,6 +58,7 @@ pub fn all() -> Vec<Scenario> {
         policyd_largest_badness::scenario(),
         policyd_lifecycle::scenario(),
         policyd_explain::scenario(),
+        policyd_differential::scenario(),
         demo::scenario(),
         bench_storm::scenario(),
         bench_decision::scenario(),
