@@ -36,7 +36,7 @@ use crate::cgroupfs::CgroupTree;
 use crate::config::{Config, Ownership};
 use crate::events::{Awaits, Decision};
 use crate::guard::OwnCgroup;
-use crate::loader::{self, HandlerLink, KernelBtf, PerCpu, PolicyObject};
+use crate::loader::{self, HandlerLink, OomOpsLayout, PerCpu, PolicyObject};
 use crate::policy::PolicyName;
 use crate::resolve::{resolve_tree, Effective, Resolver};
 use crate::rules;
@@ -309,7 +309,7 @@ pub struct Daemon {
     obj: PolicyObject,
     /// The rules map in `rules[0]`.
     rules: MapHandle,
-    kernel: KernelBtf,
+    oom_ops: OomOpsLayout,
     per_cpu: Option<PerCpu>,
     req: LoadRequest,
     cgroups: Cgroups,
@@ -325,7 +325,7 @@ impl Daemon {
     /// one line saying so. Nothing is attached if this fails.
     pub fn start(req: LoadRequest) -> Result<Daemon> {
         loader::route_libbpf_log();
-        let kernel = KernelBtf::load()?;
+        let oom_ops = OomOpsLayout::of_running_kernel()?;
         let cgroup_dir = req.cgroup_root.join(req.cgroup.trim_start_matches('/'));
         if !cgroup_dir.is_dir() {
             anyhow::bail!(
@@ -358,7 +358,7 @@ impl Daemon {
         let rules_map = new_rules_map(&obj, &entries)?;
         obj.install_rules(&rules_map)?;
         let (ring, pending) = event_ring(&obj)?;
-        obj.prepare_ops(&kernel)?;
+        obj.prepare_ops(&oom_ops)?;
 
         let link = HandlerLink::attach(obj.ops_map()?.as_fd(), &cgroup_dir, &req.cgroup)?;
         let link_id = link.id().unwrap_or(0);
@@ -380,7 +380,7 @@ impl Daemon {
             pending,
             obj,
             rules: rules_map,
-            kernel,
+            oom_ops,
             per_cpu,
             req,
             cgroups,
@@ -674,7 +674,7 @@ impl Daemon {
         let map = new_rules_map(&obj, &entries)?;
         obj.install_rules(&map)?;
         let (ring, pending) = event_ring(&obj)?;
-        obj.prepare_ops(&self.kernel)?;
+        obj.prepare_ops(&self.oom_ops)?;
         self.link
             .update(obj.ops_map()?.as_fd(), self.obj.ops_map()?.as_fd())
             .map_err(|e| anyhow::anyhow!("swapping the handler to policy {policy}: {e}"))?;

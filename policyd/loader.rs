@@ -80,72 +80,92 @@ pub fn route_libbpf_log() {
     libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, print)));
 }
 
-/// The running kernel's BTF, known to describe `struct bpf_oom_ops`.
-pub struct KernelBtf {
-    btf: Btf<'static>,
+/// Where the running kernel's `struct bpf_struct_ops_bpf_oom_ops` (the
+/// value of a `bpf_oom_ops` struct_ops map) keeps the handler's program and
+/// name. Read from the kernel's BTF once; the BTF itself is not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OomOpsLayout {
+    /// BTF id of `struct bpf_struct_ops_bpf_oom_ops`: a struct_ops map
+    /// whose `btf_vmlinux_value_type_id` is this one holds a BPF OOM handler.
+    pub value_type_id: u32,
+    handler: usize,
+    name: usize,
+    name_len: usize,
 }
 
-impl KernelBtf {
-    /// Load /sys/kernel/btf/vmlinux and check the kernel has BPF OOM support.
-    pub fn load() -> Result<Self> {
+impl OomOpsLayout {
+    /// From /sys/kernel/btf/vmlinux; an error that says what to do if the
+    /// kernel has no BPF OOM support.
+    pub fn of_running_kernel() -> Result<Self> {
         let btf = Btf::from_vmlinux().map_err(|e| {
             anyhow!(
                 "cannot read the running kernel's BTF (/sys/kernel/btf/vmlinux; the kernel \
                  needs CONFIG_DEBUG_INFO_BTF): {e}"
             )
         })?;
-        if abi::find_struct(&btf, OOM_OPS).is_none() {
-            bail!(no_oom_support_message());
-        }
-        Ok(KernelBtf { btf })
+        let ops = abi::find_struct(&btf, OOM_OPS).with_context(no_oom_support_message)?;
+        let value = abi::find_struct(&btf, OOM_OPS_VALUE)
+            .with_context(|| format!("struct {OOM_OPS_VALUE} is not in the kernel's BTF"))?;
+        let data = member_offset(&value, "data")?;
+        let name = data + member_offset(&ops, "name")?;
+        Ok(OomOpsLayout {
+            value_type_id: value.type_id().into(),
+            handler: data + member_offset(&ops, "handle_out_of_memory")?,
+            name,
+            name_len: libbpf_rs::HasSize::size(&ops).saturating_sub(name - data),
+        })
     }
 
     /// Does the running kernel have `struct bpf_oom_ops`? `None`: no BTF to tell.
-    pub fn supports_oom_ops() -> Option<bool> {
+    pub fn supported() -> Option<bool> {
         let btf = Btf::from_vmlinux().ok()?;
         Some(abi::find_struct(&btf, OOM_OPS).is_some())
     }
 
-    pub fn btf(&self) -> &Btf<'static> {
-        &self.btf
-    }
-
-    /// Byte offset of member `member` in the kernel struct `st`.
-    pub(crate) fn member_offset(&self, st: &str, member: &str) -> Result<usize> {
-        let s = abi::find_struct(&self.btf, st)
-            .with_context(|| format!("struct {st} is not in the kernel's BTF"))?;
-        let m = s
-            .iter()
-            .find(|m| m.name.is_some_and(|n| n == member))
-            .with_context(|| format!("struct {st} has no member {member}"))?;
-        match m.attr {
-            MemberAttr::Normal { offset } => Ok(offset as usize / 8),
-            MemberAttr::BitField { .. } => bail!("{st}.{member} is a bitfield"),
-        }
-    }
-
     /// The value to store in a `bpf_oom_ops` struct_ops map before linking
-    /// it: `struct bpf_struct_ops_bpf_oom_ops` with the handler's program fd
-    /// in place of the function pointer and the handler's name. (libbpf
-    /// prepares the same bytes for `bpf_map__attach_struct_ops()`, but keeps
+    /// it: the handler's program fd in place of the function pointer, and
+    /// its name. (libbpf prepares the same bytes for
+    /// `bpf_map__attach_struct_ops()`, which cannot name a cgroup, but keeps
     /// them private.)
-    pub fn oom_ops_value(&self, value_size: usize, prog_fd: RawFd, name: &[u8]) -> Result<Vec<u8>> {
-        let data = self.member_offset(OOM_OPS_VALUE, "data")?;
-        let handler = data + self.member_offset(OOM_OPS, "handle_out_of_memory")?;
-        let name_off = data + self.member_offset(OOM_OPS, "name")?;
-        let name_len = abi::find_struct(&self.btf, OOM_OPS)
-            .map(|s| libbpf_rs::HasSize::size(&s))
-            .unwrap_or(0)
-            .saturating_sub(name_off - data);
-        if handler + 8 > value_size || name_off + name_len > value_size {
+    pub fn value(&self, value_size: usize, prog_fd: RawFd, name: &[u8]) -> Result<Vec<u8>> {
+        if self.handler + 8 > value_size || self.name + self.name_len > value_size {
             bail!("struct {OOM_OPS_VALUE} does not fit the map's {value_size}-byte value");
         }
         let mut value = vec![0u8; value_size];
-        value[handler..handler + 8].copy_from_slice(&(prog_fd as u64).to_ne_bytes());
+        value[self.handler..self.handler + 8].copy_from_slice(&(prog_fd as u64).to_ne_bytes());
         let n = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-        let n = n.min(name_len.saturating_sub(1));
-        value[name_off..name_off + n].copy_from_slice(&name[..n]);
+        let n = n.min(self.name_len.saturating_sub(1));
+        value[self.name..self.name + n].copy_from_slice(&name[..n]);
         Ok(value)
+    }
+
+    /// The handler's program id in a value read back from the kernel.
+    pub fn prog_id(&self, value: &[u8]) -> Option<u32> {
+        let bytes = value.get(self.handler..self.handler + 8)?;
+        Some(u64::from_ne_bytes(bytes.try_into().ok()?) as u32).filter(|&id| id != 0)
+    }
+
+    /// The handler's name in a value read back from the kernel.
+    pub fn name(&self, value: &[u8]) -> String {
+        let bytes = value.get(self.name..).unwrap_or_default();
+        let end = bytes.iter().position(|&c| c == 0).unwrap_or(bytes.len());
+        String::from_utf8_lossy(&bytes[..end]).into_owned()
+    }
+}
+
+/// Byte offset of `member` in the kernel struct `st`.
+fn member_offset(st: &libbpf_rs::btf::types::Struct<'_>, member: &str) -> Result<usize> {
+    let st_name = st
+        .name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let m = st
+        .iter()
+        .find(|m| m.name.is_some_and(|n| n == member))
+        .with_context(|| format!("struct {st_name} has no member {member}"))?;
+    match m.attr {
+        MemberAttr::Normal { offset } => Ok(offset as usize / 8),
+        MemberAttr::BitField { .. } => bail!("{st_name}.{member} is a bitfield"),
     }
 }
 
@@ -482,9 +502,9 @@ impl PolicyObject {
 
     /// Store the struct_ops value (handler program, name) into the
     /// struct_ops map; required before a link can use the map.
-    pub fn prepare_ops(&self, kernel: &KernelBtf) -> Result<()> {
+    pub fn prepare_ops(&self, layout: &OomOpsLayout) -> Result<()> {
         let map = self.ops_map()?;
-        let value = kernel.oom_ops_value(
+        let value = layout.value(
             map.value_size() as usize,
             self.handler_fd,
             self.handler_name().as_bytes(),
@@ -492,6 +512,69 @@ impl PolicyObject {
         map.update(&0u32.to_ne_bytes(), &value, MapFlags::ANY)
             .map_err(|e| with_permission_hint(e, "registering the handler in its struct_ops map"))
     }
+}
+
+/// `BPF_LINK_CREATE` for the struct_ops map `map_fd`: with `BPF_F_CGROUP_FD`
+/// in `flags`, on the cgroup `target_fd`; without, system-wide (as libbpf's
+/// `bpf_map__attach_struct_ops()` does). Only libbpf's syscall wrapper (a
+/// memset and the syscall): safe in a child between fork and exit.
+pub fn link_create(map_fd: RawFd, target_fd: RawFd, flags: u32) -> io::Result<OwnedFd> {
+    // SAFETY: plain C struct, all-zero is its default.
+    let mut opts: libbpf_sys::bpf_link_create_opts = unsafe { std::mem::zeroed() };
+    opts.sz = size_of::<libbpf_sys::bpf_link_create_opts>() as libbpf_sys::size_t;
+    opts.flags = flags;
+    // SAFETY: plain syscall wrapper; opts outlives the call.
+    let fd = unsafe {
+        libbpf_sys::bpf_link_create(map_fd, target_fd, libbpf_sys::BPF_STRUCT_OPS, &opts)
+    };
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(-fd));
+    }
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// What `bpf_link_get_info_by_fd()` says about a struct_ops link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub link_type: u32,
+    pub id: u32,
+    /// 0 once the link is detached.
+    pub map_id: u32,
+    /// The cgroup of a `BPF_F_CGROUP_FD` link (0 for one without).
+    pub cgroup_id: u64,
+}
+
+/// [`LinkInfo`] of the link `fd`.
+pub fn link_info(fd: BorrowedFd<'_>) -> io::Result<LinkInfo> {
+    // SAFETY: plain C struct.
+    let mut info: libbpf_sys::bpf_link_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libbpf_sys::bpf_link_info>() as u32;
+    // SAFETY: valid fd and buffer; len bounds what the kernel writes.
+    let ret = unsafe { libbpf_sys::bpf_link_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
+    if ret < 0 {
+        return Err(io::Error::from_raw_os_error(-ret));
+    }
+    // The patched kernel's struct_ops member of the union is { __u32 map_id;
+    // __u32 :32; __u64 cgroup_id; }; libbpf-sys knows only map_id, so the
+    // cgroup id is read 8 bytes into the union.
+    let union_off = offset_of!(libbpf_sys::bpf_link_info, __bindgen_anon_1);
+    const _: () = assert!(size_of::<libbpf_sys::bpf_link_info__bindgen_ty_1>() >= 16);
+    // SAFETY: the union is at least 16 bytes (checked above), zero-initialised.
+    let cgroup_id = unsafe {
+        (&info as *const libbpf_sys::bpf_link_info)
+            .cast::<u8>()
+            .add(union_off + 8)
+            .cast::<u64>()
+            .read_unaligned()
+    };
+    Ok(LinkInfo {
+        link_type: info.type_,
+        id: info.id,
+        // SAFETY: a union of plain integers, zero-initialised.
+        map_id: unsafe { info.__bindgen_anon_1.struct_ops.map_id },
+        cgroup_id,
+    })
 }
 
 /// An attached handler. Dropping it closes the link: the handler detaches.
@@ -519,26 +602,8 @@ impl HandlerLink {
 
     /// `bpf_link_create(map, cgroup, BPF_STRUCT_OPS, BPF_F_CGROUP_FD)`.
     pub fn attach_fd(ops_map: BorrowedFd<'_>, cgroup: BorrowedFd<'_>) -> io::Result<Self> {
-        // SAFETY: plain C struct, all-zero is its default.
-        let mut opts: libbpf_sys::bpf_link_create_opts = unsafe { std::mem::zeroed() };
-        opts.sz = size_of::<libbpf_sys::bpf_link_create_opts>() as libbpf_sys::size_t;
-        opts.flags = BPF_F_CGROUP_FD;
-        // SAFETY: valid fds and options.
-        let fd = unsafe {
-            libbpf_sys::bpf_link_create(
-                ops_map.as_raw_fd(),
-                cgroup.as_raw_fd(),
-                libbpf_sys::BPF_STRUCT_OPS,
-                &opts,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::from_raw_os_error(-fd));
-        }
-        // SAFETY: a new fd we own.
-        Ok(HandlerLink {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = link_create(ops_map.as_raw_fd(), cgroup.as_raw_fd(), BPF_F_CGROUP_FD)?;
+        Ok(HandlerLink { fd })
     }
 
     /// Swap the handler to `new_map` in one step, if the link still uses
@@ -560,17 +625,7 @@ impl HandlerLink {
 
     /// The kernel's id of this link (as `policyd status` and bpftool show it).
     pub fn id(&self) -> io::Result<u32> {
-        // SAFETY: plain C struct.
-        let mut info: libbpf_sys::bpf_link_info = unsafe { std::mem::zeroed() };
-        let mut len = size_of::<libbpf_sys::bpf_link_info>() as u32;
-        // SAFETY: valid fd and buffer of `len` bytes.
-        let ret = unsafe {
-            libbpf_sys::bpf_link_get_info_by_fd(self.fd.as_raw_fd(), &mut info, &mut len)
-        };
-        if ret < 0 {
-            return Err(io::Error::from_raw_os_error(-ret));
-        }
-        Ok(info.id)
+        Ok(link_info(self.fd.as_fd())?.id)
     }
 }
 

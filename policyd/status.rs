@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io;
-use std::mem::{offset_of, size_of};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::mem::size_of;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
@@ -31,7 +31,7 @@ use serde::Serialize;
 use crate::abi::{self, Pod, PolicydStats};
 use crate::cgroupfs::{self, CgroupTree};
 use crate::cli::StatusArgs;
-use crate::loader::{self, KernelBtf, OOM_OPS, OOM_OPS_VALUE};
+use crate::loader::{self, OomOpsLayout};
 use crate::policy::PolicyName;
 
 /// One attached BPF OOM handler.
@@ -344,27 +344,10 @@ fn link_ids() -> io::Result<Vec<u32>> {
 }
 
 /// (type, struct_ops map id, cgroup id) of link `id`.
-fn link_info(id: u32) -> io::Result<(u32, u32, u64)> {
+fn link_info(id: u32) -> io::Result<loader::LinkInfo> {
     // SAFETY: the id may be stale: then an error.
     let fd = fd_from(unsafe { libbpf_sys::bpf_link_get_fd_by_id(id) })?;
-    // SAFETY: plain C struct.
-    let mut info: libbpf_sys::bpf_link_info = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libbpf_sys::bpf_link_info>() as u32;
-    // SAFETY: valid fd and buffer.
-    ret(unsafe { libbpf_sys::bpf_link_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) })?;
-    // Our kernel: struct_ops = { __u32 map_id; __u32 :32; __u64 cgroup_id; }.
-    // libbpf-sys only knows map_id, so read the u64 at byte 8 of the union.
-    let union_off = offset_of!(libbpf_sys::bpf_link_info, __bindgen_anon_1);
-    const _: () = assert!(size_of::<libbpf_sys::bpf_link_info__bindgen_ty_1>() >= 16);
-    // SAFETY: the union is at least 16 bytes (checked above), zero-initialised.
-    let (map_id, cgroup_id) = unsafe {
-        let base = (&info as *const libbpf_sys::bpf_link_info).cast::<u8>();
-        (
-            info.__bindgen_anon_1.struct_ops.map_id,
-            base.add(union_off + 8).cast::<u64>().read_unaligned(),
-        )
-    };
-    Ok((info.type_, map_id, cgroup_id))
+    loader::link_info(fd.as_fd())
 }
 
 fn map_info(fd: &OwnedFd) -> io::Result<libbpf_sys::bpf_map_info> {
@@ -473,20 +456,23 @@ fn policyd_data(prog_id: u32) -> HandlerData {
 
 /// Every attached BPF OOM handler.
 pub fn discover(cgroup_root: Option<&Path>, proc_root: &Path) -> Result<Vec<Handler>> {
-    let kernel = KernelBtf::load()?;
+    let layout = OomOpsLayout::of_running_kernel()?;
     let ids = link_ids().map_err(|e| match e.raw_os_error() {
         Some(nix::libc::EPERM) | Some(nix::libc::EACCES) => {
             anyhow!("listing BPF links needs root (CAP_SYS_ADMIN): {e}")
         }
         _ => anyhow!("listing BPF links: {e}"),
     })?;
-    let data_off = kernel.member_offset(OOM_OPS_VALUE, "data")?;
-    let handler_off = data_off + kernel.member_offset(OOM_OPS, "handle_out_of_memory")?;
-    let name_off = data_off + kernel.member_offset(OOM_OPS, "name")?;
 
     let mut found = Vec::new();
     for id in ids {
-        let Ok((ty, map_id, cgroup_id)) = link_info(id) else {
+        let Ok(loader::LinkInfo {
+            link_type: ty,
+            map_id,
+            cgroup_id,
+            ..
+        }) = link_info(id)
+        else {
             continue; // gone meanwhile
         };
         if ty != libbpf_sys::BPF_LINK_TYPE_STRUCT_OPS || map_id == 0 {
@@ -497,28 +483,12 @@ pub fn discover(cgroup_root: Option<&Path>, proc_root: &Path) -> Result<Vec<Hand
             continue;
         };
         let Ok(info) = map_info(&map) else { continue };
-        let vtype: Option<BtfType<'_>> = kernel
-            .btf()
-            .type_by_id(info.btf_vmlinux_value_type_id.into());
-        if info.btf_vmlinux_value_type_id == 0
-            || vtype
-                .and_then(|t| t.name())
-                .is_none_or(|n| n != OOM_OPS_VALUE)
-        {
+        if info.btf_vmlinux_value_type_id != layout.value_type_id {
             continue; // another kind of struct_ops (tcp_congestion_ops, sched_ext, ...)
         }
         let value = lookup0(&map, info.value_size).unwrap_or_default();
-        let prog_id = value
-            .get(handler_off..handler_off + 8)
-            .map(|b| u64::from_ne_bytes(b.try_into().unwrap()) as u32)
-            .filter(|&p| p != 0);
-        let name = value
-            .get(name_off..)
-            .map(|b| {
-                let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-                String::from_utf8_lossy(&b[..end]).into_owned()
-            })
-            .unwrap_or_default();
+        let prog_id = layout.prog_id(&value);
+        let name = layout.name(&value);
         let data = prog_id.map(policyd_data).unwrap_or_default();
         // Only policyd's own handler has its counters and settings.
         let policy = data.policy.filter(|_| data.stats.is_some());
@@ -573,7 +543,7 @@ pub fn discover(cgroup_root: Option<&Path>, proc_root: &Path) -> Result<Vec<Hand
 /// `policyd status [--json]`.
 pub fn run(args: &StatusArgs, cgroup_root: Option<&Path>, proc_root: &Path) -> Result<()> {
     loader::route_libbpf_log();
-    let handlers = match KernelBtf::supports_oom_ops() {
+    let handlers = match OomOpsLayout::supported() {
         Some(false) => {
             if args.json {
                 println!("[]");

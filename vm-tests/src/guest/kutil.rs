@@ -10,16 +10,16 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::mem::{size_of, MaybeUninit};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::ptr;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use libbpf_rs::btf::types::{self as btf_types, MemberAttr};
 use libbpf_rs::libbpf_sys;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Btf, MapCore, OpenObject, ProgramInput};
+use libbpf_rs::{MapCore, OpenObject, ProgramInput};
+use policyd::loader::{LinkInfo, OomOpsLayout};
 
 use super::util::{self, Cgroup, Hog, HogSpec, MemoryEvents};
 
@@ -30,8 +30,9 @@ use oom_test::types::oom_test_action;
 pub use oom_test::types::oom_test_stats as Stats;
 use oom_test::{OomTestSkel, OomTestSkelBuilder};
 
-/// link_create.flags bit of the patched kernel: target_fd is a cgroup fd (uapi bpf.h).
-pub const BPF_F_CGROUP_FD: u32 = 1 << 7;
+/// The link_create.flags bit of the patched kernel that makes target_fd a cgroup fd, and
+/// BPF_LINK_CREATE for a struct_ops map: policyd's own.
+pub use policyd::loader::{link_create, BPF_F_CGROUP_FD};
 /// bpf_out_of_memory() flag: wait for a concurrent OOM instead of failing with -EBUSY.
 pub const BPF_OOM_FLAGS_WAIT_ON_OOM_LOCK: u64 = 1 << 0;
 /// What the handler writes into stats.last_kill_err when target_pid names no task.
@@ -171,31 +172,19 @@ pub fn try_attach_system_wide(skel: &OomTestSkel<'_>) -> io::Result<OwnedFd> {
     link_create(skel.maps.oom_test_ops.as_fd().as_raw_fd(), 0, 0)
 }
 
-/// Stores the kernel's value of the struct_ops map, `struct bpf_struct_ops_bpf_oom_ops`
-/// with the handler's program fd in place of its function pointer and the handler's name,
-/// as a link needs it. libbpf prepares the same bytes at load but stores them only in
-/// bpf_map__attach_struct_ops(), which cannot name a cgroup, and keeps them private. The
-/// layout comes from the running kernel's BTF. A value can be stored only once: EBUSY
-/// means it is there already.
+/// Stores the kernel's value of the struct_ops map (the handler's program and name, laid
+/// out as the running kernel's BTF says: policyd's [`OomOpsLayout`]), as a link needs it.
+/// A value can be stored only once: EBUSY means it is there already.
 pub fn prepare_struct_ops(skel: &OomTestSkel<'_>) -> Result<()> {
-    let btf = Btf::from_vmlinux().context("reading the kernel's BTF")?;
-    let data = member_offset(&btf, "bpf_struct_ops_bpf_oom_ops", "data")?;
-    let handler = data + member_offset(&btf, "bpf_oom_ops", "handle_out_of_memory")?;
-    let name_off = data + member_offset(&btf, "bpf_oom_ops", "name")?;
     let map = &skel.maps.oom_test_ops;
-    let mut value = vec![0u8; map.value_size() as usize];
-    ensure!(
-        name_off + 64 <= value.len(),
-        "struct bpf_struct_ops_bpf_oom_ops does not fit the map's {}-byte value",
-        value.len()
-    );
-    let prog_fd = skel.progs.handle_out_of_memory.as_fd().as_raw_fd() as u64;
-    value[handler..handler + 8].copy_from_slice(&prog_fd.to_ne_bytes());
     // SAFETY: the skeleton points at the struct_ops' user-side value, alive with the object.
     let name = unsafe { &(*skel.struct_ops().oom_test_ops).name };
-    for (i, c) in name.iter().take(63).take_while(|c| **c != 0).enumerate() {
-        value[name_off + i] = *c as u8;
-    }
+    let name: Vec<u8> = name.iter().map(|&c| c as u8).collect();
+    let value = OomOpsLayout::of_running_kernel()?.value(
+        map.value_size() as usize,
+        skel.progs.handle_out_of_memory.as_fd().as_raw_fd(),
+        &name,
+    )?;
     let key = 0u32;
     // SAFETY: key and value are valid for the map's key and value sizes.
     let rc = unsafe {
@@ -213,80 +202,9 @@ pub fn prepare_struct_ops(skel: &OomTestSkel<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Byte offset of `member` in the kernel's struct `st`.
-fn member_offset(btf: &Btf<'_>, st: &str, member: &str) -> Result<usize> {
-    let s: btf_types::Struct<'_> = btf
-        .type_by_name(st)
-        .with_context(|| format!("struct {st} is not in the kernel's BTF"))?;
-    for m in s.iter() {
-        if m.name.and_then(|n| n.to_str()) == Some(member) {
-            return match m.attr {
-                MemberAttr::Normal { offset } => Ok(offset as usize / 8),
-                MemberAttr::BitField { .. } => bail!("{st}.{member} is a bitfield"),
-            };
-        }
-    }
-    bail!("struct {st} has no member {member}")
-}
-
-/// BPF_LINK_CREATE for a struct_ops map. Only raw syscalls and libbpf's bpf_link_create (a
-/// memset and the syscall): safe to call in a child between fork and exit.
-pub fn link_create(map_fd: i32, target_fd: i32, flags: u32) -> io::Result<OwnedFd> {
-    // SAFETY: an all-zero bpf_link_create_opts is valid ("no options").
-    let mut opts: libbpf_sys::bpf_link_create_opts = unsafe { std::mem::zeroed() };
-    opts.sz = size_of::<libbpf_sys::bpf_link_create_opts>() as _;
-    opts.flags = flags;
-    // SAFETY: plain syscall wrapper; opts outlives the call.
-    let fd = unsafe {
-        libbpf_sys::bpf_link_create(map_fd, target_fd, libbpf_sys::BPF_STRUCT_OPS, &opts)
-    };
-    if fd < 0 {
-        return Err(io::Error::from_raw_os_error(-fd));
-    }
-    // SAFETY: a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// What bpf_link_get_info_by_fd() says about a struct_ops link.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LinkInfo {
-    pub link_type: u32,
-    pub id: u32,
-    /// 0 once the link is detached.
-    pub map_id: u32,
-    /// The cgroup of a BPF_F_CGROUP_FD link (0 for one without).
-    pub cgroup_id: u64,
-}
-
+/// What bpf_link_get_info_by_fd() says about a struct_ops link, as policyd reads it.
 pub fn link_info(link: &impl AsFd) -> Result<LinkInfo> {
-    // SAFETY: bpf_link_info is plain data.
-    let mut info: libbpf_sys::bpf_link_info = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libbpf_sys::bpf_link_info>() as u32;
-    // SAFETY: info and len are valid for the call; len bounds what the kernel writes.
-    let rc = unsafe {
-        libbpf_sys::bpf_link_get_info_by_fd(link.as_fd().as_raw_fd(), &mut info, &mut len)
-    };
-    if rc < 0 {
-        return Err(io::Error::from_raw_os_error(-rc)).context("bpf_link_get_info_by_fd");
-    }
-    // struct bpf_link_info: type, id, prog_id, then the union at offset 16. The patched
-    // kernel's struct_ops member is { __u32 map_id; __u32 :32; __u64 cgroup_id; }, which
-    // libbpf-sys does not know yet: read it from the raw bytes.
-    // SAFETY: reading the bytes of a plain-data struct.
-    let raw = unsafe {
-        std::slice::from_raw_parts(
-            (&info as *const libbpf_sys::bpf_link_info).cast::<u8>(),
-            size_of::<libbpf_sys::bpf_link_info>(),
-        )
-    };
-    let u32_at = |off: usize| u32::from_ne_bytes(raw[off..off + 4].try_into().unwrap());
-    let u64_at = |off: usize| u64::from_ne_bytes(raw[off..off + 8].try_into().unwrap());
-    Ok(LinkInfo {
-        link_type: u32_at(0),
-        id: u32_at(4),
-        map_id: u32_at(16),
-        cgroup_id: u64_at(24),
-    })
+    policyd::loader::link_info(link.as_fd()).context("bpf_link_get_info_by_fd")
 }
 
 /// The link's /proc/self/fdinfo text.
