@@ -30,6 +30,7 @@ mod policyd_priority;
 mod policyd_protect;
 mod policyd_reload;
 mod policyd_rule_matching;
+mod policyd_soak;
 
 /// Every scenario, in the order `test` runs them.
 pub fn all() -> Vec<Scenario> {
@@ -59,6 +60,7 @@ pub fn all() -> Vec<Scenario> {
         policyd_lifecycle::scenario(),
         policyd_explain::scenario(),
         policyd_differential::scenario(),
+        policyd_soak::scenario(),
         demo::scenario(),
         bench_storm::scenario(),
         bench_decision::scenario(),

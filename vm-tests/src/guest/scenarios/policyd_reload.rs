@@ -193,9 +193,14 @@ fn expect_awaits_collapsed(pd: &mut Policyd) -> Result<()> {
     // The victim's first await is a decision line; the count of the others is logged
     // once the events have been quiet for a second.
     if counted >= 1 {
-        pd.wait_line(Duration::from_secs(10), "the awaited decision", |l| {
+        let line = pd.wait_line(Duration::from_secs(10), "the awaited decision", |l| {
             l.contains("outcome=awaited")
         })?;
+        // The victim's cgroup, /app/a, has priority 30 in step 4's rules.
+        ensure!(
+            line.contains(" victim_cgroup=/app/a ") && line.contains(" priority=30 "),
+            "the awaited decision does not name /app/a with its priority 30: {line}"
+        );
     }
     if counted > 1 {
         pd.wait_line(
