@@ -152,6 +152,22 @@ fn new_rules_map(obj: &PolicyObject, entries: &[(u64, PolicydRule)]) -> Result<M
     Ok(map)
 }
 
+/// Read the cgroup tree, resolve `config` over it and make the result
+/// `obj`'s rules (one store into `rules[0]`); what the daemon keeps of it.
+fn install_tree_rules(
+    obj: &PolicyObject,
+    config: &Config,
+    req: &LoadRequest,
+) -> Result<(CgroupTree, Vec<Effective>, MapHandle)> {
+    let tree = CgroupTree::read(&req.cgroup_root)
+        .with_context(|| format!("reading the cgroup tree at {}", req.cgroup_root.display()))?;
+    let effective = resolve_tree(config, &tree);
+    let entries = entries_for(config, &effective, req.own_cgroup.as_ref());
+    let map = new_rules_map(obj, &entries)?;
+    obj.install_rules(&map)?;
+    Ok((tree, effective, map))
+}
+
 /// The cgroups the daemon knows, with their resolved settings.
 struct Cgroups {
     root: PathBuf,
@@ -348,15 +364,9 @@ impl Daemon {
                 None
             }
         };
-        let tree = CgroupTree::read(&req.cgroup_root)
-            .with_context(|| format!("reading the cgroup tree at {}", req.cgroup_root.display()))?;
-        let effective = resolve_tree(&req.config, &tree);
-        let entries = entries_for(&req.config, &effective, req.own_cgroup.as_ref());
-
         let per_cpu = PerCpu::discover();
         let obj = PolicyObject::open_load(req.policy, req.dry_run, per_cpu)?;
-        let rules_map = new_rules_map(&obj, &entries)?;
-        obj.install_rules(&rules_map)?;
+        let (tree, effective, rules_map) = install_tree_rules(&obj, &req.config, &req)?;
         let (ring, pending) = event_ring(&obj)?;
         obj.prepare_ops(&oom_ops)?;
 
@@ -366,7 +376,7 @@ impl Daemon {
             policy = %req.policy,
             cgroup = %req.cgroup,
             rules = req.config.rules.len(),
-            cgroups = entries.len() - 1,
+            cgroups = effective.len(),
             dry_run = req.dry_run,
             handler = %obj.handler_name(),
             link_id,
@@ -600,11 +610,7 @@ impl Daemon {
     /// Resolve the whole tree under `config` and swap in a new rules map.
     /// Returns the new effective settings' snapshot.
     fn replace_rules(&mut self, config: &Config) -> Result<()> {
-        let tree = CgroupTree::read(&self.req.cgroup_root)?;
-        let effective = resolve_tree(config, &tree);
-        let entries = entries_for(config, &effective, self.req.own_cgroup.as_ref());
-        let map = new_rules_map(&self.obj, &entries)?;
-        self.obj.install_rules(&map)?;
+        let (tree, effective, map) = install_tree_rules(&self.obj, config, &self.req)?;
         self.rules = map;
         self.cgroups.refresh(&tree, effective);
         Ok(())
@@ -667,12 +673,8 @@ impl Daemon {
     }
 
     fn switch_policy(&mut self, policy: PolicyName, config: &Config) -> Result<()> {
-        let tree = CgroupTree::read(&self.req.cgroup_root)?;
-        let effective = resolve_tree(config, &tree);
-        let entries = entries_for(config, &effective, self.req.own_cgroup.as_ref());
         let obj = PolicyObject::open_load(policy, self.req.dry_run, self.per_cpu)?;
-        let map = new_rules_map(&obj, &entries)?;
-        obj.install_rules(&map)?;
+        let (tree, effective, map) = install_tree_rules(&obj, config, &self.req)?;
         let (ring, pending) = event_ring(&obj)?;
         obj.prepare_ops(&self.oom_ops)?;
         self.link
