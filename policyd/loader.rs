@@ -21,7 +21,7 @@
 //! link fd ([`HandlerLink`]'s drop) detaches the handler.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, BufRead};
 use std::mem::{offset_of, size_of};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -328,10 +328,12 @@ impl PerCpu {
     }
 
     fn from_files(kallsyms: &Path, possible: &Path) -> Result<PerCpu> {
-        let syms = std::fs::read_to_string(kallsyms)
-            .with_context(|| format!("reading {}", kallsyms.display()))?;
-        let offsets_addr = syms
+        // Line by line: a distribution kernel's kallsyms is several MiB.
+        let syms =
+            File::open(kallsyms).with_context(|| format!("reading {}", kallsyms.display()))?;
+        let offsets_addr = io::BufReader::new(syms)
             .lines()
+            .map_while(Result::ok)
             .find_map(|l| {
                 let mut f = l.split_whitespace();
                 let (addr, _, name) = (f.next()?, f.next()?, f.next()?);
