@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+use crate::abi::MAX_CGROUPS;
 use crate::config::DEFAULT_CONFIG_PATH;
 use crate::policy::PolicyName;
 
@@ -127,6 +128,14 @@ pub struct LoadArgs {
     /// Attach, decide and log every OOM, but leave the kill to the kernel's own killer
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Room for this many cgroups in the handler's tables (their rules, and the candidates
+    /// of one OOM). A cgroup without a rules entry takes its nearest ancestor's; an eligible
+    /// cgroup beyond the candidates' room is not considered. Both are logged. Each entry
+    /// costs about 40 bytes of kernel memory
+    #[arg(long, value_name = "N", default_value_t = MAX_CGROUPS,
+          value_parser = clap::value_parser!(u32).range(16..=i64::from(MAX_CGROUPS)))]
+    pub max_cgroups: u32,
 
     /// Accept a config file that is not owned by root or is writable by group or others
     /// (for tests and development: whoever can write the file decides what dies). Regular

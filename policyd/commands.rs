@@ -124,6 +124,7 @@ pub fn load(args: &LoadArgs, cgroup_root: Option<&Path>, proc_root: &Path) -> Re
         cgroup_root,
         cgroup: cgroupfs::normalise_path(&args.cgroup),
         dry_run: args.dry_run,
+        max_cgroups: args.max_cgroups,
     };
     daemon::run(req)
 }

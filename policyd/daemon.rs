@@ -36,7 +36,7 @@ use crate::cgroupfs::CgroupTree;
 use crate::config::{Config, Ownership};
 use crate::events::{Awaits, Decision};
 use crate::guard::OwnCgroup;
-use crate::loader::{self, HandlerLink, OomOpsLayout, PerCpu, PolicyObject};
+use crate::loader::{self, HandlerLink, OomOpsLayout, PerCpu, PolicyObject, Settings};
 use crate::policy::PolicyName;
 use crate::resolve::{resolve_tree, Effective, Resolver};
 use crate::rules;
@@ -64,6 +64,8 @@ pub struct LoadRequest {
     pub cgroup: String,
     /// Attach and decide, but leave every kill to the kernel's own killer.
     pub dry_run: bool,
+    /// Room in the handler's per-cgroup tables (`--max-cgroups`).
+    pub max_cgroups: u32,
 }
 
 /// What [`Daemon::handle_one_round`] saw.
@@ -365,7 +367,12 @@ impl Daemon {
             }
         };
         let per_cpu = PerCpu::discover();
-        let obj = PolicyObject::open_load(req.policy, req.dry_run, per_cpu)?;
+        let obj = PolicyObject::open_load(&Settings {
+            policy: req.policy,
+            dry_run: req.dry_run,
+            per_cpu,
+            max_cgroups: req.max_cgroups,
+        })?;
         let (tree, effective, rules_map) = install_tree_rules(&obj, &req.config, &req)?;
         let (ring, pending) = event_ring(&obj)?;
         obj.prepare_ops(&oom_ops)?;
@@ -673,7 +680,12 @@ impl Daemon {
     }
 
     fn switch_policy(&mut self, policy: PolicyName, config: &Config) -> Result<()> {
-        let obj = PolicyObject::open_load(policy, self.req.dry_run, self.per_cpu)?;
+        let obj = PolicyObject::open_load(&Settings {
+            policy,
+            dry_run: self.req.dry_run,
+            per_cpu: self.per_cpu,
+            max_cgroups: self.req.max_cgroups,
+        })?;
         let (tree, effective, map) = install_tree_rules(&obj, config, &self.req)?;
         let (ring, pending) = event_ring(&obj)?;
         obj.prepare_ops(&self.oom_ops)?;
@@ -761,6 +773,7 @@ mod tests {
             cgroup_root: dir.path().to_owned(),
             cgroup: "/".into(),
             dry_run: false,
+            max_cgroups: crate::abi::MAX_CGROUPS,
         };
         // World-writable: refused, so the running rules stay.
         assert_eq!(reread_config(&req), None);

@@ -269,8 +269,8 @@ impl Decision {
     pub fn log(&self) {
         if self.over_cap > 0 {
             tracing::warn!(
-                "{} eligible cgroup(s) in scope were not considered for this OOM: the handler \
-                 ranks at most {MAX_CGROUPS} cgroups",
+                "{} eligible cgroup(s) in scope were not considered for this OOM: more than \
+                 the handler has room for (policyd load --max-cgroups, at most {MAX_CGROUPS})",
                 self.over_cap
             );
         }
@@ -511,8 +511,9 @@ mod tests {
         let out = logged(&Decision::new(&ev, names));
         assert!(
             out.starts_with(
-                " WARN 7 eligible cgroup(s) in scope were not considered for this OOM: the \
-                 handler ranks at most 65536 cgroups\n INFO decision "
+                " WARN 7 eligible cgroup(s) in scope were not considered for this OOM: more \
+                 than the handler has room for (policyd load --max-cgroups, at most 65536)\n \
+                 INFO decision "
             ),
             "{out}"
         );

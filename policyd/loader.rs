@@ -365,15 +365,28 @@ fn possible_cpus(list: &str) -> Option<u32> {
         .try_fold(0, |max, last| Some(max.max(last? + 1)))
 }
 
-/// Choose the policy and dry-run in the object's `.rodata`, before load: the
-/// verifier then drops the code of the other policies. `per_cpu` lets it add
-/// up per-CPU memory counters.
-fn configure(
-    open: &mut OpenObject,
-    policy: PolicyName,
-    dry_run: bool,
-    per_cpu: Option<PerCpu>,
-) -> Result<()> {
+/// What a handler object is set up with before it is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub policy: PolicyName,
+    /// Decide and report, but leave the kill to the kernel.
+    pub dry_run: bool,
+    /// Lets the handler add up per-CPU memory counters ([`PerCpu::discover`]).
+    pub per_cpu: Option<PerCpu>,
+    /// Room in the rules map and the candidates' heap (`--max-cgroups`, at
+    /// most [`abi::MAX_CGROUPS`]).
+    pub max_cgroups: u32,
+}
+
+/// Apply `settings` to the opened object: `.rodata` (the verifier then drops
+/// the code of the other policies) and the sizes of the per-cgroup maps.
+fn configure(open: &mut OpenObject, settings: &Settings) -> Result<()> {
+    let max = settings.max_cgroups.min(abi::MAX_CGROUPS);
+    open.maps_mut()
+        .find(|m| m.name() == "heap")
+        .context("the BPF object has no `heap` map")?
+        .set_max_entries(max)
+        .context("sizing the handler's candidate heap")?;
     let mut rodata = open
         .maps_mut()
         .find(|m| m.name().to_string_lossy().ends_with(".rodata"))
@@ -381,17 +394,20 @@ fn configure(
     let bytes = rodata
         .initial_value_mut()
         .context("the BPF object's .rodata has no initial value")?;
-    let per_cpu = per_cpu.unwrap_or(PerCpu {
+    let per_cpu = settings.per_cpu.unwrap_or(PerCpu {
         offsets_addr: 0,
         nr_cpus: 0,
     });
     // At the skeleton's offsets, byte by byte: the section may end before
     // the trailing padding of the skeleton's struct.
-    let fields: [(usize, &[u8]); 4] = [
-        (offset_of!(skel::types::rodata, policy), &[policy.abi()]),
+    let fields: [(usize, &[u8]); 5] = [
+        (
+            offset_of!(skel::types::rodata, policy),
+            &[settings.policy.abi()],
+        ),
         (
             offset_of!(skel::types::rodata, dry_run),
-            &[u8::from(dry_run)],
+            &[u8::from(settings.dry_run)],
         ),
         (
             offset_of!(skel::types::rodata, per_cpu_offset_addr),
@@ -400,6 +416,10 @@ fn configure(
         (
             offset_of!(skel::types::rodata, nr_cpus),
             &per_cpu.nr_cpus.to_ne_bytes(),
+        ),
+        (
+            offset_of!(skel::types::rodata, max_candidates),
+            &max.to_ne_bytes(),
         ),
     ];
     let len = bytes.len();
@@ -415,27 +435,50 @@ fn configure(
 }
 
 impl PolicyObject {
-    /// Open and load the handler as `policy` with `dry_run` set. Verifies the
-    /// program and creates the maps; attaches nothing.
-    pub fn open_load(policy: PolicyName, dry_run: bool, per_cpu: Option<PerCpu>) -> Result<Self> {
-        Self::open_load_inner(policy, dry_run, per_cpu).with_context(|| format!("policy {policy}"))
+    /// Open and load the handler with `settings`. Verifies the program and
+    /// creates the maps; attaches nothing.
+    pub fn open_load(settings: &Settings) -> Result<Self> {
+        Self::open_load_inner(settings).with_context(|| format!("policy {}", settings.policy))
     }
 
-    fn open_load_inner(policy: PolicyName, dry_run: bool, per_cpu: Option<PerCpu>) -> Result<Self> {
+    fn open_load_inner(settings: &Settings) -> Result<Self> {
         let mut open = ObjectBuilder::default()
             .name("policyd")
             .and_then(|b| b.open_memory(OBJECT))
             .context("opening the BPF object")?;
-        configure(&mut open, policy, dry_run, per_cpu)?;
-        let inner = InnerSpec::of_open_object(&open)?;
+        configure(&mut open, settings)?;
+        // The rules maps get --max-cgroups entries: the outer map is created
+        // from an inner map of that size. (libbpf cannot resize the template
+        // it keeps from the object's definition.)
+        let mut inner = InnerSpec::of_open_object(&open)?;
+        inner.max_entries = settings.max_cgroups.min(abi::MAX_CGROUPS);
+        let template = inner.create()?;
+        let rules = open
+            .maps_mut()
+            .find(|m| m.name() == "rules")
+            .context("the BPF object has no `rules` map")?;
+        // SAFETY: a valid map of the open object, not created yet.
+        let ret = unsafe {
+            libbpf_sys::bpf_map__set_inner_map_fd(
+                rules.as_libbpf_object().as_ptr(),
+                template.as_fd().as_raw_fd(),
+            )
+        };
+        if ret < 0 {
+            bail!(
+                "sizing the rules map: {}",
+                io::Error::from_raw_os_error(-ret)
+            );
+        }
         let object = open.load().map_err(load_error)?;
+        drop(template);
         let handler_fd = object
             .progs()
             .find(|p| p.name() == HANDLER_PROG)
             .map(|p| p.as_fd().as_raw_fd())
             .with_context(|| format!("the BPF object has no program {HANDLER_PROG}"))?;
         Ok(PolicyObject {
-            policy,
+            policy: settings.policy,
             object,
             inner,
             handler_fd,
@@ -715,6 +758,45 @@ mod tests {
         assert_eq!(possible_cpus("0"), Some(1));
         assert_eq!(possible_cpus("0-1"), Some(2));
         assert_eq!(possible_cpus("x"), None);
+    }
+
+    #[test]
+    fn settings_size_the_tables_and_fill_rodata() {
+        let mut open = ObjectBuilder::default()
+            .name("policyd")
+            .and_then(|b| b.open_memory(OBJECT))
+            .unwrap();
+        let settings = Settings {
+            policy: PolicyName::Largest,
+            dry_run: true,
+            per_cpu: Some(PerCpu {
+                offsets_addr: 0x1234,
+                nr_cpus: 3,
+            }),
+            max_cgroups: 16,
+        };
+        configure(&mut open, &settings).unwrap();
+        let heap = open.maps().find(|m| m.name() == "heap").unwrap();
+        assert_eq!(heap.max_entries(), 16);
+        let rodata = open
+            .maps()
+            .find(|m| m.name().to_string_lossy().ends_with(".rodata"))
+            .unwrap();
+        let bytes = rodata.initial_value().unwrap();
+        let at = |off: usize, n: usize| bytes[off..off + n].to_vec();
+        assert_eq!(
+            at(offset_of!(skel::types::rodata, policy), 1),
+            [PolicyName::Largest.abi()]
+        );
+        assert_eq!(at(offset_of!(skel::types::rodata, dry_run), 1), [1]);
+        assert_eq!(
+            at(offset_of!(skel::types::rodata, max_candidates), 4),
+            16u32.to_ne_bytes()
+        );
+        assert_eq!(
+            at(offset_of!(skel::types::rodata, per_cpu_offset_addr), 8),
+            0x1234u64.to_ne_bytes()
+        );
     }
 
     #[test]

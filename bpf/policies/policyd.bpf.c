@@ -42,6 +42,8 @@ char _license[] SEC("license") = "GPL";
 const volatile __u8 policy = POLICYD_POLICY_PRIORITY;
 /* Decide and report, but leave the kill to the kernel. */
 const volatile bool dry_run;
+/* Room in `heap` (policyd's --max-cgroups, at most POLICYD_MAX_CGROUPS). */
+const volatile __u32 max_candidates = POLICYD_MAX_CGROUPS;
 
 struct policyd_stats stats;
 
@@ -237,7 +239,7 @@ static __noinline void heap_push(const struct policyd_candidate *cand)
 	__u32 i = heap_len, up;
 	int level;
 
-	if (i >= POLICYD_MAX_CGROUPS) {
+	if (i >= max_candidates || i >= POLICYD_MAX_CGROUPS) {
 		event.over_cap++;
 		return;
 	}

@@ -226,6 +226,17 @@ fn load_validates_before_the_kernel_is_touched() {
     let o = policyd(&["load", "nope"]);
     assert_eq!(o.status.code(), Some(2), "a usage error");
     assert!(stderr(&o).contains("valid policies: priority, largest, badness, observe"));
+
+    // The tables cannot grow past what the handler was built for.
+    for n in ["15", "65537", "many"] {
+        let o = policyd(&["load", "--max-cgroups", n]);
+        assert_eq!(o.status.code(), Some(2), "--max-cgroups {n}: a usage error");
+        assert!(
+            stderr(&o).contains("invalid value") && stderr(&o).contains("--max-cgroups"),
+            "{}",
+            stderr(&o)
+        );
+    }
 }
 
 #[test]

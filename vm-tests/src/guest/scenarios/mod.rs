@@ -19,6 +19,7 @@ mod kernel_hierarchy;
 mod kernel_kill_refused;
 mod kernel_oom_storm;
 mod oom_default_memcg;
+mod policyd_capacity;
 mod policyd_differential;
 mod policyd_dry_run;
 mod policyd_explain;
@@ -52,6 +53,7 @@ pub fn all() -> Vec<Scenario> {
         policyd_priority::global(),
         policyd_protect::scenario(),
         policyd_passes_over::scenario(),
+        policyd_capacity::scenario(),
         policyd_kill_cgroup::scenario(),
         policyd_rule_matching::scenario(),
         policyd_reload::scenario(),

@@ -1,0 +1,106 @@
+//! At capacity (`policyd load --max-cgroups 16`): what the handler does with cgroups its
+//! tables have no room for, and that policyd says so.
+//!
+//! /cap (priority 500) holds 24 cgroups a00..a23, each with a 1 MiB hog, and a rule gives
+//! them priority 1. The rules map (16 entries) holds the defaults, /, /cap and a00..a12:
+//! a13..a23 have no entry and take /cap's, priority 500, in the kernel. The candidates'
+//! heap (16) holds the first 16 eligible cgroups in the kernel's walk, a00..a15: 8 are not
+//! considered. a14 holds the biggest hog (6 MiB) but no entry, so it ranks at 500; a05
+//! holds 3 MiB and its own entry: a05 dies.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+
+use crate::guest::kutil::{Action, Handler, BPF_OOM_FLAGS_WAIT_ON_OOM_LOCK};
+use crate::guest::pdutil::{self, expect_alive, Policyd};
+use crate::guest::util::{Cgroup, Hog, HogSpec};
+use crate::guest::Scenario;
+
+pub fn scenario() -> Scenario {
+    Scenario::new("policyd-capacity", run)
+        .needs_policyd()
+        .timeout_s(150)
+}
+
+const CGROUPS: usize = 24;
+const CONFIG: &str = r#"
+[[rule]]
+cgroup = "/cap"
+priority = 500
+
+[[rule]]
+cgroup = "/cap/a*"
+priority = 1
+"#;
+
+fn run() -> Result<()> {
+    pdutil::quiet_oom_reports()?;
+    let cap = Cgroup::create("cap")?;
+    let mut cgroups = Vec::new();
+    let mut hogs = Vec::new();
+    for i in 0..CGROUPS {
+        let cg = cap.child(&format!("a{i:02}"))?;
+        let mib = match i {
+            5 => 3,
+            14 => 6,
+            _ => 1,
+        };
+        hogs.push(Hog::spawn(&cg, &HogSpec::fixed(mib))?);
+        cgroups.push(cg);
+    }
+    for hog in &mut hogs {
+        hog.wait_ready(pdutil::READY_TIMEOUT)?;
+    }
+    let config = pdutil::write_config("capacity", CONFIG)?;
+    let mut pd = Policyd::load(&["priority", "--config", &config, "--max-cgroups", "16"])?;
+    let full = pd.log().iter().any(|l| {
+        l.contains("WARN")
+            && l.contains("more cgroups than the rules map holds (16): 11 cgroups inherit")
+    });
+    ensure!(
+        full,
+        "no warning that 11 cgroups have no rules entry:\n{}",
+        pd.log().join("\n")
+    );
+
+    let declarer = Handler::load(Action::Defer, 0, 0)?;
+    let declared = declarer.declare_oom(cap.id()?, BPF_OOM_FLAGS_WAIT_ON_OOM_LOCK, 1)?;
+    ensure!(
+        declared.prog_ret == 0 && declared.ret[0] == 1,
+        "declaring an OOM of /cap: {declared}"
+    );
+    let d = pd.next_decision(Duration::from_secs(30))?;
+    let pid = hogs[5].pid().to_string();
+    let candidates = CGROUPS.to_string();
+    d.expect(&[
+        ("scope", "/cap"),
+        ("victim_cgroup", "/cap/a05"),
+        ("pid", &pid),
+        ("priority", "1"),
+        ("outcome", "killed"),
+        ("candidates", &candidates),
+        ("tried", "1"),
+    ])?;
+    // Logged right before the decision line.
+    let beyond = pd.log().iter().any(|l| {
+        l.contains("WARN 8 eligible cgroup(s) in scope were not considered for this OOM")
+            && l.contains("--max-cgroups")
+    });
+    ensure!(
+        beyond,
+        "no warning that 8 candidates were not considered:\n{}",
+        pd.log().join("\n")
+    );
+    hogs[5].wait_killed(pdutil::OOM_TIMEOUT)?;
+    expect_alive(
+        &mut hogs[14],
+        "the biggest hog, in a cgroup without a rules entry",
+    )?;
+    pd.stop()?;
+    println!(
+        "at capacity: 11 cgroups without an entry took /cap's priority, 8 candidates were not \
+         considered, both logged; a05 died: {d}"
+    );
+    Ok(())
+}
