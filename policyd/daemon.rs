@@ -336,6 +336,8 @@ pub struct Daemon {
     awaits: Awaits,
     /// Events the handler could not send (ring buffer full), as last logged.
     dropped: u64,
+    /// A new cgroup found the rules map full (warned once until room is made).
+    rules_full: bool,
 }
 
 impl Daemon {
@@ -405,6 +407,7 @@ impl Daemon {
             signals: None,
             awaits: Awaits::default(),
             dropped: 0,
+            rules_full: false,
         })
     }
 
@@ -589,6 +592,19 @@ impl Daemon {
                             e.protect,
                             e.kill
                         ),
+                        // Full: say so once, not for every cgroup of a burst.
+                        Err(err) if err.kind() == ErrorKind::TooBig => {
+                            if !self.rules_full {
+                                tracing::warn!(
+                                    "the rules map is full ({} entries, --max-cgroups): new \
+                                     cgroups, {path} first, take their nearest ancestor's \
+                                     entry in the kernel until cgroups are removed",
+                                    self.obj.inner_spec().max_entries
+                                );
+                            }
+                            self.rules_full = true;
+                            tracing::debug!("new cgroup {path}: no room for its rules entry");
+                        }
                         Err(err) => tracing::warn!(
                             "new cgroup {path}: cannot add its rules entry ({err}); it inherits \
                              from its parent in the kernel"
@@ -598,7 +614,9 @@ impl Daemon {
                 Change::Removed(path) => {
                     if let Some(e) = self.cgroups.effective.remove(&path) {
                         // Children are gone first (rmdir needs an empty cgroup).
-                        let _ = self.rules.delete(&e.id.to_ne_bytes());
+                        if self.rules.delete(&e.id.to_ne_bytes()).is_ok() {
+                            self.rules_full = false;
+                        }
                         self.cgroups.forget_later(e.id);
                         tracing::debug!("cgroup {path} (id {}) removed", e.id);
                     }
@@ -619,6 +637,7 @@ impl Daemon {
     fn replace_rules(&mut self, config: &Config) -> Result<()> {
         let (tree, effective, map) = install_tree_rules(&self.obj, config, &self.req)?;
         self.rules = map;
+        self.rules_full = false;
         self.cgroups.refresh(&tree, effective);
         Ok(())
     }
@@ -700,6 +719,7 @@ impl Daemon {
         self.pending = pending;
         self.obj = obj;
         self.rules = map;
+        self.rules_full = false;
         self.cgroups.refresh(&tree, effective);
         Ok(())
     }

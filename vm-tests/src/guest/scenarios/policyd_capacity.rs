@@ -6,7 +6,8 @@
 //! a13..a23 have no entry and take /cap's, priority 500, in the kernel. The candidates'
 //! heap (16) holds the first 16 eligible cgroups in the kernel's walk, a00..a15: 8 are not
 //! considered. a14 holds the biggest hog (6 MiB) but no entry, so it ranks at 500; a05
-//! holds 3 MiB and its own entry: a05 dies.
+//! holds 3 MiB and its own entry: a05 dies. Three cgroups created then find the map full:
+//! policyd says so once.
 
 use std::time::Duration;
 
@@ -97,6 +98,29 @@ fn run() -> Result<()> {
         &mut hogs[14],
         "the biggest hog, in a cgroup without a rules entry",
     )?;
+
+    // New cgroups find the map full: said once, naming the first.
+    let news = (0..3)
+        .map(|i| cap.child(&format!("new{i}")))
+        .collect::<Result<Vec<_>>>()?;
+    pd.wait_line(
+        Duration::from_secs(20),
+        "the warning that the rules map is full",
+        |l| l.contains("WARN the rules map is full (16 entries") && l.contains("/cap/new0"),
+    )?;
+    let full = |pd: &mut Policyd| {
+        pd.log()
+            .iter()
+            .filter(|l| l.contains("the rules map is full"))
+            .count()
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    ensure!(
+        full(&mut pd) == 1,
+        "the full rules map was reported {} times for 3 new cgroups",
+        full(&mut pd)
+    );
+    drop(news);
     pd.stop()?;
     println!(
         "at capacity: 11 cgroups without an entry took /cap's priority, 8 candidates were not \
