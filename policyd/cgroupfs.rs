@@ -211,6 +211,9 @@ pub struct Cgroup {
     pub procs: Vec<u32>,
     /// This cgroup or a descendant has processes.
     pub populated: bool,
+    /// A threaded cgroup (`cgroup.type`): its processes are listed, and
+    /// counted, in its threaded domain's `cgroup.procs`.
+    pub threaded: bool,
     /// `populated` came from cgroup.events rather than being computed.
     populated_from_events: bool,
     /// End (exclusive) of this cgroup's subtree in the tree's node order.
@@ -383,10 +386,11 @@ impl CgroupTree {
                 Ok(None)
             }
         };
-        let (Ok(memory), Ok(procs), Ok(events)) = (
+        let (Ok(memory), Ok(procs), Ok(events), Ok(kind)) = (
             read("memory.current"),
             read("cgroup.procs"),
             read("cgroup.events"),
+            read("cgroup.type"),
         ) else {
             tracing::debug!("cgroup {path} went away while the tree was read");
             return Ok(None);
@@ -432,11 +436,13 @@ impl CgroupTree {
                     _ => None,
                 })
         });
+        let threaded = kind.is_some_and(|k| k.trim() == "threaded");
         Ok(Some(Cgroup {
             id,
             path,
             parent,
             children: Vec::new(),
+            threaded,
             memory_current,
             procs,
             populated: events_populated.unwrap_or(false),

@@ -15,8 +15,11 @@
 //!   `oom_score_adj = -1000` are never killed; a candidate left with nothing
 //!   killable is skipped. No victim → the kernel's own OOM killer decides.
 //!
+//! A threaded cgroup is never a candidate: its processes belong to its
+//! threaded domain (whose `cgroup.procs` lists them), which is.
+//!
 //! `largest`: like `priority` with priorities ignored, among populated leaf
-//! cgroups (no populated child): largest `memory.current` first, ties → lower
+//! cgroups (no populated child but threaded ones): largest `memory.current` first, ties → lower
 //! cgroup id. Protect and kill modes still apply.
 //!
 //! `badness`: the kernel's oom_badness(): every task in scope by its points,
@@ -165,6 +168,8 @@ pub fn rank_cgroups(
         let eff = &effective[idx];
         let not_eligible = if node.is_root() {
             Some("root cgroup: never a candidate".to_owned())
+        } else if node.threaded {
+            Some("threaded: its processes count in its domain cgroup".to_owned())
         } else if eff.protect {
             Some("protected".to_owned())
         } else if !node.populated {
@@ -172,7 +177,10 @@ pub fn rank_cgroups(
         } else if node.procs.is_empty() {
             Some("no processes (only its descendants have some)".to_owned())
         } else if policy == PolicyName::Largest
-            && node.children.iter().any(|&c| tree.get(c).populated)
+            && node.children.iter().any(|&c| {
+                let child = tree.get(c);
+                child.populated && !child.threaded
+            })
         {
             Some("not a leaf (a child cgroup is populated)".to_owned())
         } else {
@@ -903,6 +911,34 @@ mod tests {
         let ex = f.explain(&c, PolicyName::Priority, "/");
         let v = ex.victim.unwrap();
         assert_eq!((v.cgroup.as_str(), v.kill), ("/batch", KillMode::Cgroup));
+    }
+
+    #[test]
+    fn a_threaded_subtree_is_its_domains_candidate() {
+        // /app's process lives in its threaded child /app/t (the kernel lists it
+        // in /app's cgroup.procs); /other is a plain leaf.
+        let f = Fixture::new(|cg, procs| {
+            cg.cgroup("/app", 30 * MIB, &[10])
+                .cgroup("/app/t", 0, &[])
+                .threaded("/app/t")
+                .events("/app/t", true)
+                .events("/app", true)
+                .cgroup("/other", 20 * MIB, &[20]);
+            procs.task(FakeTask::new(10, "app", 25 * MIB));
+            procs.task(FakeTask::new(20, "other", 15 * MIB));
+        });
+        for policy in [PolicyName::Priority, PolicyName::Largest] {
+            let ex = f.explain(&Config::default(), policy, "/");
+            assert_eq!(ex.victim.as_ref().unwrap().cgroup, "/app", "{policy}");
+            assert!(
+                not_eligible(&ex).contains(&(
+                    "/app/t",
+                    "threaded: its processes count in its domain cgroup"
+                )),
+                "{policy}: {:?}",
+                not_eligible(&ex)
+            );
+        }
     }
 
     #[test]

@@ -56,6 +56,16 @@ impl FakeCgroupfs {
     }
 
     /// Write `cgroup.events` for `path`, overriding the computed populated state.
+    /// Make `path` a threaded cgroup: its own `cgroup.procs` cannot be read
+    /// (absent here), its processes are listed in its domain's.
+    pub fn threaded(&self, path: &str) -> &Self {
+        let dir = self.dir(path);
+        write(&dir.join("cgroup.type"), "threaded\n");
+        fs::remove_file(dir.join("cgroup.procs")).expect("remove fake cgroup.procs");
+        fs::remove_file(dir.join("memory.current")).expect("remove fake memory.current");
+        self
+    }
+
     pub fn events(&self, path: &str, populated: bool) -> &Self {
         let text = format!("populated {}\nfrozen 0\n", u8::from(populated));
         write(&self.dir(path).join("cgroup.events"), &text);

@@ -313,9 +313,10 @@ static __noinline bool heap_pop(struct policyd_candidate *out)
 
 /*
  * Put every eligible cgroup of @scope into the heap.  Protected cgroups are
- * left out; under `largest`, so are cgroups with a populated child (their
- * usage counts their children's too).  Threaded cgroups share their
- * domain's memcg and are not candidates of their own.
+ * left out; under `largest`, so are cgroups with a populated domain child
+ * (their usage counts their children's too).  A threaded subtree shares its
+ * domain's memcg, and all its processes belong to the domain: the domain
+ * cgroup is the candidate, for them all, and threaded cgroups are not.
  */
 static __noinline void rank_cgroups(struct cgroup *scope)
 {
@@ -329,11 +330,11 @@ static __noinline void rank_cgroups(struct cgroup *scope)
 	bpf_for_each(css, pos, &scope->self, BPF_CGROUP_ITER_DESCENDANTS_PRE) {
 		struct cgroup *cgrp = pos->cgroup;
 
-		if (!cgrp || !cgrp->level || !pos->nr_populated_csets)
+		if (!cgrp || !cgrp->level || cgrp->dom_cgrp != cgrp)
 			continue;
-		if (cgrp->dom_cgrp != cgrp)
+		if (!pos->nr_populated_csets && !cgrp->nr_populated_threaded_children)
 			continue;
-		if (policy == POLICYD_POLICY_LARGEST && pos->nr_populated_children)
+		if (policy == POLICYD_POLICY_LARGEST && cgrp->nr_populated_domain_children)
 			continue;
 		rule = rule_of(rmap, cgrp);
 		if (rule.protect)
@@ -402,7 +403,8 @@ static __noinline bool await_victim_in_scope(struct oom_control *oc, struct cgro
 	task = bpf_task_from_pid(pid);
 	if (task) {
 		record_victim(task);
-		cgrp = task->cgroups->dfl_cgrp;
+		/* A threaded cgroup's processes belong to its domain. */
+		cgrp = task->cgroups->dfl_cgrp->dom_cgrp;
 		event.victim_cgroup_id = cgrp->kn->id;
 		event.victim_usage = cgroup_usage(cgrp);
 		event.victim_priority = rule_of(rules_map(), cgrp).priority;
@@ -436,8 +438,12 @@ static __noinline void scan_tasks(struct oom_control *oc, struct cgroup *cgrp)
 	scan.tasks = 0;
 	scan.exiting = 0;
 
-	/* WITH_DEAD: a victim tearing down its memory is exiting, not gone. */
-	bpf_iter_css_task_new(&it, &cgrp->self, CSS_TASK_ITER_PROCS | CSS_TASK_ITER_WITH_DEAD);
+	/*
+	 * THREADED: the processes of the cgroup's threaded subtree too.
+	 * WITH_DEAD: a victim tearing down its memory is exiting, not gone.
+	 */
+	bpf_iter_css_task_new(&it, &cgrp->self,
+			      CSS_TASK_ITER_PROCS | CSS_TASK_ITER_THREADED | CSS_TASK_ITER_WITH_DEAD);
 	while ((task = bpf_iter_css_task_next(&it))) {
 		if (bpf_task_is_oom_victim(task) && !bpf_oom_await_victim(oc, task)) {
 			event.outcome = POLICYD_OUTCOME_AWAITED;
@@ -478,7 +484,7 @@ static __noinline void kill_rest(struct oom_control *oc, struct cgroup *cgrp)
 	struct bpf_iter_css_task it;
 	struct task_struct *task;
 
-	bpf_iter_css_task_new(&it, &cgrp->self, CSS_TASK_ITER_PROCS);
+	bpf_iter_css_task_new(&it, &cgrp->self, CSS_TASK_ITER_PROCS | CSS_TASK_ITER_THREADED);
 	while ((task = bpf_iter_css_task_next(&it))) {
 		if (task->tgid == scan.best_pid || task_unkillable(task) || !task->mm ||
 		    bpf_task_is_oom_victim(task))
@@ -683,7 +689,8 @@ static __noinline void kill_by_badness(struct oom_control *oc, struct cgroup *sc
 	if (!task)
 		return;
 	record_victim(task);
-	cgrp = task->cgroups->dfl_cgrp;
+	/* A threaded cgroup's processes belong to its domain. */
+	cgrp = task->cgroups->dfl_cgrp->dom_cgrp;
 	event.victim_cgroup_id = cgrp->kn->id;
 	event.victim_usage = cgroup_usage(cgrp);
 	event.tried = 1;

@@ -8,7 +8,8 @@
 //! Layouts nest up to three levels, with ties in priority and in usage (hogs of 1, 2 and
 //! 4 MiB), protect and kill inherited or overridden, `*` and `**` rules, tasks that cannot
 //! be killed (oom_score_adj -1000), empty cgroups, processes in a non-leaf cgroup (one
-//! that enables no controller for its children), and memcg and global scope. Names pick
+//! that enables no controller for its children), threaded subtrees below such a cgroup,
+//! and memcg and global scope. Names pick
 //! the rules: the config is fixed, so that a layout is only its tree.
 //!
 //! A disagreement prints the layout (seed and tree), explain's answer and the decision
@@ -76,6 +77,9 @@ struct Node {
     /// Enables no controller for its children, so that it may hold processes itself
     /// while it has children.
     no_memory_below: bool,
+    /// A threaded cgroup (below a parent that enables no controller): its processes
+    /// belong to its threaded domain.
+    threaded: bool,
 }
 
 #[derive(Debug)]
@@ -112,6 +116,7 @@ impl Layout {
                 parent,
                 tasks,
                 no_memory_below: false,
+                threaded: false,
             });
         }
         // A cgroup with children holds processes only if it enables no controller below.
@@ -134,6 +139,17 @@ impl Layout {
                 nodes[i].no_memory_below = nodes.iter().any(|c| c.parent == Some(i));
             }
         }
+        // Half of the cgroups without controllers below make their children threaded
+        // (children of a threaded cgroup are threaded too).
+        let threads_below: Vec<bool> = nodes
+            .iter()
+            .map(|node| node.no_memory_below && rng.bool())
+            .collect();
+        for i in 0..n {
+            nodes[i].threaded = nodes[i]
+                .parent
+                .is_some_and(|p| nodes[p].threaded || threads_below[p]);
+        }
         let global = rng.u8(..4) == 0;
         if global {
             // A global OOM that leaves the kernel nothing to kill panics the machine
@@ -143,6 +159,7 @@ impl Layout {
                 parent: None,
                 tasks: vec![(1, 0)],
                 no_memory_below: false,
+                threaded: false,
             });
         }
         Layout {
@@ -170,13 +187,14 @@ impl Layout {
             let n = &self.nodes[i];
             let _ = writeln!(
                 out,
-                "  {top}/{}{} tasks (MiB, adj) {:?}",
+                "  {top}/{}{}{} tasks (MiB, adj) {:?}",
                 self.rel(i),
                 if n.no_memory_below {
                     " [no controllers below]"
                 } else {
                     ""
                 },
+                if n.threaded { " [threaded]" } else { "" },
                 n.tasks
             );
         }
@@ -210,6 +228,9 @@ fn build(layout: &Layout, n: u64) -> Result<Built> {
         let dir = top.dir().join(layout.rel(i));
         fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let node = &layout.nodes[i];
+        if node.threaded {
+            util::write_file(dir.join("cgroup.type"), "threaded")?;
+        }
         let has_children = layout.nodes.iter().any(|c| c.parent == Some(i));
         let under_no_memory = node
             .parent
@@ -280,10 +301,13 @@ fn run() -> Result<()> {
         let mut pd = Policyd::load(&[policy, "--config", &config])?;
         // The kernel's own killer acts on deferred global OOMs: never on policyd.
         util::write_file(format!("/proc/{}/oom_score_adj", pd.pid()), "-1000")?;
-        let (mut disagreements, mut kills, mut deferrals) = (0, 0, 0);
+        let (mut disagreements, mut kills, mut deferrals, mut threaded) = (0, 0, 0, 0);
         for n in 0..LAYOUTS {
             let seed = 0xd1ff_0000 + ((p as u64) << 12) + n;
             let layout = Layout::generate(seed);
+            if layout.nodes.iter().any(|node| node.threaded) {
+                threaded += 1;
+            }
             let built = build(&layout, n)?;
             let top = built.top.path();
             ensure!(pd.reload()?, "policyd rejected the reload");
@@ -319,8 +343,9 @@ fn run() -> Result<()> {
         }
         pd.stop()?;
         let line = format!(
-            "{policy}: {LAYOUTS} layouts, {disagreements} disagreements ({kills} kills, \
-             {deferrals} left to the kernel) in {:.0} s",
+            "{policy}: {LAYOUTS} layouts ({threaded} with a threaded subtree), \
+             {disagreements} disagreements ({kills} kills, {deferrals} left to the kernel) in \
+             {:.0} s",
             start.elapsed().as_secs_f64()
         );
         println!("{line}");
