@@ -9,7 +9,7 @@
 //! 4 MiB), protect and kill inherited or overridden, `*` and `**` rules, tasks that cannot
 //! be killed (oom_score_adj -1000), empty cgroups, processes in a non-leaf cgroup (one
 //! that enables no controller for its children), threaded subtrees below such a cgroup,
-//! and memcg and global scope. Names pick
+//! exited processes not yet reaped (zombies), and memcg and global scope. Names pick
 //! the rules: the config is fixed, so that a layout is only its tree.
 //!
 //! A disagreement prints the layout (seed and tree), explain's answer and the decision
@@ -17,6 +17,7 @@
 
 use std::fmt::Write as _;
 use std::fs;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -80,6 +81,8 @@ struct Node {
     /// A threaded cgroup (below a parent that enables no controller): its processes
     /// belong to its threaded domain.
     threaded: bool,
+    /// Holds an exited, unreaped process (a zombie) too.
+    zombie: bool,
 }
 
 #[derive(Debug)]
@@ -117,6 +120,7 @@ impl Layout {
                 tasks,
                 no_memory_below: false,
                 threaded: false,
+                zombie: rng.u8(..4) == 0,
             });
         }
         // A cgroup with children holds processes only if it enables no controller below.
@@ -150,6 +154,13 @@ impl Layout {
                 .parent
                 .is_some_and(|p| nodes[p].threaded || threads_below[p]);
         }
+        // A zombie, like any process, only where processes may be.
+        for i in 0..n {
+            let has_children = nodes.iter().any(|c| c.parent == Some(i));
+            if has_children && !nodes[i].no_memory_below && !nodes[i].threaded {
+                nodes[i].zombie = false;
+            }
+        }
         let global = rng.u8(..4) == 0;
         if global {
             // A global OOM that leaves the kernel nothing to kill panics the machine
@@ -160,6 +171,7 @@ impl Layout {
                 tasks: vec![(1, 0)],
                 no_memory_below: false,
                 threaded: false,
+                zombie: rng.u8(..4) == 0,
             });
         }
         Layout {
@@ -187,7 +199,7 @@ impl Layout {
             let n = &self.nodes[i];
             let _ = writeln!(
                 out,
-                "  {top}/{}{}{} tasks (MiB, adj) {:?}",
+                "  {top}/{}{}{}{} tasks (MiB, adj) {:?}",
                 self.rel(i),
                 if n.no_memory_below {
                     " [no controllers below]"
@@ -195,6 +207,7 @@ impl Layout {
                     ""
                 },
                 if n.threaded { " [threaded]" } else { "" },
+                if n.zombie { " [zombie]" } else { "" },
                 n.tasks
             );
         }
@@ -214,10 +227,12 @@ fn ancestors_without_memory(nodes: &[Node], mut i: usize) -> bool {
     }
 }
 
-/// The layout, built: its cgroup and the hogs in it.
+/// The layout, built: its cgroup and the processes in it.
 struct Built {
     top: Cgroup,
     hogs: Vec<Hog>,
+    /// Exited, not reaped until the layout is taken down.
+    zombies: Vec<Child>,
 }
 
 fn build(layout: &Layout, n: u64) -> Result<Built> {
@@ -246,10 +261,27 @@ fn build(layout: &Layout, n: u64) -> Result<Built> {
             hogs.push(Hog::spawn(&cg, &HogSpec::fixed(mib).oom_score_adj(adj))?);
         }
     }
+    let mut zombies = Vec::new();
+    for i in (0..layout.nodes.len()).filter(|&i| layout.nodes[i].zombie) {
+        let cg = Cgroup::open(&format!("diff/l{n}/{}", layout.rel(i)))?;
+        let mut cmd = Command::new("/bin/busybox");
+        cmd.arg("true");
+        zombies.push(util::spawn_in(&cg, &mut cmd, None)?);
+    }
     for hog in &mut hogs {
         hog.wait_ready(pdutil::READY_TIMEOUT)?;
     }
-    Ok(Built { top, hogs })
+    for z in &zombies {
+        let stat = format!("/proc/{}/stat", z.id());
+        util::wait_until(pdutil::READY_TIMEOUT, "a zombie", || {
+            fs::read_to_string(&stat).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+        })?;
+    }
+    Ok(Built { top, hogs, zombies })
 }
 
 /// What explain says dies: (cgroup path, the task the handler reports, tasks killed).
@@ -301,12 +333,16 @@ fn run() -> Result<()> {
         let mut pd = Policyd::load(&[policy, "--config", &config])?;
         // The kernel's own killer acts on deferred global OOMs: never on policyd.
         util::write_file(format!("/proc/{}/oom_score_adj", pd.pid()), "-1000")?;
-        let (mut disagreements, mut kills, mut deferrals, mut threaded) = (0, 0, 0, 0);
+        let (mut disagreements, mut kills, mut deferrals) = (0, 0, 0);
+        let (mut threaded, mut zombies) = (0, 0);
         for n in 0..LAYOUTS {
             let seed = 0xd1ff_0000 + ((p as u64) << 12) + n;
             let layout = Layout::generate(seed);
             if layout.nodes.iter().any(|node| node.threaded) {
                 threaded += 1;
+            }
+            if layout.nodes.iter().any(|node| node.zombie) {
+                zombies += 1;
             }
             let built = build(&layout, n)?;
             let top = built.top.path();
@@ -339,11 +375,15 @@ fn run() -> Result<()> {
                 ));
             }
             drop(built.hogs);
+            for mut z in built.zombies {
+                z.wait().context("reaping a zombie")?;
+            }
             built.top.remove()?;
         }
         pd.stop()?;
         let line = format!(
-            "{policy}: {LAYOUTS} layouts ({threaded} with a threaded subtree), \
+            "{policy}: {LAYOUTS} layouts ({threaded} with a threaded subtree, {zombies} with a \
+             zombie), \
              {disagreements} disagreements ({kills} kills, {deferrals} left to the kernel) in \
              {:.0} s",
             start.elapsed().as_secs_f64()
