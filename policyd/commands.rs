@@ -246,6 +246,11 @@ pub fn render_explanation(ex: &Explanation, config: &Config) -> String {
         config.path.display(),
         if n == 1 { "" } else { "s" }
     );
+    let _ = writeln!(
+        out,
+        "model:  the handler's ranking, in {} (vm-tests hold the two equal)",
+        ex.model
+    );
     let _ = match ex.scope.kind {
         rank::ScopeKind::Global => writeln!(
             out,

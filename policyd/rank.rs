@@ -126,11 +126,13 @@ pub struct Victim {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Explanation {
     pub policy: PolicyName,
+    /// Which implementation of the ranking answered: [`MODEL`].
+    pub model: &'static str,
     pub scope: Scope,
     /// Eligible candidates in rank order (victim first), then the rest of
     /// the scope in tree order. Empty for `badness` and `observe`.
     pub candidates: Vec<Candidate>,
-    /// Tasks by oom_score (`badness` only).
+    /// Tasks by badness (`badness` only).
     pub tasks: Vec<RankedTask>,
     /// Candidates passed over because nothing in them was killable.
     pub skipped: Vec<Skipped>,
@@ -138,6 +140,11 @@ pub struct Explanation {
     /// One sentence: what happens.
     pub outcome: String,
 }
+
+/// What [`explain`] is: the handler's ranking rewritten in user space (so
+/// that it needs neither root nor a patched kernel), held equal to the BPF
+/// by vm-tests' `policyd-explain-differential`.
+pub const MODEL: &str = "user space";
 
 fn usage(c: &Cgroup) -> u64 {
     c.memory_current.unwrap_or(0)
@@ -340,6 +347,7 @@ pub fn explain(
     };
     let mut ex = Explanation {
         policy,
+        model: MODEL,
         scope: scope_info,
         candidates: Vec::new(),
         tasks: Vec::new(),
@@ -1052,6 +1060,7 @@ mod tests {
         let ex = f.explain(&policies_toml(), PolicyName::Priority, "/demo");
         let j = serde_json::to_value(&ex).unwrap();
         assert_eq!(j["policy"], "priority");
+        assert_eq!(j["model"], "user space");
         assert_eq!(j["scope"]["kind"], "memcg");
         assert_eq!(j["scope"]["path"], "/demo");
         assert_eq!(j["victim"]["cgroup"], "/demo/batch/j2");

@@ -154,6 +154,10 @@ fn explain_predicts_the_demo_victim() {
         text.contains("scope:  memcg OOM of /demo/web and its descendants"),
         "{text}"
     );
+    assert!(
+        text.contains("model:  the handler's ranking, in user space (vm-tests hold the two equal)"),
+        "{text}"
+    );
     assert!(text.contains("victim: /demo/web (cgroup id "), "{text}");
     assert!(
         text.contains("  kill  pid 201 (nginx), RSS 140 MiB\n"),
