@@ -11,10 +11,10 @@
 //! * [`rank`]: candidates and victim choice (what `explain` predicts);
 //! * [`cli`] and [`commands`]: the command line;
 //! * [`daemon`], [`status`]: the kernel-facing side: [`loader`] loads and
-//!   attaches a policy ([`bpf`]: the generated skeletons), [`rules`] turns
-//!   resolved settings into rules map entries, [`abi`] names the types
-//!   shared with BPF, [`events`] logs OOM decisions, [`watch`] follows the
-//!   cgroup tree;
+//!   attaches the one BPF handler with a policy chosen ([`bpf`]: its
+//!   generated skeleton), [`rules`] turns resolved settings into rules map
+//!   entries, [`abi`] names the types shared with BPF, [`events`] logs OOM
+//!   decisions ([`sizes`] formats them), [`watch`] follows the cgroup tree;
 //! * [`guard`]: what `load` checks and does to itself before attaching;
 //! * [`testing`]: fake cgroup and proc trees for tests.
 

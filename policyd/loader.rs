@@ -5,7 +5,7 @@
 //!
 //! * `const volatile` `policy` and `dry_run` in `.rodata`, set before load;
 //! * struct_ops map `policyd_ops` (`struct bpf_oom_ops`) in `.struct_ops.link`,
-//!   whose value policyd builds from kernel BTF ([`KernelBtf::oom_ops_value`]);
+//!   whose value policyd builds from kernel BTF ([`OomOpsLayout::value`]);
 //! * `rules`: an array-of-maps with one slot whose inner hash maps cgroup id →
 //!   `struct policyd_rule`; policyd creates the inner maps and swaps them;
 //! * `events`: a ring buffer of `struct policyd_event`;

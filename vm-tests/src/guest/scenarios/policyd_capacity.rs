@@ -35,6 +35,16 @@ cgroup = "/cap/a*"
 priority = 1
 "#;
 
+/// Requires a line already logged that satisfies `pred`.
+fn expect_logged(pd: &mut Policyd, what: &str, pred: impl Fn(&str) -> bool) -> Result<()> {
+    ensure!(
+        pd.log().iter().any(|l| pred(l)),
+        "policyd logged no line saying {what}:\n{}",
+        pd.log().join("\n")
+    );
+    Ok(())
+}
+
 fn run() -> Result<()> {
     pdutil::quiet_oom_reports()?;
     let cap = Cgroup::create("cap")?;
@@ -55,15 +65,10 @@ fn run() -> Result<()> {
     }
     let config = pdutil::write_config("capacity", CONFIG)?;
     let mut pd = Policyd::load(&["priority", "--config", &config, "--max-cgroups", "16"])?;
-    let full = pd.log().iter().any(|l| {
+    expect_logged(&mut pd, "that 11 cgroups have no rules entry", |l| {
         l.contains("WARN")
             && l.contains("more cgroups than the rules map holds (16): 11 cgroups inherit")
-    });
-    ensure!(
-        full,
-        "no warning that 11 cgroups have no rules entry:\n{}",
-        pd.log().join("\n")
-    );
+    })?;
 
     let declarer = Handler::load(Action::Defer, 0, 0)?;
     let declared = declarer.declare_oom(cap.id()?, BPF_OOM_FLAGS_WAIT_ON_OOM_LOCK, 1)?;
@@ -84,15 +89,10 @@ fn run() -> Result<()> {
         ("tried", "1"),
     ])?;
     // Logged right before the decision line.
-    let beyond = pd.log().iter().any(|l| {
+    expect_logged(&mut pd, "that 8 candidates were not considered", |l| {
         l.contains("WARN 8 eligible cgroup(s) in scope were not considered for this OOM")
             && l.contains("--max-cgroups")
-    });
-    ensure!(
-        beyond,
-        "no warning that 8 candidates were not considered:\n{}",
-        pd.log().join("\n")
-    );
+    })?;
     hogs[5].wait_killed(pdutil::OOM_TIMEOUT)?;
     expect_alive(
         &mut hogs[14],
