@@ -201,13 +201,7 @@ impl PolicydEvent {
     /// `victim_comm` up to its NUL.
     pub fn comm(&self) -> String {
         // C `char`s: the skeleton has them as i8.
-        let bytes: Vec<u8> = self
-            .victim_comm
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| c as u8)
-            .collect();
-        String::from_utf8_lossy(&bytes).into_owned()
+        c_string(self.victim_comm.iter().map(|&c| c as u8))
     }
     /// The ranked candidates actually filled in (cgroup id 0 ends the list).
     pub fn ranked(&self) -> impl Iterator<Item = &PolicydCandidate> {
@@ -240,6 +234,13 @@ pub fn datasec_var(btf: &Btf<'_>, datasec_type: BtfType<'_>, var: &str) -> Optio
             .unwrap_or_default();
         Some((info.offset, tname))
     })
+}
+
+/// A C string from the kernel or BPF (a name, a comm): the bytes up to the
+/// first NUL, as UTF-8 with replacement characters.
+pub fn c_string(bytes: impl IntoIterator<Item = u8>) -> String {
+    let bytes: Vec<u8> = bytes.into_iter().take_while(|&c| c != 0).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 #[cfg(test)]

@@ -147,9 +147,7 @@ impl OomOpsLayout {
 
     /// The handler's name in a value read back from the kernel.
     pub fn name(&self, value: &[u8]) -> String {
-        let bytes = value.get(self.name..).unwrap_or_default();
-        let end = bytes.iter().position(|&c| c == 0).unwrap_or(bytes.len());
-        String::from_utf8_lossy(&bytes[..end]).into_owned()
+        abi::c_string(value.get(self.name..).unwrap_or_default().iter().copied())
     }
 }
 

@@ -360,13 +360,7 @@ fn map_info(fd: &OwnedFd) -> io::Result<libbpf_sys::bpf_map_info> {
 }
 
 fn map_name(info: &libbpf_sys::bpf_map_info) -> String {
-    let bytes: Vec<u8> = info
-        .name
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
+    abi::c_string(info.name.iter().map(|&c| c as u8))
 }
 
 /// The value at key 0 of a map whose value is `value_size` bytes.
