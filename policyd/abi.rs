@@ -187,6 +187,36 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// Reasons and outcomes are written by their log names (`lowest-priority`,
+/// `killed`) and read back by finding the value with that name, so the
+/// names are spelt in `Display` only.
+macro_rules! serde_by_name {
+    ($($t:ty),*) => {$(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let name = String::deserialize(d)?;
+                (0..=u8::MAX)
+                    .map(<$t>::from)
+                    .find(|v| v.to_string() == name)
+                    .ok_or_else(|| {
+                        serde::de::Error::custom(format!(
+                            "unknown {} {name:?}",
+                            stringify!($t).to_lowercase()
+                        ))
+                    })
+            }
+        }
+    )*};
+}
+
+serde_by_name!(Reason, Outcome);
+
 impl PolicydEvent {
     /// The policy, or its number if this policyd does not know it.
     pub fn policy(&self) -> Result<PolicyName, u8> {

@@ -7,6 +7,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::abi::MAX_CGROUPS;
 use crate::config::DEFAULT_CONFIG_PATH;
+use crate::logging::LogFormat;
 use crate::policy::PolicyName;
 
 const ABOUT: &str =
@@ -142,6 +143,11 @@ pub struct LoadArgs {
     /// file and 1 MiB limit still apply
     #[arg(long)]
     pub insecure_config: bool,
+
+    /// The log's format: `text` lines of key=value fields, or `json`, one object per line
+    /// (every line has "level" and "message"; decisions carry typed fields, sizes in bytes)
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Args)]

@@ -125,6 +125,7 @@ pub fn load(args: &LoadArgs, cgroup_root: Option<&Path>, proc_root: &Path) -> Re
         cgroup: cgroupfs::normalise_path(&args.cgroup),
         dry_run: args.dry_run,
         max_cgroups: args.max_cgroups,
+        log_format: args.log_format,
     };
     daemon::run(req)
 }

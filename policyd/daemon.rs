@@ -37,6 +37,7 @@ use crate::config::{Config, Ownership};
 use crate::events::{Awaits, Decision};
 use crate::guard::OwnCgroup;
 use crate::loader::{self, HandlerLink, OomOpsLayout, PerCpu, PolicyObject, Settings};
+use crate::logging::LogFormat;
 use crate::policy::PolicyName;
 use crate::resolve::{resolve_tree, Effective, Resolver};
 use crate::rules;
@@ -66,6 +67,8 @@ pub struct LoadRequest {
     pub dry_run: bool,
     /// Room in the handler's per-cgroup tables (`--max-cgroups`).
     pub max_cgroups: u32,
+    /// How decisions are written (the rest of the log follows the subscriber).
+    pub log_format: LogFormat,
 }
 
 /// What [`Daemon::handle_one_round`] saw.
@@ -401,11 +404,11 @@ impl Daemon {
             rules: rules_map,
             oom_ops,
             per_cpu,
+            awaits: Awaits::new(req.log_format),
             req,
             cgroups,
             watcher,
             signals: None,
-            awaits: Awaits::default(),
             dropped: 0,
             rules_full: false,
         })
@@ -794,6 +797,7 @@ mod tests {
             cgroup: "/".into(),
             dry_run: false,
             max_cgroups: crate::abi::MAX_CGROUPS,
+            log_format: LogFormat::Text,
         };
         // World-writable: refused, so the running rules stay.
         assert_eq!(reread_config(&req), None);

@@ -1,7 +1,8 @@
 //! OOM events from the policies' ring buffer, as log lines.
 //!
-//! Each event becomes one info-level line with key=value fields, meant to
-//! be grepped (`decision ... outcome=killed ... pid=310`):
+//! Each event becomes one info-level line. In text (the default), key=value
+//! fields meant to be grepped (`decision ... outcome=killed ... pid=310`),
+//! one line in the log:
 //!
 //! ```text
 //! INFO decision policy=priority scope=global victim_cgroup=/demo/batch/j2 pid=310 comm=job2
@@ -11,12 +12,14 @@
 //!   summary="killed pid 310 (job2) of /demo/batch/j2: ..."
 //! ```
 //!
+//! Values with spaces or quotes are quoted; absent values are "-". With
+//! `--log-format json`, one [`DecisionLine`] object: the same names, sizes
+//! as `usage_bytes`, `rss_bytes` and `runner_up_usage_bytes`, absent values
+//! null, plus `over_cap` and `top`.
+//!
 //! `tried` counts the candidates the handler looked into, the victim's
 //! included; `unkillable`, `exiting`, `empty` and `refused` say why each one
 //! before the victim was passed over.
-//!
-//! (one line in the log). Values with spaces or quotes are quoted; absent
-//! values are "-".
 //!
 //! An OOM that loops while its victim exits (a memory.max write retries until
 //! the usage fits) asks the handler again and again, hundreds of times under
@@ -24,68 +27,70 @@
 //! decision and then one `awaited again` line with the count.
 
 use std::fmt;
+use std::io::Write as _;
+
+use serde::{Deserialize, Serialize};
 
 use crate::abi::{Outcome, PolicydEvent, Reason, MAX_CGROUPS};
+use crate::logging::LogFormat;
 use crate::sizes::format_bytes;
-
-/// A log value: bare when it is one word, otherwise quoted with escapes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Val(pub String);
-
-impl fmt::Display for Val {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = &self.0;
-        if s.is_empty() {
-            f.write_str("\"\"")
-        } else if s
-            .chars()
-            .any(|c| c.is_whitespace() || c == '"' || c == '=' || c.is_control())
-        {
-            write!(f, "{s:?}")
-        } else {
-            f.write_str(s)
-        }
-    }
-}
 
 /// "300MiB": a size without the space, so it stays one word.
 pub fn size(bytes: u64) -> String {
     format_bytes(bytes).replace(' ', "")
 }
 
-/// One event, resolved to names and ready to log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One OOM decision as data: what the handler reported, its cgroup ids
+/// resolved to paths. The JSON log writes it as is ([`DecisionLine`]); the
+/// text line writes the same fields, with sizes as "300MiB" and "-" for
+/// what is absent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     pub policy: String,
     /// "global", or the OOMing cgroup's path.
     pub scope: String,
-    /// The victim's cgroup path, "-" without one.
-    pub victim_cgroup: String,
+    pub victim_cgroup: Option<String>,
     pub pid: u32,
-    pub comm: String,
+    pub comm: Option<String>,
     pub priority: u32,
-    pub usage: u64,
-    pub rss: u64,
+    pub usage_bytes: u64,
+    pub rss_bytes: u64,
     pub reason: Reason,
     pub outcome: Outcome,
-    pub tasks_killed: u32,
+    /// Tasks killed.
+    pub killed: u32,
     pub handler_us: u64,
     pub candidates: u32,
     /// Candidates looked into, the victim's included.
     pub tried: u32,
     /// Why the candidates before the victim were passed over.
+    #[serde(flatten)]
     pub passed: PassedOver,
     /// Eligible cgroups the handler had no room for.
     pub over_cap: u32,
-    /// The candidate ranked after the victim: path, priority, usage.
-    pub runner_up: Option<(String, u32, u64)>,
+    /// The candidate ranked after the victim.
+    pub runner_up: Option<String>,
+    pub runner_up_priority: Option<u32>,
+    pub runner_up_usage_bytes: Option<u64>,
     /// The best-ranked candidate when there is no victim (e.g. `observe`).
     pub top: Option<String>,
     pub kill_err: i32,
 }
 
+/// A decision as `--log-format json` writes it: one object per line, with
+/// the `level` and `message` every JSON log line has, and the summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionLine {
+    pub level: String,
+    /// "decision".
+    pub message: String,
+    #[serde(flatten)]
+    pub decision: Decision,
+    pub summary: String,
+}
+
 /// Candidates passed over, by why.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PassedOver {
     /// Only init, kernel threads or oom_score_adj -1000 tasks.
     pub unkillable: u32,
@@ -121,6 +126,11 @@ impl fmt::Display for PassedOver {
     }
 }
 
+/// "-" for what is absent, in text.
+fn or_dash(v: Option<impl ToString>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
 impl Decision {
     /// `name` turns a cgroup id into its path.
     pub fn new(ev: &PolicydEvent, mut name: impl FnMut(u64) -> String) -> Self {
@@ -129,14 +139,9 @@ impl Decision {
         } else {
             name(ev.oom_cgroup_id)
         };
-        let victim_cgroup = if ev.victim_cgroup_id == 0 {
-            "-".to_owned()
-        } else {
-            name(ev.victim_cgroup_id)
-        };
-        let runner_up = Some(&ev.runner_up)
-            .filter(|c| ev.victim_cgroup_id != 0 && c.cgroup_id != 0)
-            .map(|c| (name(c.cgroup_id), c.priority, c.usage));
+        let victim_cgroup = (ev.victim_cgroup_id != 0).then(|| name(ev.victim_cgroup_id));
+        let runner_up =
+            Some(&ev.runner_up).filter(|c| ev.victim_cgroup_id != 0 && c.cgroup_id != 0);
         let top = if ev.victim_cgroup_id == 0 {
             ev.ranked().next().map(|c| name(c.cgroup_id))
         } else {
@@ -151,17 +156,13 @@ impl Decision {
             scope,
             victim_cgroup,
             pid: ev.victim_pid,
-            comm: if comm.is_empty() {
-                "-".to_owned()
-            } else {
-                comm
-            },
+            comm: (!comm.is_empty()).then_some(comm),
             priority: ev.victim_priority,
-            usage: ev.victim_usage,
-            rss: ev.victim_task_rss,
+            usage_bytes: ev.victim_usage,
+            rss_bytes: ev.victim_task_rss,
             reason: ev.reason(),
             outcome: ev.outcome(),
-            tasks_killed: ev.tasks_killed,
+            killed: ev.tasks_killed,
             handler_us: ev.handler_ns / 1000,
             candidates: ev.candidates,
             tried: ev.tried,
@@ -172,7 +173,9 @@ impl Decision {
                 refused: ev.passed_refused,
             },
             over_cap: ev.over_cap,
-            runner_up,
+            runner_up: runner_up.map(|c| name(c.cgroup_id)),
+            runner_up_priority: runner_up.map(|c| c.priority),
+            runner_up_usage_bytes: runner_up.map(|c| c.usage),
             top,
             kill_err: ev.kill_err,
         }
@@ -184,9 +187,9 @@ impl Decision {
             Reason::LargerUsage => format!(
                 "lowest priority ({}), tie broken by larger usage ({})",
                 self.priority,
-                size(self.usage)
+                size(self.usage_bytes)
             ),
-            Reason::LargestUsage => format!("largest usage ({})", size(self.usage)),
+            Reason::LargestUsage => format!("largest usage ({})", size(self.usage_bytes)),
             Reason::Badness => "highest oom_badness()".to_owned(),
             Reason::VictimExiting => "an earlier victim is still exiting".to_owned(),
             Reason::NoCandidate => "no eligible cgroup in scope".to_owned(),
@@ -196,7 +199,11 @@ impl Decision {
     }
 
     fn task(&self) -> String {
-        format!("pid {} ({})", self.pid, self.comm)
+        format!("pid {} ({})", self.pid, or_dash(self.comm.as_ref()))
+    }
+
+    fn victim(&self) -> String {
+        or_dash(self.victim_cgroup.as_ref())
     }
 
     /// One sentence: what happened.
@@ -220,27 +227,23 @@ impl Decision {
     fn what_happened(&self) -> String {
         match self.outcome {
             Outcome::Killed => {
-                let n = self.tasks_killed;
+                let n = self.killed;
                 let what = if n > 1 {
-                    format!(
-                        "{n} tasks of {} (largest {})",
-                        self.victim_cgroup,
-                        self.task()
-                    )
+                    format!("{n} tasks of {} (largest {})", self.victim(), self.task())
                 } else {
-                    format!("{} of {}", self.task(), self.victim_cgroup)
+                    format!("{} of {}", self.task(), self.victim())
                 };
                 format!("killed {what}: {}", self.why())
             }
             Outcome::Awaited => format!(
                 "{} in {} is still exiting from an earlier OOM kill: killed nothing more",
                 self.task(),
-                self.victim_cgroup
+                self.victim()
             ),
             Outcome::DryRun => format!(
                 "dry run: would have killed {} in {} ({}); left to the kernel's OOM killer",
                 self.task(),
-                self.victim_cgroup,
+                self.victim(),
                 self.why()
             ),
             Outcome::KillFailed if self.kill_err != 0 => format!(
@@ -264,9 +267,20 @@ impl Decision {
         }
     }
 
+    /// The decision as `--log-format json` writes it (without the newline).
+    pub fn json_line(&self) -> String {
+        let line = DecisionLine {
+            level: "INFO".to_owned(),
+            message: "decision".to_owned(),
+            decision: self.clone(),
+            summary: self.summary(),
+        };
+        serde_json::to_string(&line).expect("a decision serializes")
+    }
+
     /// Log the decision: one info line (and a warning when eligible cgroups
     /// did not fit the handler's table).
-    pub fn log(&self) {
+    pub fn log(&self, format: LogFormat) {
         if self.over_cap > 0 {
             tracing::warn!(
                 "{} eligible cgroup(s) in scope were not considered for this OOM: more than \
@@ -274,42 +288,49 @@ impl Decision {
                 self.over_cap
             );
         }
-        let (ru, ru_prio, ru_usage) = match &self.runner_up {
-            Some((p, prio, usage)) => (p.clone(), prio.to_string(), size(*usage)),
-            None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
-        };
-        tracing::info!(
-            policy = %Val(self.policy.clone()),
-            scope = %Val(self.scope.clone()),
-            victim_cgroup = %Val(self.victim_cgroup.clone()),
-            pid = self.pid,
-            comm = %Val(self.comm.clone()),
-            priority = self.priority,
-            usage = %size(self.usage),
-            rss = %size(self.rss),
-            reason = %self.reason,
-            outcome = %self.outcome,
-            killed = self.tasks_killed,
-            handler_us = self.handler_us,
-            candidates = self.candidates,
-            tried = self.tried,
-            unkillable = self.passed.unkillable,
-            exiting = self.passed.exiting,
-            empty = self.passed.empty,
-            refused = self.passed.refused,
-            runner_up = %Val(ru),
-            runner_up_priority = %ru_prio,
-            runner_up_usage = %ru_usage,
-            kill_err = self.kill_err,
-            summary = %Val(self.summary()),
-            "decision"
-        );
+        match format {
+            LogFormat::Text => tracing::info!(
+                policy = %self.policy,
+                scope = %self.scope,
+                victim_cgroup = %self.victim(),
+                pid = self.pid,
+                comm = %or_dash(self.comm.as_ref()),
+                priority = self.priority,
+                usage = %size(self.usage_bytes),
+                rss = %size(self.rss_bytes),
+                reason = %self.reason,
+                outcome = %self.outcome,
+                killed = self.killed,
+                handler_us = self.handler_us,
+                candidates = self.candidates,
+                tried = self.tried,
+                unkillable = self.passed.unkillable,
+                exiting = self.passed.exiting,
+                empty = self.passed.empty,
+                refused = self.passed.refused,
+                runner_up = %or_dash(self.runner_up.as_ref()),
+                runner_up_priority = %or_dash(self.runner_up_priority),
+                runner_up_usage = %or_dash(self.runner_up_usage_bytes.map(size)),
+                kill_err = self.kill_err,
+                summary = %self.summary(),
+                "decision"
+            ),
+            // Typed fields (bytes, null) that tracing's fields cannot carry:
+            // written whole, under the same level filter as the text line.
+            LogFormat::Json => {
+                if tracing::enabled!(tracing::Level::INFO) {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{}", self.json_line());
+                }
+            }
+        }
     }
 }
 
-/// Collapses repeated awaits of one victim into one line.
+/// Logs decisions, collapsing repeated awaits of one victim into one line.
 #[derive(Debug, Default)]
 pub struct Awaits {
+    format: LogFormat,
     /// The victim the last logged decision awaited, and what it said.
     last: Option<Decision>,
     /// Awaits of that victim since, not logged.
@@ -317,6 +338,13 @@ pub struct Awaits {
 }
 
 impl Awaits {
+    pub fn new(format: LogFormat) -> Self {
+        Awaits {
+            format,
+            ..Default::default()
+        }
+    }
+
     /// Logs `d` unless it awaits the same victim as the decision logged last;
     /// before any other line, says how many were left out.
     pub fn log(&mut self, d: Decision) {
@@ -330,7 +358,7 @@ impl Awaits {
             return;
         }
         self.flush();
-        d.log();
+        d.log(self.format);
         self.last = (d.outcome == Outcome::Awaited).then_some(d);
     }
 
@@ -343,15 +371,15 @@ impl Awaits {
     pub fn flush(&mut self) {
         if let (Some(d), n @ 1..) = (&self.last, self.repeats) {
             tracing::info!(
-                policy = %Val(d.policy.clone()),
-                scope = %Val(d.scope.clone()),
-                victim_cgroup = %Val(d.victim_cgroup.clone()),
+                policy = %d.policy,
+                scope = %d.scope,
+                victim_cgroup = %d.victim(),
                 pid = d.pid,
                 times = n,
-                summary = %Val(format!(
+                summary = %format!(
                     "the OOM retried {n} more time(s) while {} exited; killed nothing more",
                     d.task()
-                )),
+                ),
                 "awaited again"
             );
         }
@@ -363,9 +391,8 @@ impl Awaits {
 mod tests {
     use super::*;
     use crate::abi::PolicydCandidate;
+    use crate::logging::tests::logged_by;
     use crate::testing::{c_comm, MIB};
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
 
     fn cand(cgroup_id: u64, priority: u32, usage: u64) -> PolicydCandidate {
         PolicydCandidate {
@@ -413,35 +440,9 @@ mod tests {
         ev
     }
 
-    /// The line tracing's default formatter writes, as `policyd load` sets it up.
+    /// The text line, as `policyd load` writes it.
     fn logged(d: &Decision) -> String {
-        logged_by(|| d.log())
-    }
-
-    /// What `f` logs, formatted as by `policyd load`.
-    fn logged_by(f: impl FnOnce()) -> String {
-        #[derive(Clone, Default)]
-        struct Buf(Arc<Mutex<Vec<u8>>>);
-        impl Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buf = Buf::default();
-        let writer = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .without_time()
-            .with_target(false)
-            .finish();
-        tracing::subscriber::with_default(subscriber, f);
-        let out = buf.0.lock().unwrap().clone();
-        String::from_utf8(out).unwrap()
+        logged_by(LogFormat::Text, || d.log(LogFormat::Text))
     }
 
     #[test]
@@ -621,8 +622,8 @@ mod tests {
             ..awaited
         };
         let decision = |ev: &PolicydEvent| Decision::new(ev, names);
-        let mut awaits = Awaits::default();
-        let out = logged_by(|| {
+        let mut awaits = Awaits::new(LogFormat::Text);
+        let out = logged_by(LogFormat::Text, || {
             awaits.log(decision(&killed_event()));
             for _ in 0..500 {
                 awaits.log(decision(&awaited));
@@ -656,11 +657,49 @@ mod tests {
     }
 
     #[test]
-    fn values_are_quoted_only_when_needed() {
-        assert_eq!(Val("job2".into()).to_string(), "job2");
-        assert_eq!(Val("my job".into()).to_string(), "\"my job\"");
-        assert_eq!(Val("a=b".into()).to_string(), "\"a=b\"");
-        assert_eq!(Val(String::new()).to_string(), "\"\"");
-        assert_eq!(Val("x\"y".into()).to_string(), "\"x\\\"y\"");
+    fn json_line_carries_the_decision_typed() {
+        let d = Decision::new(&killed_event(), names);
+        let line = d.json_line();
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["message"], "decision");
+        assert_eq!(v["victim_cgroup"], "/demo/batch/j2");
+        assert_eq!(v["usage_bytes"], 300 * MIB);
+        assert_eq!(v["reason"], "larger-usage");
+        assert_eq!(v["outcome"], "killed");
+        assert_eq!(v["unkillable"], 0);
+        assert_eq!(v["runner_up"], "/demo/batch/j1");
+        assert_eq!(v["top"], serde_json::Value::Null);
+        assert_eq!(v["summary"], d.summary());
+        // Read back, it is the same decision.
+        let back: DecisionLine = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.decision, d);
+
+        // Every field of the text line is in the JSON object, by the same
+        // name (sizes as *_bytes).
+        let text = logged(&d);
+        for word in text.split_whitespace().skip(2) {
+            let Some((key, _)) = word.split_once('=') else {
+                continue;
+            };
+            let json_key = match key {
+                "usage" | "rss" | "runner_up_usage" => format!("{key}_bytes"),
+                k => k.to_owned(),
+            };
+            assert!(v.get(&json_key).is_some(), "{json_key} missing in {line}");
+        }
+
+        // No victim: absent values are null, not "-".
+        let mut ev = killed_event();
+        ev.victim_cgroup_id = 0;
+        ev.outcome = 2;
+        ev.victim_comm = [0; 16];
+        let v: serde_json::Value =
+            serde_json::from_str(&Decision::new(&ev, names).json_line()).unwrap();
+        assert_eq!(v["victim_cgroup"], serde_json::Value::Null);
+        assert_eq!(v["comm"], serde_json::Value::Null);
+        assert_eq!(v["runner_up_priority"], serde_json::Value::Null);
+        assert_eq!(v["top"], "/demo/batch/j2");
     }
 }

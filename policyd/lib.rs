@@ -14,7 +14,8 @@
 //!   attaches the one BPF handler with a policy chosen ([`bpf`]: its
 //!   generated skeleton), [`rules`] turns resolved settings into rules map
 //!   entries, [`abi`] names the types shared with BPF, [`events`] logs OOM
-//!   decisions ([`sizes`] formats them), [`watch`] follows the cgroup tree;
+//!   decisions ([`sizes`] formats them) through [`logging`] (text or
+//!   JSON), [`watch`] follows the cgroup tree;
 //! * [`guard`]: what `load` checks and does to itself before attaching;
 //! * [`testing`]: fake cgroup and proc trees for tests.
 
@@ -28,6 +29,7 @@ pub mod daemon;
 pub mod events;
 pub mod guard;
 pub mod loader;
+pub mod logging;
 pub mod matcher;
 pub mod policy;
 pub mod procfs;

@@ -8,14 +8,15 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use policyd::cli::{Cli, Command};
+use policyd::logging::{self, LogFormat};
 use policyd::{commands, guard, status};
 
-/// `daemon`: `policyd load`, whose log is its output: info lines by default,
-/// on stdout (`policyd load | grep decision`). The other commands log
-/// warnings and errors to stderr.
-fn init_tracing(verbose: u8, daemon: bool) {
+/// `policyd load` (`daemon` is its log format) logs info lines by default,
+/// on stdout: its log is its output (`policyd load | grep decision`). The
+/// other commands log warnings and errors to stderr, as text.
+fn init_tracing(verbose: u8, daemon: Option<LogFormat>) {
     let level = match verbose {
-        0 if daemon => "info",
+        0 if daemon.is_some() => "info",
         0 => "warn",
         1 => "info",
         2 => "debug",
@@ -23,22 +24,21 @@ fn init_tracing(verbose: u8, daemon: bool) {
     };
     // RUST_LOG, when set, wins over -v.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // journald (or the terminal) already knows when a line was written.
-        .without_time()
-        .with_target(false);
-    if daemon {
-        builder
-            .with_writer(std::io::stdout)
-            .with_ansi(std::io::stdout().is_terminal())
-            .init();
-    } else {
-        builder
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::stderr().is_terminal())
-            .init();
-    }
+    let subscriber = match daemon {
+        Some(format) => logging::subscriber(
+            format,
+            filter,
+            std::io::stdout,
+            std::io::stdout().is_terminal(),
+        ),
+        None => logging::subscriber(
+            LogFormat::Text,
+            filter,
+            std::io::stderr,
+            std::io::stderr().is_terminal(),
+        ),
+    };
+    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -67,7 +67,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose, matches!(cli.command, Command::Load(_)));
+    let daemon = match &cli.command {
+        Command::Load(args) => Some(args.log_format),
+        _ => None,
+    };
+    init_tracing(cli.verbose, daemon);
     match run(cli) {
         Ok(code) => {
             let _ = std::io::stdout().flush();
