@@ -11,6 +11,8 @@ use std::time::SystemTime;
 use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 
+use crate::stats::percentile;
+
 /// The host the benchmark ran on.
 #[derive(Clone, Debug)]
 pub struct Machine {
@@ -121,18 +123,6 @@ fn utc_now() -> String {
 // ---------------------------------------------------------------------------------------
 // Statistics
 // ---------------------------------------------------------------------------------------
-
-/// Linear-interpolated percentile `p` (0..=100) of `v`; None when empty.
-fn percentile(v: &[f64], p: f64) -> Option<f64> {
-    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    if s.is_empty() {
-        return None;
-    }
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let rank = p / 100.0 * (s.len() - 1) as f64;
-    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
-    Some(s[lo] + (s[hi] - s[lo]) * (rank - lo as f64))
-}
 
 /// {"n", "median", "p10", "p90", "min", "max"} of `v`.
 fn spread(v: &[f64]) -> Value {
@@ -935,9 +925,6 @@ mod tests {
 
     #[test]
     fn percentiles_and_numbers() {
-        assert_eq!(percentile(&[3.0, 1.0, 2.0], 50.0), Some(2.0));
-        assert_eq!(percentile(&[], 50.0), None);
-        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0, 5.0], 10.0), Some(1.4));
         assert_eq!(num(123.456), "123");
         assert_eq!(num(12.345), "12.3");
         assert_eq!(num(1.2345), "1.23");

@@ -896,25 +896,6 @@ pub fn emit_env(scenario: &str) -> Result<()> {
     Ok(())
 }
 
-/// Sorted copy.
-pub fn sorted(v: &[f64]) -> Vec<f64> {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    s
-}
-
-/// The `p`-th percentile (0..=100) by linear interpolation; NaN for an empty slice.
-pub fn percentile(v: &[f64], p: f64) -> f64 {
-    let s = sorted(v);
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    let rank = p / 100.0 * (s.len() - 1) as f64;
-    let lo = rank.floor() as usize;
-    let hi = rank.ceil() as usize;
-    s[lo] + (s[hi] - s[lo]) * (rank - lo as f64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -948,11 +929,6 @@ mod tests {
         assert_eq!(field(line, "handler_us"), Some("41"));
         assert_eq!(field(line, "pid"), Some("310"));
         assert_eq!(field(line, "nope"), None);
-        let v = [4.0, 1.0, 3.0, 2.0, 5.0];
-        assert_eq!(percentile(&v, 50.0), 3.0);
-        assert_eq!(percentile(&v, 0.0), 1.0);
-        assert_eq!(percentile(&v, 100.0), 5.0);
-        assert_eq!(percentile(&v, 25.0), 2.0);
         assert_eq!(
             status_field("VmRSS:\t  1234 kB\nThreads:\t1\n", "VmRSS"),
             Some(1234)

@@ -35,6 +35,7 @@ use super::bench_common::{
 };
 use crate::guest::util::{self, Cgroup};
 use crate::guest::Scenario;
+use crate::stats::percentile;
 
 pub fn scenario() -> Scenario {
     Scenario::new("bench-decision", run)
@@ -350,14 +351,15 @@ fn measure(
             .filter_map(|s| s.phases.report_ns())
             .map(|n| n as f64 / 1e6)
             .collect();
+        let ms_at = |v: &[f64], p: f64| percentile(v, p).map_or("-".into(), |x| format!("{x:.2}"));
         println!(
-            "  {:>8}: median {:.2} ms (p10 {:.2}, p90 {:.2}), to kill {:.2}, report {:.2}, {} samples",
+            "  {:>8}: median {} ms (p10 {}, p90 {}), to kill {}, report {}, {} samples",
             c.name(),
-            bc::percentile(&ms, 50.0),
-            bc::percentile(&ms, 10.0),
-            bc::percentile(&ms, 90.0),
-            bc::percentile(&kill, 50.0),
-            bc::percentile(&report, 50.0),
+            ms_at(&ms, 50.0),
+            ms_at(&ms, 10.0),
+            ms_at(&ms, 90.0),
+            ms_at(&kill, 50.0),
+            ms_at(&report, 50.0),
             ms.len()
         );
     }
