@@ -5,6 +5,7 @@
 //! and add it to `scenarios::all()`. Its `run` returns Err to fail; the kernel log is
 //! checked by the host after every scenario (WARNING, BUG, lockdep, ... fail it too).
 
+pub mod bench;
 pub mod kutil;
 pub mod pdutil;
 pub mod scenarios;

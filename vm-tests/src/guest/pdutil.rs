@@ -2,14 +2,16 @@
 //! (a child process whose log the scenario follows) and as one-shot commands, reading its
 //! `decision` log lines, writing per-scenario configs, and checking who an OOM killed.
 //!
-//! `policyd load` logs at info level to stdout, one line per event; the lines that matter:
+//! Every `policyd load` here runs with `--log-format json`: each line of its output is one
+//! JSON object with `level` and `message` ([`LogLine`]), and a decision is the daemon's own
+//! typed record (`policyd::events::DecisionLine`), read back with serde, not parsed from
+//! text:
 //!
 //! ```text
-//!  INFO attached policy=priority cgroup=/app rules=2 cgroups=5 dry_run=false ...
-//!  INFO decision policy=priority scope=/app victim_cgroup=/app/hog pid=212 comm=vm-tests
-//!       priority=10 usage=40MiB rss=39MiB reason=lowest-priority outcome=killed killed=1 ...
-//!  INFO reloaded policy=priority rules=2 cgroups=5 changed=2
-//! ERROR reload failed, ... / WARN /tmp/x.toml is not valid: keeping the running policy ...
+//! {"level":"INFO","message":"attached","policy":"priority","cgroup":"/app","rules":2,...}
+//! {"level":"INFO","message":"decision","policy":"priority","scope":"/app",
+//!  "victim_cgroup":"/app/hog","pid":212,...,"reason":"lowest-priority","outcome":"killed",...}
+//! {"level":"WARN","message":"/tmp/x.toml is not valid: keeping the running policy ..."}
 //! ```
 //!
 //! (see policyd/events.rs and policyd/daemon.rs). Every line the daemon prints is echoed to
@@ -18,7 +20,6 @@
 // A toolbox: not every helper has a user in every scenario.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use policyd::events::DecisionLine;
 
 use super::util::{self, describe_status, Cgroup, Hog, HogSpec, Kmsg};
 
@@ -192,67 +194,125 @@ pub fn status_at(cgroup: &str) -> Result<Option<serde_json::Value>> {
         .find(|h| h["cgroup"].as_str() == Some(cgroup)))
 }
 
-/// One `decision` line of the daemon's log, split into its key=value fields.
+/// One line of policyd's output: a JSON log object, or plain text (stderr, or anything
+/// written before logging started), kept with an empty level.
+#[derive(Clone, Debug)]
+pub struct LogLine {
+    /// "INFO", "WARN", "ERROR", ...; empty for a line that is not JSON.
+    pub level: String,
+    /// The message; the whole line when it is not JSON.
+    pub message: String,
+    /// Every key of the object, `level` and `message` included.
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    pub raw: String,
+}
+
+impl LogLine {
+    pub fn parse(raw: &str) -> LogLine {
+        let object = match serde_json::from_str(raw) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        let text = |key: &str| object.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+        LogLine {
+            level: text("level").unwrap_or_default(),
+            message: text("message").unwrap_or_else(|| raw.to_owned()),
+            fields: object,
+            raw: raw.to_owned(),
+        }
+    }
+
+    /// Whether this is a `level` line whose message contains `text`.
+    pub fn is(&self, level: &str, text: &str) -> bool {
+        self.level == level && self.message.contains(text)
+    }
+
+    /// A field as text: strings as they are, numbers and booleans printed, null as "-".
+    pub fn field(&self, key: &str) -> Option<String> {
+        self.fields.get(key).map(|v| match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => "-".to_owned(),
+            other => other.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for LogLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+/// One OOM decision of the daemon: its typed record (`Deref`), and the line it came in.
 #[derive(Clone, Debug)]
 pub struct Decision {
-    pub line: String,
-    pub fields: BTreeMap<String, String>,
+    pub record: DecisionLine,
+    pub line: LogLine,
+}
+
+impl std::ops::Deref for Decision {
+    type Target = policyd::events::Decision;
+    fn deref(&self) -> &Self::Target {
+        &self.record.decision
+    }
 }
 
 impl Decision {
-    /// Parses a log line holding `decision key=value ...`; None for other lines.
-    pub fn parse(line: &str) -> Option<Decision> {
-        let rest = &line[line.find("decision ")? + "decision ".len()..];
-        let fields = parse_fields(rest)?;
-        fields.contains_key("outcome").then(|| Decision {
-            line: line.trim().to_string(),
-            fields,
+    /// None for lines that are not decisions; an error for a decision that does not read
+    /// as one (a renamed or retyped field), which must never be skipped silently.
+    pub fn from_line(line: &LogLine) -> Option<Result<Decision>> {
+        (line.message == "decision").then(|| {
+            let record = serde_json::from_value(serde_json::Value::Object(line.fields.clone()))
+                .with_context(|| format!("a decision policyd's types do not read: {line}"))?;
+            Ok(Decision {
+                record,
+                line: line.clone(),
+            })
         })
     }
 
-    /// The value of `key`; an error naming the line when it is missing.
-    pub fn get(&self, key: &str) -> Result<&str> {
-        self.fields
-            .get(key)
-            .map(String::as_str)
-            .with_context(|| format!("no {key}= in the decision line: {}", self.line))
+    /// The value of `key` as text (see [`LogLine::field`]); an error naming the line when
+    /// it is missing.
+    pub fn get(&self, key: &str) -> Result<String> {
+        self.line
+            .field(key)
+            .with_context(|| format!("no {key} in the decision: {}", self.line))
     }
 
-    pub fn outcome(&self) -> &str {
-        self.fields.get("outcome").map_or("", String::as_str)
+    pub fn outcome(&self) -> String {
+        self.record.decision.outcome.to_string()
     }
 
+    /// The victim's cgroup, "-" without one.
     pub fn victim_cgroup(&self) -> &str {
-        self.fields.get("victim_cgroup").map_or("", String::as_str)
+        self.record.decision.victim_cgroup.as_deref().unwrap_or("-")
     }
 
     pub fn pid(&self) -> Result<i32> {
-        self.get("pid")?
-            .parse()
-            .with_context(|| format!("pid= is not a number in: {}", self.line))
+        i32::try_from(self.record.decision.pid).context("pid out of range")
     }
 
     pub fn tasks_killed(&self) -> Result<u32> {
-        self.get("killed")?
-            .parse()
-            .with_context(|| format!("killed= is not a number in: {}", self.line))
+        Ok(self.record.decision.killed)
     }
 
-    /// Fails unless every `(key, value)` of `want` is in the line.
+    /// Fails unless every `(key, value)` of `want` is in the decision, as text.
     pub fn expect(&self, want: &[(&str, &str)]) -> Result<()> {
         let wrong: Vec<String> = want
             .iter()
-            .filter(|(k, v)| self.fields.get(*k).map(String::as_str) != Some(*v))
-            .map(|(k, v)| {
-                format!(
-                    "{k}={} (expected {v})",
-                    self.fields.get(*k).map_or("<missing>", String::as_str)
-                )
+            .filter_map(|(k, v)| {
+                let got = self.line.field(k);
+                (got.as_deref() != Some(*v)).then(|| {
+                    format!(
+                        "{k}={} (expected {v})",
+                        got.as_deref().unwrap_or("<missing>")
+                    )
+                })
             })
             .collect();
         ensure!(
             wrong.is_empty(),
-            "decision line differs: {}\n  line: {}",
+            "decision differs: {}\n  decision: {}",
             wrong.join(", "),
             self.line
         );
@@ -262,113 +322,67 @@ impl Decision {
 
 impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.line)
+        self.line.fmt(f)
     }
 }
 
-/// `key=value key="quoted \"value\"" ...` as tracing's formatter writes fields (quoted
-/// values use Rust's string escapes). None if the text does not have that shape.
-fn parse_fields(text: &str) -> Option<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    let mut chars = text.trim().chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        if chars.peek().is_none() {
-            return Some(out);
-        }
-        let mut key = String::new();
-        loop {
-            match chars.next()? {
-                '=' => break,
-                c if c.is_whitespace() => return None,
-                c => key.push(c),
-            }
-        }
-        let mut value = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            loop {
-                match chars.next()? {
-                    '"' => break,
-                    '\\' => match chars.next()? {
-                        'n' => value.push('\n'),
-                        't' => value.push('\t'),
-                        'r' => value.push('\r'),
-                        '0' => value.push('\0'),
-                        'u' => {
-                            // \u{XXXX}
-                            if chars.next()? != '{' {
-                                return None;
-                            }
-                            let mut hex = String::new();
-                            loop {
-                                match chars.next()? {
-                                    '}' => break,
-                                    c => hex.push(c),
-                                }
-                            }
-                            value.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
-                        }
-                        c => value.push(c),
-                    },
-                    c => value.push(c),
-                }
-            }
-        } else {
-            while let Some(c) = chars.peek().copied() {
-                if c.is_whitespace() {
-                    break;
-                }
-                value.push(c);
-                chars.next();
-            }
-        }
-        out.insert(key, value);
-    }
-}
-
-/// A running `policyd load`: its log, line by line, and its process.
+/// A running `policyd load --log-format json`: its log, line by line, and its process. It
+/// runs in the root cgroup, with the oom_score_adj a user's shell would give it (0; the
+/// runner's -1000 is not inherited), as a user would start it.
 pub struct Policyd {
     child: Child,
     pid: i32,
-    lines: mpsc::Receiver<String>,
+    lines: mpsc::Receiver<LogLine>,
     /// Every line received so far (stdout and stderr, in arrival order).
-    log: Vec<String>,
+    log: Vec<LogLine>,
     /// Lines before this index have been looked at by a wait.
     cursor: usize,
     exit: Option<ExitStatus>,
+    /// From spawn to the "attached" line.
+    attach_time: Option<Duration>,
 }
 
 impl Policyd {
-    /// Starts `policyd load ARGS...` and waits for its "attached" line.
+    /// Starts `policyd load ARGS...` and waits for its "attached" line; its output is
+    /// echoed to the console.
     pub fn load(args: &[&str]) -> Result<Policyd> {
-        let mut pd = Policyd::spawn(args)?;
+        Policyd::start(args, true)
+    }
+
+    /// [`Policyd::load`], echoing its output or not (benchmarks: the serial console is
+    /// slow under TCG, and its cost would land in what they measure).
+    pub fn start(args: &[&str], echo: bool) -> Result<Policyd> {
+        let started = Instant::now();
+        let mut pd = Policyd::spawn_echo(args, echo)?;
         pd.wait_line(ATTACH_TIMEOUT, "policyd's \"attached\" line", |l| {
-            l.contains(" attached ") || l.trim_start().starts_with("INFO attached")
+            l.is("INFO", "attached")
         })?;
+        pd.attach_time = Some(started.elapsed());
         Ok(pd)
     }
 
     /// Starts `policyd load ARGS...` without waiting for anything.
     pub fn spawn(args: &[&str]) -> Result<Policyd> {
+        Policyd::spawn_echo(args, true)
+    }
+
+    fn spawn_echo(args: &[&str], echo: bool) -> Result<Policyd> {
         let mut cmd = Command::new(POLICYD);
-        cmd.arg("load")
+        cmd.args(["load", "--log-format", "json"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
+        let mut child = util::spawn_in(&Cgroup::root(), &mut cmd, Some(0))
             .with_context(|| format!("starting {POLICYD} load {}", args.join(" ")))?;
         let pid = child.id() as i32;
         println!("started policyd load {} (pid {pid})", args.join(" "));
         let (tx, lines) = mpsc::channel();
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
-        forward(stdout, tx.clone(), pid);
-        forward(stderr, tx, pid);
+        let echo = echo.then_some(pid);
+        forward(stdout, tx.clone(), echo);
+        forward(stderr, tx, echo);
         Ok(Policyd {
             child,
             pid,
@@ -376,7 +390,13 @@ impl Policyd {
             log: Vec::new(),
             cursor: 0,
             exit: None,
+            attach_time: None,
         })
+    }
+
+    /// How long it took from spawn to attached.
+    pub fn attach_time(&self) -> Option<Duration> {
+        self.attach_time
     }
 
     pub fn pid(&self) -> i32 {
@@ -406,7 +426,7 @@ impl Policyd {
     }
 
     /// Everything logged so far.
-    pub fn log(&mut self) -> &[String] {
+    pub fn log(&mut self) -> &[LogLine] {
         self.pump();
         &self.log
     }
@@ -417,8 +437,8 @@ impl Policyd {
         &mut self,
         timeout: Duration,
         what: &str,
-        pred: impl Fn(&str) -> bool,
-    ) -> Result<String> {
+        pred: impl Fn(&LogLine) -> bool,
+    ) -> Result<LogLine> {
         let deadline = Instant::now() + timeout;
         loop {
             self.pump();
@@ -434,7 +454,7 @@ impl Policyd {
                     "policyd (pid {}) ended ({}) before {what}; its output:\n{}",
                     self.pid,
                     self.exit.map_or("?".into(), describe_status),
-                    self.log.join("\n")
+                    lines_text(&self.log)
                 );
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -443,7 +463,7 @@ impl Policyd {
                     "timed out after {:.1} s waiting for {what}; policyd's output since the \
                      last match:\n{}",
                     timeout.as_secs_f64(),
-                    self.log[self.cursor..].join("\n")
+                    lines_text(&self.log[self.cursor..])
                 );
             }
             if let Ok(line) = self
@@ -456,17 +476,39 @@ impl Policyd {
     }
 
     /// The first line past the cursor that satisfies `pred`; moves the cursor past it.
-    fn take_match(&mut self, pred: impl Fn(&str) -> bool) -> Option<String> {
-        let i = self.log[self.cursor..].iter().position(|l| pred(l))?;
+    fn take_match(&mut self, pred: impl Fn(&LogLine) -> bool) -> Option<LogLine> {
+        let i = self.log[self.cursor..].iter().position(pred)?;
         self.cursor += i + 1;
         Some(self.log[self.cursor - 1].clone())
     }
 
-    /// Waits for the next decision line.
+    /// Waits for the next decision.
     pub fn next_decision(&mut self, timeout: Duration) -> Result<Decision> {
-        let line = self.wait_line(timeout, "a decision line", |l| Decision::parse(l).is_some())?;
-        let d = Decision::parse(&line).expect("matched as a decision");
-        Ok(d)
+        let line = self.wait_line(timeout, "a decision", |l| l.message == "decision")?;
+        Decision::from_line(&line).expect("matched as a decision")
+    }
+
+    /// Where the log is now: for [`Policyd::decisions_since`].
+    pub fn mark(&mut self) -> usize {
+        self.pump();
+        self.log.len()
+    }
+
+    /// The decisions logged since `mark`.
+    pub fn decisions_since(&mut self, mark: usize) -> Result<Vec<Decision>> {
+        self.pump();
+        self.log[mark.min(self.log.len())..]
+            .iter()
+            .filter_map(Decision::from_line)
+            .collect()
+    }
+
+    /// Waits up to `timeout` for `n` decisions since `mark`; how many came (a benchmark
+    /// records a shortfall as a problem of its run rather than failing).
+    pub fn wait_decisions(&mut self, mark: usize, n: usize, timeout: Duration) -> usize {
+        let count = |pd: &mut Policyd| pd.decisions_since(mark).map_or(0, |d| d.len());
+        let _ = util::wait_until(timeout, "decisions", || count(self) >= n);
+        count(self)
     }
 
     pub fn signal(&self, sig: Signal) -> Result<()> {
@@ -482,12 +524,12 @@ impl Policyd {
             Duration::from_secs(30),
             "the outcome of the SIGHUP reload",
             |l| {
-                l.contains("INFO reloaded ")
-                    || l.contains("is not valid: keeping")
-                    || l.contains("reload failed")
+                l.is("INFO", "reloaded")
+                    || l.message.contains("is not valid: keeping")
+                    || l.message.contains("reload failed")
             },
         )?;
-        Ok(line.contains("INFO reloaded "))
+        Ok(line.is("INFO", "reloaded"))
     }
 
     /// SIGTERM, then requires a clean exit (status 0) within 20 s.
@@ -495,7 +537,7 @@ impl Policyd {
         self.signal(Signal::SIGTERM)?;
         let status = self.wait_exit(Duration::from_secs(20))?;
         if !status.success() {
-            let output = self.log().join("\n");
+            let output = lines_text(self.log());
             bail!(
                 "policyd {} exited with {} after SIGTERM; its output:\n{output}",
                 self.pid,
@@ -560,18 +602,29 @@ impl Drop for Policyd {
     }
 }
 
-/// Echoes each line of `from` to the console and sends it to `tx` (in that order, so
-/// that once `tx` is closed everything has reached the console).
-fn forward(from: impl Read + Send + 'static, tx: mpsc::Sender<String>, pid: i32) {
+/// Sends each line of `from` to `tx`, echoing it to the console first when `echo` names
+/// policyd's pid (so that once `tx` is closed everything has reached the console).
+fn forward(from: impl Read + Send + 'static, tx: mpsc::Sender<LogLine>, echo: Option<i32>) {
     thread::spawn(move || {
         for line in BufReader::new(from).lines() {
             let Ok(line) = line else { break };
-            println!("policyd[{pid}]| {line}");
-            if tx.send(line).is_err() {
+            if let Some(pid) = echo {
+                println!("policyd[{pid}]| {line}");
+            }
+            if tx.send(LogLine::parse(&line)).is_err() {
                 break;
             }
         }
     });
+}
+
+/// Lines for an error message, one per line.
+pub fn lines_text(lines: &[LogLine]) -> String {
+    lines
+        .iter()
+        .map(|l| l.raw.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The OOM kills of `cg` and its descendants so far (memory.events oom_kill).
@@ -644,28 +697,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_decision_lines() {
-        let line = " INFO decision policy=priority scope=/app victim_cgroup=/app/hog pid=212 \
-                    comm=vm-tests priority=10 usage=40MiB rss=39MiB reason=lowest-priority \
-                    outcome=killed killed=1 handler_us=41 candidates=2 runner_up=/app/service \
-                    runner_up_priority=500 runner_up_usage=56MiB kill_err=0 summary=\"killed \
-                    pid 212 (vm-tests) of /app/hog: lowest priority (10), \\\"x\\\"\"";
-        let d = Decision::parse(line).unwrap();
+    fn reads_decisions_as_policyd_writes_them() {
+        let line = r#"{"level":"INFO","message":"decision","policy":"priority","scope":"/app","victim_cgroup":"/app/hog","pid":212,"comm":"vm-tests","priority":10,"usage_bytes":41943040,"rss_bytes":40894464,"reason":"lowest-priority","outcome":"killed","killed":1,"handler_us":41,"candidates":2,"tried":1,"unkillable":0,"exiting":0,"empty":0,"refused":0,"over_cap":0,"runner_up":"/app/service","runner_up_priority":500,"runner_up_usage_bytes":58720256,"top":null,"kill_err":0,"summary":"killed pid 212 (vm-tests) of /app/hog: lowest priority (10)"}"#;
+        let d = Decision::from_line(&LogLine::parse(line)).unwrap().unwrap();
         assert_eq!(d.victim_cgroup(), "/app/hog");
         assert_eq!(d.pid().unwrap(), 212);
-        assert_eq!(d.tasks_killed().unwrap(), 1);
+        assert_eq!(d.usage_bytes, 40 << 20);
         assert_eq!(d.outcome(), "killed");
         assert_eq!(
             d.get("summary").unwrap(),
-            "killed pid 212 (vm-tests) of /app/hog: lowest priority (10), \"x\""
+            "killed pid 212 (vm-tests) of /app/hog: lowest priority (10)"
         );
-        d.expect(&[("reason", "lowest-priority"), ("scope", "/app")])
-            .unwrap();
+        d.expect(&[
+            ("reason", "lowest-priority"),
+            ("scope", "/app"),
+            ("top", "-"),
+        ])
+        .unwrap();
         let err = d.expect(&[("reason", "larger-usage")]).unwrap_err();
         assert!(err
             .to_string()
             .contains("reason=lowest-priority (expected larger-usage)"));
-        assert!(Decision::parse(" INFO attached policy=priority cgroup=/").is_none());
-        assert!(Decision::parse(" INFO decision of some kind").is_none());
+
+        let attached = LogLine::parse(r#"{"level":"INFO","message":"attached","rules":2}"#);
+        assert!(attached.is("INFO", "attached"));
+        assert_eq!(attached.field("rules").as_deref(), Some("2"));
+        assert!(Decision::from_line(&attached).is_none());
+        // A decision whose fields policyd's types do not read is an error, not skipped.
+        let renamed = LogLine::parse(r#"{"level":"INFO","message":"decision","pid":"x"}"#);
+        assert!(Decision::from_line(&renamed).unwrap().is_err());
+        let text = LogLine::parse("policyd: error: no such file");
+        assert_eq!(
+            (text.level.as_str(), text.message.as_str()),
+            ("", text.raw.as_str())
+        );
     }
 }

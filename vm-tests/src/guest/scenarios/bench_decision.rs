@@ -9,7 +9,7 @@
 //! select_bad_process(), then oom_kill_process().
 //!
 //! Layout: /bench-dc/c0000 ... c{N-1}; M-1 sleeping processes (forked busybox subshells,
-//! oom_score_adj 0, see bench_common::spawn_blockers) spread round-robin over them, and one
+//! oom_score_adj 0, see bench::spawn_blockers) spread round-robin over them, and one
 //! "victim" of VICTIM_MIB MiB in c0000. The victim is everyone's choice: the largest task
 //! (kernel, badness), in the largest cgroup (largest), which the config gives priority 1
 //! against the default 100 (priority). Each OOM kills it; it is started again before the
@@ -29,10 +29,11 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 
-use super::bench_common::{
+use crate::guest::bench::{
     self as bc, emit_env, kill_reap, meminfo_kib, parse_kill_line, start_hog, vmstat, HogMode,
-    KmsgTs, OomPhases, Policyd, Stopwatch,
+    KmsgTs, OomPhases, Stopwatch,
 };
+use crate::guest::pdutil::Policyd;
 use crate::guest::util::{self, Cgroup};
 use crate::guest::Scenario;
 use crate::stats::percentile;
@@ -237,15 +238,15 @@ fn measure(
         // Each round starts with the next contender: none is always first after a change.
         for k in 0..n_contenders {
             let (contender, out) = &mut samples[(round + k) % n_contenders];
-            let daemon = match contender {
+            let mut daemon = match contender {
                 Contender::Kernel => None,
                 Contender::Policy(p) => {
-                    let d = Policyd::start(p, config)?;
-                    policyd_start_s.push(d.start_s);
+                    let d = Policyd::start(&[p, "--config", &config.to_string_lossy()], false)?;
+                    policyd_start_s.push(d.attach_time().map_or(0.0, |t| t.as_secs_f64()));
                     Some(d)
                 }
             };
-            let from = daemon.as_ref().map(|d| d.lines.len()).unwrap_or(0);
+            let from = daemon.as_mut().map_or(0, Policyd::mark);
             // One warm-up OOM per block, not recorded: the first OOM after a change
             // (new tasks, a new handler) runs on cold caches.
             for i in 0..=plan.per_block {
@@ -299,17 +300,16 @@ fn measure(
                     ok,
                 });
             }
-            if let Some(d) = daemon {
+            if let Some(mut d) = daemon {
                 // Each OOM gives one decision line; attach its handler time to the sample
                 // (the first line is the warm-up's).
                 let n = plan.per_block;
-                d.lines
-                    .wait_count(from, "decision", n + 1, Duration::from_secs(20));
+                d.wait_decisions(from, n + 1, Duration::from_secs(20));
                 let times: Vec<Option<u64>> = d
-                    .decisions_since(from)
+                    .decisions_since(from)?
                     .iter()
                     .skip(1)
-                    .map(|l| bc::field(l, "handler_us").and_then(|v| v.parse().ok()))
+                    .map(|d| Some(d.handler_us))
                     .collect();
                 if times.len() != n {
                     problems.push(format!(

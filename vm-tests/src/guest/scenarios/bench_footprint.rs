@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use super::bench_common::{
-    self as bc, clock_ticks, emit_env, kill_reap, proc_usage, spawn_blockers, Policyd, ProcUsage,
-    Stopwatch,
+use crate::guest::bench::{
+    self as bc, clock_ticks, emit_env, kill_reap, proc_usage, spawn_blockers, ProcUsage, Stopwatch,
 };
+use crate::guest::pdutil::Policyd;
 use crate::guest::util::{self, spawn_in, Cgroup};
 use crate::guest::Scenario;
 
@@ -83,8 +83,8 @@ fn run() -> Result<()> {
             victims_cg.path()
         ),
     )?;
-    let daemon = Policyd::start("priority", config)?;
-    let pid = daemon.pid();
+    let mut daemon = Policyd::start(&["priority", "--config", &config.to_string_lossy()], false)?;
+    let pid = daemon.pid() as u32;
     thread::sleep(Duration::from_secs(2));
 
     // Idle.
@@ -94,7 +94,7 @@ fn run() -> Result<()> {
     println!("idle {:?}: {u0:?} -> {u1:?}", idle);
 
     // Burst.
-    let from = daemon.lines.len();
+    let from = daemon.mark();
     let t = Instant::now();
     let mut oom_ns = Vec::new();
     let mut kills = 0;
@@ -127,20 +127,18 @@ fn run() -> Result<()> {
         }
     }
     let burst_s = t.elapsed().as_secs_f64();
-    let logged = daemon
-        .lines
-        .wait_count(from, "decision", BURST, Duration::from_secs(60));
+    let logged = daemon.wait_decisions(from, BURST, Duration::from_secs(60));
     let logged_s = t.elapsed().as_secs_f64();
     let u2 = proc_usage(pid)?;
     // Idle again: the burst must leave nothing periodic behind.
     thread::sleep(Duration::from_secs(5));
     let u3 = proc_usage(pid)?;
     let handler_us: Vec<u64> = daemon
-        .decisions_since(from)
+        .decisions_since(from)?
         .iter()
-        .filter_map(|l| bc::field(l, "handler_us").and_then(|v| v.parse().ok()))
+        .map(|d| d.handler_us)
         .collect();
-    let start_s = daemon.start_s;
+    let start_s = daemon.attach_time().map_or(0.0, |t| t.as_secs_f64());
     daemon.stop().context("stopping policyd")?;
 
     let ms =

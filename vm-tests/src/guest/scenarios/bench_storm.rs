@@ -31,10 +31,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::bench_common::{
+use crate::guest::bench::{
     self as bc, emit_env, kill_reap, meminfo_kib, parse_kill_line, start_hog, vmstat, Earlyoom,
-    HogMode, Policyd,
+    HogMode,
 };
+use crate::guest::pdutil::Policyd;
 use crate::guest::util::{self, Cgroup, Kmsg};
 use crate::guest::Scenario;
 
@@ -57,7 +58,7 @@ const BURST_CHUNK_MIB: usize = 16;
 enum Storm {
     /// `guest hog --grow`: touch 1 MiB page by page, pause, repeat.
     Touch { delay_us: u64 },
-    /// A forked hog mapping chunks with MAP_POPULATE (bench_common::fork_burst_hog).
+    /// A forked hog mapping chunks with MAP_POPULATE (bench::fork_burst_hog).
     Populate { chunk_mib: usize },
 }
 
@@ -390,7 +391,7 @@ fn run_trial(s: &mut Setup, contender: Contender, storm: Storm, scope: Scope) ->
     let service_pid = s.service.as_ref().unwrap().id();
 
     let mut setup_s = 0.0;
-    let running = match contender {
+    let mut running = match contender {
         Contender::Kernel => Running::None,
         Contender::Earlyoom => {
             let t = Instant::now();
@@ -399,8 +400,11 @@ fn run_trial(s: &mut Setup, contender: Contender, storm: Storm, scope: Scope) ->
             Running::Earlyoom(e)
         }
         Contender::Policyd => {
-            let p = Policyd::start("priority", &s.config)?;
-            setup_s = p.start_s;
+            let p = Policyd::start(
+                &["priority", "--config", &s.config.to_string_lossy()],
+                false,
+            )?;
+            setup_s = p.attach_time().map_or(0.0, |t| t.as_secs_f64());
             Running::Policyd(p)
         }
     };
@@ -412,8 +416,8 @@ fn run_trial(s: &mut Setup, contender: Contender, storm: Storm, scope: Scope) ->
         Running::Earlyoom(e) => e.lines.len(),
         _ => 0,
     };
-    let pd_from = match &running {
-        Running::Policyd(p) => p.lines.len(),
+    let pd_from = match &mut running {
+        Running::Policyd(p) => p.mark(),
         _ => 0,
     };
 
@@ -497,12 +501,10 @@ fn run_trial(s: &mut Setup, contender: Contender, storm: Storm, scope: Scope) ->
             earlyoom_signals = e.signalled(eo_from);
             e.stop();
         }
-        Running::Policyd(p) => {
-            for d in p.decisions_since(pd_from) {
+        Running::Policyd(mut p) => {
+            for d in p.decisions_since(pd_from)? {
                 decisions += 1;
-                if let Some(us) = bc::field(&d, "handler_us").and_then(|v| v.parse::<u64>().ok()) {
-                    handler_us.push(us);
-                }
+                handler_us.push(d.handler_us);
             }
             p.stop()?;
         }

@@ -3,7 +3,6 @@
 
 use super::Scenario;
 
-mod bench_common;
 mod bench_decision;
 mod bench_footprint;
 mod bench_storm;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 
 use crate::guest::kutil::{Action, Handler, BPF_OOM_FLAGS_WAIT_ON_OOM_LOCK};
-use crate::guest::pdutil::{self, expect_alive, Policyd};
+use crate::guest::pdutil::{self, expect_alive, LogLine, Policyd};
 use crate::guest::util::{Cgroup, Hog, HogSpec};
 use crate::guest::Scenario;
 
@@ -36,11 +36,11 @@ priority = 1
 "#;
 
 /// Requires a line already logged that satisfies `pred`.
-fn expect_logged(pd: &mut Policyd, what: &str, pred: impl Fn(&str) -> bool) -> Result<()> {
+fn expect_logged(pd: &mut Policyd, what: &str, pred: impl Fn(&LogLine) -> bool) -> Result<()> {
     ensure!(
-        pd.log().iter().any(|l| pred(l)),
+        pd.log().iter().any(pred),
         "policyd logged no line saying {what}:\n{}",
-        pd.log().join("\n")
+        pdutil::lines_text(pd.log())
     );
     Ok(())
 }
@@ -66,8 +66,10 @@ fn run() -> Result<()> {
     let config = pdutil::write_config("capacity", CONFIG)?;
     let mut pd = Policyd::load(&["priority", "--config", &config, "--max-cgroups", "16"])?;
     expect_logged(&mut pd, "that 11 cgroups have no rules entry", |l| {
-        l.contains("WARN")
-            && l.contains("more cgroups than the rules map holds (16): 11 cgroups inherit")
+        l.is(
+            "WARN",
+            "more cgroups than the rules map holds (16): 11 cgroups inherit",
+        )
     })?;
 
     let declarer = Handler::load(Action::Defer, 0, 0)?;
@@ -90,8 +92,10 @@ fn run() -> Result<()> {
     ])?;
     // Logged right before the decision line.
     expect_logged(&mut pd, "that 8 candidates were not considered", |l| {
-        l.contains("WARN 8 eligible cgroup(s) in scope were not considered for this OOM")
-            && l.contains("--max-cgroups")
+        l.is(
+            "WARN",
+            "8 eligible cgroup(s) in scope were not considered for this OOM",
+        ) && l.message.contains("--max-cgroups")
     })?;
     hogs[5].wait_killed(pdutil::OOM_TIMEOUT)?;
     expect_alive(
@@ -106,12 +110,12 @@ fn run() -> Result<()> {
     pd.wait_line(
         Duration::from_secs(20),
         "the warning that the rules map is full",
-        |l| l.contains("WARN the rules map is full (16 entries") && l.contains("/cap/new0"),
+        |l| l.is("WARN", "the rules map is full (16 entries") && l.message.contains("/cap/new0"),
     )?;
     let full = |pd: &mut Policyd| {
         pd.log()
             .iter()
-            .filter(|l| l.contains("the rules map is full"))
+            .filter(|l| l.message.contains("the rules map is full"))
             .count()
     };
     std::thread::sleep(Duration::from_secs(1));

@@ -21,6 +21,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use policyd::abi::Outcome;
 
 use crate::guest::kutil::{Action, Handler, BPF_OOM_FLAGS_WAIT_ON_OOM_LOCK};
 use crate::guest::pdutil::{self, Decision, Policyd};
@@ -310,14 +311,14 @@ fn predicted(ex: &serde_json::Value) -> Result<Predicted> {
 }
 
 fn decided(d: &Decision) -> Result<Predicted> {
-    match d.outcome() {
-        "killed" => Ok(Some((
+    match d.outcome {
+        Outcome::Killed => Ok(Some((
             d.victim_cgroup().to_owned(),
-            d.pid()?.into(),
-            d.tasks_killed()? as usize,
+            d.pid.into(),
+            d.killed as usize,
         ))),
-        "deferred" | "kill-failed" => Ok(None),
-        other => bail!("unexpected outcome {other}: {}", d.line),
+        Outcome::Deferred | Outcome::KillFailed => Ok(None),
+        other => bail!("unexpected outcome {other}: {d}"),
     }
 }
 

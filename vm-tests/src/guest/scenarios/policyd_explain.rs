@@ -100,7 +100,7 @@ fn run() -> Result<()> {
     );
     ensure!(
         ranked.len() == d.get("candidates")?.parse::<usize>()?
-            && ranked.get(1).map(String::as_str) == Some(d.get("runner_up")?),
+            && ranked.get(1) == Some(&d.get("runner_up")?),
         "explain ranked {ranked:?}; the handler saw {} candidates with runner-up {}",
         d.get("candidates")?,
         d.get("runner_up")?

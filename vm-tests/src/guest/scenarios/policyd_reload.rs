@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 
-use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, Policyd};
+use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, Decision, LogLine, Policyd};
 use crate::guest::util::{Cgroup, Hog, HogSpec, KillLog, Kmsg};
 use crate::guest::Scenario;
 
@@ -103,6 +103,11 @@ fn oom(
 }
 
 /// What a `priority` decision on a victim of `priority` says.
+/// A decision that awaits an earlier victim.
+fn awaited(l: &LogLine) -> bool {
+    l.message == "decision" && l.field("outcome").as_deref() == Some("awaited")
+}
+
 fn lowest(priority: &str) -> [(&str, &str); 3] {
     [
         ("policy", "priority"),
@@ -140,7 +145,7 @@ fn run() -> Result<()> {
     ensure!(
         pd.log()
             .iter()
-            .any(|l| l.contains("ERROR") && l.contains("/tmp/reload.toml")),
+            .any(|l| l.level == "ERROR" && l.message.contains("/tmp/reload.toml")),
         "no ERROR line naming /tmp/reload.toml in policyd's log"
     );
     ensure!(pd.is_running(), "policyd exited after an invalid reload");
@@ -155,7 +160,7 @@ fn run() -> Result<()> {
     pd.wait_line(
         Duration::from_secs(30),
         "the line saying the policy changed to largest",
-        |l| l.contains("policy priority -> largest"),
+        |l| l.message.contains("policy priority -> largest"),
     )?;
     let handlers = pdutil::status()?;
     ensure!(
@@ -193,35 +198,38 @@ fn expect_awaits_collapsed(pd: &mut Policyd) -> Result<()> {
     // The victim's first await is a decision line; the count of the others is logged
     // once the events have been quiet for a second.
     if counted >= 1 {
-        let line = pd.wait_line(Duration::from_secs(10), "the awaited decision", |l| {
-            l.contains("outcome=awaited")
-        })?;
+        let line = pd.wait_line(Duration::from_secs(10), "the awaited decision", awaited)?;
         // The victim's cgroup, /app/a, has priority 30 in step 4's rules.
+        let d = Decision::from_line(&line).expect("an awaited decision")?;
         ensure!(
-            line.contains(" victim_cgroup=/app/a ") && line.contains(" priority=30 "),
-            "the awaited decision does not name /app/a with its priority 30: {line}"
+            d.victim_cgroup() == "/app/a" && d.priority == 30,
+            "the awaited decision does not name /app/a with its priority 30: {d}"
         );
     }
     if counted > 1 {
         pd.wait_line(
             Duration::from_secs(10),
             "the \"awaited again\" count",
-            |l| l.contains("INFO awaited again "),
+            |l| l.is("INFO", "awaited again"),
         )?;
     }
     // The handler's counters restarted with the switch to largest: count from there.
     let log = pd.log();
     let switch = log
         .iter()
-        .position(|l| l.contains("policy priority -> largest"))
+        .position(|l| l.message.contains("policy priority -> largest"))
         .context("no policy switch in policyd's log")?;
     let log = &log[switch..];
-    let decisions = log.iter().filter(|l| l.contains("outcome=awaited")).count() as u64;
+    let decisions = log.iter().filter(|l| awaited(l)).count() as u64;
     let repeats: u64 = log
         .iter()
-        .filter(|l| l.contains("INFO awaited again "))
-        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("times=")))
-        .map(|n| n.parse::<u64>().unwrap_or(u64::MAX))
+        .filter(|l| l.is("INFO", "awaited again"))
+        .map(|l| {
+            l.fields
+                .get("times")
+                .and_then(|n| n.as_u64())
+                .unwrap_or(u64::MAX)
+        })
         .sum();
     println!(
         "awaits: {counted} counted by the handler, {decisions} awaited decision line(s) plus \

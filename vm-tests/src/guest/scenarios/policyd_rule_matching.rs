@@ -85,7 +85,7 @@ fn run() -> Result<()> {
     pd.wait_line(
         Duration::from_secs(10),
         "policyd to add /app/jobs/j7 to its rules map",
-        |l| l.contains("new cgroup /app/jobs/j7 ") && l.contains("priority 1 "),
+        |l| l.message.contains("new cgroup /app/jobs/j7 ") && l.message.contains("priority 1 "),
     )?;
     let mut kmsg = Kmsg::mark()?;
     let mut j7 = Hog::start(&j7_cg, &HogSpec::growing(8), pdutil::READY_TIMEOUT)?;

@@ -186,10 +186,11 @@ fn run() -> Result<()> {
     let rss_mid = rss_mid.context("no RSS reading halfway")?;
     expect_alive(&mut svc, "protected service")?;
     expect_alive(&mut high, "priority-1000 service")?;
-    let lost: Vec<&String> = pd
+    let lost: Vec<&str> = pd
         .log()
         .iter()
-        .filter(|l| l.contains("OOM decisions not logged"))
+        .filter(|l| l.message.contains("OOM decisions not logged"))
+        .map(|l| l.raw.as_str())
         .collect();
     ensure!(lost.is_empty(), "decision events were lost: {lost:?}");
     let churned = created.load(Ordering::Relaxed);

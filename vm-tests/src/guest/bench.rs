@@ -1,6 +1,7 @@
 //! What the bench-* scenarios share: the OOM stopwatch (vm-tests/bpf/bench.bpf.c), named
-//! processes placed in cgroups, policyd and earlyoom as child processes, /proc readers and
-//! the JSON records the host turns into target/vm-tests/bench.{json,md}.
+//! processes placed in cgroups, earlyoom as a child process, /proc readers and the JSON
+//! records the host turns into target/vm-tests/bench.{json,md}. policyd runs through
+//! pdutil's `Policyd`, as in the tests.
 //!
 //! Benchmarks report; they do not judge. A scenario fails only when it cannot measure
 //! (setup failed, a contender would not start); what it measured, good or bad, goes into
@@ -491,108 +492,6 @@ impl Lines {
             thread::sleep(Duration::from_millis(10));
         }
     }
-
-    /// Waits until at least `n` lines at index >= `from` contain `needle`; how many did.
-    pub fn wait_count(&self, from: usize, needle: &str, n: usize, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let got = self
-                .since(from)
-                .iter()
-                .filter(|l| l.contains(needle))
-                .count();
-            if got >= n || Instant::now() >= deadline {
-                return got;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-/// `policyd load POLICY --config FILE`, running in the root cgroup as a user would start it.
-pub struct Policyd {
-    pub child: Child,
-    pub lines: Lines,
-    /// Seconds from spawn to its "attached" line.
-    pub start_s: f64,
-}
-
-impl Policyd {
-    pub fn start(policy: &str, config: &Path) -> Result<Policyd> {
-        let mut cmd = Command::new("/bin/policyd");
-        cmd.args(["load", policy, "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let started = Instant::now();
-        let mut child = spawn_in(&Cgroup::root(), &mut cmd, Some(0))?;
-        let lines = Lines::default();
-        lines.follow(child.stdout.take().expect("piped stdout"), None);
-        let deadline = started + Duration::from_secs(120);
-        loop {
-            if lines.snapshot().iter().any(|l| l.contains("attached")) {
-                break;
-            }
-            if let Some(st) = child.try_wait()? {
-                bail!(
-                    "policyd load {policy} ended before attaching: {}; output:\n{}",
-                    util::describe_status(st),
-                    lines.snapshot().join("\n")
-                );
-            }
-            if Instant::now() >= deadline {
-                kill_reap(&mut child);
-                bail!("policyd load {policy} did not attach within 120 s");
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        Ok(Policyd {
-            child,
-            lines,
-            start_s: started.elapsed().as_secs_f64(),
-        })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The "decision" log lines from index `from` of its output on.
-    pub fn decisions_since(&self, from: usize) -> Vec<String> {
-        self.lines
-            .since(from)
-            .into_iter()
-            .filter(|l| l.contains("decision"))
-            .collect()
-    }
-
-    /// SIGTERM (policyd detaches), then waits for it to exit.
-    pub fn stop(mut self) -> Result<()> {
-        signal(self.child.id(), nix::sys::signal::Signal::SIGTERM);
-        match wait_exit(&mut self.child, Duration::from_secs(30))? {
-            Some(st) if st.success() => Ok(()),
-            Some(st) => bail!("policyd exited with {}", util::describe_status(st)),
-            None => {
-                kill_reap(&mut self.child);
-                bail!("policyd did not exit within 30 s of SIGTERM")
-            }
-        }
-    }
-}
-
-impl Drop for Policyd {
-    fn drop(&mut self) {
-        kill_reap(&mut self.child);
-    }
-}
-
-/// The value of `key=VALUE` in a policyd log line.
-pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let pat = format!(" {key}=");
-    let i = line.find(&pat)? + pat.len();
-    let rest = &line[i..];
-    Some(rest.split_whitespace().next().unwrap_or(""))
 }
 
 /// Debian's earlyoom (the initramfs carries /usr/bin/earlyoom and its libraries).
@@ -924,11 +823,7 @@ mod tests {
     }
 
     #[test]
-    fn fields_and_percentiles() {
-        let line = " INFO decision policy=priority scope=global pid=310 handler_us=41 x=1";
-        assert_eq!(field(line, "handler_us"), Some("41"));
-        assert_eq!(field(line, "pid"), Some("310"));
-        assert_eq!(field(line, "nope"), None);
+    fn status_fields() {
         assert_eq!(
             status_field("VmRSS:\t  1234 kB\nThreads:\t1\n", "VmRSS"),
             Some(1234)
