@@ -5,6 +5,7 @@
 mod guest;
 mod host;
 mod protocol;
+mod records;
 mod stats;
 
 use std::process::ExitCode;

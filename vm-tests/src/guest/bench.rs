@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{OpenObject, ProgramInput};
-use serde_json::json;
 
 use crate::guest::util::{self, spawn_in, Cgroup, Kmsg, KmsgRecord};
+use crate::records::{Env, Record};
 
 #[rustfmt::skip]
 mod skel { include!(concat!(env!("OUT_DIR"), "/bench.skel.rs")); }
@@ -782,15 +782,14 @@ pub fn emit_env(scenario: &str) -> Result<()> {
         util::read_file("/sys/devices/system/clocksource/clocksource0/current_clocksource")
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
-    util::emit_json(&json!({
-        "kind": "env",
-        "scenario": scenario,
-        "quick": util::quick(),
-        "kernel_release": uname.release().to_string_lossy(),
-        "kernel_version": version,
-        "guest_cpus": cpus,
-        "guest_mem_total_kib": meminfo_kib("MemTotal")?,
-        "clocksource": clocksource,
+    util::emit_json(&Record::Env(Env {
+        scenario: scenario.to_owned(),
+        quick: util::quick(),
+        kernel_release: uname.release().to_string_lossy().into_owned(),
+        kernel_version: version,
+        guest_cpus: cpus,
+        guest_mem_total_kib: meminfo_kib("MemTotal")?,
+        clocksource,
     }));
     Ok(())
 }

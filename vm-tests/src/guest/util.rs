@@ -75,8 +75,9 @@ pub fn story(line: impl AsRef<str>) {
 }
 
 /// A benchmark result: the host's `bench` command collects these per scenario.
-pub fn emit_json(value: &serde_json::Value) {
-    println!("{}{}", crate::protocol::JSON, value);
+pub fn emit_json(record: &crate::records::Record) {
+    let line = serde_json::to_string(record).expect("a record serializes");
+    println!("{}{line}", crate::protocol::JSON);
 }
 
 /// True when the host asked for a shortened run (`bench --quick`).

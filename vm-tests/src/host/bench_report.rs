@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 
+use crate::records::{DecisionSize, Footprint, Record, Storm};
 use crate::stats::percentile;
 
 /// The host the benchmark ran on.
@@ -92,7 +93,7 @@ pub struct ScenarioRun {
     pub log: String,
     pub load_before: Option<[f64; 3]>,
     pub load_after: Option<[f64; 3]>,
-    pub records: Vec<Value>,
+    pub records: Vec<Record>,
 }
 
 /// The host's 1, 5 and 15 minute load averages.
@@ -136,72 +137,73 @@ fn spread(v: &[f64]) -> Value {
     })
 }
 
-fn nums(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .map(|a| a.iter().filter_map(Value::as_f64).collect())
-        .unwrap_or_default()
-}
-
-fn f(v: &Value, key: &str) -> Option<f64> {
-    v.get(key).and_then(Value::as_f64)
+/// The nanoseconds that were measured, as milliseconds.
+fn ms_of(ns: &[Option<u64>]) -> Vec<f64> {
+    ns.iter().flatten().map(|&n| n as f64 / 1e6).collect()
 }
 
 // ---------------------------------------------------------------------------------------
 // Summaries
 // ---------------------------------------------------------------------------------------
 
-fn records<'a>(runs: &'a [ScenarioRun], kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
-    runs.iter()
-        .flat_map(|r| r.records.iter())
-        .filter(move |v| v.get("kind").and_then(Value::as_str) == Some(kind))
+fn records(runs: &[ScenarioRun]) -> impl Iterator<Item = &Record> {
+    runs.iter().flat_map(|r| r.records.iter())
+}
+
+fn storms(runs: &[ScenarioRun]) -> impl Iterator<Item = &Storm> {
+    records(runs).filter_map(|r| match r {
+        Record::Storm(s) => Some(s),
+        _ => None,
+    })
+}
+
+fn decision_sizes(runs: &[ScenarioRun]) -> impl Iterator<Item = &DecisionSize> {
+    records(runs).filter_map(|r| match r {
+        Record::Decision(d) => Some(d),
+        _ => None,
+    })
+}
+
+/// The first record that `pick` accepts, as JSON for the report (or null).
+fn first_as_json<T: serde::Serialize>(
+    runs: &[ScenarioRun],
+    pick: impl Fn(&Record) -> Option<&T>,
+) -> Value {
+    records(runs).find_map(pick).map_or(Value::Null, |r| {
+        serde_json::to_value(r).expect("a record serializes")
+    })
 }
 
 fn storm_summary(runs: &[ScenarioRun]) -> Vec<Value> {
     let mut out = Vec::new();
-    for rec in records(runs, "storm") {
-        let trials = rec["trials"].as_array().cloned().unwrap_or_default();
+    for rec in storms(runs) {
+        let trials = &rec.trials;
         let n = trials.len();
-        let survived = trials
-            .iter()
-            .filter(|t| t["service_survived"].as_bool() == Some(true))
-            .count();
-        let victims: Vec<f64> = trials
-            .iter()
-            .map(|t| t["victims"].as_array().map_or(0, Vec::len) as f64)
-            .collect();
+        let survived = trials.iter().filter(|t| t.service_survived).count();
+        let victims: Vec<f64> = trials.iter().map(|t| t.victims.len() as f64).collect();
         let mut killers = Map::new();
-        for t in &trials {
-            let k = t["hog_killed_by"].as_str().unwrap_or("alive").to_string();
+        for t in trials {
+            let k = t.hog_killed_by.clone().unwrap_or_else(|| "alive".into());
             let c = killers.get(&k).and_then(Value::as_u64).unwrap_or(0);
             killers.insert(k, json!(c + 1));
         }
-        let secs = |key: &str| -> Vec<f64> {
-            trials
-                .iter()
-                .filter_map(|t| f(t, key))
-                .map(|ms| ms / 1000.0)
-                .collect()
+        let secs = |ms: &dyn Fn(&crate::records::StormTrial) -> Option<f64>| -> Vec<f64> {
+            trials.iter().filter_map(ms).map(|ms| ms / 1000.0).collect()
         };
         let rates: Vec<f64> = trials
             .iter()
-            .filter_map(|t| Some(f(t, "hog_peak_rss_mib")? / (f(t, "hog_dead_ms")? / 1000.0)))
+            .filter_map(|t| Some(t.hog_peak_rss_mib as f64 / (t.hog_dead_ms? / 1000.0)))
             .collect();
         let handler_us: Vec<f64> = trials
             .iter()
-            .flat_map(|t| nums(&t["policyd_handler_us"]))
+            .flat_map(|t| t.policyd_handler_us.iter().map(|&us| us as f64))
             .collect();
-        let kernel_kills: Vec<f64> = trials
-            .iter()
-            .filter_map(|t| f(t, "kernel_oom_kills"))
-            .collect();
-        let not_recovered = trials
-            .iter()
-            .filter(|t| t["recovered_ms"].is_null())
-            .count();
+        let kernel_kills: Vec<f64> = trials.iter().map(|t| t.kernel_oom_kills as f64).collect();
+        let not_recovered = trials.iter().filter(|t| t.recovered_ms.is_none()).count();
         out.push(json!({
-            "variant": rec["variant"],
-            "hog_delay_us_per_mib": rec["hog_delay_us_per_mib"],
-            "contender": rec["contender"],
+            "variant": rec.variant,
+            "hog": rec.hog,
+            "contender": rec.contender,
             "trials": n,
             "service_survived": survived,
             "victims_per_storm": spread(&victims),
@@ -213,8 +215,8 @@ fn storm_summary(runs: &[ScenarioRun]) -> Vec<Value> {
                 Some(kernel_kills.iter().sum::<f64>() / kernel_kills.len() as f64)
             },
             "hog_killed_by": killers,
-            "hog_dead_s": spread(&secs("hog_dead_ms")),
-            "recovered_s": spread(&secs("recovered_ms")),
+            "hog_dead_s": spread(&secs(&|t| t.hog_dead_ms)),
+            "recovered_s": spread(&secs(&|t| t.recovered_ms)),
             "not_recovered": not_recovered,
             "hog_rate_mib_s": spread(&rates),
             "policyd_handler_us": spread(&handler_us),
@@ -225,33 +227,24 @@ fn storm_summary(runs: &[ScenarioRun]) -> Vec<Value> {
 
 fn decision_summary(runs: &[ScenarioRun]) -> Vec<Value> {
     let mut out = Vec::new();
-    for rec in records(runs, "decision") {
-        let results = rec["results"].as_object().cloned().unwrap_or_default();
-        let kernel_median = results
-            .get("kernel")
-            .and_then(|k| percentile(&ms_of(&k["oom_ns"]), 50.0));
-        let kernel_kill_median = results
-            .get("kernel")
-            .and_then(|k| percentile(&ms_of(&k["to_kill_ns"]), 50.0));
+    for rec in decision_sizes(runs) {
+        let kernel = rec.results.get("kernel");
+        let oom_ms = |ns: &[u64]| -> Vec<f64> { ns.iter().map(|&n| n as f64 / 1e6).collect() };
+        let kernel_median = kernel.and_then(|k| percentile(&oom_ms(&k.oom_ns), 50.0));
+        let kernel_kill_median = kernel.and_then(|k| percentile(&ms_of(&k.to_kill_ns), 50.0));
         let mut per = Map::new();
-        for (name, r) in &results {
-            let ms = ms_of(&r["oom_ns"]);
-            let printed: Vec<bool> = r["report_printed"]
-                .as_array()
-                .map(|a| a.iter().map(|b| b.as_bool() == Some(true)).collect())
-                .unwrap_or_default();
-            let ok = r["ok"].as_array().map_or(0, |a| {
-                a.iter().filter(|b| b.as_bool() == Some(true)).count()
-            });
+        for (name, r) in &rec.results {
+            let ms = oom_ms(&r.oom_ns);
+            let ok = r.ok.iter().filter(|b| **b).count();
             let median = percentile(&ms, 50.0);
             // Only the samples whose OOM report was printed, the same work for everyone.
             let printed_ms: Vec<f64> = ms
                 .iter()
-                .zip(&printed)
+                .zip(&r.report_printed)
                 .filter(|(_, p)| **p)
                 .map(|(m, _)| *m)
                 .collect();
-            let to_kill = ms_of(&r["to_kill_ns"]);
+            let to_kill = ms_of(&r.to_kill_ns);
             let kill_median = percentile(&to_kill, 50.0);
             per.insert(
                 name.clone(),
@@ -261,34 +254,32 @@ fn decision_summary(runs: &[ScenarioRun]) -> Vec<Value> {
                         (Some(m), Some(k)) if k > 0.0 => Some(m / k),
                         _ => None,
                     },
-                    "report_ms": spread(&ms_of(&r["report_ns"])),
+                    "report_ms": spread(&ms_of(&r.report_ns)),
                     "oom_ms": spread(&ms),
                     "oom_ms_report_printed": spread(&printed_ms),
                     "ratio_to_kernel": match (median, kernel_median) {
                         (Some(m), Some(k)) if k > 0.0 => Some(m / k),
                         _ => None,
                     },
-                    "handler_us": spread(&nums(&r["handler_us"])),
+                    "handler_us": spread(
+                        &r.handler_us.iter().flatten().map(|&us| us as f64).collect::<Vec<_>>()
+                    ),
                     "samples": ms.len(),
                     "samples_ok": ok,
-                    "reports_printed": printed.iter().filter(|p| **p).count(),
+                    "reports_printed": r.report_printed.iter().filter(|p| **p).count(),
                 }),
             );
         }
         out.push(json!({
-            "cgroups": rec["cgroups"],
-            "tasks": rec["tasks"],
+            "cgroups": rec.cgroups,
+            "tasks": rec.tasks,
             "contenders": per,
-            "problems": rec["problems"],
-            "policyd_start_s": spread(&nums(&rec["policyd_start_s"])),
-            "mem_per_added_task_kib": rec["mem_per_added_task_kib"],
+            "problems": rec.problems,
+            "policyd_start_s": spread(&rec.policyd_start_s),
+            "mem_per_added_task_kib": rec.mem_per_added_task_kib,
         }));
     }
     out
-}
-
-fn ms_of(ns: &Value) -> Vec<f64> {
-    nums(ns).into_iter().map(|n| n / 1e6).collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -304,7 +295,10 @@ pub fn write(
     total_wall_s: f64,
     runs: &[ScenarioRun],
 ) -> Result<(PathBuf, PathBuf)> {
-    let guest = records(runs, "env").next().cloned().unwrap_or(Value::Null);
+    let guest = records(runs).find_map(|r| match r {
+        Record::Env(e) => Some(e),
+        _ => None,
+    });
     let report = json!({
         "mode": if quick { "quick" } else { "full" },
         "date_utc": machine.date_utc,
@@ -317,10 +311,10 @@ pub fn write(
         },
         "source": machine.source,
         "guest": {
-            "kernel_release": guest["kernel_release"],
-            "kernel_version": guest["kernel_version"],
-            "cpus": guest["guest_cpus"],
-            "clocksource": guest["clocksource"],
+            "kernel_release": guest.map(|g| &g.kernel_release),
+            "kernel_version": guest.map(|g| &g.kernel_version),
+            "cpus": guest.map(|g| g.guest_cpus),
+            "clocksource": guest.map(|g| &g.clocksource),
         },
         "total_wall_s": total_wall_s,
         "scenarios": runs.iter().map(|r| json!({
@@ -336,9 +330,18 @@ pub fn write(
         "summary": {
             "storm": storm_summary(runs),
             "decision": decision_summary(runs),
-            "footprint": records(runs, "footprint").next().cloned(),
-            "storm_setup": records(runs, "storm_setup").next().cloned(),
-            "decision_setup": records(runs, "decision_setup").next().cloned(),
+            "footprint": first_as_json(runs, |r| match r {
+                Record::Footprint(f) => Some(f),
+                _ => None,
+            }),
+            "storm_setup": first_as_json(runs, |r| match r {
+                Record::StormSetup(s) => Some(s),
+                _ => None,
+            }),
+            "decision_setup": first_as_json(runs, |r| match r {
+                Record::DecisionSetup(d) => Some(d),
+                _ => None,
+            }),
         },
     });
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -366,21 +369,29 @@ pub fn rerender(out: &Path) -> Result<PathBuf> {
             a.get(2)?.as_f64()?,
         ])
     };
-    let runs: Vec<ScenarioRun> = old["scenarios"]
+    let runs = old["scenarios"]
         .as_array()
         .into_iter()
         .flatten()
-        .map(|s| ScenarioRun {
-            name: s["name"].as_str().unwrap_or("?").to_string(),
-            mem_mb: s["mem_mb"].as_u64().unwrap_or(0) as u32,
-            wall_s: s["wall_s"].as_f64().unwrap_or(0.0),
-            verdict: s["verdict"].as_str().unwrap_or("?").to_string(),
-            log: s["log"].as_str().unwrap_or("").to_string(),
-            load_before: load(&s["host_load_before"]),
-            load_after: load(&s["host_load_after"]),
-            records: s["records"].as_array().cloned().unwrap_or_default(),
+        .map(|s| -> Result<ScenarioRun> {
+            Ok(ScenarioRun {
+                name: s["name"].as_str().unwrap_or("?").to_string(),
+                mem_mb: s["mem_mb"].as_u64().unwrap_or(0) as u32,
+                wall_s: s["wall_s"].as_f64().unwrap_or(0.0),
+                verdict: s["verdict"].as_str().unwrap_or("?").to_string(),
+                log: s["log"].as_str().unwrap_or("").to_string(),
+                load_before: load(&s["host_load_before"]),
+                load_after: load(&s["host_load_after"]),
+                records: serde_json::from_value(s["records"].clone()).with_context(|| {
+                    format!(
+                        "{}: the records of {} are not this version's (run the benchmark again)",
+                        json_path.display(),
+                        s["name"]
+                    )
+                })?,
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     let m = &old["machine"];
     let machine = Machine {
         cpu_model: m["cpu_model"].as_str().unwrap_or("?").to_string(),
@@ -816,87 +827,80 @@ fn footprint_md(md: &mut String, r: &Value) {
     if fp.is_null() {
         return;
     }
-    let idle = &fp["idle"];
-    let burst = &fp["burst"];
-    let mib = |v: &Value| {
-        v.as_f64()
-            .map(|k| format!("{:.1} MiB", k / 1024.0))
-            .unwrap_or_else(|| "?".into())
+    let Ok(fp) = serde_json::from_value::<Footprint>(fp.clone()) else {
+        let _ = writeln!(
+            md,
+            "\n## 3. policyd footprint\n\n(not this version's record)"
+        );
+        return;
     };
+    let (idle, burst, after) = (&fp.idle, &fp.burst, &fp.after_burst_idle);
+    let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
     let check = |ok: bool| if ok { "yes" } else { "**NO**" };
-    let idle_rss = idle["rss_kib"].as_f64().unwrap_or(f64::NAN);
-    let idle_sw = idle["voluntary_switches"].as_u64().unwrap_or(u64::MAX);
-    let ooms = burst["ooms"].as_f64().unwrap_or(1.0);
-    let oom_ms = ms_of(&burst["oom_ns"]);
+    let oom_ms: Vec<f64> = burst.oom_ns.iter().map(|&n| n as f64 / 1e6).collect();
+    let handler_us: Vec<f64> = burst.handler_us.iter().map(|&us| us as f64).collect();
     let _ = writeln!(md, "\n## 3. policyd footprint\n");
     let _ = writeln!(
         md,
         "`policyd load priority` with {} cgroups ({} populated), from /proc/<pid>/status and \
          /proc/<pid>/stat (utime+stime, {} ticks/s). Startup to \"attached\": {} s.\n",
-        fp["cgroups"],
-        fp["populated_cgroups"],
-        fp["clock_ticks_per_s"],
-        opt(&fp["policyd_start_s"]),
+        fp.cgroups,
+        fp.populated_cgroups,
+        fp.clock_ticks_per_s,
+        num(fp.policyd_start_s),
     );
     let _ = writeln!(md, "| measure | value | target | met |");
     let _ = writeln!(md, "|---|---|---|---|");
+    let idle_s = num(idle.seconds);
     let _ = writeln!(
         md,
-        "| idle {} s: RSS (VmRSS) | {} (peak VmHWM {}) | < 8 MiB | {} |",
-        opt(&idle["seconds"]),
-        mib(&idle["rss_kib"]),
-        mib(&idle["hwm_kib"]),
-        check(idle_rss < 8.0 * 1024.0)
+        "| idle {idle_s} s: RSS (VmRSS) | {} (peak VmHWM {}) | < 8 MiB | {} |",
+        mib(idle.rss_kib),
+        mib(idle.hwm_kib),
+        check(idle.rss_kib < 8 * 1024)
     );
     let _ = writeln!(
         md,
-        "| idle {} s: voluntary context switches | {} | 0 (no periodic wake-ups) | {} |",
-        opt(&idle["seconds"]),
-        idle["voluntary_switches"],
-        check(idle_sw == 0)
+        "| idle {idle_s} s: voluntary context switches | {} | 0 (no periodic wake-ups) | {} |",
+        idle.voluntary_switches,
+        check(idle.voluntary_switches == 0)
     );
     let _ = writeln!(
         md,
-        "| idle {} s: CPU time (utime+stime) | {} ms | – | |",
-        opt(&idle["seconds"]),
-        opt(&idle["cpu_ms"])
+        "| idle {idle_s} s: CPU time (utime+stime) | {} ms | – | |",
+        num(idle.cpu_ms)
     );
     let _ = writeln!(
         md,
-        "| burst of {} OOMs: kills / decisions logged | {} / {} | {} / {} | {} |",
-        burst["ooms"],
-        burst["kills"],
-        burst["decisions_logged"],
-        burst["ooms"],
-        burst["ooms"],
-        check(burst["kills"] == burst["ooms"] && burst["decisions_logged"] == burst["ooms"])
+        "| burst of {n} OOMs: kills / decisions logged | {} / {} | {n} / {n} | {} |",
+        burst.kills,
+        burst.decisions_logged,
+        check(burst.kills == burst.ooms && burst.decisions_logged == burst.ooms),
+        n = burst.ooms,
     );
     let _ = writeln!(
         md,
         "| burst: wall time (all OOMs / all decisions logged) | {} s / {} s | – | |",
-        opt(&burst["wall_s"]),
-        opt(&burst["all_logged_s"])
+        num(burst.wall_s),
+        num(burst.all_logged_s)
     );
     let _ = writeln!(
         md,
         "| burst: policyd CPU time | {} ms ({} ms per OOM) | – | |",
-        opt(&burst["cpu_ms"]),
-        burst["cpu_ms"]
-            .as_f64()
-            .map(|c| num(c / ooms))
-            .unwrap_or_else(|| "?".into())
+        num(burst.cpu_ms),
+        num(burst.cpu_ms / burst.ooms.max(1) as f64)
     );
     let _ = writeln!(
         md,
         "| burst: voluntary / involuntary context switches | {} / {} | – | |",
-        burst["voluntary_switches"], burst["involuntary_switches"]
+        burst.voluntary_switches, burst.involuntary_switches
     );
     let _ = writeln!(
         md,
         "| burst: RSS after (peak VmHWM) | {} ({}) | < 8 MiB | {} |",
-        mib(&burst["rss_kib"]),
-        mib(&burst["hwm_kib"]),
-        check(burst["rss_kib"].as_f64().unwrap_or(f64::NAN) < 8.0 * 1024.0)
+        mib(burst.rss_kib),
+        mib(burst.hwm_kib),
+        check(burst.rss_kib < 8 * 1024)
     );
     let _ = writeln!(
         md,
@@ -906,22 +910,23 @@ fn footprint_md(md: &mut String, r: &Value) {
     let _ = writeln!(
         md,
         "| burst: handler_us per OOM | {} µs | – | |",
-        med_range(&spread(&nums(&burst["handler_us"])))
+        med_range(&spread(&handler_us))
     );
-    let after = &fp["after_burst_idle"];
     let _ = writeln!(
         md,
         "| idle {} s after the burst: voluntary switches / CPU | {} / {} ms | 0 | {} |",
-        after["seconds"],
-        after["voluntary_switches"],
-        opt(&after["cpu_ms"]),
-        check(after["voluntary_switches"].as_u64() == Some(0))
+        num(after.seconds),
+        after.voluntary_switches,
+        num(after.cpu_ms),
+        check(after.voluntary_switches == 0)
     );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::{DecisionSamples, DecisionSetup, Env, StormTrial};
+    use std::collections::BTreeMap;
 
     #[test]
     fn percentiles_and_numbers() {
@@ -934,7 +939,7 @@ mod tests {
         assert!(d.ends_with('Z') && d.as_bytes()[10] == b'T', "{d}");
     }
 
-    fn run_with(records: Vec<Value>) -> ScenarioRun {
+    fn run_with(records: Vec<Record>) -> ScenarioRun {
         ScenarioRun {
             name: "bench-x".into(),
             mem_mb: 512,
@@ -947,26 +952,105 @@ mod tests {
         }
     }
 
+    fn trial(
+        survived: bool,
+        killer: &str,
+        hog_dead_ms: f64,
+        recovered_ms: Option<f64>,
+    ) -> StormTrial {
+        StormTrial {
+            service_survived: survived,
+            service_killed_by: (!survived).then(|| "kernel".into()),
+            hog_killed_by: Some(killer.into()),
+            victims: if survived {
+                vec!["hog".into()]
+            } else {
+                vec!["service".into(), "hog".into()]
+            },
+            kernel_oom_kills: if survived { 1 } else { 2 },
+            earlyoom_signals: vec![],
+            policyd_decisions: usize::from(survived),
+            policyd_handler_us: if survived { vec![40] } else { vec![] },
+            hog_dead_ms: Some(hog_dead_ms),
+            service_dead_ms: None,
+            recovered_ms,
+            timed_out: false,
+            baseline_available_mib: 200,
+            available_at_hog_death_mib: 150,
+            meminfo_at_hog_death_kib: BTreeMap::new(),
+            meminfo_at_recovery_kib: None,
+            hog_peak_rss_mib: 100,
+            contender_setup_s: 0.5,
+        }
+    }
+
+    fn samples(
+        oom_ms: [u64; 2],
+        handler_us: [Option<u64>; 2],
+        printed: [bool; 2],
+    ) -> DecisionSamples {
+        DecisionSamples {
+            oom_ns: oom_ms.iter().map(|ms| ms * 1_000_000).collect(),
+            to_kill_ns: vec![None, None],
+            report_start_ns: vec![None, None],
+            report_ns: vec![Some(0), Some(0)],
+            handler_us: handler_us.to_vec(),
+            report_printed: printed.to_vec(),
+            ok: vec![true, true],
+        }
+    }
+
     #[test]
     fn report_from_records() {
         let runs = vec![run_with(vec![
-            json!({"kind": "env", "kernel_release": "7.3.4", "guest_cpus": 2}),
-            json!({"kind": "storm", "variant": "fast", "contender": "policyd", "trials": [
-                {"service_survived": true, "victims": ["hog"], "hog_killed_by": "policyd",
-                 "hog_dead_ms": 2000.0, "recovered_ms": 2100.0, "hog_peak_rss_mib": 100,
-                 "policyd_handler_us": [40], "kernel_oom_kills": 1},
-                {"service_survived": false, "victims": ["service", "hog"],
-                 "hog_killed_by": "kernel", "hog_dead_ms": 4000.0, "recovered_ms": null,
-                 "policyd_handler_us": [], "kernel_oom_kills": 2},
-            ]}),
-            json!({"kind": "decision_setup", "contenders": ["kernel", "priority"],
-                   "samples_per_contender": 2, "victim_mib": 8}),
-            json!({"kind": "decision", "cgroups": 10, "tasks": 100, "problems": [],
-                   "results": {
-                       "kernel": {"oom_ns": [2_000_000, 4_000_000], "handler_us": [null, null],
-                                  "report_printed": [true, true], "ok": [true, true]},
-                       "priority": {"oom_ns": [1_000_000, 2_000_000], "handler_us": [50, 70],
-                                    "report_printed": [true, false], "ok": [true, true]}}}),
+            Record::Env(Env {
+                scenario: "bench-x".into(),
+                quick: true,
+                kernel_release: "7.3.4".into(),
+                kernel_version: "#1".into(),
+                guest_cpus: 2,
+                guest_mem_total_kib: 1 << 20,
+                clocksource: "tsc".into(),
+            }),
+            Record::Storm(Storm {
+                variant: "fast".into(),
+                hog: "touches".into(),
+                scope: "global OOM".into(),
+                contender: "policyd".into(),
+                trials: vec![
+                    trial(true, "policyd", 2000.0, Some(2100.0)),
+                    trial(false, "kernel", 4000.0, None),
+                ],
+            }),
+            Record::DecisionSetup(DecisionSetup {
+                victim_mib: 8,
+                oom_spacing_ms: 100,
+                rounds: 1,
+                per_block: 2,
+                samples_per_contender: 2,
+                cgroups: vec![10],
+                tasks: vec![100],
+                only: vec![],
+                contenders: vec!["kernel".into(), "priority".into()],
+            }),
+            Record::Decision(DecisionSize {
+                cgroups: 10,
+                tasks: 100,
+                results: BTreeMap::from([
+                    ("kernel".into(), samples([2, 4], [None, None], [true, true])),
+                    (
+                        "priority".into(),
+                        samples([1, 2], [Some(50), Some(70)], [true, false]),
+                    ),
+                ]),
+                policyd_start_s: vec![1.0],
+                problems: vec![],
+                sleepers_in_scope: 99,
+                spawn_s: 1.0,
+                added_tasks: 99,
+                mem_per_added_task_kib: 100.0,
+                mem_available_mib: 300,
+            }),
         ])];
         let storm = storm_summary(&runs);
         assert_eq!(storm[0]["service_survived"], 1);
@@ -995,6 +1079,12 @@ mod tests {
         );
         assert!(text.contains("1.50 [1.10–1.90] ×0.50"), "{text}");
         assert!(text.contains("rate-limited in 1 of 2"), "{text}");
+        // A record is kept as sent, and read back typed.
+        assert_eq!(
+            serde_json::from_str::<Record>(&serde_json::to_string(&runs[0].records[3]).unwrap())
+                .unwrap(),
+            runs[0].records[3]
+        );
         let v: Value = serde_json::from_str(&fs::read_to_string(j).unwrap()).unwrap();
         assert_eq!(v["machine"]["cpu_model"], "Test CPU");
         let again = fs::read_to_string(rerender(&dir).unwrap()).unwrap();

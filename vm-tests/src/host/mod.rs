@@ -267,11 +267,14 @@ pub fn bench(filter: &str, quick: bool) -> Result<bool> {
         let wall_s = started.elapsed().as_secs_f64();
         let mut records = Vec::new();
         for json in &run.json {
-            match serde_json::from_str::<serde_json::Value>(json) {
+            match serde_json::from_str::<crate::records::Record>(json) {
                 Ok(v) => records.push(v),
                 Err(e) => {
                     ok = false;
-                    println!("FAIL {}: bad JSON line {json:?}: {e}", s.name);
+                    println!(
+                        "FAIL {}: a record the host cannot read ({e}): {json}",
+                        s.name
+                    );
                 }
             }
         }

@@ -21,13 +21,13 @@
 //! whether the report was printed. oom_dump_tasks is 0 (no per-task list) and the console
 //! log level 1, so printk formats into the log buffer but the serial console stays quiet.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use serde_json::{json, Value};
 
 use crate::guest::bench::{
     self as bc, emit_env, kill_reap, meminfo_kib, parse_kill_line, start_hog, vmstat, HogMode,
@@ -36,6 +36,7 @@ use crate::guest::bench::{
 use crate::guest::pdutil::Policyd;
 use crate::guest::util::{self, Cgroup};
 use crate::guest::Scenario;
+use crate::records::{DecisionSamples, DecisionSetup, DecisionSize, Record};
 use crate::stats::percentile;
 
 pub fn scenario() -> Scenario {
@@ -122,17 +123,20 @@ fn run() -> Result<()> {
         "policy = \"priority\"\ndefault_priority = 100\n\n\
          [[rule]]\ncgroup = \"/bench-dc/c0000\"\npriority = 1\n",
     )?;
-    util::emit_json(&json!({
-        "kind": "decision_setup",
-        "victim_mib": VICTIM_MIB,
-        "oom_spacing_ms": OOM_SPACING.as_millis() as u64,
-        "rounds": plan.rounds,
-        "per_block": plan.per_block,
-        "samples_per_contender": plan.rounds * plan.per_block,
-        "cgroups": plan.cgroups,
-        "tasks": plan.tasks,
-        "only": plan.cgroups_tasks,
-        "contenders": plan.contenders.iter().map(|c| c.name()).collect::<Vec<_>>(),
+    util::emit_json(&Record::DecisionSetup(DecisionSetup {
+        victim_mib: VICTIM_MIB,
+        oom_spacing_ms: OOM_SPACING.as_millis() as u64,
+        rounds: plan.rounds,
+        per_block: plan.per_block,
+        samples_per_contender: plan.rounds * plan.per_block,
+        cgroups: plan.cgroups.to_vec(),
+        tasks: plan.tasks.to_vec(),
+        only: plan.cgroups_tasks.to_vec(),
+        contenders: plan
+            .contenders
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect(),
     }));
 
     let started = Instant::now();
@@ -165,15 +169,21 @@ fn run() -> Result<()> {
                 after_kib / 1024,
                 started.elapsed().as_secs_f64()
             );
-            let mut rec = measure(&watch, &plan, &parent, &cgs[0], config, ncg, ntasks)
+            let measured = measure(&watch, &plan, &parent, &cgs[0], config)
                 .with_context(|| format!("{ncg} cgroups, {ntasks} tasks"))?;
-            rec["sleepers_in_scope"] = json!(in_scope);
-            rec["spawn_s"] = json!(spawn_s);
-            rec["added_tasks"] = json!(added);
-            rec["mem_per_added_task_kib"] =
-                json!(before_kib.saturating_sub(after_kib) as f64 / added.max(1) as f64);
-            rec["mem_available_mib"] = json!(after_kib / 1024);
-            util::emit_json(&rec);
+            util::emit_json(&Record::Decision(DecisionSize {
+                cgroups: ncg,
+                tasks: ntasks,
+                results: measured.results,
+                policyd_start_s: measured.policyd_start_s,
+                problems: measured.problems,
+                sleepers_in_scope: in_scope,
+                spawn_s,
+                added_tasks: added,
+                mem_per_added_task_kib: before_kib.saturating_sub(after_kib) as f64
+                    / added.max(1) as f64,
+                mem_available_mib: after_kib / 1024,
+            }));
         }
         bc::kill_in_batches(&cgs.iter().collect::<Vec<_>>(), 300)?;
         for mut s in spawners {
@@ -219,15 +229,20 @@ struct Sample {
     ok: bool,
 }
 
+/// What one grid point measured, per contender.
+struct Measured {
+    results: BTreeMap<String, DecisionSamples>,
+    policyd_start_s: Vec<f64>,
+    problems: Vec<String>,
+}
+
 fn measure(
     watch: &Stopwatch,
     plan: &Plan,
     scope: &Cgroup,
     victim_cg: &Cgroup,
     config: &Path,
-    ncg: usize,
-    ntasks: usize,
-) -> Result<Value> {
+) -> Result<Measured> {
     let mut samples: Vec<(Contender, Vec<Sample>)> =
         plan.contenders.iter().map(|c| (*c, Vec::new())).collect();
     let mut policyd_start_s = Vec::new();
@@ -326,19 +341,19 @@ fn measure(
             }
         }
     }
-    let mut per = serde_json::Map::new();
+    let mut results = BTreeMap::new();
     for (c, v) in &samples {
-        per.insert(
+        results.insert(
             c.name().to_string(),
-            json!({
-                "oom_ns": v.iter().map(|s| s.ns).collect::<Vec<_>>(),
-                "to_kill_ns": v.iter().map(|s| s.phases.killed_ns).collect::<Vec<_>>(),
-                "report_start_ns": v.iter().map(|s| s.phases.report_start_ns).collect::<Vec<_>>(),
-                "report_ns": v.iter().map(|s| s.phases.report_ns()).collect::<Vec<_>>(),
-                "handler_us": v.iter().map(|s| s.handler_us).collect::<Vec<_>>(),
-                "report_printed": v.iter().map(|s| s.dumped).collect::<Vec<_>>(),
-                "ok": v.iter().map(|s| s.ok).collect::<Vec<_>>(),
-            }),
+            DecisionSamples {
+                oom_ns: v.iter().map(|s| s.ns).collect(),
+                to_kill_ns: v.iter().map(|s| s.phases.killed_ns).collect(),
+                report_start_ns: v.iter().map(|s| s.phases.report_start_ns).collect(),
+                report_ns: v.iter().map(|s| s.phases.report_ns()).collect(),
+                handler_us: v.iter().map(|s| s.handler_us).collect(),
+                report_printed: v.iter().map(|s| s.dumped).collect(),
+                ok: v.iter().map(|s| s.ok).collect(),
+            },
         );
         let ms: Vec<f64> = v.iter().map(|s| s.ns as f64 / 1e6).collect();
         let kill: Vec<f64> = v
@@ -367,12 +382,9 @@ fn measure(
         samples.iter().all(|(_, v)| !v.is_empty()),
         "no samples taken"
     );
-    Ok(json!({
-        "kind": "decision",
-        "cgroups": ncg,
-        "tasks": ntasks,
-        "results": per,
-        "policyd_start_s": policyd_start_s,
-        "problems": problems,
-    }))
+    Ok(Measured {
+        results,
+        policyd_start_s,
+        problems,
+    })
 }

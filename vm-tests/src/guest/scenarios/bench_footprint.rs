@@ -16,7 +16,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde_json::json;
 
 use crate::guest::bench::{
     self as bc, clock_ticks, emit_env, kill_reap, proc_usage, spawn_blockers, ProcUsage, Stopwatch,
@@ -24,6 +23,7 @@ use crate::guest::bench::{
 use crate::guest::pdutil::Policyd;
 use crate::guest::util::{self, spawn_in, Cgroup};
 use crate::guest::Scenario;
+use crate::records::{Footprint, FootprintAfter, FootprintBurst, FootprintIdle, Record};
 
 pub fn scenario() -> Scenario {
     Scenario::new("bench-footprint", run)
@@ -143,39 +143,38 @@ fn run() -> Result<()> {
 
     let ms =
         |a: &ProcUsage, b: &ProcUsage| (b.cpu_ticks - a.cpu_ticks) as f64 * 1000.0 / ticks as f64;
-    util::emit_json(&json!({
-        "kind": "footprint",
-        "cgroups": cgroups,
-        "populated_cgroups": GROUPS * LEAVES_PER_GROUP + 1,
-        "policyd_start_s": start_s,
-        "clock_ticks_per_s": ticks,
-        "idle": {
-            "seconds": idle.as_secs_f64(),
-            "rss_kib": u1.rss_kib,
-            "hwm_kib": u1.hwm_kib,
-            "threads": u1.threads,
-            "cpu_ms": ms(&u0, &u1),
-            "voluntary_switches": u1.voluntary_switches - u0.voluntary_switches,
-            "involuntary_switches": u1.involuntary_switches - u0.involuntary_switches,
+    util::emit_json(&Record::Footprint(Footprint {
+        cgroups,
+        populated_cgroups: GROUPS * LEAVES_PER_GROUP + 1,
+        policyd_start_s: start_s,
+        clock_ticks_per_s: ticks,
+        idle: FootprintIdle {
+            seconds: idle.as_secs_f64(),
+            rss_kib: u1.rss_kib,
+            hwm_kib: u1.hwm_kib,
+            threads: u1.threads,
+            cpu_ms: ms(&u0, &u1),
+            voluntary_switches: u1.voluntary_switches - u0.voluntary_switches,
+            involuntary_switches: u1.involuntary_switches - u0.involuntary_switches,
         },
-        "burst": {
-            "ooms": BURST,
-            "kills": kills,
-            "decisions_logged": logged,
-            "wall_s": burst_s,
-            "all_logged_s": logged_s,
-            "cpu_ms": ms(&u1, &u2),
-            "voluntary_switches": u2.voluntary_switches - u1.voluntary_switches,
-            "involuntary_switches": u2.involuntary_switches - u1.involuntary_switches,
-            "rss_kib": u2.rss_kib,
-            "hwm_kib": u2.hwm_kib,
-            "oom_ns": oom_ns,
-            "handler_us": handler_us,
+        burst: FootprintBurst {
+            ooms: BURST,
+            kills,
+            decisions_logged: logged,
+            wall_s: burst_s,
+            all_logged_s: logged_s,
+            cpu_ms: ms(&u1, &u2),
+            voluntary_switches: u2.voluntary_switches - u1.voluntary_switches,
+            involuntary_switches: u2.involuntary_switches - u1.involuntary_switches,
+            rss_kib: u2.rss_kib,
+            hwm_kib: u2.hwm_kib,
+            oom_ns,
+            handler_us,
         },
-        "after_burst_idle": {
-            "seconds": 5,
-            "cpu_ms": ms(&u2, &u3),
-            "voluntary_switches": u3.voluntary_switches - u2.voluntary_switches,
+        after_burst_idle: FootprintAfter {
+            seconds: 5.0,
+            cpu_ms: ms(&u2, &u3),
+            voluntary_switches: u3.voluntary_switches - u2.voluntary_switches,
         },
     }));
 

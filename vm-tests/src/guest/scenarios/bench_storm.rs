@@ -23,13 +23,13 @@
 //! 90% of what it was before the storm (MemAvailable; for memcg, memory.max minus
 //! memory.current).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
 
 use crate::guest::bench::{
     self as bc, emit_env, kill_reap, meminfo_kib, parse_kill_line, start_hog, vmstat, Earlyoom,
@@ -38,6 +38,7 @@ use crate::guest::bench::{
 use crate::guest::pdutil::Policyd;
 use crate::guest::util::{self, Cgroup, Kmsg};
 use crate::guest::Scenario;
+use crate::records::{self, Record, StormDone, StormSetup, StormTrial, StormVariant};
 
 pub fn scenario() -> Scenario {
     Scenario::new("bench-storm", run)
@@ -239,25 +240,29 @@ fn run() -> Result<()> {
     ensure_service(&mut s)?;
     thread::sleep(Duration::from_millis(500));
     let avail_with_service = meminfo_kib("MemAvailable")? / 1024;
-    util::emit_json(&json!({
-        "kind": "storm_setup",
-        "mem_total_mib": total_kib / 1024,
-        "service_mib": service_mib,
-        "mem_available_with_service_mib": avail_with_service,
-        "kernel_would_pick_service": avail_with_service < service_mib,
-        "hog_touch_rate_mib_s": rates[0],
-        "slow_delay_us": SLOW_DELAY_US,
-        "memcg_limit_mib": memcg_limit_mib,
-        "variants": VARIANTS.iter().zip(&rates).map(|((name, storm, scope), rate)| json!({
-            "name": name,
-            "hog": storm.describe(),
-            "scope": describe_scope(*scope, memcg_limit_mib),
-            "alloc_rate_mib_s": rate,
-        })).collect::<Vec<_>>(),
-        "trials_per_contender": VARIANTS.iter()
-            .map(|(name, _, _)| (name.to_string(), json!(trials(name))))
-            .collect::<serde_json::Map<_, _>>(),
-        "earlyoom_args": EARLYOOM_ARGS,
+    util::emit_json(&Record::StormSetup(StormSetup {
+        mem_total_mib: total_kib / 1024,
+        service_mib,
+        mem_available_with_service_mib: avail_with_service,
+        kernel_would_pick_service: avail_with_service < service_mib,
+        hog_touch_rate_mib_s: rates[0],
+        slow_delay_us: SLOW_DELAY_US,
+        memcg_limit_mib,
+        variants: VARIANTS
+            .iter()
+            .zip(&rates)
+            .map(|((name, storm, scope), rate)| StormVariant {
+                name: name.to_string(),
+                hog: storm.describe(),
+                scope: describe_scope(*scope, memcg_limit_mib),
+                alloc_rate_mib_s: *rate,
+            })
+            .collect(),
+        trials_per_contender: VARIANTS
+            .iter()
+            .map(|(name, _, _)| (name.to_string(), trials(name)))
+            .collect(),
+        earlyoom_args: EARLYOOM_ARGS.iter().map(|a| a.to_string()).collect(),
     }));
 
     let started = Instant::now();
@@ -267,29 +272,29 @@ fn run() -> Result<()> {
             Scope::Memcg => format!("{memcg_limit_mib}M"),
         };
         s.parent.set("memory.max", &limit)?;
-        let mut records: Vec<(Contender, Vec<Value>)> =
+        let mut by_contender: Vec<(Contender, Vec<StormTrial>)> =
             Contender::ALL.iter().map(|c| (*c, Vec::new())).collect();
         for trial in 0..trials(variant) {
-            for (contender, out) in records.iter_mut() {
+            for (contender, out) in by_contender.iter_mut() {
                 let rec = run_trial(&mut s, *contender, storm, scope).with_context(|| {
                     format!("{variant} storm, {} trial {trial}", contender.name())
                 })?;
                 println!(
-                    "storm {variant} {} #{trial}: {rec} ({:.0} s in)",
+                    "storm {variant} {} #{trial}: {} ({:.0} s in)",
                     contender.name(),
+                    serde_json::to_string(&rec)?,
                     started.elapsed().as_secs_f64()
                 );
                 out.push(rec);
             }
         }
-        for (contender, out) in records {
-            util::emit_json(&json!({
-                "kind": "storm",
-                "variant": variant,
-                "hog": storm.describe(),
-                "scope": describe_scope(scope, memcg_limit_mib),
-                "contender": contender.name(),
-                "trials": out,
+        for (contender, out) in by_contender {
+            util::emit_json(&Record::Storm(records::Storm {
+                variant: variant.to_string(),
+                hog: storm.describe(),
+                scope: describe_scope(scope, memcg_limit_mib),
+                contender: contender.name().to_owned(),
+                trials: out,
             }));
         }
     }
@@ -297,7 +302,9 @@ fn run() -> Result<()> {
     if let Some(mut svc) = s.service.take() {
         kill_reap(&mut svc);
     }
-    util::emit_json(&json!({"kind": "storm_done", "service_starts": s.service_starts}));
+    util::emit_json(&Record::StormDone(StormDone {
+        service_starts: s.service_starts,
+    }));
     Ok(())
 }
 
@@ -346,9 +353,9 @@ fn alloc_rate(cg: &Cgroup, storm: Storm) -> Result<f64> {
 }
 
 /// The /proc/meminfo fields that say where memory is, in KiB.
-fn meminfo_snapshot() -> Result<Value> {
+fn meminfo_snapshot() -> Result<BTreeMap<String, Option<u64>>> {
     let text = util::read_file("/proc/meminfo")?;
-    let mut m = serde_json::Map::new();
+    let mut m = BTreeMap::new();
     for key in [
         "MemFree",
         "MemAvailable",
@@ -359,9 +366,9 @@ fn meminfo_snapshot() -> Result<Value> {
         "PageTables",
         "Percpu",
     ] {
-        m.insert(key.into(), json!(bc::status_field(&text, key)));
+        m.insert(key.into(), bc::status_field(&text, key));
     }
-    Ok(Value::Object(m))
+    Ok(m)
 }
 
 /// Starts the service if it is not running (it died in the previous trial).
@@ -386,7 +393,12 @@ enum Running {
     Policyd(Policyd),
 }
 
-fn run_trial(s: &mut Setup, contender: Contender, storm: Storm, scope: Scope) -> Result<Value> {
+fn run_trial(
+    s: &mut Setup,
+    contender: Contender,
+    storm: Storm,
+    scope: Scope,
+) -> Result<StormTrial> {
     ensure_service(s)?;
     let service_pid = s.service.as_ref().unwrap().id();
 
@@ -466,7 +478,7 @@ fn run_trial(s: &mut Setup, contender: Contender, storm: Storm, scope: Scope) ->
     let available_at_hog_death_kib = room_kib(s, scope)?;
     // Where the memory is when the hog is gone (to explain slow recoveries).
     let at_death = meminfo_snapshot()?;
-    let mut at_recovery = Value::Null;
+    let mut at_recovery = None;
     // Until memory is back.
     let mut recovered = None;
     if hog_dead.is_some() {
@@ -474,7 +486,7 @@ fn run_trial(s: &mut Setup, contender: Contender, storm: Storm, scope: Scope) ->
         while Instant::now() < deadline {
             if room_kib(s, scope)? * 10 >= baseline_kib * 9 {
                 recovered = Some(Instant::now());
-                at_recovery = meminfo_snapshot()?;
+                at_recovery = Some(meminfo_snapshot()?);
                 break;
             }
             thread::sleep(Duration::from_millis(2));
@@ -549,24 +561,27 @@ fn run_trial(s: &mut Setup, contender: Contender, storm: Storm, scope: Scope) ->
         }
     }
 
-    Ok(json!({
-        "service_survived": service_status.is_none(),
-        "service_killed_by": service_killed_by,
-        "hog_killed_by": hog_killed_by,
-        "victims": victims,
-        "kernel_oom_kills": oom_kills,
-        "earlyoom_signals": earlyoom_signals.iter().map(|(s, p)| format!("{s} {p}")).collect::<Vec<_>>(),
-        "policyd_decisions": decisions,
-        "policyd_handler_us": handler_us,
-        "hog_dead_ms": hog_dead.map(ms),
-        "service_dead_ms": service_dead.map(ms),
-        "recovered_ms": recovered.map(ms),
-        "timed_out": timed_out,
-        "baseline_available_mib": baseline_kib / 1024,
-        "available_at_hog_death_mib": available_at_hog_death_kib / 1024,
-        "meminfo_at_hog_death_kib": at_death,
-        "meminfo_at_recovery_kib": at_recovery,
-        "hog_peak_rss_mib": hog_rss_kib / 1024,
-        "contender_setup_s": setup_s,
-    }))
+    Ok(StormTrial {
+        service_survived: service_status.is_none(),
+        service_killed_by,
+        hog_killed_by,
+        victims,
+        kernel_oom_kills: oom_kills,
+        earlyoom_signals: earlyoom_signals
+            .iter()
+            .map(|(s, p)| format!("{s} {p}"))
+            .collect(),
+        policyd_decisions: decisions,
+        policyd_handler_us: handler_us,
+        hog_dead_ms: hog_dead.map(ms),
+        service_dead_ms: service_dead.map(ms),
+        recovered_ms: recovered.map(ms),
+        timed_out,
+        baseline_available_mib: baseline_kib / 1024,
+        available_at_hog_death_mib: available_at_hog_death_kib / 1024,
+        meminfo_at_hog_death_kib: at_death,
+        meminfo_at_recovery_kib: at_recovery,
+        hog_peak_rss_mib: hog_rss_kib / 1024,
+        contender_setup_s: setup_s,
+    })
 }

@@ -1,0 +1,213 @@
+//! The benchmark records a guest scenario sends the host, one `VMTEST-JSON` line each
+//! (guest::util::emit_json), typed on both sides: a field renamed or retyped on one side
+//! fails to build, or fails the run when the host reads it, instead of reading as missing.
+//! The host keeps them, as sent, in bench.json's `scenarios[].records`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    Env(Env),
+    StormSetup(StormSetup),
+    Storm(Storm),
+    StormDone(StormDone),
+    DecisionSetup(DecisionSetup),
+    Decision(DecisionSize),
+    Footprint(Footprint),
+}
+
+/// The guest a benchmark scenario ran in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Env {
+    pub scenario: String,
+    pub quick: bool,
+    pub kernel_release: String,
+    pub kernel_version: String,
+    pub guest_cpus: usize,
+    pub guest_mem_total_kib: u64,
+    pub clocksource: String,
+}
+
+/// bench-storm: the service, the hogs and the contenders.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StormSetup {
+    pub mem_total_mib: u64,
+    pub service_mib: u64,
+    pub mem_available_with_service_mib: u64,
+    /// Whether the kernel alone would kill the service (it is the bigger task).
+    pub kernel_would_pick_service: bool,
+    pub hog_touch_rate_mib_s: f64,
+    pub slow_delay_us: u64,
+    pub memcg_limit_mib: u64,
+    pub variants: Vec<StormVariant>,
+    /// Per storm variant.
+    pub trials_per_contender: BTreeMap<String, usize>,
+    pub earlyoom_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StormVariant {
+    pub name: String,
+    /// How the hog allocates.
+    pub hog: String,
+    /// Global or memcg OOM.
+    pub scope: String,
+    pub alloc_rate_mib_s: f64,
+}
+
+/// bench-storm: every trial of one variant and one contender.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storm {
+    pub variant: String,
+    pub hog: String,
+    pub scope: String,
+    pub contender: String,
+    pub trials: Vec<StormTrial>,
+}
+
+/// One storm: a hog allocating until something dies. Times are from the hog's start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StormTrial {
+    pub service_survived: bool,
+    pub service_killed_by: Option<String>,
+    /// The kernel's or policyd's OOM killer, "earlyoom", "timeout", or how it ended.
+    pub hog_killed_by: Option<String>,
+    /// Every process that died: "service", "hog", or "comm(pid)".
+    pub victims: Vec<String>,
+    /// /proc/vmstat oom_kill during the trial.
+    pub kernel_oom_kills: u64,
+    /// "SIGNAL PID" for each signal earlyoom sent.
+    pub earlyoom_signals: Vec<String>,
+    pub policyd_decisions: usize,
+    pub policyd_handler_us: Vec<u64>,
+    pub hog_dead_ms: Option<f64>,
+    pub service_dead_ms: Option<f64>,
+    /// When the room was back to 90% of the baseline; None if never.
+    pub recovered_ms: Option<f64>,
+    pub timed_out: bool,
+    pub baseline_available_mib: u64,
+    pub available_at_hog_death_mib: u64,
+    /// /proc/meminfo fields (KiB) when the hog died, and when the room was back.
+    pub meminfo_at_hog_death_kib: BTreeMap<String, Option<u64>>,
+    pub meminfo_at_recovery_kib: Option<BTreeMap<String, Option<u64>>>,
+    pub hog_peak_rss_mib: u64,
+    /// Seconds the contender took to start (policyd: to attach).
+    pub contender_setup_s: f64,
+}
+
+/// bench-storm's end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StormDone {
+    pub service_starts: u32,
+}
+
+/// bench-decision: the grid and the contenders.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionSetup {
+    pub victim_mib: u64,
+    pub oom_spacing_ms: u64,
+    pub rounds: usize,
+    pub per_block: usize,
+    pub samples_per_contender: usize,
+    pub cgroups: Vec<usize>,
+    pub tasks: Vec<usize>,
+    /// When not empty: only these (cgroups, tasks) pairs of the grid.
+    pub only: Vec<(usize, usize)>,
+    pub contenders: Vec<String>,
+}
+
+/// bench-decision: the samples of one grid point (cgroups × tasks), per contender.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionSize {
+    pub cgroups: usize,
+    pub tasks: usize,
+    /// By contender name ("kernel", "priority", ...).
+    pub results: BTreeMap<String, DecisionSamples>,
+    pub policyd_start_s: Vec<f64>,
+    /// What went wrong in a sample (wrong victim, no decision line, ...).
+    pub problems: Vec<String>,
+    pub sleepers_in_scope: u64,
+    pub spawn_s: f64,
+    pub added_tasks: usize,
+    pub mem_per_added_task_kib: f64,
+    pub mem_available_mib: u64,
+}
+
+/// One value per OOM, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionSamples {
+    /// bpf_out_of_memory() from call to return.
+    pub oom_ns: Vec<u64>,
+    /// From the call to the victim killed (the kernel log's timestamps).
+    pub to_kill_ns: Vec<Option<u64>>,
+    pub report_start_ns: Vec<Option<u64>>,
+    /// The OOM report's printing.
+    pub report_ns: Vec<Option<u64>>,
+    /// policyd's handler time, from its decision line.
+    pub handler_us: Vec<Option<u64>>,
+    pub report_printed: Vec<bool>,
+    /// The right victim, killed by the right killer.
+    pub ok: Vec<bool>,
+}
+
+/// bench-footprint: policyd's own cost, idle and in a burst of OOMs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Footprint {
+    pub cgroups: usize,
+    pub populated_cgroups: usize,
+    pub policyd_start_s: f64,
+    pub clock_ticks_per_s: u64,
+    pub idle: FootprintIdle,
+    pub burst: FootprintBurst,
+    pub after_burst_idle: FootprintAfter,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FootprintIdle {
+    pub seconds: f64,
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+    pub threads: u64,
+    pub cpu_ms: f64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FootprintBurst {
+    pub ooms: usize,
+    pub kills: usize,
+    pub decisions_logged: usize,
+    pub wall_s: f64,
+    pub all_logged_s: f64,
+    pub cpu_ms: f64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+    pub oom_ns: Vec<u64>,
+    pub handler_us: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FootprintAfter {
+    pub seconds: f64,
+    pub cpu_ms: f64,
+    pub voluntary_switches: u64,
+}
