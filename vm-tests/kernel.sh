@@ -11,8 +11,8 @@
 # KERNEL_SRC=/path/to/linux-7.3 for a tree of your own. That tree is never modified: the
 # patches go onto a copy in target/vm-tests/kernel/src (unless the tree already has them).
 #
-# Cache: target/vm-tests/kernel/<key>/{bzImage,vmlinux,config,build.log,info}, where <key>
-# hashes the source version, the patches, kernel.config and this script.
+# Cache: target/vm-tests/kernel/<key>/{bzImage,vmlinux,config,build.log,info,test_memcontrol},
+# where <key> hashes the source version, the patches, kernel.config and this script.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -301,6 +301,15 @@ build_kernel() {
 	local tmp=$kdir/.$key.tmp
 	rm -rf "$tmp"
 	mkdir "$tmp"
+	# The kernel's own memcg selftests, from the same tree, for the memcg-selftests
+	# scenario; static, as the guest has no libc. kselftest's make would build them all.
+	local cg=$work/tools/testing/selftests/cgroup
+	log "building test_memcontrol from ${cg#"$work"/}"
+	if ! gcc -static -O2 -pthread -I"$cg/.." -I"$cg/lib/include" -o "$tmp/test_memcontrol" \
+		"$cg/test_memcontrol.c" "$cg/lib/cgroup_util.c" >>"$blog" 2>&1; then
+		tail -n 20 "$blog" >&2
+		die "building test_memcontrol failed (log: $blog)"
+	fi
 	cp "$build/arch/x86/boot/bzImage" "$build/vmlinux" "$tmp/"
 	cp "$build/.config" "$tmp/config"
 	cp "$blog" "$tmp/build.log"

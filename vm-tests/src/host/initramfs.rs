@@ -1,4 +1,5 @@
-//! The guest's initramfs: busybox, /init, this binary, policyd, its config and earlyoom,
+//! The guest's initramfs: busybox, /init, this binary, policyd, its config, earlyoom and the
+//! kernel's test_memcontrol (built with the kernel, in `kernel_dir`),
 //! staged in target/vm-tests/initramfs/root and packed as an uncompressed newc cpio.
 //! It is rebuilt only when an input file or the /init script changes.
 
@@ -77,7 +78,7 @@ struct Input {
     src: PathBuf,
 }
 
-pub fn build(top: &Path, out: &Path) -> Result<Initramfs> {
+pub fn build(top: &Path, out: &Path, kernel_dir: &Path) -> Result<Initramfs> {
     let dir = out.join("initramfs");
     let staging = dir.join("root");
     let cpio = dir.join("initramfs.cpio");
@@ -117,6 +118,10 @@ pub fn build(top: &Path, out: &Path) -> Result<Initramfs> {
     inputs.push(Input {
         dest: "usr/bin/earlyoom".into(),
         src: earlyoom,
+    });
+    inputs.push(Input {
+        dest: "bin/test_memcontrol".into(),
+        src: kernel_dir.join("test_memcontrol"),
     });
 
     let mut stamp = String::new();

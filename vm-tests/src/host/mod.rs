@@ -68,7 +68,12 @@ fn prepare_vm() -> Result<Vm> {
 }
 
 fn prepare_vm_with(bzimage: PathBuf) -> Result<Vm> {
-    let initramfs = initramfs::build(&top(), &out_dir()).context("building the initramfs")?;
+    // The kernel's build directory holds the selftests built from its tree.
+    let kernel_dir = bzimage
+        .parent()
+        .context("the bzImage path has no directory")?;
+    let initramfs =
+        initramfs::build(&top(), &out_dir(), kernel_dir).context("building the initramfs")?;
     let logs = out_dir().join("logs");
     fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     Vm::new(bzimage, initramfs, logs)

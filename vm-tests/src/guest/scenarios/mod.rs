@@ -17,6 +17,7 @@ mod kernel_handler;
 mod kernel_hierarchy;
 mod kernel_kill_refused;
 mod kernel_oom_storm;
+mod memcg_selftests;
 mod oom_default_memcg;
 mod policyd_capacity;
 mod policyd_differential;
@@ -62,6 +63,7 @@ pub fn all() -> Vec<Scenario> {
         policyd_explain::scenario(),
         policyd_differential::scenario(),
         policyd_soak::scenario(),
+        memcg_selftests::scenario(),
         demo::scenario(),
         bench_storm::scenario(),
         bench_decision::scenario(),
