@@ -42,7 +42,7 @@ enum Cmd {
     },
     /// Tell the story of one OOM under policyd and under the kernel default.
     Demo,
-    /// Run the bench* scenarios whose name contains FILTER; report in target/vm-tests/bench.md.
+    /// Run the benchmark scenarios whose name contains FILTER; report in target/vm-tests/bench.md.
     Bench {
         filter: Option<String>,
         /// Shorter runs (scenarios see vmtest_quick=1 on their kernel command line).

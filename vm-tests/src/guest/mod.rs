@@ -2,8 +2,9 @@
 //! runs inside the test VM. The host reads the same registry to list and filter scenarios.
 //!
 //! Adding a scenario: write `scenarios/<name>.rs` with a `pub fn scenario() -> Scenario`,
-//! and add it to `scenarios::all()`. Its `run` returns Err to fail; the kernel log is
-//! checked by the host after every scenario (WARNING, BUG, lockdep, ... fail it too).
+//! and add it to `scenarios::all()` (with `.bench()` if it is a benchmark). Its `run`
+//! returns Err to fail; the kernel log is checked by the host after every scenario
+//! (WARNING, BUG, lockdep, ... fail it too).
 
 pub mod bench;
 pub mod kutil;
@@ -16,11 +17,21 @@ use clap::Subcommand;
 
 use crate::protocol;
 
+/// What a scenario is for, which decides the command that runs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Passes or fails; run by `test`.
+    Test,
+    /// Reports numbers and takes many minutes; run only by `bench`.
+    Bench,
+}
+
 /// One guest test: booted alone in a fresh VM.
 #[derive(Clone, Copy, Debug)]
 pub struct Scenario {
     /// Unique, kebab-case; `test FILTER` selects by substring.
     pub name: &'static str,
+    pub kind: Kind,
     /// The host kills the VM after this many seconds (boot included).
     pub timeout_s: u64,
     /// Guest RAM.
@@ -32,15 +43,22 @@ pub struct Scenario {
 
 #[allow(dead_code)] // builder methods for scenarios that need them
 impl Scenario {
-    /// A scenario with the defaults: 180 s, 512 MiB, no policyd.
+    /// A test with the defaults: 180 s, 512 MiB, no policyd.
     pub const fn new(name: &'static str, run: fn() -> Result<()>) -> Scenario {
         Scenario {
             name,
+            kind: Kind::Test,
             timeout_s: 180,
             mem_mb: 512,
             needs_policyd: false,
             run,
         }
+    }
+
+    /// Makes it a benchmark: declared in `scenarios::all()`, where it is listed.
+    pub const fn bench(mut self) -> Scenario {
+        self.kind = Kind::Bench;
+        self
     }
 
     pub const fn timeout_s(mut self, seconds: u64) -> Scenario {

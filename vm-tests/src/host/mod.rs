@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::guest::{self, Scenario};
+use crate::guest::{self, Kind, Scenario};
 use qemu::{Verdict, Vm};
 
 /// The repository root: $VMTESTS_TOP, else the workspace this binary was built from.
@@ -86,8 +86,12 @@ pub fn list() {
         } else {
             ""
         };
+        let bench = match s.kind {
+            Kind::Test => "",
+            Kind::Bench => ", benchmark",
+        };
         println!(
-            "{:<32} {:>4} s, {:>5} MiB{policyd}",
+            "{:<32} {:>4} s, {:>5} MiB{policyd}{bench}",
             s.name, s.timeout_s, s.mem_mb
         );
     }
@@ -154,16 +158,10 @@ fn select(filter: &str) -> Result<Vec<Scenario>> {
     Ok(chosen)
 }
 
-/// Benchmark scenarios run only under `bench`: they take many minutes and report numbers
-/// rather than pass or fail.
-fn is_bench(s: &Scenario) -> bool {
-    s.name.starts_with("bench")
-}
-
 pub fn test(filter: &str, verbose: bool) -> Result<bool> {
     let scenarios: Vec<Scenario> = select(filter)?
         .into_iter()
-        .filter(|s| !is_bench(s))
+        .filter(|s| s.kind == Kind::Test)
         .collect();
     if scenarios.is_empty() {
         bail!("only benchmark scenarios match {filter:?}: run them with ./vm-tests/run bench {filter}");
@@ -241,10 +239,10 @@ pub fn demo() -> Result<bool> {
 pub fn bench(filter: &str, quick: bool) -> Result<bool> {
     let scenarios: Vec<Scenario> = guest::scenarios::all()
         .into_iter()
-        .filter(|s| is_bench(s) && s.name.contains(filter))
+        .filter(|s| s.kind == Kind::Bench && s.name.contains(filter))
         .collect();
     if scenarios.is_empty() {
-        bail!("no bench* scenario name contains {filter:?}");
+        bail!("no benchmark scenario name contains {filter:?}");
     }
     let bench_started = Instant::now();
     let machine = bench_report::Machine::probe(&top());

@@ -33,7 +33,7 @@ mod policyd_reload;
 mod policyd_rule_matching;
 mod policyd_soak;
 
-/// Every scenario, in the order `test` runs them.
+/// Every scenario, in the order `test` (tests) and `bench` (benchmarks) run them.
 pub fn all() -> Vec<Scenario> {
     vec![
         oom_default_memcg::scenario(),
@@ -65,8 +65,8 @@ pub fn all() -> Vec<Scenario> {
         policyd_soak::scenario(),
         memcg_selftests::scenario(),
         demo::scenario(),
-        bench_storm::scenario(),
-        bench_decision::scenario(),
-        bench_footprint::scenario(),
+        bench_storm::scenario().bench(),
+        bench_decision::scenario().bench(),
+        bench_footprint::scenario().bench(),
     ]
 }
