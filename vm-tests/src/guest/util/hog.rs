@@ -1,0 +1,322 @@
+//! Memory hogs: this binary's `guest hog`, touching memory inside a cgroup until told or
+//! killed.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::{describe_status, spawn_in, wait_until, write_file, Cgroup};
+
+/// What a [`Hog`] does: touch `mib` MiB, then either sleep or keep growing.
+#[derive(Clone, Debug, Default)]
+pub struct HogSpec {
+    /// MiB allocated and touched before the hog reports ready.
+    pub mib: u64,
+    /// Keep allocating after the initial `mib`, `step_kib` at a time, until killed.
+    pub grow: bool,
+    /// Size of each growth step (default 1024 KiB).
+    pub step_kib: Option<u64>,
+    /// Pause between growth steps (default none).
+    pub delay_us: Option<u64>,
+    /// Stop growing (and sleep) once this many MiB are touched (default: never).
+    pub max_mib: Option<u64>,
+    /// Once ready, wait for [`Hog::release`] before growing, so that whatever must
+    /// know the hog's pid (a handler's target) is set before it can reach an OOM.
+    pub gated: bool,
+    /// The hog's /proc/self/oom_score_adj (default 0; the runner itself is -1000).
+    pub oom_score_adj: i32,
+}
+
+impl HogSpec {
+    /// Touches `mib` MiB, then sleeps until killed.
+    pub fn fixed(mib: u64) -> HogSpec {
+        HogSpec {
+            mib,
+            ..HogSpec::default()
+        }
+    }
+
+    /// Touches `mib` MiB, reports ready, then allocates without end.
+    pub fn growing(mib: u64) -> HogSpec {
+        HogSpec {
+            mib,
+            grow: true,
+            ..HogSpec::default()
+        }
+    }
+
+    pub fn step_kib(mut self, kib: u64) -> HogSpec {
+        self.step_kib = Some(kib);
+        self
+    }
+
+    pub fn delay_us(mut self, us: u64) -> HogSpec {
+        self.delay_us = Some(us);
+        self
+    }
+
+    /// Caps the growth at `mib` MiB in all. A hog that must push its cgroup into an OOM
+    /// once, then stay alive without refilling what the OOM freed, stops between the
+    /// two: above the room the others leave, below the limit on its own.
+    pub fn up_to(mut self, mib: u64) -> HogSpec {
+        self.max_mib = Some(mib);
+        self
+    }
+
+    pub fn gated(mut self) -> HogSpec {
+        self.gated = true;
+        self
+    }
+
+    pub fn oom_score_adj(mut self, adj: i32) -> HogSpec {
+        self.oom_score_adj = adj;
+        self
+    }
+
+    fn args(&self) -> Vec<String> {
+        let mut args = vec![
+            "guest".into(),
+            "hog".into(),
+            "--mib".into(),
+            self.mib.to_string(),
+        ];
+        if self.grow {
+            args.push("--grow".into());
+        }
+        if let Some(k) = self.step_kib {
+            args.extend(["--step-kib".into(), k.to_string()]);
+        }
+        if let Some(d) = self.delay_us {
+            args.extend(["--delay-us".into(), d.to_string()]);
+        }
+        if let Some(m) = self.max_mib {
+            args.extend(["--max-mib".into(), m.to_string()]);
+        }
+        if self.gated {
+            args.push("--gated".into());
+        }
+        args.push(format!("--oom-score-adj={}", self.oom_score_adj));
+        args
+    }
+}
+
+/// A memory hog: this same binary running `guest hog`, started inside a cgroup (it is moved
+/// there between fork and exec, so none of its memory is charged elsewhere). Dropping a Hog
+/// kills it if it still runs.
+pub struct Hog {
+    child: Child,
+    pid: i32,
+    lines: mpsc::Receiver<String>,
+    /// The gate of a gated hog, until released.
+    gate: Option<ChildStdin>,
+}
+
+impl Hog {
+    /// Starts a hog in `cgroup`; call [`Hog::wait_ready`] before relying on its memory.
+    pub fn spawn(cgroup: &Cgroup, spec: &HogSpec) -> Result<Hog> {
+        let exe = std::env::current_exe().context("locating the vm-tests binary")?;
+        let mut cmd = Command::new(&exe);
+        cmd.args(spec.args())
+            .stdin(if spec.gated {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped());
+        let mut child =
+            spawn_in(cgroup, &mut cmd, None).with_context(|| format!("starting hog {spec:?}"))?;
+        let gate = child.stdin.take();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let pid = child.id() as i32;
+        Ok(Hog {
+            child,
+            pid,
+            lines,
+            gate,
+        })
+    }
+
+    /// Starts a hog and waits until its initial memory is touched.
+    pub fn start(cgroup: &Cgroup, spec: &HogSpec, timeout: Duration) -> Result<Hog> {
+        let mut hog = Hog::spawn(cgroup, spec)?;
+        hog.wait_ready(timeout)?;
+        Ok(hog)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Waits for the hog's "hog ready" line: its initial `mib` MiB are resident.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.trim() == HOG_READY => return Ok(()),
+                Ok(_) => continue,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    bail!(
+                        "hog {} not ready after {:.1} s",
+                        self.pid,
+                        timeout.as_secs_f64()
+                    )
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().context("waiting for the hog")?;
+                    bail!(
+                        "hog {} ended before it was ready: {}",
+                        self.pid,
+                        describe_status(status)
+                    );
+                }
+            }
+        }
+    }
+
+    /// Lets a gated hog start growing.
+    pub fn release(&mut self) -> Result<()> {
+        let mut gate = self
+            .gate
+            .take()
+            .with_context(|| format!("hog {} is not gated, or already released", self.pid))?;
+        gate.write_all(b"go\n")
+            .with_context(|| format!("releasing hog {}", self.pid))
+    }
+
+    /// The exit status if the hog has ended (reaping it), None while it runs.
+    pub fn try_status(&mut self) -> Result<Option<ExitStatus>> {
+        self.child
+            .try_wait()
+            .with_context(|| format!("checking hog {}", self.pid))
+    }
+
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.try_status(), Ok(None))
+    }
+
+    /// Waits up to `timeout` for the hog to end; Ok only if SIGKILL ended it.
+    pub fn wait_killed(&mut self, timeout: Duration) -> Result<()> {
+        let mut status = None;
+        wait_until(timeout, &format!("hog {} to be killed", self.pid), || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        })?;
+        let status = status.expect("set when the wait succeeded");
+        if status.signal() != Some(nix::libc::SIGKILL) {
+            bail!(
+                "hog {} ended by {} instead of SIGKILL",
+                self.pid,
+                describe_status(status)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// What a hog prints once its initial memory is resident.
+pub const HOG_READY: &str = "hog ready";
+
+/// The body of `vm-tests guest hog`: never returns unless setup fails.
+pub fn run_hog(spec: &HogSpec) -> Result<()> {
+    write_file("/proc/self/oom_score_adj", spec.oom_score_adj.to_string())?;
+    touch_mib(spec.mib)?;
+    println!("{HOG_READY}");
+    std::io::stdout().flush().ok();
+    if spec.gated {
+        let mut go = String::new();
+        std::io::stdin()
+            .read_line(&mut go)
+            .context("waiting at the gate")?;
+    }
+    let step = spec.step_kib.unwrap_or(1024).max(4) * 1024;
+    let max = spec.max_mib.map_or(u64::MAX, |m| m << 20);
+    let mut held = spec.mib << 20;
+    while spec.grow && held < max {
+        touch_bytes(step as usize)?;
+        held += step;
+        if let Some(d) = spec.delay_us.filter(|d| *d > 0) {
+            thread::sleep(Duration::from_micros(d));
+        }
+    }
+    loop {
+        thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn touch_mib(mib: u64) -> Result<()> {
+    for _ in 0..mib {
+        touch_bytes(1 << 20)?;
+    }
+    Ok(())
+}
+
+/// Maps `len` anonymous bytes and writes to every page, so the memory is charged now.
+/// The mapping is never unmapped: a hog only gives memory back by dying.
+fn touch_bytes(len: usize) -> Result<()> {
+    use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
+    let size = std::num::NonZeroUsize::new(len).context("zero-sized allocation")?;
+    // SAFETY: a fresh private anonymous mapping, written only within its bounds.
+    unsafe {
+        let ptr = mmap_anonymous(
+            None,
+            size,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_PRIVATE,
+        )
+        .context("mmap")?;
+        let base = ptr.as_ptr().cast::<u8>();
+        for off in (0..len).step_by(4096) {
+            base.add(off).write_volatile(1);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hog_args() {
+        let spec = HogSpec::growing(16)
+            .step_kib(256)
+            .delay_us(10)
+            .oom_score_adj(500);
+        assert_eq!(
+            spec.args().join(" "),
+            "guest hog --mib 16 --grow --step-kib 256 --delay-us 10 --oom-score-adj=500"
+        );
+        assert_eq!(
+            HogSpec::growing(4).up_to(64).gated().args().join(" "),
+            "guest hog --mib 4 --grow --max-mib 64 --gated --oom-score-adj=0"
+        );
+        assert_eq!(
+            HogSpec::fixed(8).args().join(" "),
+            "guest hog --mib 8 --oom-score-adj=0"
+        );
+    }
+}
