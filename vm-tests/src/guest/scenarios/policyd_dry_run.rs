@@ -57,19 +57,8 @@ fn run() -> Result<()> {
         ("killed", "0"),
     ])?;
     let log = KillLog::read(&mut kmsg, &[service.pid()])?;
-    ensure!(
-        log.kill_line(service.pid())
-            .is_some_and(|l| l.contains("Memory cgroup out of memory: Killed process")),
-        "no kernel kill of the service {} in the kernel log:\n{}",
-        service.pid(),
-        log.text()
-    );
+    log.expect_kernel_killed(service.pid(), "service")?;
     log.expect_only_killed(service.pid(), "service")?;
-    ensure!(
-        !log.bpf_chose_any(),
-        "the OOM report says a BPF handler chose the victim in a dry run:\n{}",
-        log.text()
-    );
     let h = pdutil::status_at("/app")?.context("the handler vanished from policyd status")?;
     let c = &h["counters"];
     ensure!(

@@ -130,6 +130,25 @@ impl KillLog {
         Ok(())
     }
 
+    /// Fails unless the kernel's own memcg OOM killer killed `pid` (the `role`): its kill
+    /// report is the memcg OOM killer's, and no OOM report says a BPF handler chose.
+    pub fn expect_kernel_killed(&self, pid: i32, role: &str) -> Result<()> {
+        ensure!(
+            self.kill_line(pid)
+                .is_some_and(|l| l.contains("Memory cgroup out of memory: Killed process")),
+            "no \"Memory cgroup out of memory: Killed process {pid}\" (the kernel's own kill \
+             of the {role}) in the kernel log:\n{}",
+            self.text()
+        );
+        ensure!(
+            !self.bpf_chose_any(),
+            "the OOM report says a BPF handler chose the victim, where the kernel's own \
+             killer should have:\n{}",
+            self.text()
+        );
+        Ok(())
+    }
+
     /// Whether any OOM report says a BPF OOM handler chose the victim.
     pub fn bpf_chose_any(&self) -> bool {
         self.lines
