@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod kutil;
+pub mod layout;
 pub mod pdutil;
 pub mod scenarios;
 pub mod util;

@@ -10,12 +10,10 @@
 //! search covered every candidate, the handler gave up after those and the kernel killed
 //! the service.
 
-use std::time::Duration;
-
 use anyhow::Result;
 
-use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, Policyd};
-use crate::guest::util::{Cgroup, Hog, HogSpec, KillLog, Kmsg};
+use crate::guest::layout::{Layout, LayoutSpec, Oom};
+use crate::guest::util::HogSpec;
 use crate::guest::Scenario;
 
 pub fn scenario() -> Scenario {
@@ -44,67 +42,45 @@ priority = 1000
 "#;
 
 fn run() -> Result<()> {
-    pdutil::quiet_oom_reports()?;
-    let pile = Cgroup::create("pile")?;
-    pile.set("memory.max", "128M")?;
-    let service_cg = pile.child("service")?;
-    let batch_cg = pile.child("batch")?;
-    let immortal_cgs = (0..IMMORTALS)
-        .map(|i| pile.child(&format!("immortal{i}")))
-        .collect::<Result<Vec<_>>>()?;
-    let config = pdutil::write_config("passes-over", CONFIG)?;
-    let mut pd = Policyd::load(&["priority", "--config", &config, "--cgroup", "/pile"])?;
-
-    let mut service = Hog::start(&service_cg, &HogSpec::fixed(72), pdutil::READY_TIMEOUT)?;
-    let mut immortals = Vec::new();
-    for cg in &immortal_cgs {
-        let spec = HogSpec::fixed(2).oom_score_adj(-1000);
-        immortals.push(Hog::start(cg, &spec, pdutil::READY_TIMEOUT)?);
+    let immortals: Vec<String> = (0..IMMORTALS).map(|i| format!("immortal{i}")).collect();
+    let mut cgroups = vec!["service", "batch"];
+    cgroups.extend(immortals.iter().map(String::as_str));
+    let mut l = Layout::load(&LayoutSpec {
+        name: "passes-over",
+        parent: "pile",
+        memory_max: "128M",
+        cgroups: &cgroups,
+        config: CONFIG,
+        policyd_options: &[],
+    })?;
+    // The biggest task, priority 1000: the kernel's own choice.
+    l.start("service", "service", &HogSpec::fixed(72))?;
+    // Priority 1, but nothing to kill; all must survive.
+    for cg in &immortals {
+        l.start(cg, cg, &HogSpec::fixed(2).oom_score_adj(-1000))?;
     }
-    let mut kmsg = Kmsg::mark()?;
-    let mut batch = Hog::start(&batch_cg, &HogSpec::growing(8), pdutil::READY_TIMEOUT)?;
-    println!(
-        "service {} (72 MiB, priority 1000), {IMMORTALS} priority-1 cgroups of 2 MiB with only \
-         oom_score_adj -1000 tasks, batch {} (growing, priority 50) in /pile (max 128M)",
-        service.pid(),
-        batch.pid()
-    );
 
-    batch.wait_killed(pdutil::OOM_TIMEOUT)?;
-    let d = pd.next_decision(Duration::from_secs(10))?;
-    let pid = batch.pid().to_string();
     let candidates = (IMMORTALS + 2).to_string();
     let tried = (IMMORTALS + 1).to_string();
     let unkillable = IMMORTALS.to_string();
-    d.expect(&[
-        ("scope", "/pile"),
-        ("victim_cgroup", "/pile/batch"),
-        ("pid", &pid),
-        ("priority", "50"),
-        ("reason", "lowest-priority"),
-        ("outcome", "killed"),
-        ("killed", "1"),
-        ("candidates", &candidates),
-        ("tried", &tried),
-        ("unkillable", &unkillable),
-        ("exiting", "0"),
-        ("empty", "0"),
-        ("refused", "0"),
-        ("runner_up", "/pile/service"),
-        ("runner_up_priority", "1000"),
-    ])?;
-    expect_alive(&mut service, "priority-1000 service")?;
-    for (i, hog) in immortals.iter_mut().enumerate() {
-        expect_alive(
-            hog,
-            &format!("oom_score_adj -1000 task of /pile/immortal{i}"),
-        )?;
-    }
-    expect_oom_kills(&batch_cg, 1)?;
-    expect_oom_kills(&service_cg, 0)?;
-    let log = KillLog::read(&mut kmsg, &[batch.pid()])?;
-    log.expect_only_killed(batch.pid(), "batch hog")?;
-    pd.stop()?;
+    let (d, _) = l.oom(&Oom {
+        start: &[("batch", "batch", HogSpec::growing(8))],
+        victims: &["batch"],
+        decision: &[
+            ("priority", "50"),
+            ("reason", "lowest-priority"),
+            ("candidates", &candidates),
+            ("tried", &tried),
+            ("unkillable", &unkillable),
+            ("exiting", "0"),
+            ("empty", "0"),
+            ("refused", "0"),
+            ("runner_up", "/pile/service"),
+            ("runner_up_priority", "1000"),
+        ],
+        oom_kills: &[("batch", 1), ("service", 0)],
+    })?;
+    l.stop()?;
     println!("{IMMORTALS} unkillable candidates passed over, the batch job died: {d}");
     Ok(())
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 
-use crate::guest::pdutil::{self, expect_alive, expect_oom_kills, Policyd, ServiceAndHog};
-use crate::guest::util::KillLog;
+use crate::guest::layout::PolicyKill;
+use crate::guest::pdutil::{self, Policyd, ServiceAndHog};
 use crate::guest::Scenario;
 
 pub fn memcg() -> Scenario {
@@ -48,28 +48,26 @@ fn run_memcg() -> Result<()> {
     );
 
     let (mut service, mut kmsg, mut hog) = layout.start(56)?;
-
-    hog.wait_killed(pdutil::OOM_TIMEOUT)?;
-    let d = pd.next_decision(Duration::from_secs(10))?;
-    let pid = hog.pid().to_string();
-    d.expect(&[
-        ("policy", "priority"),
-        ("scope", "/app"),
-        ("victim_cgroup", "/app/hog"),
-        ("pid", &pid),
-        ("priority", "10"),
-        ("reason", "lowest-priority"),
-        ("outcome", "killed"),
-        ("killed", "1"),
-        ("runner_up", "/app/service"),
-        ("runner_up_priority", "500"),
-    ])?;
-    expect_alive(&mut service, "service (priority 500, the biggest)")?;
-    expect_oom_kills(&layout.hog_cg, 1)?;
-    expect_oom_kills(&layout.service_cg, 0)?;
-    expect_oom_kills(&layout.app, 1)?;
-    let log = KillLog::read(&mut kmsg, &[hog.pid()])?;
-    log.expect_only_killed(hog.pid(), "hog")?;
+    let (d, log) = PolicyKill {
+        victims: vec![("hog", &mut hog)],
+        survivors: vec![("service (priority 500, the biggest)", &mut service)],
+        timeout: pdutil::OOM_TIMEOUT,
+        decision: &[
+            ("policy", "priority"),
+            ("scope", "/app"),
+            ("victim_cgroup", "/app/hog"),
+            ("priority", "10"),
+            ("reason", "lowest-priority"),
+            ("runner_up", "/app/service"),
+            ("runner_up_priority", "500"),
+        ],
+        oom_kills: vec![
+            (&layout.hog_cg, 1),
+            (&layout.service_cg, 0),
+            (&layout.app, 1),
+        ],
+    }
+    .check(&mut pd, &mut kmsg)?;
     ensure!(
         log.lines
             .iter()
@@ -130,24 +128,20 @@ fn run_global() -> Result<()> {
     println!("{free_mib} MiB free");
     let (mut service, mut kmsg, mut hog) = layout.start(service_mib)?;
 
-    hog.wait_killed(Duration::from_secs(60))?;
-    let d = pd.next_decision(Duration::from_secs(10))?;
-    let pid = hog.pid().to_string();
-    d.expect(&[
-        ("policy", "priority"),
-        ("scope", "global"),
-        ("victim_cgroup", "/app/hog"),
-        ("pid", &pid),
-        ("reason", "lowest-priority"),
-        ("outcome", "killed"),
-        ("killed", "1"),
-        ("runner_up", "/app/service"),
-    ])?;
-    expect_alive(&mut service, "service (priority 500, the biggest)")?;
-    expect_oom_kills(&layout.hog_cg, 1)?;
-    expect_oom_kills(&layout.service_cg, 0)?;
-    let log = KillLog::read(&mut kmsg, &[hog.pid()])?;
-    log.expect_only_killed(hog.pid(), "hog")?;
+    let (d, log) = PolicyKill {
+        victims: vec![("hog", &mut hog)],
+        survivors: vec![("service (priority 500, the biggest)", &mut service)],
+        timeout: Duration::from_secs(60),
+        decision: &[
+            ("policy", "priority"),
+            ("scope", "global"),
+            ("victim_cgroup", "/app/hog"),
+            ("reason", "lowest-priority"),
+            ("runner_up", "/app/service"),
+        ],
+        oom_kills: vec![(&layout.hog_cg, 1), (&layout.service_cg, 0)],
+    }
+    .check(&mut pd, &mut kmsg)?;
     ensure!(
         !log.lines
             .iter()
