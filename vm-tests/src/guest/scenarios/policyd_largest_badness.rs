@@ -155,6 +155,15 @@ fn wait_first_death(
     bail!("no task of /lab died within {:?}", pdutil::OOM_TIMEOUT)
 }
 
+/// A policy's run on the layout: the role it must kill, why, and the decision fields
+/// besides those every kill here has (policy, scope, victim_cgroup, pid, outcome, killed).
+struct PolicyRun<'a> {
+    policy: &'a str,
+    kills: &'a str,
+    why: &'a str,
+    decision: &'a [(&'a str, &'a str)],
+}
+
 fn run() -> Result<()> {
     pdutil::quiet_oom_reports()?;
     let config = pdutil::write_config("largest-badness", CONFIG)?;
@@ -167,62 +176,60 @@ fn run() -> Result<()> {
     println!("the kernel killed {kernel_role}");
     l.tear_down()?;
 
-    // 2. badness: the same choice, made in BPF.
-    println!("policyd load badness:");
-    let mut l = Layout::create()?;
-    let mut pd = Policyd::load(&["badness", "--config", &config, "--cgroup", "/"])?;
-    l.start()?;
-    let (role, pid) = l.oom()?;
-    let d = pd.next_decision(Duration::from_secs(10))?;
-    let pid_s = pid.to_string();
-    let cgroup = format!("/lab/{}", role.split('-').next().unwrap_or(role));
-    d.expect(&[
-        ("policy", "badness"),
-        ("scope", "/lab"),
-        ("victim_cgroup", &cgroup),
-        ("pid", &pid_s),
-        ("reason", "badness"),
-        ("outcome", "killed"),
-        ("killed", "1"),
-    ])?;
-    ensure!(
-        role == kernel_role,
-        "badness killed {role} (pid {pid}), the kernel's own killer killed {kernel_role}"
-    );
-    println!("badness killed {role}, as the kernel did: {d}");
-    l.tear_down()?;
-    pd.stop()?;
-
-    // 3. largest: the biggest unprotected cgroup, its largest task.
-    println!("policyd load largest:");
-    let mut l = Layout::create()?;
-    let mut pd = Policyd::load(&["largest", "--config", &config, "--cgroup", "/"])?;
-    l.start()?;
-    let (role, pid) = l.oom()?;
-    let d = pd.next_decision(Duration::from_secs(10))?;
-    ensure!(
-        role == "pair-big",
-        "largest killed {role} (pid {pid}), expected pair-big (pid {}), the largest task of \
-         /lab/pair, the largest unprotected cgroup; decision: {d}",
-        l.pid("pair-big")
-    );
-    let pid_s = pid.to_string();
-    d.expect(&[
-        ("policy", "largest"),
-        ("scope", "/lab"),
-        ("victim_cgroup", "/lab/pair"),
-        ("pid", &pid_s),
-        ("reason", "largest-usage"),
-        ("outcome", "killed"),
-        ("killed", "1"),
-        // solo (44 MiB) ranks next; the protected db (72 MiB) not at all.
-        ("runner_up", "/lab/solo"),
-    ])?;
-    expect_oom_kills(&l.pair_cg, 1)?;
-    expect_oom_kills(&l.db_cg, 0)?;
-    expect_oom_kills(&l.solo_cg, 0)?;
-    println!("largest killed the biggest task of the biggest unprotected cgroup: {d}");
-    l.tear_down()?;
-    pd.stop()?;
+    // 2. badness: the same choice, made in BPF. 3. largest: the biggest unprotected
+    // cgroup, its largest task.
+    let runs = [
+        PolicyRun {
+            policy: "badness",
+            kills: kernel_role,
+            why: "the kernel's own killer's choice",
+            decision: &[("reason", "badness")],
+        },
+        PolicyRun {
+            policy: "largest",
+            kills: "pair-big",
+            why: "the largest task of /lab/pair, the largest unprotected cgroup",
+            // solo (44 MiB) ranks next; the protected db (72 MiB) not at all.
+            decision: &[("reason", "largest-usage"), ("runner_up", "/lab/solo")],
+        },
+    ];
+    for PolicyRun {
+        policy,
+        kills,
+        why,
+        decision,
+    } in runs
+    {
+        println!("policyd load {policy}:");
+        let mut l = Layout::create()?;
+        let mut pd = Policyd::load(&[policy, "--config", &config, "--cgroup", "/"])?;
+        l.start()?;
+        let (role, pid) = l.oom()?;
+        let d = pd.next_decision(Duration::from_secs(10))?;
+        ensure!(
+            role == kills,
+            "{policy} killed {role} (pid {pid}), expected {kills} (pid {}), {why}; \
+             decision: {d}",
+            l.pid(kills)
+        );
+        let pid_s = pid.to_string();
+        let cgroup = format!("/lab/{}", role.split('-').next().unwrap_or(role));
+        let mut want = vec![
+            ("policy", policy),
+            ("scope", "/lab"),
+            ("victim_cgroup", cgroup.as_str()),
+            ("pid", &pid_s),
+            ("outcome", "killed"),
+            ("killed", "1"),
+        ];
+        want.extend_from_slice(decision);
+        d.expect(&want)?;
+        for cg in [&l.db_cg, &l.pair_cg, &l.solo_cg] {
+            expect_oom_kills(cg, u64::from(cg.path() == cgroup))?;
+        }
+        println!("{policy} killed {role}, {why}: {d}");
+        l.tear_down()?;
+        pd.stop()?;
+    }
     Ok(())
 }
