@@ -1,5 +1,8 @@
 //! The guest scenarios. Each module has a `pub fn scenario() -> Scenario`; list it in
-//! `all()` below. Helpers for writing one are in `super::util`.
+//! `all()` below. Helpers for writing one are in `super::util` (cgroups, hogs, kernel
+//! log), `super::pdutil` (policyd) and `super::kutil` (the test handler); a policyd
+//! scenario that builds a layout and makes OOMs in it writes them as data for
+//! `super::layout`.
 
 use super::Scenario;
 
