@@ -64,6 +64,15 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Asserts that `o` exited with `code` and said each of `parts` on stderr.
+fn assert_fails_saying(o: &Output, code: i32, parts: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "{err}");
+    for part in parts {
+        assert!(err.contains(part), "{part:?} not in:\n{err}");
+    }
+}
+
 fn repo_config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("policies.toml")
 }
@@ -105,11 +114,10 @@ fn check_reports_every_error_with_its_position() {
 #[test]
 fn check_missing_file_fails() {
     let o = policyd(&["check", "/nonexistent/policies.toml"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("cannot read config file /nonexistent/policies.toml"),
-        "{}",
-        stderr(&o)
+    assert_fails_saying(
+        &o,
+        1,
+        &["cannot read config file /nonexistent/policies.toml"],
     );
 }
 
@@ -200,13 +208,14 @@ fn missing_config_suggests_the_option() {
         "--cgroup-root",
         cg.root().to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(1));
-    let err = stderr(&o);
-    assert!(
-        err.contains(&format!("config file {} not found", missing.display())),
-        "{err}"
+    assert_fails_saying(
+        &o,
+        1,
+        &[
+            &format!("config file {} not found", missing.display()),
+            "pass --config FILE",
+        ],
     );
-    assert!(err.contains("pass --config FILE"), "{err}");
 }
 
 #[test]
@@ -220,26 +229,21 @@ fn load_validates_before_the_kernel_is_touched() {
         "--config",
         bad.to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("bad.toml:1:10: unknown policy \"nope\""),
-        "{}",
-        stderr(&o)
-    );
+    assert_fails_saying(&o, 1, &["bad.toml:1:10: unknown policy \"nope\""]);
 
     let o = policyd(&["load", "nope"]);
-    assert_eq!(o.status.code(), Some(2), "a usage error");
-    assert!(stderr(&o).contains("valid policies: priority, largest, badness, observe"));
+    // A usage error.
+    assert_fails_saying(
+        &o,
+        2,
+        &["valid policies: priority, largest, badness, observe"],
+    );
 
     // The tables cannot grow past what the handler was built for.
     for n in ["15", "65537", "many"] {
         let o = policyd(&["load", "--max-cgroups", n]);
-        assert_eq!(o.status.code(), Some(2), "--max-cgroups {n}: a usage error");
-        assert!(
-            stderr(&o).contains("invalid value") && stderr(&o).contains("--max-cgroups"),
-            "{}",
-            stderr(&o)
-        );
+        // A usage error.
+        assert_fails_saying(&o, 2, &["invalid value", "--max-cgroups"]);
     }
 }
 
@@ -308,13 +312,9 @@ fn load_refuses_a_config_that_others_can_write() {
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o664)).unwrap();
 
     let o = policyd(&load_nowhere(cg.root(), &file));
-    assert_eq!(o.status.code(), Some(1));
-    let err = stderr(&o);
     let f = file.display();
-    assert!(
-        err.contains(&format!("chown root:root {f} && chmod go-w {f}")),
-        "{err}"
-    );
+    assert_fails_saying(&o, 1, &[&format!("chown root:root {f} && chmod go-w {f}")]);
+    let err = stderr(&o);
     if is_root() {
         assert!(
             err.contains(&format!("{f} is writable by its group (mode 0664)")),
@@ -343,6 +343,19 @@ fn load_refuses_a_config_that_others_can_write() {
     assert!(!stderr(&o).contains("chown"), "{}", stderr(&o));
 }
 
+/// Runs [`load_nowhere`] with the repo's config (owner unchecked), as the
+/// process that the fake proc tree at `proc_root` describes.
+fn load_nowhere_as_in(cg: &Path, proc_root: &Path) -> Output {
+    let config = repo_config();
+    let mut args = load_nowhere(cg, &config);
+    args.extend([
+        "--insecure-config",
+        "--proc-root",
+        proc_root.to_str().unwrap(),
+    ]);
+    policyd(&args)
+}
+
 /// A fake proc tree whose self/ns/cgroup names the namespace `ns`.
 fn proc_in_cgroupns(dir: &Path, ns: &str) -> PathBuf {
     let proc_root = dir.join("proc");
@@ -355,23 +368,12 @@ fn proc_in_cgroupns(dir: &Path, ns: &str) -> PathBuf {
 fn load_refuses_a_private_cgroup_namespace_and_status_notes_it() {
     let dir = tempfile::tempdir().unwrap();
     let cg = FakeCgroupfs::new(dir.path().join("cg"));
-    let config = repo_config();
     let proc_root = proc_in_cgroupns(dir.path(), "cgroup:[4026532510]");
-    let mut args = load_nowhere(cg.root(), &config);
-    args.extend([
-        "--insecure-config",
-        "--proc-root",
-        proc_root.to_str().unwrap(),
-    ]);
-    let o = policyd(&args);
-    assert_eq!(o.status.code(), Some(1));
+    let o = load_nowhere_as_in(cg.root(), &proc_root);
+    assert_fails_saying(&o, 1, &["run policyd in the host's cgroup namespace"]);
     let err = stderr(&o);
     assert!(
         err.starts_with("policyd: error: policyd runs in a private cgroup namespace"),
-        "{err}"
-    );
-    assert!(
-        err.contains("run policyd in the host's cgroup namespace"),
         "{err}"
     );
 
@@ -395,7 +397,6 @@ fn proc_for_load(dir: &Path) -> PathBuf {
 fn load_protects_itself_before_attaching() {
     let dir = tempfile::tempdir().unwrap();
     let cg = FakeCgroupfs::new(dir.path().join("cg"));
-    let config = repo_config();
     let proc_root = proc_for_load(dir.path());
     cg.cgroup("/system.slice/policyd.service", 0, &[]);
     std::fs::write(
@@ -403,13 +404,7 @@ fn load_protects_itself_before_attaching() {
         "0::/system.slice/policyd.service\n",
     )
     .unwrap();
-    let mut args = load_nowhere(cg.root(), &config);
-    args.extend([
-        "--insecure-config",
-        "--proc-root",
-        proc_root.to_str().unwrap(),
-    ]);
-    let o = policyd(&args);
+    let o = load_nowhere_as_in(cg.root(), &proc_root);
     // It goes on to fail on the cgroup that does not exist (or on a kernel
     // without BPF OOM), after protecting itself.
     assert_eq!(o.status.code(), Some(1));
