@@ -170,7 +170,8 @@ pub fn cgroup2_mount_in(mounts: &str) -> Option<PathBuf> {
 }
 
 /// The kernel writes space, tab, newline and backslash in mount paths as
-/// three-digit octal escapes (`\040`).
+/// three-digit octal escapes (`\040`). Ours because procfs 0.18's mounts
+/// parser undoes only some of them and leaves a space as `\040`.
 fn unescape_mount_field(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

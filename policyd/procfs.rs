@@ -3,17 +3,21 @@
 //! whether a pid is a kernel thread or exiting.
 //!
 //! The proc root is a path so tests can use a fake one (see
-//! [`crate::testing::FakeProcfs`]).
+//! [`crate::testing::FakeProcfs`]). The `procfs` crate reads `stat` and
+//! `statm`; the few single lines taken from other files are read here, where
+//! procfs would want whole files it checks field by field.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use procfs::process::Process;
+pub use procfs::process::Stat;
 use serde::Serialize;
 
 /// `OOM_SCORE_ADJ_MIN`: the kernel never kills such a task.
 pub const OOM_SCORE_ADJ_MIN: i32 = -1000;
 /// `PF_KTHREAD` in the flags field of `/proc/<pid>/stat`.
-const PF_KTHREAD: u64 = 0x0020_0000;
+const PF_KTHREAD: u32 = 0x0020_0000;
 
 /// One process, as `/proc/<pid>` describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -76,7 +80,7 @@ impl ProcFs {
 
     /// A proc tree at `root`, with the system's page size.
     pub fn new(root: impl Into<PathBuf>) -> ProcFs {
-        ProcFs::with_page_size(root, system_page_size())
+        ProcFs::with_page_size(root, procfs::page_size())
     }
 
     pub fn with_page_size(root: impl Into<PathBuf>, page_size: u64) -> ProcFs {
@@ -93,26 +97,47 @@ impl ProcFs {
     fn read(&self, pid: u32, file: &str) -> Option<String> {
         fs::read_to_string(self.root.join(pid.to_string()).join(file)).ok()
     }
+
+    fn process(&self, pid: u32) -> Option<Process> {
+        Process::new_with_root(self.root.join(pid.to_string())).ok()
+    }
+
+    /// `/proc/<pid>/stat` (comm, state, flags, start time), or `None` when
+    /// `pid` has exited.
+    pub fn stat(&self, pid: u32) -> Option<Stat> {
+        self.process(pid)?.stat().ok()
+    }
+
+    /// Boot time, seconds since the epoch: `btime` of `/proc/stat`.
+    pub fn boot_time(&self) -> Option<u64> {
+        // procfs's KernelStats would want every cpu line, ctxt and
+        // processes too, for this one line.
+        let text = fs::read_to_string(self.root.join("stat")).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+}
+
+/// When a task whose stat says it started `start_ticks` after boot
+/// started, in seconds since the epoch.
+pub fn start_unix(boot_time: u64, start_ticks: u64) -> u64 {
+    boot_time + start_ticks / procfs::ticks_per_second()
 }
 
 impl TaskSource for ProcFs {
     fn task(&self, pid: u32) -> Option<TaskInfo> {
+        let process = self.process(pid)?;
         // statm is the one file every live task has; without it the task is gone.
-        let statm = self.read(pid, "statm")?;
-        let mut statm = statm.split_whitespace().map(|v| v.parse::<u64>().ok());
-        let size_pages = statm.next()??;
-        let resident_pages = statm.next()??;
-        let stat = self
-            .read(pid, "stat")
-            .map(|s| parse_stat(&s))
-            .unwrap_or_default();
-        let kernel_thread = stat.flags.is_some_and(|f| f & PF_KTHREAD != 0);
+        let statm = process.statm().ok()?;
+        let stat = process.stat().ok();
+        let kernel_thread = stat.as_ref().is_some_and(|s| s.flags & PF_KTHREAD != 0);
         let status = self.read(pid, "status").unwrap_or_default();
         let kib = |key: &str| status_kib(&status, key).unwrap_or(0).saturating_mul(1024);
         let comm = self
             .read(pid, "comm")
             .map(|c| c.trim_end_matches('\n').to_owned())
-            .or(stat.comm)
+            .or_else(|| stat.as_ref().map(|s| s.comm.clone()))
             .unwrap_or_default();
         let oom_score_adj = self
             .read(pid, "oom_score_adj")
@@ -124,76 +149,77 @@ impl TaskSource for ProcFs {
         Some(TaskInfo {
             pid,
             comm,
-            rss_bytes: resident_pages.saturating_mul(self.page_size),
+            rss_bytes: statm.resident.saturating_mul(self.page_size),
             oom_score_adj,
             oom_score,
             kernel_thread,
             swap_bytes: kib("VmSwap:"),
             pgtables_bytes: kib("VmPTE:"),
-            start_ticks: stat.start_ticks.unwrap_or(0),
+            start_ticks: stat.as_ref().map_or(0, |s| s.starttime),
             exiting: !kernel_thread
-                && (size_pages == 0 || matches!(stat.state, Some('Z') | Some('X'))),
+                && (statm.size == 0 || stat.is_some_and(|s| matches!(s.state, 'Z' | 'X'))),
         })
     }
 }
 
-/// What policyd reads of `/proc/<pid>/stat`.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Stat {
-    comm: Option<String>,
-    state: Option<char>,
-    flags: Option<u64>,
-    start_ticks: Option<u64>,
-}
-
-/// comm is in parentheses and may itself contain spaces and parentheses, so
-/// the fields after it are counted from the last ')'.
-fn parse_stat(stat: &str) -> Stat {
-    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-        return Stat::default();
-    };
-    // After comm: state(3) ppid(4) pgrp(5) session(6) tty_nr(7) tpgid(8)
-    // flags(9) ... starttime(22).
-    let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-    Stat {
-        comm: stat.get(open + 1..close).map(str::to_owned),
-        state: rest.first().and_then(|s| s.chars().next()),
-        flags: rest.get(6).and_then(|f| f.parse().ok()),
-        start_ticks: rest.get(19).and_then(|f| f.parse().ok()),
-    }
-}
-
 /// The value of a "Key:   123 kB" line of `/proc/<pid>/status`, in KiB.
+/// procfs's Status would want some 25 other keys present for these two.
 fn status_kib(status: &str, key: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with(key))?;
     line[key.len()..].split_whitespace().next()?.parse().ok()
 }
 
-fn system_page_size() -> u64 {
-    use nix::unistd::{sysconf, SysconfVar};
-    match sysconf(SysconfVar::PAGE_SIZE) {
-        Ok(Some(size)) if size > 0 => size as u64,
-        _ => 4096,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{FakeProcfs, FakeTask};
 
     #[test]
     fn stat_with_odd_comm() {
-        let stat = "42 (a) b (c)) S 1 42 42 0 -1 2097216 0 0";
-        let parsed = parse_stat(stat);
-        assert_eq!(parsed.comm.as_deref(), Some("a) b (c)"));
-        assert_eq!(parsed.flags, Some(2097216));
-        assert_eq!(parsed.state, Some('S'));
-        assert_eq!(parsed.start_ticks, None);
-        assert_eq!(2097216 & PF_KTHREAD, PF_KTHREAD);
-        assert_eq!(parse_stat("garbage"), Stat::default());
-        let full = "7 (x) Z 1 7 7 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 5123 0 0";
-        let parsed = parse_stat(full);
-        assert_eq!((parsed.state, parsed.start_ticks), (Some('Z'), Some(5123)));
+        // comm may hold spaces and parentheses; without a comm file it is
+        // read from stat.
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeProcfs::new(dir.path());
+        fake.task(FakeTask {
+            kernel_thread: true,
+            ..FakeTask::new(42, "a) b (c)", 0)
+        })
+        .task(FakeTask {
+            exiting: true,
+            start_ticks: 5123,
+            ..FakeTask::new(7, "x", 0)
+        });
+        std::fs::remove_file(dir.path().join("42/comm")).unwrap();
+        let procs = fake.procfs();
+        let t = procs.task(42).unwrap();
+        assert_eq!((t.comm.as_str(), t.kernel_thread), ("a) b (c)", true));
+        let stat = procs.stat(42).unwrap();
+        assert_eq!((stat.state, stat.flags & PF_KTHREAD), ('S', PF_KTHREAD));
+        let t = procs.task(7).unwrap();
+        assert_eq!((t.exiting, t.start_ticks), (true, 5123));
+        assert_eq!(procs.stat(7).unwrap().state, 'Z');
+        // An unreadable stat leaves the defaults; statm still says it lives.
+        std::fs::write(dir.path().join("7/stat"), "garbage").unwrap();
+        assert!(procs.stat(7).is_none());
+        let t = procs.task(7).unwrap();
+        assert_eq!((t.start_ticks, t.kernel_thread), (0, false));
+        assert_eq!(procs.task(8), None);
+    }
+
+    #[test]
+    fn boot_time_from_proc_stat() {
+        let dir = tempfile::tempdir().unwrap();
+        let procs = ProcFs::new(dir.path());
+        assert_eq!(procs.boot_time(), None);
+        let stat = dir.path().join("stat");
+        std::fs::write(
+            &stat,
+            "cpu  1 2 3\nintr 5\nctxt 9\nbtime 1795000000\nprocesses 10\n",
+        )
+        .unwrap();
+        assert_eq!(procs.boot_time(), Some(1795000000));
+        std::fs::write(&stat, "cpu 1\n").unwrap();
+        assert_eq!(procs.boot_time(), None);
     }
 
     #[test]

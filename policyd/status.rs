@@ -33,6 +33,7 @@ use crate::cgroupfs::{self, CgroupTree};
 use crate::cli::StatusArgs;
 use crate::loader::{self, OomOpsLayout};
 use crate::policy::PolicyName;
+use crate::procfs::{self, ProcFs};
 
 /// One attached BPF OOM handler.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -114,29 +115,6 @@ pub fn fdinfo_link_id(fdinfo: &str) -> Option<u32> {
     })
 }
 
-/// Field 22 of `/proc/<pid>/stat`: start time in clock ticks after boot.
-/// comm (field 2) may hold spaces and parentheses: count from the last ')'.
-pub fn stat_start_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // rest starts at field 3 (state); field 22 is the 20th from there.
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// comm from `/proc/<pid>/stat`.
-pub fn stat_comm(stat: &str) -> Option<String> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    stat.get(open + 1..close).map(str::to_owned)
-}
-
-/// `btime` (boot time, seconds since the epoch) from `/proc/stat`.
-pub fn boot_time(proc_stat: &str) -> Option<u64> {
-    proc_stat
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// Seconds since the epoch as RFC 3339 UTC, e.g. "2026-11-26T06:50:12Z".
 pub fn rfc3339(secs: u64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
@@ -156,14 +134,6 @@ pub fn duration_text(secs: u64) -> String {
         (0, 0, _) => format!("{m} min {s} s"),
         (0, _, _) => format!("{h} h {m} min"),
         _ => format!("{d} d {h} h"),
-    }
-}
-
-fn clock_ticks() -> u64 {
-    use nix::unistd::{sysconf, SysconfVar};
-    match sysconf(SysconfVar::CLK_TCK) {
-        Ok(Some(t)) if t > 0 => t as u64,
-        _ => 100,
     }
 }
 
@@ -206,16 +176,15 @@ pub fn link_holders(proc_root: &Path) -> HashMap<u32, Vec<u32>> {
     out
 }
 
-/// Who `pid` is and since when.
-fn owner(proc_root: &Path, pid: u32, btime: Option<u64>, ticks: u64) -> Owner {
-    let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).unwrap_or_default();
-    let since_unix = match (btime, stat_start_ticks(&stat)) {
-        (Some(b), Some(t)) => Some(b + t / ticks),
-        _ => None,
-    };
+/// Who `pid` is and since when; `boot_time` in seconds since the epoch.
+fn owner(procs: &ProcFs, pid: u32, boot_time: Option<u64>) -> Owner {
+    let stat = procs.stat(pid);
+    let since_unix = boot_time
+        .zip(stat.as_ref())
+        .map(|(boot, stat)| procfs::start_unix(boot, stat.starttime));
     Owner {
         pid,
-        comm: stat_comm(&stat).unwrap_or_else(|| "?".to_owned()),
+        comm: stat.map_or_else(|| "?".to_owned(), |s| s.comm),
         since: since_unix.map(rfc3339),
         since_unix,
     }
@@ -510,11 +479,8 @@ pub fn discover(cgroup_root: Option<&Path>, proc_root: &Path) -> Result<Vec<Hand
         .ok()
         .and_then(|root| CgroupTree::read(&root).ok());
     let holders = link_holders(proc_root);
-    let btime = fs::read_to_string(proc_root.join("stat"))
-        .ok()
-        .as_deref()
-        .and_then(boot_time);
-    let ticks = clock_ticks();
+    let procs = ProcFs::new(proc_root);
+    let boot_time = procs.boot_time();
     for h in &mut found {
         h.cgroup = if h.system_wide {
             "/".to_owned()
@@ -527,7 +493,7 @@ pub fn discover(cgroup_root: Option<&Path>, proc_root: &Path) -> Result<Vec<Hand
             .get(&h.link_id)
             .into_iter()
             .flatten()
-            .map(|&pid| owner(proc_root, pid, btime, ticks))
+            .map(|&pid| owner(&procs, pid, boot_time))
             .collect();
     }
     found.sort_by(|a, b| a.cgroup.cmp(&b.cgroup).then(a.link_id.cmp(&b.link_id)));
@@ -575,19 +541,11 @@ mod tests {
                         0 0 0 17 1 0 0 0 0 0\n";
 
     #[test]
-    fn parses_fdinfo_and_stat() {
+    fn parses_fdinfo() {
         assert_eq!(fdinfo_link_id(FDINFO), Some(7));
         assert_eq!(fdinfo_link_id("pos:\t0\nflags:\t02\n"), None);
         // A map's fdinfo has map_id but no link_id.
         assert_eq!(fdinfo_link_id("map_type:\t27\nmap_id:\t42\n"), None);
-        assert_eq!(stat_start_ticks(STAT), Some(123456));
-        assert_eq!(stat_comm(STAT).as_deref(), Some("policyd (x) y"));
-        assert_eq!(stat_start_ticks("1 (x) S"), None);
-        assert_eq!(
-            boot_time("cpu  1 2 3\nintr 5\nctxt 9\nbtime 1795000000\nprocesses 10\n"),
-            Some(1795000000)
-        );
-        assert_eq!(boot_time("cpu 1\n"), None);
     }
 
     #[test]
@@ -618,7 +576,10 @@ mod tests {
 
         let holders = link_holders(proc);
         assert_eq!(holders, HashMap::from([(7, vec![4242])]));
-        let o = owner(proc, 4242, Some(1_795_000_000), 100);
+        let procs = ProcFs::new(proc);
+        assert_eq!(procs.boot_time(), Some(1_795_000_000));
+        // 123456 ticks at USER_HZ 100 after boot.
+        let o = owner(&procs, 4242, procs.boot_time());
         assert_eq!(
             o,
             Owner {

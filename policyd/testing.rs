@@ -146,7 +146,9 @@ impl FakeProcfs {
         write(
             &dir.join("stat"),
             &format!(
-                "{} ({}) {} 1 {} {} 0 -1 {flags} 0 0 0 0 0 0 0 0 20 0 1 0 {} 0 0\n",
+                // All 52 fields, as the kernel writes them (procfs wants them).
+                "{} ({}) {} 1 {} {} 0 -1 {flags} 0 0 0 0 0 0 0 0 20 0 1 0 {} 0 0 \
+                 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n",
                 t.pid,
                 t.comm,
                 if t.exiting { 'Z' } else { 'S' },
