@@ -620,6 +620,18 @@ pub fn link_info(fd: BorrowedFd<'_>) -> io::Result<LinkInfo> {
     })
 }
 
+/// [`LinkInfo`] of the link with id `id`; an error when it is gone.
+pub fn link_info_by_id(id: u32) -> io::Result<LinkInfo> {
+    // SAFETY: any id is safe to ask for: a new fd or an error.
+    let ret = unsafe { libbpf_sys::bpf_link_get_fd_by_id(id) };
+    if ret < 0 {
+        return Err(io::Error::from_raw_os_error(-ret));
+    }
+    // SAFETY: a new fd from the kernel, ours to close.
+    let fd = unsafe { OwnedFd::from_raw_fd(ret) };
+    link_info(fd.as_fd())
+}
+
 /// An attached handler. Dropping it closes the link: the handler detaches.
 #[derive(Debug)]
 pub struct HandlerLink {
