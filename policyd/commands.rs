@@ -282,7 +282,7 @@ pub fn render_explanation(ex: &Explanation, config: &Config) -> String {
                 c.memory_current.map_or("-".to_owned(), format_bytes),
                 c.nr_procs.to_string(),
                 c.source.to_string(),
-                c.reason.clone(),
+                c.why.to_string(),
             ]);
         }
         out.push_str(&table(&rows));
@@ -317,14 +317,14 @@ pub fn render_explanation(ex: &Explanation, config: &Config) -> String {
                 t.task.oom_score.map_or("-".to_owned(), |s| s.to_string()),
                 t.task.oom_score_adj.to_string(),
                 format_bytes(t.task.rss_bytes),
-                t.reason.clone(),
+                t.why.to_string(),
             ]);
         }
         out.push_str(&table(&rows));
     }
 
     for s in &ex.skipped {
-        let _ = writeln!(out, "\nskipped {}: {}", s.path, s.reason);
+        let _ = writeln!(out, "\nskipped {}: {}", s.path, s.why);
     }
 
     match &ex.victim {
@@ -344,9 +344,9 @@ pub fn render_explanation(ex: &Explanation, config: &Config) -> String {
                 );
             }
             for s in &v.spared {
-                let _ = writeln!(out, "  spare pid {}: {}", s.pid, s.reason);
+                let _ = writeln!(out, "  spare pid {}: {}", s.pid, s.why);
             }
-            let _ = writeln!(out, "  why:  {}", v.reason);
+            let _ = writeln!(out, "  why:  {}", v.why);
         }
         None => {
             let _ = writeln!(out, "\nvictim: none");

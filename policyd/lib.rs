@@ -8,7 +8,8 @@
 //! * [`policy`]: the selectable policies;
 //! * [`cgroupfs`]: reading a cgroup v2 tree; [`procfs`]: per-task facts;
 //! * [`resolve`]: effective settings per cgroup (rules + inheritance);
-//! * [`rank`]: candidates and victim choice (what `explain` predicts);
+//! * [`rank`]: candidates and victim choice (what `explain` predicts), and
+//!   [`reason`]: why, as data, and the sentences made from it;
 //! * [`cli`] and [`commands`]: the command line;
 //! * [`daemon`], [`status`]: the kernel-facing side: [`loader`] loads and
 //!   attaches the one BPF handler with a policy chosen ([`bpf`]: its
@@ -34,6 +35,7 @@ pub mod matcher;
 pub mod policy;
 pub mod procfs;
 pub mod rank;
+pub mod reason;
 pub mod resolve;
 pub mod rules;
 pub mod sizes;

@@ -44,19 +44,30 @@ pub struct TaskInfo {
 
 impl TaskInfo {
     /// Why the kernel would refuse to kill this task, if it would.
-    pub fn unkillable_reason(&self) -> Option<&'static str> {
+    pub fn unkillable(&self) -> Option<Unkillable> {
         if self.kernel_thread {
-            Some("kernel thread")
+            Some(Unkillable::KernelThread)
         } else if self.pid == 1 {
-            Some("init")
+            Some(Unkillable::Init)
         } else if self.oom_score_adj <= OOM_SCORE_ADJ_MIN {
-            Some("oom_score_adj -1000")
+            Some(Unkillable::OomScoreAdjMin)
         } else if self.exiting {
-            Some("exiting (no memory left)")
+            Some(Unkillable::Exiting)
         } else {
             None
         }
     }
+}
+
+/// Why the kernel would refuse to kill a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unkillable {
+    KernelThread,
+    Init,
+    /// `oom_score_adj` is [`OOM_SCORE_ADJ_MIN`].
+    OomScoreAdjMin,
+    /// A zombie, or exiting with its memory gone.
+    Exiting,
 }
 
 /// Somewhere to look tasks up: `/proc`, or a table in tests.
@@ -256,13 +267,13 @@ mod tests {
             start_ticks: 0,
             exiting: false,
         };
-        assert_eq!(t(10, 0, false).unkillable_reason(), None);
-        assert_eq!(t(10, -999, false).unkillable_reason(), None);
+        assert_eq!(t(10, 0, false).unkillable(), None);
+        assert_eq!(t(10, -999, false).unkillable(), None);
         assert_eq!(
-            t(10, -1000, false).unkillable_reason(),
-            Some("oom_score_adj -1000")
+            t(10, -1000, false).unkillable(),
+            Some(Unkillable::OomScoreAdjMin)
         );
-        assert_eq!(t(2, 0, true).unkillable_reason(), Some("kernel thread"));
-        assert_eq!(t(1, 0, false).unkillable_reason(), Some("init"));
+        assert_eq!(t(2, 0, true).unkillable(), Some(Unkillable::KernelThread));
+        assert_eq!(t(1, 0, false).unkillable(), Some(Unkillable::Init));
     }
 }

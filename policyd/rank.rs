@@ -41,8 +41,10 @@ use crate::cgroupfs::{Cgroup, CgroupTree};
 use crate::config::KillMode;
 use crate::policy::PolicyName;
 use crate::procfs::{TaskInfo, TaskSource};
+use crate::reason::{
+    outcome_and_why, reason_and_why, KillChoice, Outcome, Reason, Spared, VictimReason,
+};
 use crate::resolve::{Effective, Source};
-use crate::sizes::{format_bytes, format_pair};
 
 /// Global OOM (the root cgroup's subtree) or a memcg's own limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -77,7 +79,8 @@ pub struct Candidate {
     /// 1-based position among eligible candidates; `None` when not eligible.
     pub rank: Option<usize>,
     /// Why it ranks before the next candidate, or why it is not eligible.
-    pub reason: String,
+    #[serde(flatten, serialize_with = "reason_and_why")]
+    pub why: Reason,
 }
 
 /// One task in scope, for the `badness` policy.
@@ -91,14 +94,9 @@ pub struct RankedTask {
     pub cgroup_id: u64,
     pub eligible: bool,
     pub rank: Option<usize>,
-    pub reason: String,
-}
-
-/// A task that stays alive in the victim cgroup, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Spared {
-    pub pid: u32,
-    pub reason: String,
+    /// Why it ranks before the next task, or why it is not killable.
+    #[serde(flatten, serialize_with = "reason_and_why")]
+    pub why: Reason,
 }
 
 /// A candidate passed over because nothing in it could be killed.
@@ -106,7 +104,9 @@ pub struct Spared {
 pub struct Skipped {
     pub id: u64,
     pub path: String,
-    pub reason: String,
+    /// [`Reason::NothingKillable`].
+    #[serde(flatten, serialize_with = "reason_and_why")]
+    pub why: Reason,
 }
 
 /// What the policy kills.
@@ -119,7 +119,8 @@ pub struct Victim {
     pub tasks: Vec<TaskInfo>,
     /// Tasks in the cgroup that are left alone, with the reason.
     pub spared: Vec<Spared>,
-    pub reason: String,
+    #[serde(flatten, serialize_with = "reason_and_why")]
+    pub why: VictimReason,
 }
 
 /// The full prediction for one OOM: `policyd explain`'s output.
@@ -137,8 +138,9 @@ pub struct Explanation {
     /// Candidates passed over because nothing in them was killable.
     pub skipped: Vec<Skipped>,
     pub victim: Option<Victim>,
-    /// One sentence: what happens.
-    pub outcome: String,
+    /// What happens.
+    #[serde(flatten, serialize_with = "outcome_and_why")]
+    pub outcome: Outcome,
 }
 
 /// What [`explain`] is: the handler's ranking rewritten in user space (so
@@ -169,27 +171,27 @@ pub fn rank_cgroups(
         return Vec::new();
     }
     let mut eligible: Vec<usize> = Vec::new();
-    let mut others: Vec<(usize, String)> = Vec::new();
+    let mut others: Vec<(usize, Reason)> = Vec::new();
     for idx in tree.subtree(scope) {
         let node = tree.get(idx);
         let eff = &effective[idx];
         let not_eligible = if node.is_root() {
-            Some("root cgroup: never a candidate".to_owned())
+            Some(Reason::RootCgroup)
         } else if node.threaded {
-            Some("threaded: its processes count in its domain cgroup".to_owned())
+            Some(Reason::Threaded)
         } else if eff.protect {
-            Some("protected".to_owned())
+            Some(Reason::Protected)
         } else if !node.populated {
-            Some("not populated".to_owned())
+            Some(Reason::NotPopulated)
         } else if node.procs.is_empty() {
-            Some("no processes (only its descendants have some)".to_owned())
+            Some(Reason::NoOwnProcesses)
         } else if policy == PolicyName::Largest
             && node.children.iter().any(|&c| {
                 let child = tree.get(c);
                 child.populated && !child.threaded
             })
         {
-            Some("not a leaf (a child cgroup is populated)".to_owned())
+            Some(Reason::NotALeaf)
         } else {
             None
         };
@@ -211,7 +213,7 @@ pub fn rank_cgroups(
     };
     eligible.sort_by(order);
 
-    let candidate = |idx: usize, eligible: bool, rank: Option<usize>, reason: String| {
+    let candidate = |idx: usize, eligible: bool, rank: Option<usize>, why: Reason| {
         let node = tree.get(idx);
         let eff = &effective[idx];
         Candidate {
@@ -225,21 +227,21 @@ pub fn rank_cgroups(
             source: eff.source.clone(),
             eligible,
             rank,
-            reason,
+            why,
         }
     };
 
     let mut out = Vec::with_capacity(eligible.len() + others.len());
     for (i, &idx) in eligible.iter().enumerate() {
-        let reason = match eligible.get(i + 1) {
+        let why = match eligible.get(i + 1) {
             Some(&next) => why_before(policy, tree, effective, idx, next),
-            None if i == 0 => "only eligible candidate".to_owned(),
-            None => "ranks last".to_owned(),
+            None if i == 0 => Reason::OnlyCandidate,
+            None => Reason::RanksLast,
         };
-        out.push(candidate(idx, true, Some(i + 1), reason));
+        out.push(candidate(idx, true, Some(i + 1), why));
     }
-    for (idx, reason) in others {
-        out.push(candidate(idx, false, None, reason));
+    for (idx, why) in others {
+        out.push(candidate(idx, false, None, why));
     }
     out
 }
@@ -251,30 +253,32 @@ fn why_before(
     eff: &[Effective],
     a: usize,
     b: usize,
-) -> String {
+) -> Reason {
     let (na, nb) = (tree.get(a), tree.get(b));
     let (pa, pb) = (eff[a].priority, eff[b].priority);
+    let next = nb.path.clone();
     if policy == PolicyName::Priority && pa != pb {
-        return format!("priority {pa} < {pb} of {}", nb.path);
+        return Reason::LowerPriority {
+            priority: pa,
+            next_priority: pb,
+            next,
+        };
     }
-    let same = if policy == PolicyName::Priority {
-        format!("same priority {pa}; ")
-    } else {
-        String::new()
-    };
+    let priority = (policy == PolicyName::Priority).then_some(pa);
     if usage_units(na) != usage_units(nb) {
-        let (ua, ub) = format_pair(usage(na), usage(nb));
-        return format!("{same}larger usage {ua} vs {ub} of {}", nb.path);
+        return Reason::LargerUsage {
+            priority,
+            usage_bytes: usage(na),
+            next_usage_bytes: usage(nb),
+            next,
+        };
     }
-    let and_usage = if same.is_empty() {
-        "same usage in whole MiB; ".to_owned()
-    } else {
-        format!("same priority {pa} and usage in whole MiB; ")
-    };
-    format!(
-        "{and_usage}lower cgroup id {} < {} of {}",
-        na.id, nb.id, nb.path
-    )
+    Reason::LowerCgroupId {
+        priority,
+        id: na.id,
+        next_id: nb.id,
+        next,
+    }
 }
 
 /// The tasks of a chosen cgroup that `kill` would kill, and those spared.
@@ -289,12 +293,12 @@ pub fn pick_tasks(
         match tasks.task(pid) {
             None => spared.push(Spared {
                 pid,
-                reason: "exited".to_owned(),
+                why: Reason::Exited,
             }),
-            Some(t) => match t.unkillable_reason() {
+            Some(t) => match t.unkillable() {
                 Some(why) => spared.push(Spared {
                     pid,
-                    reason: why.to_owned(),
+                    why: why.into(),
                 }),
                 None => killable.push(t),
             },
@@ -313,11 +317,10 @@ pub fn pick_tasks(
             let largest = killable.first().map(|t| t.rss_bytes).unwrap_or(0);
             spared.extend(rest.into_iter().map(|t| Spared {
                 pid: t.pid,
-                reason: format!(
-                    "smaller RSS {} vs {}",
-                    format_pair(t.rss_bytes, largest).0,
-                    format_pair(t.rss_bytes, largest).1
-                ),
+                why: Reason::SmallerRss {
+                    rss_bytes: t.rss_bytes,
+                    largest_rss_bytes: largest,
+                },
             }));
             spared.sort_by_key(|s| s.pid);
             (killable, spared)
@@ -353,14 +356,10 @@ pub fn explain(
         tasks: Vec::new(),
         skipped: Vec::new(),
         victim: None,
-        outcome: String::new(),
+        outcome: Outcome::Observe,
     };
     match policy {
-        PolicyName::Observe => {
-            ex.outcome = "observe: policyd kills nothing; the kernel's own OOM killer picks the \
-                          task with the highest oom_badness (see /proc/<pid>/oom_score)"
-                .to_owned();
-        }
+        PolicyName::Observe => {}
         PolicyName::Badness => explain_badness(&mut ex, tree, scope, tasks, totalpages),
         PolicyName::Priority | PolicyName::Largest => {
             ex.candidates = rank_cgroups(policy, tree, effective, scope);
@@ -368,70 +367,45 @@ pub fn explain(
                 let idx = tree.find_id(c.id).expect("candidate comes from the tree");
                 let (killed, spared) = pick_tasks(c.kill, &tree.get(idx).procs, tasks);
                 if killed.is_empty() {
-                    let why: Vec<String> = spared
-                        .iter()
-                        .map(|s| format!("pid {} {}", s.pid, s.reason))
-                        .collect();
                     ex.skipped.push(Skipped {
                         id: c.id,
                         path: c.path.clone(),
-                        reason: format!("nothing killable: {}", why.join(", ")),
+                        why: Reason::NothingKillable { spared },
                     });
                     continue;
                 }
-                let mut reason = match c.rank {
-                    Some(1) => c.reason.clone(),
-                    _ => format!(
-                        "{} (the {} higher-ranked candidate(s) had nothing killable)",
-                        c.reason,
-                        ex.skipped.len()
-                    ),
+                let kill = match c.kill {
+                    KillMode::Task => KillChoice::LargestRss {
+                        pid: killed[0].pid,
+                        comm: killed[0].comm.clone(),
+                        rss_bytes: killed[0].rss_bytes,
+                    },
+                    KillMode::Cgroup => KillChoice::WholeCgroup {
+                        tasks: killed.len(),
+                    },
                 };
-                if c.kill == KillMode::Task {
-                    let t = &killed[0];
-                    reason.push_str(&format!(
-                        "; kill = task: pid {} ({}) has the largest RSS, {}",
-                        t.pid,
-                        t.comm,
-                        format_bytes(t.rss_bytes)
-                    ));
-                } else {
-                    reason.push_str(&format!(
-                        "; kill = cgroup: all {} killable task(s)",
-                        killed.len()
-                    ));
-                }
                 ex.victim = Some(Victim {
                     cgroup_id: c.id,
                     cgroup: c.path.clone(),
                     kill: c.kill,
                     tasks: killed,
                     spared,
-                    reason,
+                    why: VictimReason {
+                        rank: c.why.clone(),
+                        passed_over: ex.skipped.len(),
+                        kill,
+                    },
                 });
                 break;
             }
             ex.outcome = match &ex.victim {
-                Some(v) => {
-                    let pids: Vec<String> = v.tasks.iter().map(|t| t.pid.to_string()).collect();
-                    format!(
-                        "kill {} in {}: pid {}",
-                        if v.kill == KillMode::Task {
-                            "one task"
-                        } else {
-                            "the whole cgroup"
-                        },
-                        v.cgroup,
-                        pids.join(", ")
-                    )
-                }
-                None if ex.skipped.is_empty() => {
-                    "no eligible cgroup in scope: policyd defers to the kernel's own OOM killer"
-                        .to_owned()
-                }
-                None => "no candidate had a killable task: policyd defers to the kernel's own OOM \
-                         killer"
-                    .to_owned(),
+                Some(v) => Outcome::KillInCgroup {
+                    kill: v.kill,
+                    cgroup: v.cgroup.clone(),
+                    pids: v.tasks.iter().map(|t| t.pid).collect(),
+                },
+                None if ex.skipped.is_empty() => Outcome::NoEligibleCgroup,
+                None => Outcome::NoKillableCandidate,
             };
         }
     }
@@ -452,71 +426,87 @@ fn explain_badness(
     tasks: &dyn TaskSource,
     totalpages: u64,
 ) {
-    let mut ranked: Vec<RankedTask> = Vec::new();
+    // (task, its points, its cgroup's index in the tree)
+    let mut scored: Vec<(TaskInfo, i64, usize)> = Vec::new();
     for idx in tree.subtree(scope) {
-        let node = tree.get(idx);
-        for &pid in &node.procs {
-            let Some(task) = tasks.task(pid) else {
-                continue;
-            };
-            let unkillable = task.unkillable_reason();
-            ranked.push(RankedTask {
-                points: badness_points(&task, totalpages),
-                task,
-                cgroup: node.path.clone(),
-                cgroup_id: node.id,
-                eligible: unkillable.is_none(),
-                rank: None,
-                reason: unkillable.unwrap_or_default().to_owned(),
-            });
+        for &pid in &tree.get(idx).procs {
+            if let Some(task) = tasks.task(pid) {
+                let points = badness_points(&task, totalpages);
+                scored.push((task, points, idx));
+            }
         }
     }
-    // The kernel keeps the last of equal scores in its process list, which
-    // is in order of creation.
-    let later = |t: &RankedTask| (t.task.start_ticks, t.task.pid);
-    ranked.sort_by(|a, b| {
-        b.eligible
-            .cmp(&a.eligible)
-            .then(b.points.cmp(&a.points))
+    // Killable first. The kernel keeps the last of equal scores in its
+    // process list, which is in order of creation.
+    let killable = |t: &TaskInfo| t.unkillable().is_none();
+    let later = |t: &TaskInfo| (t.start_ticks, t.pid);
+    scored.sort_by(|(a, a_points, _), (b, b_points, _)| {
+        killable(b)
+            .cmp(&killable(a))
+            .then(b_points.cmp(a_points))
             .then(later(b).cmp(&later(a)))
     });
-    let n_eligible = ranked.iter().filter(|t| t.eligible).count();
-    for i in 0..n_eligible {
-        ranked[i].rank = Some(i + 1);
-        ranked[i].reason = match ranked.get(i + 1).filter(|n| n.eligible) {
-            Some(next) if ranked[i].points != next.points => format!(
-                "badness {} > {} of pid {}",
-                ranked[i].points, next.points, next.task.pid
-            ),
-            Some(next) => format!(
-                "same badness {}; started after pid {}",
-                next.points, next.task.pid
-            ),
-            None if i == 0 => "only killable task".to_owned(),
-            None => "ranks last".to_owned(),
-        };
+    let n_eligible = scored.iter().take_while(|(t, ..)| killable(t)).count();
+    let whys: Vec<Reason> = (0..scored.len())
+        .map(|i| {
+            let (task, points, _) = &scored[i];
+            if let Some(unkillable) = task.unkillable() {
+                return unkillable.into();
+            }
+            match scored[..n_eligible].get(i + 1) {
+                Some((next, next_points, _)) if points != next_points => Reason::HigherBadness {
+                    points: *points,
+                    next_points: *next_points,
+                    next_pid: next.pid,
+                },
+                Some((next, next_points, _)) => Reason::StartedAfter {
+                    points: *next_points,
+                    next_pid: next.pid,
+                },
+                None if i == 0 => Reason::OnlyKillableTask,
+                None => Reason::RanksLast,
+            }
+        })
+        .collect();
+    ex.tasks = scored
+        .into_iter()
+        .zip(whys)
+        .enumerate()
+        .map(|(i, ((task, points, idx), why))| {
+            let node = tree.get(idx);
+            RankedTask {
+                task,
+                points,
+                cgroup: node.path.clone(),
+                cgroup_id: node.id,
+                eligible: i < n_eligible,
+                rank: (i < n_eligible).then_some(i + 1),
+                why,
+            }
+        })
+        .collect();
+    match ex.tasks.first().filter(|t| t.eligible) {
+        Some(top) => {
+            ex.victim = Some(Victim {
+                cgroup_id: top.cgroup_id,
+                cgroup: top.cgroup.clone(),
+                kill: KillMode::Task,
+                tasks: vec![top.task.clone()],
+                spared: Vec::new(),
+                why: VictimReason {
+                    rank: top.why.clone(),
+                    passed_over: 0,
+                    kill: KillChoice::Badness { totalpages },
+                },
+            });
+            ex.outcome = Outcome::KillTask {
+                pid: top.task.pid,
+                comm: top.task.comm.clone(),
+                cgroup: top.cgroup.clone(),
+            };
+        }
+        None => ex.outcome = Outcome::NoKillableTask,
     }
-    if let Some(top) = ranked.first().filter(|t| t.eligible) {
-        ex.victim = Some(Victim {
-            cgroup_id: top.cgroup_id,
-            cgroup: top.cgroup.clone(),
-            kill: KillMode::Task,
-            tasks: vec![top.task.clone()],
-            spared: Vec::new(),
-            reason: format!(
-                "{} (kernel oom_badness: RSS + swap + page tables in pages, plus oom_score_adj \
-                 thousandths of {totalpages} pages)",
-                top.reason
-            ),
-        });
-        ex.outcome = format!(
-            "kill pid {} ({}) in {}",
-            top.task.pid, top.task.comm, top.cgroup
-        );
-    } else {
-        ex.outcome = "no killable task in scope: the kernel's own OOM killer decides".to_owned();
-    }
-    ex.tasks = ranked;
 }
 
 #[cfg(test)]
@@ -587,19 +577,33 @@ mod tests {
         Config::parse(text, "t.toml").unwrap()
     }
 
-    fn ranked(ex: &Explanation) -> Vec<(&str, &str)> {
+    /// Eligible candidates: (path, why as text).
+    fn ranked(ex: &Explanation) -> Vec<(&str, String)> {
         ex.candidates
             .iter()
             .filter(|c| c.eligible)
-            .map(|c| (c.path.as_str(), c.reason.as_str()))
+            .map(|c| (c.path.as_str(), c.why.to_string()))
             .collect()
     }
 
-    fn not_eligible(ex: &Explanation) -> Vec<(&str, &str)> {
+    fn not_eligible(ex: &Explanation) -> Vec<(&str, String)> {
         ex.candidates
             .iter()
             .filter(|c| !c.eligible)
-            .map(|c| (c.path.as_str(), c.reason.as_str()))
+            .map(|c| (c.path.as_str(), c.why.to_string()))
+            .collect()
+    }
+
+    /// Expected (path, text) pairs, comparable with [`ranked`]'s.
+    fn texts<'a, const N: usize>(pairs: [(&'a str, &str); N]) -> Vec<(&'a str, String)> {
+        pairs.map(|(p, why)| (p, why.to_owned())).to_vec()
+    }
+
+    /// The victim cgroup's spared tasks: (pid, why as text).
+    fn spared(v: &Victim) -> Vec<(u32, String)> {
+        v.spared
+            .iter()
+            .map(|s| (s.pid, s.why.to_string()))
             .collect()
     }
 
@@ -624,7 +628,7 @@ mod tests {
         );
         assert_eq!(
             ranked(&ex),
-            [
+            texts([
                 (
                     "/demo/batch/j2",
                     "same priority 10; larger usage 300 MiB vs 100 MiB of /demo/batch/j1"
@@ -635,11 +639,11 @@ mod tests {
                     "priority 500 < 1000 of /system.slice/sshd.service"
                 ),
                 ("/system.slice/sshd.service", "ranks last"),
-            ]
+            ])
         );
         assert_eq!(
             not_eligible(&ex),
-            [
+            texts([
                 ("/", "root cgroup: never a candidate"),
                 ("/demo", "no processes (only its descendants have some)"),
                 (
@@ -651,7 +655,7 @@ mod tests {
                     "/system.slice",
                     "no processes (only its descendants have some)"
                 ),
-            ]
+            ])
         );
         let ranks: Vec<Option<usize>> = ex.candidates.iter().map(|c| c.rank).take(5).collect();
         assert_eq!(ranks, [Some(1), Some(2), Some(3), Some(4), None]);
@@ -663,11 +667,11 @@ mod tests {
         );
         assert_eq!(victim_pids(&ex), [310]);
         assert_eq!(
-            v.reason,
+            v.why.to_string(),
             "same priority 10; larger usage 300 MiB vs 100 MiB of /demo/batch/j1; kill = cgroup: all 1 killable task(s)"
         );
         assert_eq!(
-            ex.outcome,
+            ex.outcome.to_string(),
             "kill the whole cgroup in /demo/batch/j2: pid 310"
         );
         assert!(ex.skipped.is_empty() && ex.tasks.is_empty());
@@ -678,20 +682,20 @@ mod tests {
         let f = Fixture::demo();
         let ex = f.explain(&policies_toml(), PolicyName::Priority, "/demo/web");
         assert_eq!(ex.scope.kind, ScopeKind::Memcg);
-        assert_eq!(ranked(&ex), [("/demo/web", "only eligible candidate")]);
+        assert_eq!(
+            ranked(&ex),
+            texts([("/demo/web", "only eligible candidate")])
+        );
         assert!(not_eligible(&ex).is_empty());
         let v = ex.victim.as_ref().unwrap();
         // kill = task: the largest RSS (nginx 201 with 140 MiB over 200 with 50 MiB).
         assert_eq!(victim_pids(&ex), [201]);
         assert_eq!(
-            v.spared,
-            [Spared {
-                pid: 200,
-                reason: "smaller RSS 50 MiB vs 140 MiB".into()
-            }]
+            spared(v),
+            [(200, "smaller RSS 50 MiB vs 140 MiB".to_owned())]
         );
         assert_eq!(
-            v.reason,
+            v.why.to_string(),
             "only eligible candidate; kill = task: pid 201 (nginx) has the largest RSS, 140 MiB"
         );
 
@@ -711,10 +715,10 @@ mod tests {
         // finds nothing to kill: the kernel decides.
         let ex = f.explain(&policies_toml(), PolicyName::Priority, "/demo/db");
         assert_eq!(ranked(&ex), []);
-        assert_eq!(not_eligible(&ex), [("/demo/db", "protected")]);
+        assert_eq!(not_eligible(&ex), texts([("/demo/db", "protected")]));
         assert_eq!(ex.victim, None);
         assert_eq!(
-            ex.outcome,
+            ex.outcome.to_string(),
             "no eligible cgroup in scope: policyd defers to the kernel's own OOM killer"
         );
 
@@ -745,11 +749,11 @@ mod tests {
         assert_eq!(ranked(&ex), []);
         assert_eq!(
             not_eligible(&ex),
-            [
+            texts([
                 ("/", "root cgroup: never a candidate"),
                 ("/empty", "not populated"),
                 ("/parked", "not populated")
-            ]
+            ])
         );
         assert_eq!(ex.victim, None);
         let ex = f.explain(&Config::default(), PolicyName::Largest, "/");
@@ -778,7 +782,7 @@ mod tests {
             r[0],
             (
                 "/c",
-                &*format!("same priority 100; larger usage 101 MiB vs 100 MiB of {lo}")
+                format!("same priority 100; larger usage 101 MiB vs 100 MiB of {lo}")
             )
         );
         // /a and /b differ by one byte: a tie in whole MiB, broken by the cgroup id.
@@ -791,7 +795,7 @@ mod tests {
                 ida.max(idb)
             )
         );
-        assert_eq!(r[2], (hi, "ranks last"));
+        assert_eq!(r[2], (hi, "ranks last".to_owned()));
         assert_eq!(ex.victim.unwrap().cgroup, "/c");
 
         // Priority beats usage.
@@ -831,36 +835,32 @@ mod tests {
              [[rule]]\ncgroup = \"/mid\"\npriority = 2\n",
         );
         let ex = f.explain(&c, PolicyName::Priority, "/");
+        let skipped: Vec<(u64, &str, String)> = ex
+            .skipped
+            .iter()
+            .map(|s| (s.id, s.path.as_str(), s.why.to_string()))
+            .collect();
         assert_eq!(
-            ex.skipped,
-            [Skipped {
-                id: f.id("/cheap"),
-                path: "/cheap".into(),
-                reason: "nothing killable: pid 10 oom_score_adj -1000, pid 11 kernel thread".into()
-            }]
+            skipped,
+            [(
+                f.id("/cheap"),
+                "/cheap",
+                "nothing killable: pid 10 oom_score_adj -1000, pid 11 kernel thread".to_owned()
+            )]
         );
         let v = ex.victim.as_ref().unwrap();
         assert_eq!(v.cgroup, "/mid");
         // Equal RSS: the lower pid (oom_score_adj plays no part in kill = task).
         assert_eq!(victim_pids(&ex), [22]);
         assert_eq!(
-            v.spared,
+            spared(v),
             [
-                Spared {
-                    pid: 20,
-                    reason: "exited".into()
-                },
-                Spared {
-                    pid: 21,
-                    reason: "oom_score_adj -1000".into()
-                },
-                Spared {
-                    pid: 23,
-                    reason: "smaller RSS 2 MiB vs 2 MiB".into()
-                },
+                (20, "exited".to_owned()),
+                (21, "oom_score_adj -1000".to_owned()),
+                (23, "smaller RSS 2 MiB vs 2 MiB".to_owned()),
             ]
         );
-        assert!(v.reason.starts_with(
+        assert!(v.why.to_string().starts_with(
             "priority 2 < 100 of /dear (the 1 higher-ranked candidate(s) had nothing killable)"
         ));
 
@@ -875,7 +875,7 @@ mod tests {
         let ex = f.explain(&c, PolicyName::Priority, "/cheap");
         assert_eq!(ex.victim, None);
         assert_eq!(
-            ex.outcome,
+            ex.outcome.to_string(),
             "no candidate had a killable task: policyd defers to the kernel's own OOM killer"
         );
     }
@@ -900,19 +900,19 @@ mod tests {
         let ex = f.explain(&c, PolicyName::Largest, "/");
         assert_eq!(
             ranked(&ex),
-            [
+            texts([
                 ("/svc/child", "larger usage 500 MiB vs 400 MiB of /web"),
                 ("/web", "larger usage 400 MiB vs 100 MiB of /batch"),
                 ("/batch", "ranks last"),
-            ]
+            ])
         );
         assert_eq!(
             not_eligible(&ex),
-            [
+            texts([
                 ("/", "root cgroup: never a candidate"),
                 ("/db", "protected"),
                 ("/svc", "not a leaf (a child cgroup is populated)"),
-            ]
+            ])
         );
         assert_eq!(ex.victim.as_ref().unwrap().cgroup, "/svc/child");
         // The priority policy on the same tree picks /batch, and kills all of it.
@@ -941,7 +941,7 @@ mod tests {
             assert!(
                 not_eligible(&ex).contains(&(
                     "/app/t",
-                    "threaded: its processes count in its domain cgroup"
+                    "threaded: its processes count in its domain cgroup".to_owned()
                 )),
                 "{policy}: {:?}",
                 not_eligible(&ex)
@@ -981,10 +981,10 @@ mod tests {
         });
         let ex = f.explain(&policies_toml(), PolicyName::Badness, "/");
         assert!(ex.candidates.is_empty());
-        let rows: Vec<(u32, Option<usize>, &str)> = ex
+        let rows: Vec<(u32, Option<usize>, String)> = ex
             .tasks
             .iter()
-            .map(|t| (t.task.pid, t.rank, t.reason.as_str()))
+            .map(|t| (t.task.pid, t.rank, t.why.to_string()))
             .collect();
         // TOTALPAGES / 1000 = 262 pages per unit of oom_score_adj.
         assert_eq!(
@@ -997,12 +997,13 @@ mod tests {
                 (12, None, "exiting (no memory left)"),
                 (20, None, "oom_score_adj -1000"),
             ]
+            .map(|(pid, rank, why)| (pid, rank, why.to_owned()))
         );
         let v = ex.victim.as_ref().unwrap();
         assert_eq!((v.cgroup.as_str(), v.kill), ("/a", KillMode::Task));
         assert_eq!(victim_pids(&ex), [10]);
         assert_eq!(
-            v.reason,
+            v.why.to_string(),
             "badness 131256 > 1296 of pid 21 (kernel oom_badness: RSS + swap + page tables in \
              pages, plus oom_score_adj thousandths of 262144 pages)"
         );
@@ -1017,7 +1018,10 @@ mod tests {
         let ex = f.explain(&policies_toml(), PolicyName::Observe, "/");
         assert_eq!(ex.victim, None);
         assert!(ex.candidates.is_empty() && ex.tasks.is_empty());
-        assert!(ex.outcome.starts_with("observe: policyd kills nothing"));
+        assert!(ex
+            .outcome
+            .to_string()
+            .starts_with("observe: policyd kills nothing"));
     }
 
     #[test]
@@ -1071,5 +1075,99 @@ mod tests {
         assert_eq!(j["candidates"][0]["source"]["kind"], "rule");
         assert_eq!(j["candidates"][0]["source"]["pattern"], "/demo/batch/**");
         assert_eq!(j["candidates"][0]["memory_current"], 300 * MIB);
+
+        // Every reason twice: the sentence, as explain has always printed
+        // it, and the data under `why`.
+        let first = &j["candidates"][0];
+        assert_eq!(
+            first["reason"],
+            "same priority 10; larger usage 300 MiB vs 100 MiB of /demo/batch/j1"
+        );
+        assert_eq!(
+            first["why"],
+            serde_json::json!({
+                "kind": "larger_usage",
+                "priority": 10,
+                "usage_bytes": 300 * MIB,
+                "next_usage_bytes": 100 * MIB,
+                "next": "/demo/batch/j1",
+            })
+        );
+        let db = j["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["path"] == "/demo/db")
+            .unwrap();
+        assert_eq!(
+            (&db["reason"], &db["why"]["kind"]),
+            (&"protected".into(), &"protected".into())
+        );
+        assert_eq!(
+            j["victim"]["reason"],
+            "same priority 10; larger usage 300 MiB vs 100 MiB of /demo/batch/j1; kill = cgroup: \
+             all 1 killable task(s)"
+        );
+        assert_eq!(j["victim"]["why"]["rank"], first["why"]);
+        assert_eq!(j["victim"]["why"]["passed_over"], 0);
+        assert_eq!(
+            j["victim"]["why"]["kill"],
+            serde_json::json!({"kind": "whole_cgroup", "tasks": 1})
+        );
+        assert_eq!(
+            j["outcome"],
+            "kill the whole cgroup in /demo/batch/j2: pid 310"
+        );
+        assert_eq!(
+            j["outcome_why"],
+            serde_json::json!({
+                "kind": "kill_in_cgroup",
+                "kill": "cgroup",
+                "cgroup": "/demo/batch/j2",
+                "pids": [310],
+            })
+        );
+    }
+
+    #[test]
+    fn json_of_spared_skipped_and_tasks() {
+        let f = Fixture::new(|cg, procs| {
+            cg.cgroup("/a", 10 * MIB, &[10, 11]).cgroup("/b", 0, &[20]);
+            procs.task(FakeTask {
+                kernel_thread: true,
+                ..FakeTask::new(10, "k", 0)
+            });
+            procs.task(FakeTask::new(20, "t", MIB));
+        });
+        let c = config("[[rule]]\ncgroup = \"/a\"\npriority = 1\n");
+        let ex = f.explain(&c, PolicyName::Priority, "/");
+        let j = serde_json::to_value(&ex).unwrap();
+        let skipped = &j["skipped"][0];
+        assert_eq!(skipped["path"], "/a");
+        assert_eq!(
+            skipped["reason"],
+            "nothing killable: pid 10 kernel thread, pid 11 exited"
+        );
+        assert_eq!(skipped["why"]["kind"], "nothing_killable");
+        assert_eq!(
+            skipped["why"]["spared"],
+            serde_json::json!([
+                {"pid": 10, "reason": "kernel thread", "why": {"kind": "kernel_thread"}},
+                {"pid": 11, "reason": "exited", "why": {"kind": "exited"}},
+            ])
+        );
+        assert_eq!(j["victim"]["why"]["passed_over"], 1);
+
+        let ex = f.explain(&c, PolicyName::Badness, "/");
+        let j = serde_json::to_value(&ex).unwrap();
+        assert_eq!(j["tasks"][0]["pid"], 20);
+        assert_eq!(j["tasks"][0]["reason"], "only killable task");
+        assert_eq!(j["tasks"][0]["why"]["kind"], "only_killable_task");
+        assert_eq!(j["tasks"][1]["why"]["kind"], "kernel_thread");
+        assert_eq!(
+            j["victim"]["why"]["kill"],
+            serde_json::json!({"kind": "badness", "totalpages": TOTALPAGES})
+        );
+        assert_eq!(j["outcome_why"]["kind"], "kill_task");
     }
 }
