@@ -178,7 +178,8 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "POLICY")]
     pub policy: Option<PolicyName>,
 
-    /// Machine-readable output (JSON)
+    /// Machine-readable output (JSON); each reason is there as its sentence (`reason`,
+    /// `outcome`) and as data (`why`, `outcome_why`, with a `kind`)
     #[arg(long)]
     pub json: bool,
 }
