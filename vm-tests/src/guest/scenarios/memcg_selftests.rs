@@ -4,11 +4,13 @@
 //! empty config (kills every OOM's victim itself). The series must not change what memcg
 //! promises: the OOM tests (memory.events `oom` and `oom_kill`, memory.oom.group on a leaf
 //! and on a parent, and oom_score_adj -1000 inside a group) pass in all three, and with a
-//! handler the handler really decided those OOMs (policyd's decisions say so). Every other
-//! test's result is printed for each run, side by side.
+//! handler the handler really decided those OOMs (policyd's decisions say so). No test that
+//! passes without a handler may fail with one. Six tests (current_peak, min, low, high, max,
+//! reclaim: page cache and reclaim) fail in this guest with or without a handler, for a
+//! reason not yet established; every result is printed for each run, side by side.
 
 use std::collections::BTreeMap;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -16,7 +18,7 @@ use nix::sys::signal::Signal;
 use policyd::abi::Outcome;
 
 use crate::guest::pdutil::{self, Decision, Policyd};
-use crate::guest::util::describe_status;
+use crate::guest::util::{describe_status, spawn_in, Cgroup};
 use crate::guest::Scenario;
 
 const TEST_MEMCONTROL: &str = "/bin/test_memcontrol";
@@ -38,7 +40,7 @@ pub fn scenario() -> Scenario {
         .timeout_s(900)
 }
 
-/// A kselftest result line: "ok 3 name", "not ok 4 name", "ok 5 name # SKIP ...".
+/// kselftest's result lines: "ok 3 name", "not ok 4 name", "ok 5 # SKIP name".
 fn parse_tap(output: &str) -> Results {
     let mut results = BTreeMap::new();
     for line in output.lines() {
@@ -49,12 +51,16 @@ fn parse_tap(output: &str) -> Results {
         } else {
             continue;
         };
-        let mut words = rest.split_whitespace();
-        let (Some(_number), Some(name)) = (words.next(), words.next()) else {
+        let Some((_number, rest)) = rest.split_once(' ') else {
             continue;
         };
-        let skipped = rest.contains("# SKIP");
-        results.insert(name.to_owned(), if skipped { "skip" } else { verdict });
+        let (verdict, name) = match rest.strip_prefix("# SKIP ") {
+            Some(name) => ("skip", name),
+            None => (verdict, rest),
+        };
+        if let Some(name) = name.split_whitespace().next() {
+            results.insert(name.to_owned(), verdict);
+        }
     }
     results
 }
@@ -62,8 +68,12 @@ fn parse_tap(output: &str) -> Results {
 /// Runs test_memcontrol to completion; its results by test name.
 fn run_tests(label: &str) -> Result<Results> {
     println!("test_memcontrol, {label}:");
-    let out = Command::new(TEST_MEMCONTROL)
-        .output()
+    // With oom_score_adj 0, as from a shell: the runner's -1000 would make its children
+    // unkillable, and every OOM in the tests fail.
+    let mut cmd = Command::new(TEST_MEMCONTROL);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let out = spawn_in(&Cgroup::root(), &mut cmd, Some(0))
+        .and_then(|child| Ok(child.wait_with_output()?))
         .with_context(|| format!("running {TEST_MEMCONTROL}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
     println!("{text}{}", String::from_utf8_lossy(&out.stderr));
@@ -142,9 +152,25 @@ fn run() -> Result<()> {
             other(&prioritised)
         );
     }
+    // Beyond the OOM tests: a handler must not break what passes without one.
+    let broken: Vec<String> = plain
+        .iter()
+        .filter(|(_, verdict)| **verdict == "pass")
+        .flat_map(|(name, _)| {
+            [("observe", &observed), ("priority", &prioritised)]
+                .into_iter()
+                .filter(|(_, r)| r.get(name).copied() != Some("pass"))
+                .map(move |(policy, _)| format!("{name} under {policy}"))
+        })
+        .collect();
+    ensure!(
+        broken.is_empty(),
+        "tests that pass with no handler fail with one: {broken:?}"
+    );
     println!(
         "the {} OOM tests pass with no handler, under observe ({deferred} OOMs deferred) and \
-         under priority ({killed} OOMs killed by the handler)",
+         under priority ({killed} OOMs killed by the handler); every test that passes without \
+         a handler passes with one",
         OOM_TESTS.len()
     );
     Ok(())
@@ -157,7 +183,7 @@ mod tests {
     #[test]
     fn reads_kselftest_results() {
         let out = "TAP version 13\n1..3\nok 1 test_memcg_subtree_control\n\
-                   not ok 2 test_memcg_min\nok 3 test_memcg_sock # SKIP no IPv6\n\
+                   not ok 2 test_memcg_min\nok 3 # SKIP test_memcg_sock\n\
                    # Totals: pass:1 fail:1\n";
         let r = parse_tap(out);
         assert_eq!(r["test_memcg_subtree_control"], "pass");
