@@ -478,20 +478,6 @@ impl Lines {
         let v = self.0.lock().unwrap();
         v.get(from..).map(<[String]>::to_vec).unwrap_or_default()
     }
-
-    /// Waits until a line at index >= `from` contains `needle`; false on timeout.
-    pub fn wait_for(&self, from: usize, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.since(from).iter().any(|l| l.contains(needle)) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
 }
 
 /// Debian's earlyoom (the initramfs carries /usr/bin/earlyoom and its libraries).
@@ -512,7 +498,10 @@ impl Earlyoom {
         let lines = Lines::default();
         lines.follow(child.stdout.take().expect("piped stdout"), None);
         lines.follow(child.stderr.take().expect("piped stderr"), None);
-        if !lines.wait_for(0, "mem avail", Duration::from_secs(20)) {
+        let reported = util::wait_until(Duration::from_secs(20), "earlyoom's report", || {
+            lines.snapshot().iter().any(|l| l.contains("mem avail"))
+        });
+        if reported.is_err() {
             let status = child.try_wait()?;
             kill_reap(&mut child);
             bail!(
