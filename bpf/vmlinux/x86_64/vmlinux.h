@@ -194,6 +194,66 @@ enum {
 };
 
 enum {
+	BIOSET_NEED_BVECS = 1,
+	BIOSET_NEED_RESCUER = 2,
+	BIOSET_PERCPU_CACHE = 4,
+};
+
+enum {
+	BIO_PAGE_PINNED = 0,
+	BIO_CLONED = 1,
+	BIO_QUIET = 2,
+	BIO_CHAIN = 3,
+	BIO_REFFED = 4,
+	BIO_BPS_THROTTLED = 5,
+	BIO_TRACE_COMPLETION = 6,
+	BIO_CGROUP_ACCT = 7,
+	BIO_QOS_THROTTLED = 8,
+	BIO_TG_BPS_THROTTLED = 8,
+	BIO_QOS_MERGED = 9,
+	BIO_REMAPPED = 10,
+	BIO_ZONE_WRITE_PLUGGING = 11,
+	BIO_EMULATES_ZONE_APPEND = 12,
+	BIO_COMPLETE_IN_TASK = 13,
+	BIO_FLAG_LAST = 14,
+};
+
+enum {
+	BLK_MQ_F_TAG_QUEUE_SHARED = 2,
+	BLK_MQ_F_STACKING = 4,
+	BLK_MQ_F_TAG_HCTX_SHARED = 8,
+	BLK_MQ_F_BLOCKING = 16,
+	BLK_MQ_F_TAG_RR = 32,
+	BLK_MQ_F_NO_SCHED_BY_DEFAULT = 64,
+	BLK_MQ_F_MAX = 128,
+};
+
+enum {
+	BLK_MQ_NO_TAG = 4294967295,
+	BLK_MQ_TAG_MIN = 1,
+	BLK_MQ_TAG_MAX = 4294967294,
+};
+
+enum {
+	BLK_MQ_REQ_NOWAIT = 1,
+	BLK_MQ_REQ_RESERVED = 2,
+	BLK_MQ_REQ_PM = 4,
+};
+
+enum {
+	BLK_MQ_S_STOPPED = 0,
+	BLK_MQ_S_TAG_ACTIVE = 1,
+	BLK_MQ_S_SCHED_RESTART = 2,
+	BLK_MQ_S_INACTIVE = 3,
+	BLK_MQ_S_MAX = 4,
+};
+
+enum {
+	BLK_MQ_UNIQUE_TAG_BITS = 16,
+	BLK_MQ_UNIQUE_TAG_MASK = 65535,
+};
+
+enum {
 	BPF_ADJ_ROOM_ENCAP_L2_MASK = 255,
 	BPF_ADJ_ROOM_ENCAP_L2_SHIFT = 56,
 };
@@ -733,9 +793,22 @@ enum {
 };
 
 enum {
+	DD_DIR_COUNT = 2,
+};
+
+enum {
+	DD_PRIO_COUNT = 3,
+};
+
+enum {
 	DESC_TSS = 9,
 	DESC_LDT = 2,
 	DESCTYPE_S = 16,
+};
+
+enum {
+	DIO_SHOULD_DIRTY = 1,
+	DIO_IS_SYNC = 2,
 };
 
 enum {
@@ -753,6 +826,17 @@ enum {
 	EXPLORED = 32,
 	FALLTHROUGH = 1,
 	BRANCH = 2,
+};
+
+enum {
+	DISK_EVENT_FLAG_POLL = 1,
+	DISK_EVENT_FLAG_UEVENT = 2,
+	DISK_EVENT_FLAG_BLOCK_ON_EXCL_WRITE = 4,
+};
+
+enum {
+	DISK_EVENT_MEDIA_CHANGE = 1,
+	DISK_EVENT_EJECT_REQUEST = 2,
 };
 
 enum {
@@ -1895,6 +1979,12 @@ enum {
 };
 
 enum {
+	GENHD_FL_REMOVABLE = 1,
+	GENHD_FL_HIDDEN = 2,
+	GENHD_FL_NO_PART = 4,
+};
+
+enum {
 	GP_IDLE = 0,
 	GP_ENTER = 1,
 	GP_PASSED = 2,
@@ -2427,6 +2517,12 @@ enum {
 };
 
 enum {
+	IOPRIO_WHO_PROCESS = 1,
+	IOPRIO_WHO_PGRP = 2,
+	IOPRIO_WHO_USER = 3,
+};
+
+enum {
 	IORES_DESC_NONE = 0,
 	IORES_DESC_CRASH_KERNEL = 1,
 	IORES_DESC_ACPI_TABLES = 2,
@@ -2442,6 +2538,11 @@ enum {
 enum {
 	IORES_MAP_SYSTEM_RAM = 1,
 	IORES_MAP_ENCRYPTED = 2,
+};
+
+enum {
+	IOU_F_TWQ_LAZY_WAKE = 1,
+	IOU_F_TWQ_IN_WAKE = 2,
 };
 
 enum {
@@ -2764,6 +2865,29 @@ enum {
 
 enum {
 	KTW_FREEZABLE = 1,
+};
+
+enum {
+	KYBER_DEFAULT_ASYNC_PERCENT = 75,
+};
+
+enum {
+	KYBER_LATENCY_SHIFT = 2,
+	KYBER_GOOD_BUCKETS = 4,
+	KYBER_LATENCY_BUCKETS = 8,
+};
+
+enum {
+	KYBER_READ = 0,
+	KYBER_WRITE = 1,
+	KYBER_DISCARD = 2,
+	KYBER_OTHER = 3,
+	KYBER_NUM_DOMAINS = 4,
+};
+
+enum {
+	KYBER_TOTAL_LATENCY = 0,
+	KYBER_IO_LATENCY = 1,
 };
 
 enum {
@@ -3875,6 +3999,28 @@ enum {
 };
 
 enum {
+	QUEUE_FLAG_DYING = 0,
+	QUEUE_FLAG_NOMERGES = 1,
+	QUEUE_FLAG_SAME_COMP = 2,
+	QUEUE_FLAG_FAIL_IO = 3,
+	QUEUE_FLAG_NOXMERGES = 4,
+	QUEUE_FLAG_SAME_FORCE = 5,
+	QUEUE_FLAG_INIT_DONE = 6,
+	QUEUE_FLAG_STATS = 7,
+	QUEUE_FLAG_REGISTERED = 8,
+	QUEUE_FLAG_QUIESCED = 9,
+	QUEUE_FLAG_RQ_ALLOC_TIME = 10,
+	QUEUE_FLAG_HCTX_ACTIVE = 11,
+	QUEUE_FLAG_SQ_SCHED = 12,
+	QUEUE_FLAG_DISABLE_WBT_DEF = 13,
+	QUEUE_FLAG_NO_ELV_SWITCH = 14,
+	QUEUE_FLAG_QOS_ENABLED = 15,
+	QUEUE_FLAG_BIO_ISSUE_TIME = 16,
+	QUEUE_FLAG_ZONED_QD1_WRITES = 17,
+	QUEUE_FLAG_MAX = 18,
+};
+
+enum {
 	Q_REQUEUE_PI_NONE = 0,
 	Q_REQUEUE_PI_IGNORE = 1,
 	Q_REQUEUE_PI_IN_PROGRESS = 2,
@@ -3922,6 +4068,15 @@ enum {
 	REGION_INTERSECTS = 0,
 	REGION_DISJOINT = 1,
 	REGION_MIXED = 2,
+};
+
+enum {
+	REQ_FSEQ_PREFLUSH = 1,
+	REQ_FSEQ_DATA = 2,
+	REQ_FSEQ_POSTFLUSH = 4,
+	REQ_FSEQ_DONE = 8,
+	REQ_FSEQ_ACTIONS = 7,
+	FLUSH_PENDING_TIMEOUT = 1250,
 };
 
 enum {
@@ -6232,6 +6387,12 @@ enum bhi_mitigations {
 	BHI_MITIGATION_VMEXIT_ONLY = 3,
 };
 
+enum bio_merge_status {
+	BIO_MERGE_OK = 0,
+	BIO_MERGE_NONE = 1,
+	BIO_MERGE_FAILED = 2,
+};
+
 enum blake2s_iv {
 	BLAKE2S_IV0 = 1779033703,
 	BLAKE2S_IV1 = 3144134277,
@@ -6253,6 +6414,27 @@ enum blake2s_lengths {
 	BLAKE2S_256_HASH_SIZE = 32,
 };
 
+enum blk_crypto_key_type {
+	BLK_CRYPTO_KEY_TYPE_RAW = 1,
+	BLK_CRYPTO_KEY_TYPE_HW_WRAPPED = 2,
+};
+
+enum blk_crypto_mode_num {
+	BLK_ENCRYPTION_MODE_INVALID = 0,
+	BLK_ENCRYPTION_MODE_AES_256_XTS = 1,
+	BLK_ENCRYPTION_MODE_AES_128_CBC_ESSIV = 2,
+	BLK_ENCRYPTION_MODE_ADIANTUM = 3,
+	BLK_ENCRYPTION_MODE_SM4_XTS = 4,
+	BLK_ENCRYPTION_MODE_MAX = 5,
+};
+
+enum blk_default_limits {
+	BLK_MAX_SEGMENTS = 128,
+	BLK_SAFE_MAX_SECTORS = 255,
+	BLK_MAX_SEGMENT_SIZE = 65536,
+	BLK_SEG_BOUNDARY_MASK = 4294967295,
+};
+
 enum blk_eh_timer_return {
 	BLK_EH_DONE = 0,
 	BLK_EH_RESET_TIMER = 1,
@@ -6265,10 +6447,52 @@ enum blk_integrity_checksum {
 	BLK_INTEGRITY_CSUM_CRC64 = 3,
 } __attribute__((mode(byte)));
 
+enum blk_integrity_flags {
+	BLK_INTEGRITY_NOVERIFY = 1,
+	BLK_INTEGRITY_NOGENERATE = 2,
+	BLK_INTEGRITY_DEVICE_CAPABLE = 4,
+	BLK_INTEGRITY_REF_TAG = 8,
+	BLK_INTEGRITY_STACKED = 16,
+	BLK_SPLIT_INTERVAL_CAPABLE = 32,
+};
+
 enum blk_unique_id {
 	BLK_UID_T10 = 1,
 	BLK_UID_EUI64 = 2,
 	BLK_UID_NAA = 3,
+};
+
+enum blkg_rwstat_type {
+	BLKG_RWSTAT_READ = 0,
+	BLKG_RWSTAT_WRITE = 1,
+	BLKG_RWSTAT_SYNC = 2,
+	BLKG_RWSTAT_ASYNC = 3,
+	BLKG_RWSTAT_DISCARD = 4,
+	BLKG_RWSTAT_NR = 5,
+	BLKG_RWSTAT_TOTAL = 5,
+};
+
+enum blktrace_act {
+	__BLK_TA_QUEUE = 1,
+	__BLK_TA_BACKMERGE = 2,
+	__BLK_TA_FRONTMERGE = 3,
+	__BLK_TA_GETRQ = 4,
+	__BLK_TA_SLEEPRQ = 5,
+	__BLK_TA_REQUEUE = 6,
+	__BLK_TA_ISSUE = 7,
+	__BLK_TA_COMPLETE = 8,
+	__BLK_TA_PLUG = 9,
+	__BLK_TA_UNPLUG_IO = 10,
+	__BLK_TA_UNPLUG_TIMER = 11,
+	__BLK_TA_INSERT = 12,
+	__BLK_TA_SPLIT = 13,
+	__BLK_TA_BOUNCE = 14,
+	__BLK_TA_REMAP = 15,
+	__BLK_TA_ABORT = 16,
+	__BLK_TA_DRV_DATA = 17,
+	__BLK_TA_ZONE_PLUG = 18,
+	__BLK_TA_ZONE_UNPLUG = 19,
+	__BLK_TA_CGROUP = 256,
 };
 
 enum bp_type_idx {
@@ -7875,6 +8099,18 @@ enum d_walk_ret {
 	D_WALK_SKIP = 3,
 };
 
+enum dd_data_dir {
+	DD_READ = 0,
+	DD_WRITE = 1,
+};
+
+enum dd_prio {
+	DD_RT_PRIO = 0,
+	DD_BE_PRIO = 1,
+	DD_IDLE_PRIO = 2,
+	DD_PRIO_MAX = 2,
+};
+
 enum dentry_d_lock_class {
 	DENTRY_D_LOCK_NORMAL = 0,
 	DENTRY_D_LOCK_NESTED = 1,
@@ -8308,6 +8544,13 @@ enum efi_secureboot_mode {
 	efi_secureboot_mode_unknown = 1,
 	efi_secureboot_mode_disabled = 2,
 	efi_secureboot_mode_enabled = 3,
+};
+
+enum elv_merge {
+	ELEVATOR_NO_MERGE = 0,
+	ELEVATOR_FRONT_MERGE = 1,
+	ELEVATOR_BACK_MERGE = 2,
+	ELEVATOR_DISCARD_MERGE = 3,
 };
 
 enum enable_type {
@@ -9417,6 +9660,13 @@ enum hbm_host_enum_flags {
 	MEI_HBM_ENUM_F_IMMEDIATE_ENUM = 2,
 };
 
+enum hctx_type {
+	HCTX_TYPE_DEFAULT = 0,
+	HCTX_TYPE_READ = 1,
+	HCTX_TYPE_POLL = 2,
+	HCTX_MAX_TYPES = 3,
+};
+
 enum hid_class_request {
 	HID_REQ_GET_REPORT = 1,
 	HID_REQ_GET_IDLE = 2,
@@ -9761,6 +10011,20 @@ enum intercept_words {
 	INTERCEPT_WORD4 = 4,
 	INTERCEPT_WORD5 = 5,
 	MAX_INTERCEPT = 6,
+};
+
+enum io_uring_cmd_flags {
+	IO_URING_F_COMPLETE_DEFER = 1,
+	IO_URING_F_UNLOCKED = 2,
+	IO_URING_F_MULTISHOT = 4,
+	IO_URING_F_IOWQ = 8,
+	IO_URING_F_INLINE = 16,
+	IO_URING_F_NONBLOCK = -2147483648,
+	IO_URING_F_SQE128 = 256,
+	IO_URING_F_CQE32 = 512,
+	IO_URING_F_IOPOLL = 1024,
+	IO_URING_F_CANCEL = 2048,
+	IO_URING_F_COMPAT = 4096,
 };
 
 enum io_uring_op {
@@ -10632,14 +10896,14 @@ enum memcg_memory_event {
 };
 
 enum memcg_stat_item {
-	MEMCG_SWAP = 63,
-	MEMCG_SOCK = 64,
-	MEMCG_PERCPU_B = 65,
-	MEMCG_KMEM = 66,
-	MEMCG_ZSWAP_B = 67,
-	MEMCG_ZSWAPPED = 68,
-	MEMCG_ZSWAP_INCOMP = 69,
-	MEMCG_NR_STAT = 70,
+	MEMCG_SWAP = 64,
+	MEMCG_SOCK = 65,
+	MEMCG_PERCPU_B = 66,
+	MEMCG_KMEM = 67,
+	MEMCG_ZSWAP_B = 68,
+	MEMCG_ZSWAPPED = 69,
+	MEMCG_ZSWAP_INCOMP = 70,
+	MEMCG_NR_STAT = 71,
 };
 
 enum meminit_context {
@@ -10808,6 +11072,27 @@ enum mremap_type {
 	MREMAP_NO_RESIZE = 1,
 	MREMAP_SHRINK = 2,
 	MREMAP_EXPAND = 3,
+};
+
+enum msdos_sys_ind {
+	DOS_EXTENDED_PARTITION = 5,
+	LINUX_EXTENDED_PARTITION = 133,
+	WIN98_EXTENDED_PARTITION = 15,
+	LINUX_DATA_PARTITION = 131,
+	LINUX_LVM_PARTITION = 142,
+	LINUX_RAID_PARTITION = 253,
+	SOLARIS_X86_PARTITION = 130,
+	NEW_SOLARIS_X86_PARTITION = 191,
+	DM6_AUX1PARTITION = 81,
+	DM6_AUX3PARTITION = 83,
+	DM6_PARTITION = 84,
+	EZD_PARTITION = 85,
+	FREEBSD_PARTITION = 165,
+	OPENBSD_PARTITION = 166,
+	NETBSD_PARTITION = 169,
+	BSDI_PARTITION = 183,
+	MINIX_PARTITION = 129,
+	UNIXWARE_PARTITION = 99,
 };
 
 enum mthp_stat_item {
@@ -11220,30 +11505,31 @@ enum node_stat_item {
 	NR_KERNEL_STACK_KB = 37,
 	NR_PAGETABLE = 38,
 	NR_SECONDARY_PAGETABLE = 39,
-	PGDEMOTE_KSWAPD = 40,
-	PGDEMOTE_DIRECT = 41,
-	PGDEMOTE_KHUGEPAGED = 42,
-	PGDEMOTE_PROACTIVE = 43,
-	PGSTEAL_KSWAPD = 44,
-	PGSTEAL_DIRECT = 45,
-	PGSTEAL_KHUGEPAGED = 46,
-	PGSTEAL_PROACTIVE = 47,
-	PGSTEAL_ANON = 48,
-	PGSTEAL_FILE = 49,
-	PGSCAN_KSWAPD = 50,
-	PGSCAN_DIRECT = 51,
-	PGSCAN_KHUGEPAGED = 52,
-	PGSCAN_PROACTIVE = 53,
-	PGSCAN_ANON = 54,
-	PGSCAN_FILE = 55,
-	PGROTATE_ANON = 56,
-	PGROTATE_FILE = 57,
-	PGREFILL = 58,
-	NR_BALLOON_PAGES = 59,
-	NR_KERNEL_FILE_PAGES = 60,
-	NR_GPU_ACTIVE = 61,
-	NR_GPU_RECLAIM = 62,
-	NR_VM_NODE_STAT_ITEMS = 63,
+	NR_SWAPCACHE = 40,
+	PGDEMOTE_KSWAPD = 41,
+	PGDEMOTE_DIRECT = 42,
+	PGDEMOTE_KHUGEPAGED = 43,
+	PGDEMOTE_PROACTIVE = 44,
+	PGSTEAL_KSWAPD = 45,
+	PGSTEAL_DIRECT = 46,
+	PGSTEAL_KHUGEPAGED = 47,
+	PGSTEAL_PROACTIVE = 48,
+	PGSTEAL_ANON = 49,
+	PGSTEAL_FILE = 50,
+	PGSCAN_KSWAPD = 51,
+	PGSCAN_DIRECT = 52,
+	PGSCAN_KHUGEPAGED = 53,
+	PGSCAN_PROACTIVE = 54,
+	PGSCAN_ANON = 55,
+	PGSCAN_FILE = 56,
+	PGROTATE_ANON = 57,
+	PGROTATE_FILE = 58,
+	PGREFILL = 59,
+	NR_BALLOON_PAGES = 60,
+	NR_KERNEL_FILE_PAGES = 61,
+	NR_GPU_ACTIVE = 62,
+	NR_GPU_RECLAIM = 63,
+	NR_VM_NODE_STAT_ITEMS = 64,
 };
 
 enum node_states {
@@ -12384,11 +12670,31 @@ enum power_supply_usb_type {
 	POWER_SUPPLY_USB_TYPE_APPLE_BRICK_ID = 11,
 };
 
+enum pr_direction {
+	PR_IN = 0,
+	PR_OUT = 1,
+};
+
+enum pr_type {
+	PR_WRITE_EXCLUSIVE = 1,
+	PR_EXCLUSIVE_ACCESS = 2,
+	PR_WRITE_EXCLUSIVE_REG_ONLY = 3,
+	PR_EXCLUSIVE_ACCESS_REG_ONLY = 4,
+	PR_WRITE_EXCLUSIVE_ALL_REGS = 5,
+	PR_EXCLUSIVE_ACCESS_ALL_REGS = 6,
+};
+
 enum preempt_wakeup_action {
 	PREEMPT_WAKEUP_NONE = 0,
 	PREEMPT_WAKEUP_SHORT = 1,
 	PREEMPT_WAKEUP_PICK = 2,
 	PREEMPT_WAKEUP_RESCHED = 3,
+};
+
+enum prep_dispatch {
+	PREP_DISPATCH_OK = 0,
+	PREP_DISPATCH_NO_TAG = 1,
+	PREP_DISPATCH_NO_BUDGET = 2,
 };
 
 enum print_line_t {
@@ -12679,6 +12985,49 @@ enum release_type {
 	whole_subtree = 1,
 };
 
+enum req_flag_bits {
+	__REQ_FAILFAST_DEV = 8,
+	__REQ_FAILFAST_TRANSPORT = 9,
+	__REQ_FAILFAST_DRIVER = 10,
+	__REQ_SYNC = 11,
+	__REQ_META = 12,
+	__REQ_PRIO = 13,
+	__REQ_NOMERGE = 14,
+	__REQ_IDLE = 15,
+	__REQ_INTEGRITY = 16,
+	__REQ_FUA = 17,
+	__REQ_PREFLUSH = 18,
+	__REQ_RAHEAD = 19,
+	__REQ_BACKGROUND = 20,
+	__REQ_NOWAIT = 21,
+	__REQ_POLLED = 22,
+	__REQ_ALLOC_CACHE = 23,
+	__REQ_SWAP = 24,
+	__REQ_DRV = 25,
+	__REQ_FS_PRIVATE = 26,
+	__REQ_ATOMIC = 27,
+	__REQ_NOUNMAP = 28,
+	__REQ_NR_BITS = 29,
+};
+
+enum req_op {
+	REQ_OP_READ = 0,
+	REQ_OP_WRITE = 1,
+	REQ_OP_FLUSH = 2,
+	REQ_OP_DISCARD = 3,
+	REQ_OP_SECURE_ERASE = 5,
+	REQ_OP_ZONE_APPEND = 7,
+	REQ_OP_WRITE_ZEROES = 9,
+	REQ_OP_ZONE_OPEN = 11,
+	REQ_OP_ZONE_CLOSE = 13,
+	REQ_OP_ZONE_FINISH = 15,
+	REQ_OP_ZONE_RESET = 17,
+	REQ_OP_ZONE_RESET_ALL = 19,
+	REQ_OP_DRV_IN = 34,
+	REQ_OP_DRV_OUT = 35,
+	REQ_OP_LAST = 36,
+};
+
 enum resctrl_conf_type {
 	CDP_NONE = 0,
 	CDP_CODE = 1,
@@ -12776,6 +13125,32 @@ enum rpm_status {
 enum rq_end_io_ret {
 	RQ_END_IO_NONE = 0,
 	RQ_END_IO_FREE = 1,
+};
+
+enum rq_qos_id {
+	RQ_QOS_WBT = 0,
+	RQ_QOS_LATENCY = 1,
+	RQ_QOS_COST = 2,
+};
+
+enum rqf_flags {
+	__RQF_STARTED = 0,
+	__RQF_FLUSH_SEQ = 1,
+	__RQF_MIXED_MERGE = 2,
+	__RQF_DONTPREP = 3,
+	__RQF_SCHED_TAGS = 4,
+	__RQF_USE_SCHED = 5,
+	__RQF_FAILED = 6,
+	__RQF_QUIET = 7,
+	__RQF_IO_STAT = 8,
+	__RQF_PM = 9,
+	__RQF_HASHED = 10,
+	__RQF_STATS = 11,
+	__RQF_SPECIAL_PAYLOAD = 12,
+	__RQF_ZONE_WRITE_PLUGGING = 13,
+	__RQF_TIMED_OUT = 14,
+	__RQF_RESV = 15,
+	__RQF_BITS = 16,
 };
 
 enum rseq_cs_flags_bit {
@@ -13467,6 +13842,14 @@ enum stack_type {
 	STACK_TYPE_EXCEPTION_LAST = 10,
 };
 
+enum stat_group {
+	STAT_READ = 0,
+	STAT_WRITE = 1,
+	STAT_DISCARD = 2,
+	STAT_FLUSH = 3,
+	NR_STAT_GROUPS = 4,
+};
+
 enum stat_item {
 	ALLOC_FASTPATH = 0,
 	ALLOC_SLOWPATH = 1,
@@ -13552,6 +13935,17 @@ enum super_iter_flags_t {
 	SUPER_ITER_EXCL = 1,
 	SUPER_ITER_UNLOCKED = 2,
 	SUPER_ITER_REVERSE = 4,
+};
+
+enum swap_cluster_flags {
+	CLUSTER_FLAG_NONE = 0,
+	CLUSTER_FLAG_FREE = 1,
+	CLUSTER_FLAG_NONFULL = 2,
+	CLUSTER_FLAG_FRAG = 3,
+	CLUSTER_FLAG_USABLE = 3,
+	CLUSTER_FLAG_FULL = 4,
+	CLUSTER_FLAG_DISCARD = 5,
+	CLUSTER_FLAG_MAX = 6,
 };
 
 enum synaptics_pkt_type {
@@ -14356,11 +14750,17 @@ enum vm_event_item {
 	UNEVICTABLE_PGMUNLOCKED = 36,
 	UNEVICTABLE_PGCLEARED = 37,
 	UNEVICTABLE_PGSTRANDED = 38,
-	DIRECT_MAP_LEVEL2_SPLIT = 39,
-	DIRECT_MAP_LEVEL3_SPLIT = 40,
-	DIRECT_MAP_LEVEL2_COLLAPSE = 41,
-	DIRECT_MAP_LEVEL3_COLLAPSE = 42,
-	NR_VM_EVENT_ITEMS = 43,
+	SWAP_RA = 39,
+	SWAP_RA_HIT = 40,
+	SWPIN_ZERO = 41,
+	SWPOUT_ZERO = 42,
+	DIRECT_MAP_LEVEL2_SPLIT = 43,
+	DIRECT_MAP_LEVEL3_SPLIT = 44,
+	DIRECT_MAP_LEVEL2_COLLAPSE = 45,
+	DIRECT_MAP_LEVEL3_COLLAPSE = 46,
+	NRSWPIN = 47,
+	NRSWPOUT = 48,
+	NR_VM_EVENT_ITEMS = 49,
 };
 
 enum vm_fault_reason {
@@ -14742,6 +15142,12 @@ enum xdp_rx_metadata {
 	XDP_METADATA_KFUNC_RX_HASH = 1,
 	XDP_METADATA_KFUNC_RX_VLAN_TAG = 2,
 	MAX_XDP_METADATA_KFUNC = 3,
+};
+
+enum xen_domain_type {
+	XEN_NATIVE = 0,
+	XEN_PV_DOMAIN = 1,
+	XEN_HVM_DOMAIN = 2,
 };
 
 enum xfeature {
@@ -15171,6 +15577,8 @@ typedef __kernel_sa_family_t sa_family_t;
 
 typedef short unsigned int u_short;
 
+typedef __u16 uio_meta_flags_t;
+
 typedef short unsigned int umode_t;
 
 typedef short unsigned int ushort;
@@ -15263,7 +15671,11 @@ typedef unsigned int blk_features_t;
 
 typedef unsigned int blk_flags_t;
 
+typedef unsigned int blk_insert_t;
+
 typedef unsigned int blk_mode_t;
+
+typedef __u32 blk_mq_req_flags_t;
 
 typedef __u32 blk_opf_t;
 
@@ -15439,6 +15851,12 @@ typedef union {
 	long long unsigned int table[4];
 	LZ4_streamDecode_t_internal internal_donotuse;
 } LZ4_streamDecode_t;
+
+struct folio;
+
+typedef struct {
+	struct folio *v;
+} Sector;
 
 struct ZSTD_DDict_s;
 
@@ -17103,6 +17521,69 @@ struct _fpstate_32 {
 		struct _fpx_sw_bytes sw_reserved;
 	};
 };
+
+struct _gpt_entry_attributes {
+	u64 required_to_function: 1;
+	u64 reserved: 47;
+	u64 type_guid_specific: 16;
+};
+
+typedef struct _gpt_entry_attributes gpt_entry_attributes;
+
+struct _gpt_entry {
+	efi_guid_t partition_type_guid;
+	efi_guid_t unique_partition_guid;
+	__le64 starting_lba;
+	__le64 ending_lba;
+	gpt_entry_attributes attributes;
+	__le16 partition_name[36];
+};
+
+typedef struct _gpt_entry gpt_entry;
+
+struct _gpt_header {
+	__le64 signature;
+	__le32 revision;
+	__le32 header_size;
+	__le32 header_crc32;
+	__le32 reserved1;
+	__le64 my_lba;
+	__le64 alternate_lba;
+	__le64 first_usable_lba;
+	__le64 last_usable_lba;
+	efi_guid_t disk_guid;
+	__le64 partition_entry_lba;
+	__le32 num_partition_entries;
+	__le32 sizeof_partition_entry;
+	__le32 partition_entry_array_crc32;
+} __attribute__((packed));
+
+typedef struct _gpt_header gpt_header;
+
+struct _gpt_mbr_record {
+	u8 boot_indicator;
+	u8 start_head;
+	u8 start_sector;
+	u8 start_track;
+	u8 os_type;
+	u8 end_head;
+	u8 end_sector;
+	u8 end_track;
+	__le32 starting_lba;
+	__le32 size_in_lba;
+};
+
+typedef struct _gpt_mbr_record gpt_mbr_record;
+
+struct _legacy_mbr {
+	u8 boot_code[440];
+	__le32 unique_mbr_signature;
+	__le16 unknown;
+	gpt_mbr_record partition_record[4];
+	__le16 signature;
+} __attribute__((packed));
+
+typedef struct _legacy_mbr legacy_mbr;
 
 struct strp_msg {
 	int full_len;
@@ -20823,8 +21304,6 @@ struct address_space {
 	struct rw_semaphore i_mmap_rwsem;
 };
 
-struct folio;
-
 struct writeback_control;
 
 struct readahead_control;
@@ -22358,6 +22837,38 @@ struct backtrack_state {
 	u8 stack_arg_masks[16];
 };
 
+struct seqcount_spinlock {
+	seqcount_t seqcount;
+	spinlock_t *lock;
+};
+
+typedef struct seqcount_spinlock seqcount_spinlock_t;
+
+struct seqlock {
+	seqcount_spinlock_t seqcount;
+	spinlock_t lock;
+};
+
+typedef struct seqlock seqlock_t;
+
+struct badblocks {
+	struct device *dev;
+	int count;
+	int unacked_exist;
+	int shift;
+	u64 *page;
+	int changed;
+	seqlock_t lock;
+	sector_t sector;
+	sector_t size;
+};
+
+struct badblocks_context {
+	sector_t start;
+	sector_t len;
+	int ack;
+};
+
 struct balance_callback {
 	struct balance_callback *next;
 	void (*func)(struct rq *);
@@ -22406,6 +22917,136 @@ struct batch_u8 {
 	unsigned int position;
 };
 
+struct gendisk;
+
+struct request_queue;
+
+struct disk_stats;
+
+struct blk_holder_ops;
+
+struct partition_meta_info;
+
+struct block_device {
+	sector_t bd_start_sect;
+	sector_t bd_nr_sectors;
+	struct gendisk *bd_disk;
+	struct request_queue *bd_queue;
+	struct disk_stats *bd_stats;
+	long unsigned int bd_stamp;
+	atomic_t __bd_flags;
+	dev_t bd_dev;
+	struct address_space *bd_mapping;
+	atomic_t bd_openers;
+	spinlock_t bd_size_lock;
+	void *bd_claiming;
+	void *bd_holder;
+	const struct blk_holder_ops *bd_holder_ops;
+	struct mutex bd_holder_lock;
+	int bd_holders;
+	struct kobject *bd_holder_dir;
+	atomic_t bd_fsfreeze_count;
+	struct mutex bd_fsfreeze_mutex;
+	struct partition_meta_info *bd_meta_info;
+	int bd_writers;
+	void *bd_security;
+	struct device bd_device;
+};
+
+struct inode_state_flags {
+	enum inode_state_flags_enum __state;
+};
+
+struct hlist_head {
+	struct hlist_node *first;
+};
+
+struct inode_operations;
+
+struct super_block;
+
+struct file_lock_context;
+
+struct pipe_inode_info;
+
+struct cdev;
+
+struct fsnotify_mark_connector;
+
+struct inode {
+	umode_t i_mode;
+	short unsigned int i_opflags;
+	unsigned int i_flags;
+	kuid_t i_uid;
+	kgid_t i_gid;
+	const struct inode_operations *i_op;
+	struct super_block *i_sb;
+	struct address_space *i_mapping;
+	void *i_security;
+	u64 i_ino;
+	union {
+		const unsigned int i_nlink;
+		unsigned int __i_nlink;
+	};
+	dev_t i_rdev;
+	loff_t i_size;
+	time64_t i_atime_sec;
+	time64_t i_mtime_sec;
+	time64_t i_ctime_sec;
+	u32 i_atime_nsec;
+	u32 i_mtime_nsec;
+	u32 i_ctime_nsec;
+	u32 i_generation;
+	spinlock_t i_lock;
+	short unsigned int i_bytes;
+	u8 i_blkbits;
+	enum rw_hint i_write_hint;
+	blkcnt_t i_blocks;
+	struct inode_state_flags i_state;
+	struct rw_semaphore i_rwsem;
+	long unsigned int dirtied_when;
+	long unsigned int dirtied_time_when;
+	struct hlist_node i_hash;
+	struct list_head i_io_list;
+	struct list_head i_lru;
+	struct list_head i_sb_list;
+	struct list_head i_wb_list;
+	union {
+		struct hlist_head i_dentry;
+		struct callback_head i_rcu;
+	};
+	atomic64_t i_version;
+	atomic64_t i_sequence;
+	atomic_t i_count;
+	atomic_t i_dio_count;
+	atomic_t i_writecount;
+	atomic_t i_readcount;
+	union {
+		const struct file_operations *i_fop;
+		void (*free_inode)(struct inode *);
+	};
+	struct file_lock_context *i_flctx;
+	struct address_space i_data;
+	union {
+		struct list_head i_devices;
+		int i_linklen;
+	};
+	union {
+		struct pipe_inode_info *i_pipe;
+		struct cdev *i_cdev;
+		char *i_link;
+		unsigned int i_dir_seq;
+	};
+	__u32 i_fsnotify_mask;
+	struct fsnotify_mark_connector *i_fsnotify_marks;
+	void *i_private;
+};
+
+struct bdev_inode {
+	struct block_device bdev;
+	struct inode vfs_inode;
+};
+
 struct binfmt_misc_bpf {
 	const struct list_head *bpf_interps;
 	const char *bpf_interp;
@@ -22424,8 +23065,6 @@ struct bvec_iter {
 struct bio;
 
 typedef void bio_end_io_t(struct bio *);
-
-struct block_device;
 
 struct bio_vec;
 
@@ -22456,12 +23095,81 @@ struct bio {
 	struct bio_set *bi_pool;
 };
 
+struct bio_alloc_cache {
+	struct bio *free_list;
+	struct bio *free_list_irq;
+	unsigned int nr;
+	unsigned int nr_irq;
+};
+
 struct bio_list {
 	struct bio *head;
 	struct bio *tail;
 };
 
-struct bio_alloc_cache;
+struct bio_complete_batch {
+	struct bio_list list;
+	struct work_struct work;
+	int cpu;
+};
+
+struct blk_crypto_key;
+
+struct bio_crypt_ctx {
+	const struct blk_crypto_key *bc_key;
+	u64 bc_dun[4];
+};
+
+struct bio_integrity_payload {
+	struct bvec_iter bip_iter;
+	short unsigned int bip_vcnt;
+	short unsigned int bip_max_vcnt;
+	short unsigned int bip_flags;
+	u16 app_tag;
+	struct bio_vec *bip_vec;
+};
+
+struct iovec {
+	void *iov_base;
+	__kernel_size_t iov_len;
+};
+
+struct kvec;
+
+struct folio_queue;
+
+struct iov_iter {
+	u8 iter_type;
+	bool nofault;
+	bool data_source;
+	size_t iov_offset;
+	union {
+		struct iovec __ubuf_iovec;
+		struct {
+			union {
+				const struct iovec *__iov;
+				const struct kvec *kvec;
+				const struct bio_vec *bvec;
+				const struct folio_queue *folioq;
+				struct xarray *xarray;
+				void *ubuf;
+			};
+			size_t count;
+		};
+	};
+	union {
+		long unsigned int nr_segs;
+		u8 folioq_slot;
+		loff_t xarray_start;
+	};
+};
+
+struct bio_map_data {
+	bool is_our_pages: 1;
+	bool is_null_mapped: 1;
+	struct iov_iter iter;
+	struct iovec iov[0];
+};
 
 typedef void *mempool_alloc_t(gfp_t, void *);
 
@@ -22496,10 +23204,23 @@ struct bio_set {
 	struct hlist_node cpuhp_dead;
 };
 
+struct bio_slab {
+	struct kmem_cache *slab;
+	unsigned int slab_ref;
+	unsigned int slab_size;
+	char name[12];
+};
+
 struct bio_vec {
 	struct page *bv_page;
 	unsigned int bv_len;
 	unsigned int bv_offset;
+};
+
+struct biovec_slab {
+	int nr_vecs;
+	char *name;
+	struct kmem_cache *slab;
 };
 
 struct blacklist_entry {
@@ -22516,11 +23237,75 @@ struct blake2s_ctx {
 	unsigned int outlen;
 };
 
+struct blk_crypto_config {
+	enum blk_crypto_mode_num crypto_mode;
+	unsigned int data_unit_size;
+	unsigned int dun_bytes;
+	enum blk_crypto_key_type key_type;
+	int flags;
+};
+
+struct blk_crypto_key {
+	struct blk_crypto_config crypto_cfg;
+	unsigned int data_unit_size_bits;
+	unsigned int size;
+	u8 bytes[128];
+};
+
+struct p2pdma_provider;
+
+struct pci_p2pdma_map_state {
+	struct p2pdma_provider *mem;
+	enum pci_p2pdma_map_type map;
+};
+
+struct blk_map_iter {
+	struct bvec_iter iter;
+	struct bio *bio;
+	struct bio_vec *bvecs;
+	bool is_integrity;
+};
+
+struct blk_dma_iter {
+	dma_addr_t addr;
+	u32 len;
+	struct pci_p2pdma_map_state p2pdma;
+	blk_status_t status;
+	struct blk_map_iter iter;
+};
+
+struct blk_expired_data {
+	bool has_timedout_rq;
+	long unsigned int next;
+	long unsigned int timeout_start;
+};
+
+struct request;
+
+struct blk_flush_queue {
+	spinlock_t mq_flush_lock;
+	unsigned int flush_pending_idx: 1;
+	unsigned int flush_running_idx: 1;
+	blk_status_t rq_status;
+	long unsigned int flush_pending_since;
+	struct list_head flush_queue[2];
+	long unsigned int flush_data_in_flight;
+	struct request *flush_rq;
+	struct callback_head callback_head;
+};
+
 struct blk_holder_ops {
 	void (*mark_dead)(struct block_device *, bool);
 	void (*sync)(struct block_device *);
 	int (*freeze)(struct block_device *);
 	int (*thaw)(struct block_device *);
+};
+
+struct blk_independent_access_range;
+
+struct blk_ia_range_sysfs_entry {
+	struct attribute attr;
+	ssize_t (*show)(struct blk_independent_access_range *, char *);
 };
 
 struct blk_independent_access_range {
@@ -22546,7 +23331,60 @@ struct blk_integrity {
 	unsigned char pi_tuple_size;
 };
 
-struct blk_flush_queue;
+struct blk_iou_cmd {
+	u64 start;
+	u64 len;
+	int res;
+	bool nowait;
+};
+
+struct blk_major_name {
+	struct blk_major_name *next;
+	int major;
+	char name[16];
+	void (*probe)(dev_t);
+};
+
+struct rq_list;
+
+struct blk_mq_ctx;
+
+struct blk_mq_hw_ctx;
+
+struct blk_mq_alloc_data {
+	struct request_queue *q;
+	blk_mq_req_flags_t flags;
+	unsigned int shallow_depth;
+	blk_opf_t cmd_flags;
+	req_flags_t rq_flags;
+	unsigned int nr_tags;
+	struct rq_list *cached_rqs;
+	struct blk_mq_ctx *ctx;
+	struct blk_mq_hw_ctx *hctx;
+};
+
+struct blk_mq_ctxs;
+
+struct blk_mq_ctx {
+	struct {
+		spinlock_t lock;
+		struct list_head rq_lists[3];
+		long: 64;
+		long: 64;
+	};
+	unsigned int cpu;
+	short unsigned int index_hw[3];
+	struct blk_mq_hw_ctx *hctxs[3];
+	struct request_queue *queue;
+	struct blk_mq_ctxs *ctxs;
+	struct kobject kobj;
+	long: 64;
+};
+
+struct blk_mq_ctxs {
+	struct kobject kobj;
+	struct blk_mq_ctx *queue_ctx;
+};
 
 struct sbitmap_word;
 
@@ -22558,8 +23396,6 @@ struct sbitmap {
 	struct sbitmap_word *map;
 	unsigned int *alloc_hint;
 };
-
-struct blk_mq_ctx;
 
 struct wait_queue_entry;
 
@@ -22573,8 +23409,6 @@ struct wait_queue_entry {
 };
 
 typedef struct wait_queue_entry wait_queue_entry_t;
-
-struct request_queue;
 
 struct blk_mq_tags;
 
@@ -22623,11 +23457,12 @@ struct blk_mq_hw_ctx {
 	long: 64;
 };
 
+struct blk_mq_hw_ctx_sysfs_entry {
+	struct attribute attr;
+	ssize_t (*show)(struct blk_mq_hw_ctx *, char *);
+};
+
 struct blk_mq_queue_data;
-
-struct rq_list;
-
-struct request;
 
 struct io_comp_batch;
 
@@ -22723,43 +23558,101 @@ struct blk_mq_tags {
 	struct callback_head callback_head;
 };
 
-struct blk_plug {};
-
-struct disk_stats;
-
-struct gendisk;
-
-struct partition_meta_info;
-
-struct block_device {
-	sector_t bd_start_sect;
-	sector_t bd_nr_sectors;
-	struct gendisk *bd_disk;
-	struct request_queue *bd_queue;
-	struct disk_stats *bd_stats;
-	long unsigned int bd_stamp;
-	atomic_t __bd_flags;
-	dev_t bd_dev;
-	struct address_space *bd_mapping;
-	atomic_t bd_openers;
-	spinlock_t bd_size_lock;
-	void *bd_claiming;
-	void *bd_holder;
-	const struct blk_holder_ops *bd_holder_ops;
-	struct mutex bd_holder_lock;
-	int bd_holders;
-	struct kobject *bd_holder_dir;
-	atomic_t bd_fsfreeze_count;
-	struct mutex bd_fsfreeze_mutex;
-	struct partition_meta_info *bd_meta_info;
-	int bd_writers;
-	void *bd_security;
-	struct device bd_device;
+struct rq_list {
+	struct request *head;
+	struct request *tail;
 };
 
-struct hd_geometry;
+struct blk_plug {
+	struct rq_list mq_list;
+	struct rq_list cached_rqs;
+	u64 cur_ktime;
+	short unsigned int nr_ios;
+	short unsigned int rq_count;
+	bool multiple_queues;
+	bool has_elevator;
+	struct list_head cb_list;
+};
+
+struct blk_plug_cb;
+
+typedef void (*blk_plug_cb_fn)(struct blk_plug_cb *, bool);
+
+struct blk_plug_cb {
+	struct list_head list;
+	blk_plug_cb_fn callback;
+	void *data;
+};
+
+struct blk_queue_stats {
+	struct list_head callbacks;
+	spinlock_t lock;
+	int accounting;
+};
+
+struct blk_rq_stat {
+	u64 mean;
+	u64 min;
+	u64 max;
+	u32 nr_samples;
+	u64 batch;
+};
+
+struct blk_rq_wait {
+	struct completion done;
+	blk_status_t ret;
+};
+
+struct blk_stat_callback {
+	struct list_head list;
+	struct timer_list timer;
+	struct blk_rq_stat *cpu_stat;
+	int (*bucket_fn)(const struct request *);
+	unsigned int buckets;
+	struct blk_rq_stat *stat;
+	void (*timer_fn)(struct blk_stat_callback *);
+	void *data;
+	struct callback_head rcu;
+};
+
+struct blkdev_dio {
+	union {
+		struct kiocb *iocb;
+		struct task_struct *waiter;
+	};
+	size_t size;
+	atomic_t ref;
+	unsigned int flags;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
+	struct bio bio;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
+};
+
+struct blkpg_ioctl_arg {
+	int op;
+	int flags;
+	int datalen;
+	void *data;
+};
+
+struct blkpg_partition {
+	long long int start;
+	long long int length;
+	int pno;
+	char devname[64];
+	char volname[64];
+};
 
 struct blk_report_zones_args;
+
+struct hd_geometry;
 
 struct pr_ops;
 
@@ -25032,95 +25925,6 @@ struct simple_xattr_limits {
 	atomic_t xattr_size;
 };
 
-struct inode_state_flags {
-	enum inode_state_flags_enum __state;
-};
-
-struct hlist_head {
-	struct hlist_node *first;
-};
-
-struct inode_operations;
-
-struct super_block;
-
-struct file_lock_context;
-
-struct pipe_inode_info;
-
-struct cdev;
-
-struct fsnotify_mark_connector;
-
-struct inode {
-	umode_t i_mode;
-	short unsigned int i_opflags;
-	unsigned int i_flags;
-	kuid_t i_uid;
-	kgid_t i_gid;
-	const struct inode_operations *i_op;
-	struct super_block *i_sb;
-	struct address_space *i_mapping;
-	void *i_security;
-	u64 i_ino;
-	union {
-		const unsigned int i_nlink;
-		unsigned int __i_nlink;
-	};
-	dev_t i_rdev;
-	loff_t i_size;
-	time64_t i_atime_sec;
-	time64_t i_mtime_sec;
-	time64_t i_ctime_sec;
-	u32 i_atime_nsec;
-	u32 i_mtime_nsec;
-	u32 i_ctime_nsec;
-	u32 i_generation;
-	spinlock_t i_lock;
-	short unsigned int i_bytes;
-	u8 i_blkbits;
-	enum rw_hint i_write_hint;
-	blkcnt_t i_blocks;
-	struct inode_state_flags i_state;
-	struct rw_semaphore i_rwsem;
-	long unsigned int dirtied_when;
-	long unsigned int dirtied_time_when;
-	struct hlist_node i_hash;
-	struct list_head i_io_list;
-	struct list_head i_lru;
-	struct list_head i_sb_list;
-	struct list_head i_wb_list;
-	union {
-		struct hlist_head i_dentry;
-		struct callback_head i_rcu;
-	};
-	atomic64_t i_version;
-	atomic64_t i_sequence;
-	atomic_t i_count;
-	atomic_t i_dio_count;
-	atomic_t i_writecount;
-	atomic_t i_readcount;
-	union {
-		const struct file_operations *i_fop;
-		void (*free_inode)(struct inode *);
-	};
-	struct file_lock_context *i_flctx;
-	struct address_space i_data;
-	union {
-		struct list_head i_devices;
-		int i_linklen;
-	};
-	union {
-		struct pipe_inode_info *i_pipe;
-		struct cdev *i_cdev;
-		char *i_link;
-		unsigned int i_dir_seq;
-	};
-	__u32 i_fsnotify_mask;
-	struct fsnotify_mark_connector *i_fsnotify_marks;
-	void *i_private;
-};
-
 struct bpf_fs_inode {
 	struct list_head xattrs;
 	struct simple_xattr_limits xlimits;
@@ -25908,7 +26712,7 @@ struct vm_area_struct {
 	long unsigned int vm_pgoff;
 	struct file *vm_file;
 	void *vm_private_data;
-	long: 64;
+	atomic_long_t swap_readahead_info;
 	long: 64;
 	long: 64;
 	refcount_t vm_refcnt;
@@ -29490,6 +30294,23 @@ struct broadcast_sk {
 	struct work_struct work;
 };
 
+typedef bool busy_tag_iter_fn(struct request *, void *);
+
+struct bt_iter_data {
+	struct blk_mq_hw_ctx *hctx;
+	struct request_queue *q;
+	busy_tag_iter_fn *fn;
+	void *data;
+	bool reserved;
+};
+
+struct bt_tags_iter_data {
+	struct blk_mq_tags *tags;
+	busy_tag_iter_fn *fn;
+	void *data;
+	unsigned int flags;
+};
+
 struct btf_header {
 	__u16 magic;
 	__u8 version;
@@ -31501,6 +32322,12 @@ struct bus_type {
 	bool driver_override;
 };
 
+struct bvec_iter_all {
+	struct bio_vec bv;
+	int idx;
+	unsigned int done;
+};
+
 struct byd_data {
 	struct timer_list timer;
 	struct psmouse *psmouse;
@@ -31714,13 +32541,6 @@ struct cgroup_bpf {
 	struct percpu_ref refcnt;
 	struct work_struct release_work;
 };
-
-struct seqcount_spinlock {
-	seqcount_t seqcount;
-	spinlock_t *lock;
-};
-
-typedef struct seqcount_spinlock seqcount_spinlock_t;
 
 struct cgroup_freezer_state {
 	bool freeze;
@@ -34632,6 +35452,34 @@ struct data_chunk {
 	size_t src_icg;
 };
 
+struct io_stats_per_prio {
+	uint32_t inserted;
+	uint32_t merged;
+	uint32_t dispatched;
+	atomic_t completed;
+};
+
+struct dd_per_prio {
+	struct rb_root sort_list[2];
+	struct list_head fifo_list[2];
+	sector_t latest_pos[2];
+	struct io_stats_per_prio stats;
+};
+
+struct deadline_data {
+	struct list_head dispatch;
+	struct dd_per_prio per_prio[3];
+	enum dd_data_dir last_dir;
+	unsigned int batching;
+	unsigned int starved;
+	int fifo_expire[2];
+	int fifo_batch;
+	int writes_starved;
+	int front_merges;
+	int prio_aging_expire;
+	spinlock_t lock;
+};
+
 struct debug_reply_data {
 	struct ethnl_reply_data base;
 	u32 msg_mask;
@@ -35336,6 +36184,32 @@ struct dirty_throttle_control {
 struct disasm_ctx {
 	struct bpf_verifier_env *env;
 	struct seq_buf seq;
+};
+
+struct disk_events {
+	struct list_head node;
+	struct gendisk *disk;
+	spinlock_t lock;
+	struct mutex block_mutex;
+	int block;
+	unsigned int pending;
+	unsigned int clearing;
+	long int poll_msecs;
+	struct delayed_work dwork;
+};
+
+struct disk_stats {
+	u64 nsecs[4];
+	long unsigned int sectors[4];
+	long unsigned int ios[4];
+	long unsigned int merges[4];
+	long unsigned int io_ticks;
+	local_t in_flight[2];
+};
+
+struct dispatch_rq_data {
+	struct blk_mq_hw_ctx *hctx;
+	struct request *rq;
 };
 
 struct dl_bw {
@@ -36263,6 +37137,77 @@ struct efi {
 	long unsigned int flags;
 };
 
+struct elevator_queue;
+
+struct io_cq;
+
+struct elevator_mq_ops {
+	int (*init_sched)(struct request_queue *, struct elevator_queue *);
+	void (*exit_sched)(struct elevator_queue *);
+	int (*init_hctx)(struct blk_mq_hw_ctx *, unsigned int);
+	void (*exit_hctx)(struct blk_mq_hw_ctx *, unsigned int);
+	void (*depth_updated)(struct request_queue *);
+	void * (*alloc_sched_data)(struct request_queue *);
+	void (*free_sched_data)(void *);
+	bool (*allow_merge)(struct request_queue *, struct request *, struct bio *);
+	bool (*bio_merge)(struct request_queue *, struct bio *, unsigned int);
+	int (*request_merge)(struct request_queue *, struct request **, struct bio *);
+	void (*request_merged)(struct request_queue *, struct request *, enum elv_merge);
+	void (*requests_merged)(struct request_queue *, struct request *, struct request *);
+	void (*limit_depth)(blk_opf_t, struct blk_mq_alloc_data *);
+	void (*prepare_request)(struct request *);
+	void (*finish_request)(struct request *);
+	void (*insert_requests)(struct blk_mq_hw_ctx *, struct list_head *, blk_insert_t);
+	struct request * (*dispatch_request)(struct blk_mq_hw_ctx *);
+	bool (*has_work)(struct blk_mq_hw_ctx *);
+	void (*completed_request)(struct request *, u64);
+	void (*requeue_request)(struct request *);
+	struct request * (*former_request)(struct request_queue *, struct request *);
+	struct request * (*next_request)(struct request_queue *, struct request *);
+	void (*init_icq)(struct io_cq *);
+	void (*exit_icq)(struct io_cq *);
+};
+
+struct elevator_type;
+
+struct elevator_tags;
+
+struct elevator_queue {
+	struct elevator_type *type;
+	struct elevator_tags *et;
+	void *elevator_data;
+	struct kobject kobj;
+	struct mutex sysfs_lock;
+	long unsigned int flags;
+	struct hlist_head hash[64];
+};
+
+struct elevator_resources {
+	void *data;
+	struct elevator_tags *et;
+};
+
+struct elevator_tags {
+	unsigned int nr_hw_queues;
+	unsigned int nr_requests;
+	struct blk_mq_tags *tags[0];
+};
+
+struct elv_fs_entry;
+
+struct elevator_type {
+	struct kmem_cache *icq_cache;
+	struct elevator_mq_ops ops;
+	size_t icq_size;
+	size_t icq_align;
+	const struct elv_fs_entry *elevator_attrs;
+	const char *elevator_name;
+	const char *elevator_alias;
+	struct module *elevator_owner;
+	char icq_cache_name[22];
+	struct list_head list;
+};
+
 struct elf32_hdr {
 	unsigned char e_ident[16];
 	Elf32_Half e_type;
@@ -36351,6 +37296,21 @@ struct elf64_sym {
 };
 
 typedef struct elf64_sym Elf64_Sym;
+
+struct elv_change_ctx {
+	const char *name;
+	bool no_uevent;
+	struct elevator_queue *old;
+	struct elevator_queue *new;
+	struct elevator_type *type;
+	struct elevator_resources res;
+};
+
+struct elv_fs_entry {
+	struct attribute attr;
+	ssize_t (*show)(struct elevator_queue *, char *);
+	ssize_t (*store)(struct elevator_queue *, const char *, size_t);
+};
 
 struct em_perf_table;
 
@@ -37885,6 +38845,48 @@ struct fasync_struct {
 	struct callback_head fa_rcu;
 };
 
+struct fat_boot_sector {
+	__u8 ignored[3];
+	__u8 system_id[8];
+	__u8 sector_size[2];
+	__u8 sec_per_clus;
+	__le16 reserved;
+	__u8 fats;
+	__u8 dir_entries[2];
+	__u8 sectors[2];
+	__u8 media;
+	__le16 fat_length;
+	__le16 secs_track;
+	__le16 heads;
+	__le32 hidden;
+	__le32 total_sect;
+	union {
+		struct {
+			__u8 drive_number;
+			__u8 state;
+			__u8 signature;
+			__u8 vol_id[4];
+			__u8 vol_label[11];
+			__u8 fs_type[8];
+		} fat16;
+		struct {
+			__le32 length;
+			__le16 flags;
+			__u8 version[2];
+			__le32 root_cluster;
+			__le16 info_sector;
+			__le16 backup_boot;
+			__le16 reserved2[6];
+			__u8 drive_number;
+			__u8 state;
+			__u8 signature;
+			__u8 vol_id[4];
+			__u8 vol_label[11];
+			__u8 fs_type[8];
+		} fat32;
+	};
+};
+
 struct fault_attr {};
 
 struct faux_device {
@@ -38191,13 +39193,6 @@ struct fib6_node {
 	struct fib6_info *rr_ptr;
 	struct callback_head rcu;
 };
-
-struct seqlock {
-	seqcount_spinlock_t seqcount;
-	spinlock_t lock;
-};
-
-typedef struct seqlock seqlock_t;
 
 struct inet_peer_base {
 	struct rb_root rb_root;
@@ -39175,6 +40170,19 @@ struct flush_backlogs {
 	struct work_struct w[0];
 };
 
+struct flush_busy_ctx_data {
+	struct blk_mq_hw_ctx *hctx;
+	struct list_head *list;
+};
+
+struct kyber_hctx_data;
+
+struct flush_kcq_data {
+	struct kyber_hctx_data *khd;
+	unsigned int sched_domain;
+	struct list_head *list;
+};
+
 struct flush_tlb_info {
 	struct mm_struct *mm;
 	long unsigned int start;
@@ -39332,6 +40340,15 @@ struct folio {
 		};
 		struct page __page_3;
 	};
+};
+
+struct folio_iter {
+	struct folio *folio;
+	size_t offset;
+	size_t length;
+	struct folio *_next;
+	size_t _seg_count;
+	int _i;
 };
 
 struct folio_queue {
@@ -40722,10 +41739,6 @@ struct gen_cookie {
 	long: 64;
 };
 
-struct disk_events;
-
-struct badblocks;
-
 struct timer_rand_state;
 
 struct gendisk {
@@ -41285,6 +42298,13 @@ struct hbm_props_response {
 	u8 status;
 	u8 reserved;
 	struct mei_client_properties client_properties;
+};
+
+struct hd_geometry {
+	unsigned char heads;
+	unsigned char sectors;
+	short unsigned int cylinders;
+	long unsigned int start;
 };
 
 struct hh_cache;
@@ -43594,12 +44614,25 @@ struct interval_tree_node {
 	long unsigned int __subtree_last;
 };
 
+struct io_alloc_cache {
+	void **entries;
+	unsigned int nr_cached;
+	unsigned int max_cached;
+	unsigned int elem_size;
+	unsigned int init_clear;
+};
+
 struct io_apic {
 	unsigned int index;
 	unsigned int unused[3];
 	unsigned int data;
 	unsigned int unused2[11];
 	unsigned int eoi;
+};
+
+struct io_big_cqe {
+	u64 extra1;
+	u64 extra2;
 };
 
 struct io_bitmap {
@@ -43609,9 +44642,18 @@ struct io_bitmap {
 	long unsigned int bitmap[1024];
 };
 
-struct rq_list {
-	struct request *head;
-	struct request *tail;
+struct io_bpf_filter;
+
+struct io_bpf_filters {
+	refcount_t refs;
+	spinlock_t lock;
+	struct io_bpf_filter **filters;
+	struct callback_head callback_head;
+};
+
+struct io_cmd_data {
+	struct file *file;
+	__u8 data[56];
 };
 
 struct io_comp_batch {
@@ -43639,6 +44681,322 @@ struct io_cq {
 		struct callback_head __rcu_head;
 	};
 	unsigned int flags;
+};
+
+struct io_cqe {
+	__u64 user_data;
+	__s32 res;
+	union {
+		__u32 flags;
+		int fd;
+	};
+};
+
+struct io_rsrc_node;
+
+struct io_rsrc_data {
+	unsigned int nr;
+	struct io_rsrc_node **nodes;
+};
+
+struct io_file_table {
+	struct io_rsrc_data data;
+	long unsigned int *bitmap;
+	unsigned int alloc_hint;
+};
+
+struct io_hash_bucket {
+	struct hlist_head list;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
+};
+
+struct io_hash_table {
+	struct io_hash_bucket *hbs;
+	unsigned int hash_bits;
+};
+
+struct io_buffer;
+
+struct io_wq_work_node {
+	struct io_wq_work_node *next;
+};
+
+struct io_tw_req;
+
+struct io_tw_state;
+
+typedef struct io_tw_state io_tw_token_t;
+
+typedef void (*io_req_tw_func_t)(struct io_tw_req, io_tw_token_t);
+
+struct io_task_work {
+	struct llist_node node;
+	io_req_tw_func_t func;
+};
+
+struct async_poll;
+
+struct io_wq_work {
+	struct io_wq_work_node list;
+	atomic_t flags;
+	int cancel_seq;
+};
+
+struct io_ring_ctx;
+
+struct io_uring_task;
+
+struct io_kiocb {
+	union {
+		struct file *file;
+		struct io_cmd_data cmd;
+	};
+	u8 opcode;
+	u8 iopoll_completed;
+	u16 buf_index;
+	io_req_flags_t flags;
+	struct io_cqe cqe;
+	struct io_ring_ctx *ctx;
+	struct io_uring_task *tctx;
+	union {
+		struct io_buffer *kbuf;
+		struct io_rsrc_node *buf_node;
+	};
+	union {
+		struct io_wq_work_node comp_list;
+		__poll_t apoll_events;
+	};
+	struct io_rsrc_node *file_node;
+	atomic_t refs;
+	bool cancel_seq_set;
+	union {
+		struct io_task_work io_task_work;
+		u64 iopoll_start;
+	};
+	union {
+		struct hlist_node hash_node;
+		struct list_head iopoll_node;
+		struct callback_head callback_head;
+	};
+	struct async_poll *apoll;
+	void *async_data;
+	atomic_t poll_refs;
+	struct io_kiocb *link;
+	const struct cred *creds;
+	struct io_wq_work work;
+	struct io_big_cqe big_cqe;
+};
+
+struct io_mapped_region {
+	struct page **pages;
+	void *ptr;
+	unsigned int nr_pages;
+	unsigned int flags;
+};
+
+struct io_restriction {
+	long unsigned int register_op[1];
+	long unsigned int sqe_op[2];
+	struct io_bpf_filters *bpf_filters;
+	bool bpf_filters_cow;
+	u8 sqe_flags_allowed;
+	u8 sqe_flags_required;
+	bool op_registered;
+	bool reg_registered;
+};
+
+struct io_wq_work_list {
+	struct io_wq_work_node *first;
+	struct io_wq_work_node *last;
+};
+
+struct io_submit_link {
+	struct io_kiocb *head;
+	struct io_kiocb *last;
+};
+
+struct io_submit_state {
+	struct io_wq_work_node free_list;
+	struct io_wq_work_list compl_reqs;
+	struct io_submit_link link;
+	bool plug_started;
+	bool need_plug;
+	bool cq_flush;
+	short unsigned int submit_nr;
+	struct blk_plug plug;
+};
+
+struct iou_loop_params;
+
+struct io_ev_fd;
+
+struct mpscq {
+	struct llist_node *tail;
+	struct llist_node stub;
+};
+
+struct io_sq_data;
+
+struct io_wq_hash;
+
+struct io_uring_bpf_ops;
+
+struct io_rings;
+
+struct io_uring_sqe;
+
+struct iou_ctx;
+
+struct io_uring_cqe;
+
+struct io_ring_ctx {
+	struct {
+		unsigned int flags;
+		unsigned int int_flags;
+		struct task_struct *submitter_task;
+		struct io_rings *rings;
+		struct io_bpf_filter **bpf_filters;
+		struct percpu_ref refs;
+		clockid_t clockid;
+		enum tk_offsets clock_offset;
+		enum task_work_notify_mode notify_method;
+		unsigned int sq_thread_idle;
+	};
+	struct {
+		struct mutex uring_lock;
+		u32 *sq_array;
+		struct io_uring_sqe *sq_sqes;
+		unsigned int cached_sq_head;
+		unsigned int sq_entries;
+		atomic_t cancel_seq;
+		bool poll_multi_queue;
+		struct list_head iopoll_list;
+		struct llist_node *work_head;
+		struct io_file_table file_table;
+		struct io_rsrc_data buf_table;
+		struct io_alloc_cache node_cache;
+		struct io_alloc_cache imu_cache;
+		struct io_submit_state submit_state;
+		struct xarray io_bl_xa;
+		struct io_hash_table cancel_table;
+		struct io_alloc_cache apoll_cache;
+		struct io_alloc_cache netmsg_cache;
+		struct io_alloc_cache rw_cache;
+		struct io_alloc_cache cmd_cache;
+		int (*loop_step)(struct iou_ctx *, struct iou_loop_params *);
+		struct hlist_head cancelable_uring_cmd;
+		u64 hybrid_poll_time;
+		long: 64;
+		long: 64;
+		long: 64;
+	};
+	struct {
+		struct io_uring_cqe *cqe_cached;
+		struct io_uring_cqe *cqe_sentinel;
+		unsigned int cached_cq_tail;
+		unsigned int cq_entries;
+		struct io_ev_fd *io_ev_fd;
+		void *cq_wait_arg;
+		size_t cq_wait_size;
+		long: 64;
+		long: 64;
+	};
+	struct {
+		struct io_rings *rings_rcu;
+		struct mpscq work_list;
+		long unsigned int check_cq;
+		atomic_t cq_wait_nr;
+		atomic_t cq_timeouts;
+		struct wait_queue_head cq_wait;
+		long: 64;
+	};
+	struct {
+		raw_spinlock_t timeout_lock;
+		struct list_head timeout_list;
+		struct list_head ltimeout_list;
+		unsigned int cq_last_tm_flush;
+		long: 64;
+		long: 64;
+		long: 64;
+	};
+	spinlock_t completion_lock;
+	struct list_head cq_overflow_list;
+	struct hlist_head waitid_list;
+	struct hlist_head futex_list;
+	struct io_alloc_cache futex_cache;
+	const struct cred *sq_creds;
+	struct io_sq_data *sq_data;
+	struct wait_queue_head sqo_sq_wait;
+	struct list_head sqd_list;
+	unsigned int file_alloc_start;
+	unsigned int file_alloc_end;
+	struct wait_queue_head poll_wq;
+	struct io_restriction restrictions;
+	struct xarray zcrx_ctxs;
+	struct xarray hpage_acct;
+	u32 pers_next;
+	struct xarray personalities;
+	struct io_wq_hash *hash_map;
+	struct user_struct *user;
+	struct mm_struct *mm_account;
+	struct list_head tctx_list;
+	struct mutex tctx_lock;
+	struct work_struct exit_work;
+	struct completion ref_comp;
+	u32 iowq_limits[2];
+	struct callback_head poll_wq_task_work;
+	struct callback_head poll_wq_rcu;
+	atomic_t poll_wq_rcu_pending;
+	struct list_head defer_list;
+	unsigned int nr_drained;
+	struct io_kiocb *drain_req;
+	unsigned int nr_req_allocated;
+	struct list_head napi_list;
+	spinlock_t napi_lock;
+	ktime_t napi_busy_poll_dt;
+	bool napi_prefer_busy_poll;
+	u8 napi_track_mode;
+	struct hlist_head napi_ht[16];
+	struct io_uring_bpf_ops *bpf_ops;
+	struct mutex mmap_lock;
+	struct io_mapped_region sq_region;
+	struct io_mapped_region ring_region;
+	struct io_mapped_region param_region;
+	struct kcov_common_handle_id kcov_handle;
+};
+
+struct io_uring {
+	u32 head;
+	u32 tail;
+};
+
+struct io_uring_cqe {
+	__u64 user_data;
+	__s32 res;
+	__u32 flags;
+	__u64 big_cqe[0];
+};
+
+struct io_rings {
+	struct io_uring sq;
+	struct io_uring cq;
+	u32 sq_ring_mask;
+	u32 cq_ring_mask;
+	u32 sq_ring_entries;
+	u32 cq_ring_entries;
+	u32 sq_dropped;
+	atomic_t sq_flags;
+	u32 cq_flags;
+	u32 cq_overflow;
+	long: 64;
+	long: 64;
+	struct io_uring_cqe cqes[0];
 };
 
 struct io_tlb_area {
@@ -43675,6 +45033,138 @@ struct io_tlb_slot {
 	size_t alloc_size;
 	short unsigned int list;
 	short unsigned int pad_slots;
+};
+
+struct io_tw_req {
+	struct io_kiocb *req;
+};
+
+struct io_tw_state {
+	bool cancel;
+};
+
+struct io_uring_cmd {
+	struct file *file;
+	const struct io_uring_sqe *sqe;
+	u32 cmd_op;
+	u32 flags;
+	u8 pdu[32];
+	u8 unused[8];
+};
+
+struct io_uring_sqe {
+	__u8 opcode;
+	__u8 flags;
+	__u16 ioprio;
+	__s32 fd;
+	union {
+		__u64 off;
+		__u64 addr2;
+		struct {
+			__u32 cmd_op;
+			__u32 __pad1;
+		};
+	};
+	union {
+		__u64 addr;
+		__u64 splice_off_in;
+		struct {
+			__u32 level;
+			__u32 optname;
+		};
+	};
+	__u32 len;
+	union {
+		__u32 rw_flags;
+		__u32 fsync_flags;
+		__u16 poll_events;
+		__u32 poll32_events;
+		__u32 sync_range_flags;
+		__u32 msg_flags;
+		__u32 timeout_flags;
+		__u32 accept_flags;
+		__u32 cancel_flags;
+		__u32 open_flags;
+		__u32 statx_flags;
+		__u32 fadvise_advice;
+		__u32 splice_flags;
+		__u32 rename_flags;
+		__u32 unlink_flags;
+		__u32 hardlink_flags;
+		__u32 xattr_flags;
+		__u32 msg_ring_flags;
+		__u32 uring_cmd_flags;
+		__u32 waitid_flags;
+		__u32 futex_flags;
+		__u32 install_fd_flags;
+		__u32 nop_flags;
+		__u32 pipe_flags;
+	};
+	__u64 user_data;
+	union {
+		__u16 buf_index;
+		__u16 buf_group;
+	};
+	__u16 personality;
+	union {
+		__s32 splice_fd_in;
+		__u32 file_index;
+		__u32 zcrx_ifq_idx;
+		__u32 optlen;
+		struct {
+			__u16 addr_len;
+			__u16 __pad3[1];
+		};
+		struct {
+			__u8 write_stream;
+			__u8 __pad4[3];
+		};
+	};
+	union {
+		struct {
+			__u64 addr3;
+			__u64 __pad2[1];
+		};
+		struct {
+			__u64 attr_ptr;
+			__u64 attr_type_mask;
+		};
+		__u64 optval;
+		__u8 cmd[0];
+	};
+};
+
+struct io_wq;
+
+struct io_uring_task {
+	int cached_refs;
+	const struct io_ring_ctx *last;
+	struct task_struct *task;
+	struct io_wq *io_wq;
+	struct llist_node *task_head;
+	struct file *registered_rings[16];
+	struct xarray xa;
+	struct wait_queue_head wait;
+	atomic_t in_cancel;
+	atomic_t inflight_tracked;
+	struct percpu_counter inflight;
+	struct work_struct fallback_work;
+	struct callback_head rcu;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
+	struct {
+		struct mpscq task_list;
+		struct callback_head task_work;
+		long: 64;
+		long: 64;
+		long: 64;
+		long: 64;
+	};
 };
 
 struct mpc_ioapic {
@@ -43718,44 +45208,174 @@ struct ioapic_alloc_info {
 	u32 valid: 1;
 };
 
+struct dax_device;
+
+struct iomap {
+	u64 addr;
+	loff_t offset;
+	u64 length;
+	u16 type;
+	u16 flags;
+	struct block_device *bdev;
+	struct dax_device *dax_dev;
+	void *inline_data;
+	void *private;
+	u64 validity_cookie;
+};
+
+struct iomap_dio_ops;
+
+struct iomap_dio {
+	struct kiocb *iocb;
+	const struct iomap_dio_ops *dops;
+	loff_t i_size;
+	loff_t size;
+	atomic_t ref;
+	unsigned int flags;
+	int error;
+	size_t done_before;
+	bool wait_for_completion;
+	union {
+		struct {
+			struct iov_iter *iter;
+			struct task_struct *waiter;
+		} submit;
+		struct {
+			struct work_struct work;
+		} aio;
+	};
+};
+
+struct iomap_iter;
+
+struct iomap_dio_ops {
+	int (*end_io)(struct kiocb *, ssize_t, int, unsigned int);
+	void (*submit_io)(const struct iomap_iter *, struct bio *, loff_t);
+	struct bio_set *bio_set;
+};
+
+struct iomap_dio_simple {
+	struct kiocb *iocb;
+	size_t size;
+	unsigned int dio_flags;
+	struct work_struct work;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
+	struct bio bio;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
+};
+
+struct iomap_folio_state {
+	spinlock_t state_lock;
+	unsigned int read_bytes_pending;
+	atomic_t write_bytes_pending;
+	long unsigned int state[0];
+};
+
+struct fsverity_info;
+
+struct iomap_ioend {
+	struct list_head io_list;
+	u16 io_flags;
+	struct inode *io_inode;
+	size_t io_size;
+	atomic_t io_remaining;
+	int io_error;
+	struct iomap_ioend *io_parent;
+	loff_t io_offset;
+	sector_t io_sector;
+	void *io_private;
+	struct fsverity_info *io_vi;
+	struct bio io_bio;
+};
+
+struct iomap_iter {
+	struct inode *inode;
+	loff_t pos;
+	u64 len;
+	loff_t iter_start_pos;
+	int status;
+	unsigned int flags;
+	struct iomap iomap;
+	struct iomap srcmap;
+	struct folio_batch *fbatch;
+	void *private;
+};
+
+typedef int (*iomap_iter_begin_fn)(struct inode *, loff_t, loff_t, unsigned int, struct iomap *, struct iomap *);
+
+typedef int (*iomap_iter_end_fn)(struct inode *, loff_t, loff_t, ssize_t, unsigned int, struct iomap *);
+
+typedef int (*iomap_iter_next_fn)(const struct iomap_iter *, struct iomap *, struct iomap *);
+
+struct iomap_ops {
+	iomap_iter_begin_fn iomap_begin;
+	iomap_iter_end_fn iomap_end;
+	iomap_iter_next_fn iomap_next;
+};
+
+struct iomap_read_ops;
+
+struct iomap_read_folio_ctx {
+	const struct iomap_read_ops *ops;
+	struct folio *cur_folio;
+	struct readahead_control *rac;
+	void *read_ctx;
+	loff_t read_ctx_file_offset;
+	struct fsverity_info *vi;
+};
+
+struct iomap_read_ops {
+	int (*read_folio_range)(const struct iomap_iter *, struct iomap_read_folio_ctx *, size_t);
+	void (*submit_read)(const struct iomap_iter *, struct iomap_read_folio_ctx *);
+	struct bio_set *bio_set;
+};
+
+struct iomap_swapfile_info {
+	struct iomap iomap;
+	struct swap_info_struct *sis;
+	uint64_t lowest_ppage;
+	uint64_t highest_ppage;
+	long unsigned int nr_pages;
+	int nr_extents;
+	struct file *file;
+};
+
+struct iomap_write_ops {
+	struct folio * (*get_folio)(struct iomap_iter *, loff_t, unsigned int);
+	void (*put_folio)(struct inode *, loff_t, unsigned int, struct folio *);
+	bool (*iomap_valid)(struct inode *, const struct iomap *);
+	int (*read_folio_range)(const struct iomap_iter *, struct folio *, loff_t, size_t);
+};
+
+struct iomap_writepage_ctx;
+
+struct iomap_writeback_ops {
+	ssize_t (*writeback_range)(struct iomap_writepage_ctx *, struct folio *, u64, unsigned int, u64);
+	int (*writeback_submit)(struct iomap_writepage_ctx *, int);
+};
+
+struct iomap_writepage_ctx {
+	struct iomap iomap;
+	struct inode *inode;
+	struct writeback_control *wbc;
+	const struct iomap_writeback_ops *ops;
+	u32 nr_folios;
+	void *wb_ctx;
+};
+
 struct iommu_group {};
 
 struct ioremap_desc {
 	unsigned int flags;
 };
 
-struct iovec {
-	void *iov_base;
-	__kernel_size_t iov_len;
-};
-
-struct kvec;
-
-struct iov_iter {
-	u8 iter_type;
-	bool nofault;
-	bool data_source;
-	size_t iov_offset;
-	union {
-		struct iovec __ubuf_iovec;
-		struct {
-			union {
-				const struct iovec *__iov;
-				const struct kvec *kvec;
-				const struct bio_vec *bvec;
-				const struct folio_queue *folioq;
-				struct xarray *xarray;
-				void *ubuf;
-			};
-			size_t count;
-		};
-	};
-	union {
-		long unsigned int nr_segs;
-		u8 folioq_slot;
-		loff_t xarray_start;
-	};
-};
+struct iou_ctx {};
 
 struct iov_iter_state {
 	size_t iov_offset;
@@ -46782,6 +48402,44 @@ struct kvm_x86_ops {
 	int (*gmem_max_mapping_level)(struct kvm *, kvm_pfn_t, bool);
 };
 
+struct kyber_cpu_latency {
+	atomic_t buckets[48];
+};
+
+struct kyber_ctx_queue {
+	spinlock_t lock;
+	struct list_head rq_list[4];
+};
+
+struct sbq_wait {
+	struct sbitmap_queue *sbq;
+	struct wait_queue_entry wait;
+};
+
+struct kyber_hctx_data {
+	spinlock_t lock;
+	struct list_head rqs[4];
+	unsigned int cur_domain;
+	unsigned int batching;
+	struct kyber_ctx_queue *kcqs;
+	struct sbitmap kcq_map[4];
+	struct sbq_wait domain_wait[4];
+	struct sbq_wait_state *domain_ws[4];
+	atomic_t wait_index[4];
+};
+
+struct kyber_queue_data {
+	struct request_queue *q;
+	dev_t dev;
+	struct sbitmap_queue domain_tokens[4];
+	struct kyber_cpu_latency *cpu_latency;
+	struct timer_list timer;
+	unsigned int latency_buckets[48];
+	long unsigned int latency_timeout[3];
+	int domain_p99[3];
+	u64 latency_targets[3];
+};
+
 union l1_cache {
 	struct {
 		unsigned int line_size: 8;
@@ -47212,6 +48870,21 @@ struct logic_pio_hwaddr {
 	const struct logic_pio_host_ops *ops;
 };
 
+struct logical_block_metadata_cap {
+	__u32 lbmd_flags;
+	__u16 lbmd_interval;
+	__u8 lbmd_size;
+	__u8 lbmd_opaque_size;
+	__u8 lbmd_opaque_offset;
+	__u8 lbmd_pi_size;
+	__u8 lbmd_pi_offset;
+	__u8 lbmd_guard_tag_type;
+	__u8 lbmd_app_tag_size;
+	__u8 lbmd_ref_tag_size;
+	__u8 lbmd_storage_tag_size;
+	__u8 pad;
+};
+
 union lower_chunk {
 	union lower_chunk *next;
 	long unsigned int data[256];
@@ -47282,14 +48955,14 @@ struct lruvec {
 };
 
 struct lruvec_stats {
-	long int state[47];
-	long int state_local[47];
-	long int state_pending[47];
+	long int state[48];
+	long int state_local[48];
+	long int state_pending[48];
 };
 
 struct lruvec_stats_percpu {
-	long int state[47];
-	long int state_prev[47];
+	long int state[48];
+	long int state_prev[48];
 };
 
 struct lsm_blob_sizes {
@@ -48537,12 +50210,12 @@ struct memcg_stock_pcp {
 };
 
 struct memcg_vmstats {
-	long int state[54];
-	long unsigned int events[8];
-	long int state_local[54];
-	long unsigned int events_local[8];
-	long int state_pending[54];
-	long unsigned int events_pending[8];
+	long int state[55];
+	long unsigned int events[10];
+	long int state_local[55];
+	long unsigned int events_local[10];
+	long int state_pending[55];
+	long unsigned int events_pending[10];
 	atomic_long_t stats_updates;
 };
 
@@ -48550,10 +50223,12 @@ struct memcg_vmstats_percpu {
 	long unsigned int stats_updates;
 	struct memcg_vmstats_percpu *parent_pcpu;
 	struct memcg_vmstats *vmstats;
-	long int state[54];
-	long unsigned int events[8];
-	long int state_prev[54];
-	long unsigned int events_prev[8];
+	long int state[55];
+	long unsigned int events[10];
+	long int state_prev[55];
+	long unsigned int events_prev[10];
+	long: 64;
+	long: 64;
 	long: 64;
 };
 
@@ -49501,6 +51176,11 @@ struct mpls_shim_hdr {
 
 struct mptcp_sock {};
 
+struct mq_inflight {
+	struct block_device *part;
+	unsigned int inflight[2];
+};
+
 struct mq_sched {
 	struct Qdisc **qdiscs;
 };
@@ -49543,6 +51223,19 @@ struct ms_hyperv_info {
 	u64 shared_gpa_boundary;
 	bool msi_ext_dest_id;
 	bool confidential_vmbus_available;
+};
+
+struct msdos_partition {
+	u8 boot_ind;
+	u8 head;
+	u8 sector;
+	u8 cyl;
+	u8 sys_ind;
+	u8 end_head;
+	u8 end_sector;
+	u8 end_cyl;
+	__le32 start_sect;
+	__le32 nr_sects;
 };
 
 struct phy_mse_capability {
@@ -52586,6 +54279,27 @@ struct parse_state {
 	};
 };
 
+struct partition_meta_info {
+	char uuid[37];
+	u8 volname[64];
+};
+
+struct parsed_partitions {
+	struct gendisk *disk;
+	char name[32];
+	struct {
+		sector_t from;
+		sector_t size;
+		int flags;
+		bool has_info;
+		struct partition_meta_info info;
+	} *parts;
+	int next;
+	int limit;
+	bool access_beyond_eod;
+	struct seq_buf pp_buf;
+};
+
 struct partial_bulk_context {
 	gfp_t flags;
 	unsigned int min_objects;
@@ -52597,11 +54311,6 @@ struct partial_page {
 	unsigned int offset;
 	unsigned int len;
 	long unsigned int private;
-};
-
-struct partition_meta_info {
-	char uuid[37];
-	u8 volname[64];
 };
 
 struct patch_digest {
@@ -53050,11 +54759,6 @@ struct pci_osc_bit_struct {
 	char *desc;
 };
 
-struct pci_p2pdma_map_state {
-	struct p2pdma_provider *mem;
-	enum pci_p2pdma_map_type map;
-};
-
 struct pci_pme_device {
 	struct list_head list;
 	struct pci_dev *dev;
@@ -53435,7 +55139,7 @@ struct pebs_xmm {
 
 struct per_cpu_nodestat {
 	s8 stat_threshold;
-	s8 vm_node_stat_diff[63];
+	s8 vm_node_stat_diff[64];
 };
 
 struct per_cpu_pages {
@@ -53499,6 +55203,12 @@ struct percpu_rw_semaphore {
 	wait_queue_head_t waiters;
 	atomic_t block;
 	struct lockdep_map dep_map;
+};
+
+struct percpu_swap_cluster {
+	struct swap_info_struct *si[1];
+	long unsigned int offset[1];
+	local_lock_t lock;
 };
 
 struct perf_addr_filter {
@@ -54275,7 +55985,14 @@ struct pglist_data {
 	long: 64;
 	struct cacheline_padding _pad2_;
 	struct per_cpu_nodestat *per_cpu_nodestats;
-	atomic_long_t vm_stat[63];
+	atomic_long_t vm_stat[64];
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
 };
 
 struct phc_vclocks_reply_data {
@@ -54492,6 +56209,11 @@ struct phy_tdr_config {
 	u32 last;
 	u32 step;
 	s8 pair;
+};
+
+struct phys_vec {
+	phys_addr_t paddr;
+	size_t len;
 };
 
 struct upid {
@@ -55337,10 +57059,70 @@ struct pptp_gre_header {
 	__be32 ack;
 };
 
+struct pr_clear {
+	__u64 key;
+	__u32 flags;
+	__u32 __pad;
+};
+
 struct pr_cont_work_struct {
 	bool comma;
 	work_func_t func;
 	long int ctr;
+};
+
+struct pr_held_reservation {
+	u64 key;
+	u32 generation;
+	enum pr_type type;
+};
+
+struct pr_keys {
+	u32 generation;
+	u32 num_keys;
+	u64 keys[0];
+};
+
+struct pr_ops {
+	int (*pr_register)(struct block_device *, u64, u64, u32);
+	int (*pr_reserve)(struct block_device *, u64, enum pr_type, u32);
+	int (*pr_release)(struct block_device *, u64, enum pr_type);
+	int (*pr_preempt)(struct block_device *, u64, u64, enum pr_type, bool);
+	int (*pr_clear)(struct block_device *, u64);
+	int (*pr_read_keys)(struct block_device *, struct pr_keys *);
+	int (*pr_read_reservation)(struct block_device *, struct pr_held_reservation *);
+};
+
+struct pr_preempt {
+	__u64 old_key;
+	__u64 new_key;
+	__u32 type;
+	__u32 flags;
+};
+
+struct pr_read_keys {
+	__u32 generation;
+	__u32 num_keys;
+	__u64 keys_ptr;
+};
+
+struct pr_read_reservation {
+	__u64 key;
+	__u32 generation;
+	__u32 type;
+};
+
+struct pr_registration {
+	__u64 old_key;
+	__u64 new_key;
+	__u32 flags;
+	__u32 __pad;
+};
+
+struct pr_reservation {
+	__u64 key;
+	__u32 type;
+	__u32 flags;
 };
 
 struct prb_data_blk_lpos {
@@ -56418,6 +58200,14 @@ struct queue_limits {
 	struct blk_integrity integrity;
 };
 
+struct queue_sysfs_entry {
+	struct attribute attr;
+	ssize_t (*show)(struct gendisk *, char *);
+	ssize_t (*show_limit)(struct gendisk *, char *);
+	ssize_t (*store)(struct gendisk *, const char *, size_t);
+	int (*store_limit)(struct gendisk *, const char *, size_t, struct queue_limits *);
+};
+
 struct quirk_entry {
 	u32 nominal_freq;
 	u32 lowest_freq;
@@ -57039,6 +58829,11 @@ struct req {
 	struct device *dev;
 };
 
+struct req_iterator {
+	struct bvec_iter iter;
+	struct bio *bio;
+};
+
 typedef enum rq_end_io_ret rq_end_io_fn(struct request *, blk_status_t, const struct io_comp_batch *);
 
 struct request {
@@ -57088,10 +58883,6 @@ struct request {
 	rq_end_io_fn *end_io;
 	void *end_io_data;
 };
-
-struct elevator_queue;
-
-struct blk_queue_stats;
 
 struct rq_qos;
 
@@ -57616,6 +59407,70 @@ struct rq {
 	long: 64;
 	long: 64;
 	long: 64;
+};
+
+struct rq_depth {
+	unsigned int max_depth;
+	int scale_step;
+	bool scaled_max;
+	unsigned int queue_depth;
+	unsigned int default_depth;
+};
+
+struct rq_iter_data {
+	struct blk_mq_hw_ctx *hctx;
+	bool has_rq;
+};
+
+struct rq_map_data {
+	struct page **pages;
+	long unsigned int offset;
+	short unsigned int page_order;
+	short unsigned int nr_entries;
+	bool null_mapped;
+	bool from_user;
+};
+
+struct rq_qos_ops;
+
+struct rq_qos {
+	const struct rq_qos_ops *ops;
+	struct gendisk *disk;
+	enum rq_qos_id id;
+	struct rq_qos *next;
+};
+
+struct blk_mq_debugfs_attr;
+
+struct rq_qos_ops {
+	void (*throttle)(struct rq_qos *, struct bio *);
+	void (*track)(struct rq_qos *, struct request *, struct bio *);
+	void (*merge)(struct rq_qos *, struct request *, struct bio *);
+	void (*issue)(struct rq_qos *, struct request *);
+	void (*requeue)(struct rq_qos *, struct request *);
+	void (*done)(struct rq_qos *, struct request *);
+	void (*done_bio)(struct rq_qos *, struct bio *);
+	void (*cleanup)(struct rq_qos *, struct bio *);
+	void (*queue_depth_changed)(struct rq_qos *);
+	void (*exit)(struct rq_qos *);
+	const struct blk_mq_debugfs_attr *debugfs_attrs;
+};
+
+struct rq_wait;
+
+typedef bool acquire_inflight_cb_t(struct rq_wait *, void *);
+
+struct rq_qos_wait_data {
+	struct wait_queue_entry wq;
+	struct rq_wait *rqw;
+	acquire_inflight_cb_t *cb;
+	void *private_data;
+	bool got_token;
+};
+
+struct rq_wait {
+	wait_queue_head_t wait;
+	atomic_t inflight;
 };
 
 struct rqspinlock_held {
@@ -60412,6 +62267,30 @@ struct swap_cluster_info {
 	struct list_head list;
 };
 
+struct swap_extent {
+	struct rb_node rb_node;
+	long unsigned int start_page;
+	long unsigned int nr_pages;
+	sector_t start_block;
+};
+
+union swap_header {
+	struct {
+		char reserved[4086];
+		char magic[10];
+	} magic;
+	struct {
+		char bootbits[1024];
+		__u32 version;
+		__u32 last_page;
+		__u32 nr_badpages;
+		unsigned char sws_uuid[16];
+		unsigned char sws_volume[16];
+		__u32 padding[117];
+		__u32 badpages[1];
+	} info;
+};
+
 struct swap_sequential_cluster;
 
 struct swap_ops;
@@ -60474,6 +62353,10 @@ struct swap_ops {
 
 struct swap_sequential_cluster {
 	unsigned int next[1];
+};
+
+struct swap_table {
+	atomic_long_t entries[256];
 };
 
 struct swevent_hlist {
@@ -62440,6 +64323,41 @@ struct trace_event_data_offsets_balance_dirty_pages {};
 
 struct trace_event_data_offsets_bdi_dirty_ratelimit {};
 
+struct trace_event_data_offsets_blkdev_zone_mgmt {};
+
+struct trace_event_data_offsets_block_bio {};
+
+struct trace_event_data_offsets_block_bio_complete {};
+
+struct trace_event_data_offsets_block_bio_remap {};
+
+struct trace_event_data_offsets_block_plug {};
+
+struct trace_event_data_offsets_block_rq {
+	u32 cmd;
+	const void *cmd_ptr_;
+};
+
+struct trace_event_data_offsets_block_rq_completion {
+	u32 cmd;
+	const void *cmd_ptr_;
+};
+
+struct trace_event_data_offsets_block_rq_remap {};
+
+struct trace_event_data_offsets_block_rq_requeue {
+	u32 cmd;
+	const void *cmd_ptr_;
+};
+
+struct trace_event_data_offsets_block_rq_tag_wait {};
+
+struct trace_event_data_offsets_block_split {};
+
+struct trace_event_data_offsets_block_unplug {};
+
+struct trace_event_data_offsets_block_zwplug {};
+
 struct trace_event_data_offsets_bpf_test_finish {};
 
 struct trace_event_data_offsets_bpf_trace_printk {
@@ -62667,6 +64585,20 @@ struct trace_event_data_offsets_initcall_level {
 
 struct trace_event_data_offsets_initcall_start {};
 
+struct trace_event_data_offsets_iomap_add_to_ioend {};
+
+struct trace_event_data_offsets_iomap_class {};
+
+struct trace_event_data_offsets_iomap_dio_complete {};
+
+struct trace_event_data_offsets_iomap_dio_rw_begin {};
+
+struct trace_event_data_offsets_iomap_iter {};
+
+struct trace_event_data_offsets_iomap_range_class {};
+
+struct trace_event_data_offsets_iomap_readpage_class {};
+
 struct trace_event_data_offsets_ipi_send_cpu {};
 
 struct trace_event_data_offsets_ipi_send_cpumask {
@@ -62706,6 +64638,12 @@ struct trace_event_data_offsets_kmem_cache_free {
 	u32 name;
 	const void *name_ptr_;
 };
+
+struct trace_event_data_offsets_kyber_adjust {};
+
+struct trace_event_data_offsets_kyber_latency {};
+
+struct trace_event_data_offsets_kyber_throttled {};
 
 struct trace_event_data_offsets_leases_conflict {};
 
@@ -63358,6 +65296,136 @@ struct trace_event_raw_bdi_dirty_ratelimit {
 	char __data[0];
 };
 
+struct trace_event_raw_blkdev_zone_mgmt {
+	struct trace_entry ent;
+	dev_t dev;
+	sector_t sector;
+	sector_t nr_sectors;
+	char rwbs[10];
+	char __data[0];
+};
+
+struct trace_event_raw_block_bio {
+	struct trace_entry ent;
+	dev_t dev;
+	sector_t sector;
+	unsigned int nr_sector;
+	char rwbs[10];
+	char comm[16];
+	char __data[0];
+};
+
+struct trace_event_raw_block_bio_complete {
+	struct trace_entry ent;
+	dev_t dev;
+	sector_t sector;
+	unsigned int nr_sector;
+	int error;
+	char rwbs[10];
+	char __data[0];
+};
+
+struct trace_event_raw_block_bio_remap {
+	struct trace_entry ent;
+	dev_t dev;
+	sector_t sector;
+	unsigned int nr_sector;
+	dev_t old_dev;
+	sector_t old_sector;
+	char rwbs[10];
+	char __data[0];
+};
+
+struct trace_event_raw_block_plug {
+	struct trace_entry ent;
+	char comm[16];
+	char __data[0];
+};
+
+struct trace_event_raw_block_rq {
+	struct trace_entry ent;
+	dev_t dev;
+	sector_t sector;
+	unsigned int nr_sector;
+	unsigned int bytes;
+	short unsigned int ioprio;
+	char rwbs[10];
+	char comm[16];
+	u32 __data_loc_cmd;
+	char __data[0];
+};
+
+struct trace_event_raw_block_rq_completion {
+	struct trace_entry ent;
+	dev_t dev;
+	sector_t sector;
+	unsigned int nr_sector;
+	int error;
+	short unsigned int ioprio;
+	char rwbs[10];
+	u32 __data_loc_cmd;
+	char __data[0];
+};
+
+struct trace_event_raw_block_rq_remap {
+	struct trace_entry ent;
+	dev_t dev;
+	sector_t sector;
+	unsigned int nr_sector;
+	dev_t old_dev;
+	sector_t old_sector;
+	unsigned int nr_bios;
+	char rwbs[10];
+	char __data[0];
+};
+
+struct trace_event_raw_block_rq_requeue {
+	struct trace_entry ent;
+	dev_t dev;
+	sector_t sector;
+	unsigned int nr_sector;
+	short unsigned int ioprio;
+	char rwbs[10];
+	u32 __data_loc_cmd;
+	char __data[0];
+};
+
+struct trace_event_raw_block_rq_tag_wait {
+	struct trace_entry ent;
+	dev_t dev;
+	u32 hctx_id;
+	u32 nr_tags;
+	bool is_sched_tag;
+	bool is_reserved;
+	char __data[0];
+};
+
+struct trace_event_raw_block_split {
+	struct trace_entry ent;
+	dev_t dev;
+	sector_t sector;
+	sector_t new_sector;
+	char rwbs[10];
+	char comm[16];
+	char __data[0];
+};
+
+struct trace_event_raw_block_unplug {
+	struct trace_entry ent;
+	int nr_rq;
+	char comm[16];
+	char __data[0];
+};
+
+struct trace_event_raw_block_zwplug {
+	struct trace_entry ent;
+	dev_t dev;
+	unsigned int zno;
+	sector_t sector;
+	unsigned int nr_sectors;
+	char __data[0];
+};
+
 struct trace_event_raw_bpf_test_finish {
 	struct trace_entry ent;
 	int err;
@@ -63986,6 +66054,92 @@ struct trace_event_raw_initcall_start {
 	char __data[0];
 };
 
+struct trace_event_raw_iomap_add_to_ioend {
+	struct trace_entry ent;
+	dev_t dev;
+	u64 ino;
+	u64 pos;
+	u64 dirty_len;
+	u64 addr;
+	loff_t offset;
+	u64 length;
+	u16 type;
+	u16 flags;
+	dev_t bdev;
+	char __data[0];
+};
+
+struct trace_event_raw_iomap_class {
+	struct trace_entry ent;
+	dev_t dev;
+	u64 ino;
+	u64 addr;
+	loff_t offset;
+	u64 length;
+	u16 type;
+	u16 flags;
+	dev_t bdev;
+	char __data[0];
+};
+
+struct trace_event_raw_iomap_dio_complete {
+	struct trace_entry ent;
+	dev_t dev;
+	u64 ino;
+	loff_t isize;
+	loff_t pos;
+	int ki_flags;
+	bool aio;
+	int error;
+	ssize_t ret;
+	char __data[0];
+};
+
+struct trace_event_raw_iomap_dio_rw_begin {
+	struct trace_entry ent;
+	dev_t dev;
+	u64 ino;
+	loff_t isize;
+	loff_t pos;
+	size_t count;
+	size_t done_before;
+	int ki_flags;
+	unsigned int dio_flags;
+	bool aio;
+	char __data[0];
+};
+
+struct trace_event_raw_iomap_iter {
+	struct trace_entry ent;
+	dev_t dev;
+	u64 ino;
+	loff_t pos;
+	u64 length;
+	int status;
+	unsigned int flags;
+	const void *ops;
+	long unsigned int caller;
+	char __data[0];
+};
+
+struct trace_event_raw_iomap_range_class {
+	struct trace_entry ent;
+	dev_t dev;
+	u64 ino;
+	loff_t size;
+	loff_t offset;
+	u64 length;
+	char __data[0];
+};
+
+struct trace_event_raw_iomap_readpage_class {
+	struct trace_entry ent;
+	dev_t dev;
+	u64 ino;
+	int nr_pages;
+	char __data[0];
+};
+
 struct trace_event_raw_ipi_send_cpu {
 	struct trace_entry ent;
 	unsigned int cpu;
@@ -64115,6 +66269,33 @@ struct trace_event_raw_kmem_cache_free {
 	long unsigned int call_site;
 	const void *ptr;
 	u32 __data_loc_name;
+	char __data[0];
+};
+
+struct trace_event_raw_kyber_adjust {
+	struct trace_entry ent;
+	dev_t dev;
+	char domain[16];
+	unsigned int depth;
+	char __data[0];
+};
+
+struct trace_event_raw_kyber_latency {
+	struct trace_entry ent;
+	dev_t dev;
+	char domain[16];
+	char type[8];
+	u8 percentile;
+	u8 numerator;
+	u8 denominator;
+	unsigned int samples;
+	char __data[0];
+};
+
+struct trace_event_raw_kyber_throttled {
+	struct trace_entry ent;
+	dev_t dev;
+	char domain[16];
 	char __data[0];
 };
 
@@ -66927,6 +69108,13 @@ struct uevent_sock {
 	struct sock *sk;
 };
 
+struct uio_meta {
+	uio_meta_flags_t flags;
+	u16 app_tag;
+	u64 seed;
+	struct iov_iter iter;
+};
+
 struct uncharge_gather {
 	struct obj_cgroup *objcg;
 	long unsigned int nr_memory;
@@ -67418,6 +69606,11 @@ union uu {
 	unsigned char b[2];
 };
 
+struct uuidcmp {
+	const char *uuid;
+	int len;
+};
+
 struct va_alignment {
 	int flags;
 	long unsigned int mask;
@@ -67741,7 +69934,7 @@ struct vm_area_struct__safe_trusted_or_null {
 };
 
 struct vm_event_state {
-	long unsigned int event[43];
+	long unsigned int event[49];
 };
 
 struct vm_fault {
@@ -69858,6 +72051,50 @@ typedef void (*btf_trace_balance_dirty_pages)(void *, struct bdi_writeback *, st
 
 typedef void (*btf_trace_bdi_dirty_ratelimit)(void *, struct bdi_writeback *, long unsigned int, long unsigned int);
 
+typedef void (*btf_trace_blk_zone_append_update_request_bio)(void *, struct request *);
+
+typedef void (*btf_trace_blk_zone_wplug_bio)(void *, struct request_queue *, unsigned int, sector_t, unsigned int);
+
+typedef void (*btf_trace_blkdev_zone_mgmt)(void *, struct bio *, sector_t);
+
+typedef void (*btf_trace_block_bio_backmerge)(void *, struct bio *);
+
+typedef void (*btf_trace_block_bio_complete)(void *, struct request_queue *, struct bio *);
+
+typedef void (*btf_trace_block_bio_frontmerge)(void *, struct bio *);
+
+typedef void (*btf_trace_block_bio_queue)(void *, struct bio *);
+
+typedef void (*btf_trace_block_bio_remap)(void *, struct bio *, dev_t, sector_t);
+
+typedef void (*btf_trace_block_getrq)(void *, struct bio *);
+
+typedef void (*btf_trace_block_io_done)(void *, struct request *);
+
+typedef void (*btf_trace_block_io_start)(void *, struct request *);
+
+typedef void (*btf_trace_block_plug)(void *, struct request_queue *);
+
+typedef void (*btf_trace_block_rq_complete)(void *, struct request *, blk_status_t, unsigned int);
+
+typedef void (*btf_trace_block_rq_error)(void *, struct request *, blk_status_t, unsigned int);
+
+typedef void (*btf_trace_block_rq_insert)(void *, struct request *);
+
+typedef void (*btf_trace_block_rq_issue)(void *, struct request *);
+
+typedef void (*btf_trace_block_rq_merge)(void *, struct request *);
+
+typedef void (*btf_trace_block_rq_remap)(void *, struct request *, dev_t, sector_t);
+
+typedef void (*btf_trace_block_rq_requeue)(void *, struct request *);
+
+typedef void (*btf_trace_block_rq_tag_wait)(void *, struct request_queue *, struct blk_mq_hw_ctx *, bool, unsigned int);
+
+typedef void (*btf_trace_block_split)(void *, struct bio *, unsigned int);
+
+typedef void (*btf_trace_block_unplug)(void *, struct request_queue *, unsigned int, bool);
+
 typedef void (*btf_trace_bpf_test_finish)(void *, int *);
 
 typedef void (*btf_trace_bpf_trace_printk)(void *, const char *);
@@ -69962,6 +72199,8 @@ typedef void (*btf_trace_dev_pm_qos_update_request)(void *, const char *, enum d
 
 typedef void (*btf_trace_devres_log)(void *, struct device *, const char *, void *, const char *, size_t);
 
+typedef void (*btf_trace_disk_zone_wplug_add_bio)(void *, struct request_queue *, unsigned int, sector_t, unsigned int);
+
 typedef void (*btf_trace_dma_alloc)(void *, struct device *, void *, dma_addr_t, size_t, enum dma_data_direction, gfp_t, long unsigned int);
 
 typedef void (*btf_trace_dma_alloc_pages)(void *, struct device *, void *, dma_addr_t, size_t, enum dma_data_direction, gfp_t, long unsigned int);
@@ -70060,6 +72299,34 @@ typedef void (*btf_trace_initcall_start)(void *, initcall_t);
 
 typedef void (*btf_trace_inode_set_ctime_to_ts)(void *, struct inode *, struct timespec64 *);
 
+typedef void (*btf_trace_iomap_add_to_ioend)(void *, struct inode *, u64, unsigned int, struct iomap *);
+
+typedef void (*btf_trace_iomap_dio_complete)(void *, struct kiocb *, int, ssize_t);
+
+typedef void (*btf_trace_iomap_dio_invalidate_fail)(void *, struct inode *, loff_t, u64);
+
+typedef void (*btf_trace_iomap_dio_rw_begin)(void *, struct kiocb *, struct iov_iter *, unsigned int, size_t);
+
+typedef void (*btf_trace_iomap_dio_rw_queued)(void *, struct inode *, loff_t, u64);
+
+typedef void (*btf_trace_iomap_invalidate_folio)(void *, struct inode *, loff_t, u64);
+
+typedef void (*btf_trace_iomap_iter)(void *, struct iomap_iter *, const void *, long unsigned int);
+
+typedef void (*btf_trace_iomap_iter_dstmap)(void *, struct inode *, struct iomap *);
+
+typedef void (*btf_trace_iomap_iter_srcmap)(void *, struct inode *, struct iomap *);
+
+typedef void (*btf_trace_iomap_readahead)(void *, struct inode *, int);
+
+typedef void (*btf_trace_iomap_readpage)(void *, struct inode *, int);
+
+typedef void (*btf_trace_iomap_release_folio)(void *, struct inode *, loff_t, u64);
+
+typedef void (*btf_trace_iomap_writeback_folio)(void *, struct inode *, loff_t, u64);
+
+typedef void (*btf_trace_iomap_zero_iter)(void *, struct inode *, loff_t, u64);
+
 typedef void (*btf_trace_ipi_send_cpu)(void *, const unsigned int, long unsigned int, void *);
 
 typedef void (*btf_trace_ipi_send_cpumask)(void *, const struct cpumask *, long unsigned int, void *);
@@ -70111,6 +72378,12 @@ typedef void (*btf_trace_kmalloc)(void *, long unsigned int, const void *, size_
 typedef void (*btf_trace_kmem_cache_alloc)(void *, long unsigned int, const void *, struct kmem_cache *, gfp_t, int);
 
 typedef void (*btf_trace_kmem_cache_free)(void *, long unsigned int, const void *, const struct kmem_cache *);
+
+typedef void (*btf_trace_kyber_adjust)(void *, dev_t, const char *, unsigned int);
+
+typedef void (*btf_trace_kyber_latency)(void *, dev_t, const char *, const char *, unsigned int, unsigned int, unsigned int, unsigned int);
+
+typedef void (*btf_trace_kyber_throttled)(void *, dev_t, const char *);
 
 typedef void (*btf_trace_leases_conflict)(void *, bool, struct file_lease *, struct file_lease *);
 
@@ -70702,6 +72975,8 @@ typedef int (*cb_t)(struct param *);
 
 typedef bool (*check_reserved_t)(u64, u64, enum e820_type);
 
+typedef void cleanup_cb_t(struct rq_wait *, void *);
+
 typedef int (*cmp_r_func_t)(const void *, const void *, const void *);
 
 typedef int (*copy_fn_t)(void *, const void *, u32, struct task_struct *);
@@ -70741,6 +73016,8 @@ typedef bool (*i8042_filter_t)(unsigned char, unsigned char, struct serio *, voi
 typedef int (*initxattrs)(struct inode *, const struct xattr *, void *);
 
 typedef struct dentry *instantiate_t(struct dentry *, struct task_struct *, const void *);
+
+typedef void (*iomap_punch_t)(struct inode *, loff_t, loff_t, struct iomap *);
 
 typedef size_t (*iov_step_f)(void *, size_t, size_t, void *, void *);
 
@@ -70786,6 +73063,8 @@ typedef int (*pte_fn_t)(pte_t *, long unsigned int, void *);
 
 typedef bool (*ring_buffer_cond_fn)(void *);
 
+typedef bool (*sb_for_each_fn)(struct sbitmap *, unsigned int, void *);
+
 typedef int (*sendmsg_func)(struct sock *, struct msghdr *);
 
 typedef void (*serial8250_isa_config_fn)(int, struct uart_port *, u32 *);
@@ -70825,8 +73104,6 @@ typedef int wait_bit_action_f(struct wait_bit_key *, int);
 struct task_group;
 
 struct ftrace_regs;
-
-struct iomap_ops;
 
 struct audit_buffer;
 
