@@ -706,7 +706,11 @@ pub fn attach_error(e: io::Error, cgroup: &str) -> anyhow::Error {
              (./vm-tests/run kernel)",
             kernel_release()
         ),
-        Some(libc::ENOENT) => anyhow!("cgroup {cgroup} is being removed: {e}"),
+        // The kernel refuses a cgroup that cannot OOM: one without the memory controller.
+        Some(libc::ENOENT) => anyhow!(
+            "cgroup {cgroup} has no memory controller (add +memory to its parent's \
+             cgroup.subtree_control) or is being removed: {e}"
+        ),
         _ => anyhow!("attaching the handler to {cgroup}: {e}"),
     }
 }
@@ -725,6 +729,7 @@ mod tests {
         assert!(msg(nix::libc::EPERM).contains("needs root (CAP_BPF + CAP_SYS_ADMIN)"));
         assert!(msg(nix::libc::EACCES).contains("needs root"));
         assert!(msg(nix::libc::EINVAL).contains("kernel-patches/v7.3"));
+        assert!(msg(nix::libc::ENOENT).contains("has no memory controller"));
     }
 
     #[test]
