@@ -1,9 +1,10 @@
 //! Compiles the test BPF OOM handler vm-tests/bpf/oom_test.bpf.c into a libbpf-rs skeleton
-//! `oom_test.skel.rs` in OUT_DIR (included by src/guest/kutil.rs), and the benchmarks'
-//! stopwatch vm-tests/bpf/bench.bpf.c into `bench.skel.rs` (included by
-//! src/guest/scenarios/bench_common.rs), against the patched kernel's vmlinux.h at the
-//! repository root. build-support holds the clang setup policyd shares; `VMTESTS_CLANG`
-//! overrides the compiler.
+//! `oom_test.skel.rs` in OUT_DIR (included by src/guest/kutil.rs), the benchmarks'
+//! stopwatch vm-tests/bpf/bench.bpf.c into `bench.skel.rs` (included by src/guest/bench.rs),
+//! and vm-tests/bpf/other_ops.bpf.c, a struct_ops of another subsystem, into
+//! `other_ops.skel.rs` (kernel_attach_opt_in.rs), against the patched kernel's vmlinux.h at
+//! the repository root. build-support holds the clang setup policyd shares;
+//! `VMTESTS_CLANG` overrides the compiler.
 
 use build_support::BpfCompiler;
 
@@ -16,4 +17,5 @@ fn main() {
     );
     bpf.skeleton("oom_test", "bpf/oom_test.bpf.c", &["bpf/oom_test.h"]);
     bpf.skeleton("bench", "bpf/bench.bpf.c", &["bpf/bench.h"]);
+    bpf.skeleton("other_ops", "bpf/other_ops.bpf.c", &[]);
 }

@@ -421,3 +421,68 @@ pub fn show(stats: &Stats) -> String {
         stats.last_ns
     )
 }
+
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_PERFMON: u32 = 38;
+pub const CAP_BPF: u32 = 39;
+
+/// Leaves the calling thread (capabilities are per thread) with exactly `caps` effective
+/// and permitted, nothing inheritable; the other threads keep theirs. For good: a thread
+/// cannot regain what it dropped. Checked against /proc/thread-self/status.
+pub fn keep_only_caps(caps: &[u32]) -> Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mask: u64 = caps.iter().fold(0, |m, &c| m | 1 << c);
+    let mut hdr = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    for (i, d) in data.iter_mut().enumerate() {
+        let word = (mask >> (32 * i)) as u32;
+        d.effective = word;
+        d.permitted = word;
+    }
+    // SAFETY: capset(2) with a version 3 header and its two data words.
+    let rc = unsafe { libc_capset(&mut hdr as *mut Header as *mut _, data.as_ptr() as *const _) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error()).context("capset");
+    }
+    let status = util::read_file("/proc/thread-self/status")?;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .context("no CapEff in /proc/thread-self/status")?;
+    let eff = u64::from_str_radix(eff.trim(), 16).context("parsing CapEff")?;
+    ensure!(
+        eff == mask,
+        "after capset the thread has CapEff {eff:#x}, expected {mask:#x}"
+    );
+    Ok(())
+}
+
+unsafe fn libc_capset(hdr: *mut nix::libc::c_void, data: *const nix::libc::c_void) -> i64 {
+    nix::libc::syscall(nix::libc::SYS_capset, hdr, data)
+}
+
+/// BPF_LINK_UPDATE of a struct_ops link to the map `new_map_fd`, with the bare errno.
+pub fn link_update(link: &impl AsFd, new_map_fd: i32) -> io::Result<()> {
+    // SAFETY: plain syscall wrapper; no options.
+    let rc =
+        unsafe { libbpf_sys::bpf_link_update(link.as_fd().as_raw_fd(), new_map_fd, ptr::null()) };
+    if rc < 0 {
+        return Err(io::Error::from_raw_os_error(-rc));
+    }
+    Ok(())
+}

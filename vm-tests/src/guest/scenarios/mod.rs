@@ -11,6 +11,9 @@ mod bench_footprint;
 mod bench_storm;
 mod demo;
 mod kernel_attach_lifecycle;
+mod kernel_attach_no_memcg;
+mod kernel_attach_opt_in;
+mod kernel_attach_privilege;
 mod kernel_await;
 mod kernel_await_retry;
 mod kernel_declare_oom;
@@ -19,6 +22,7 @@ mod kernel_default_global;
 mod kernel_handler;
 mod kernel_hierarchy;
 mod kernel_kill_refused;
+mod kernel_one_kill;
 mod kernel_oom_storm;
 mod memcg_selftests;
 mod oom_default_memcg;
@@ -48,6 +52,10 @@ pub fn all() -> Vec<Scenario> {
         kernel_kill_refused::scenario(),
         kernel_hierarchy::scenario(),
         kernel_attach_lifecycle::scenario(),
+        kernel_attach_opt_in::scenario(),
+        kernel_attach_privilege::scenario(),
+        kernel_attach_no_memcg::scenario(),
+        kernel_one_kill::scenario(),
         kernel_await::scenario(),
         kernel_await_retry::scenario(),
         kernel_declare_oom::scenario(),
