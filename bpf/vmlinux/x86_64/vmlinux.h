@@ -6387,6 +6387,22 @@ enum bhi_mitigations {
 	BHI_MITIGATION_VMEXIT_ONLY = 3,
 };
 
+enum binfmt_misc_entry_bits {
+	MISC_FMT_ENABLED_BIT = 0,
+	MISC_FMT_MAGIC_BIT = 1,
+	MISC_FMT_BPF_BIT = 2,
+};
+
+enum binfmt_misc_entry_flags {
+	MISC_FMT_PRESERVE_ARGV0 = 2147483648,
+	MISC_FMT_OPEN_BINARY = 1073741824,
+	MISC_FMT_CREDENTIALS = 536870912,
+	MISC_FMT_OPEN_FILE = 268435456,
+	MISC_FMT_TRANSPARENT = 134217728,
+	MISC_FMT_LOADER = 67108864,
+	MISC_FMT_DISABLED = 33554432,
+};
+
 enum bio_merge_status {
 	BIO_MERGE_OK = 0,
 	BIO_MERGE_NONE = 1,
@@ -6493,6 +6509,13 @@ enum blktrace_act {
 	__BLK_TA_ZONE_PLUG = 18,
 	__BLK_TA_ZONE_UNPLUG = 19,
 	__BLK_TA_CGROUP = 256,
+};
+
+enum bm_command {
+	BM_CMD_IGNORE = 0,
+	BM_CMD_DISABLE = 1,
+	BM_CMD_ENABLE = 2,
+	BM_CMD_REMOVE = 3,
 };
 
 enum bp_type_idx {
@@ -6654,6 +6677,14 @@ enum bpf_audit {
 	BPF_AUDIT_LOAD = 0,
 	BPF_AUDIT_UNLOAD = 1,
 	BPF_AUDIT_MAX = 2,
+};
+
+enum bpf_binprm_flags {
+	BPF_BINPRM_PRESERVE_ARGV0 = 1,
+	BPF_BINPRM_CREDENTIALS = 2,
+	BPF_BINPRM_EXECFD = 4,
+	BPF_BINPRM_TRANSPARENT = 8,
+	BPF_BINPRM_LOADER = 16,
 };
 
 enum bpf_cgroup_iter_order {
@@ -14545,7 +14576,8 @@ enum ucount_type {
 	UCOUNT_TIME_NAMESPACES = 7,
 	UCOUNT_INOTIFY_INSTANCES = 8,
 	UCOUNT_INOTIFY_WATCHES = 9,
-	UCOUNT_COUNTS = 10,
+	UCOUNT_BINFMT_MISC_INTERPRETERS = 10,
+	UCOUNT_COUNTS = 11,
 };
 
 enum udp_parsable_tunnel_type {
@@ -16175,6 +16207,11 @@ typedef struct {
 	struct srcu_struct *lock;
 	struct srcu_ctr *scp;
 } class_srcu_fast_notrace_t;
+
+typedef struct {
+	struct srcu_struct *lock;
+	struct srcu_ctr *scp;
+} class_srcu_fast_t;
 
 typedef struct {
 	struct srcu_struct *lock;
@@ -23047,12 +23084,63 @@ struct bdev_inode {
 	struct inode vfs_inode;
 };
 
+struct binfmt_misc {
+	struct hlist_head entries;
+	spinlock_t entries_lock;
+	bool enabled;
+};
+
 struct binfmt_misc_bpf {
 	const struct list_head *bpf_interps;
 	const char *bpf_interp;
 	struct file *bpf_interp_file;
 	const char *bpf_interp_arg;
 	u64 bpf_flags;
+};
+
+struct binfmt_misc_ops;
+
+struct binfmt_misc_entry {
+	struct hlist_node node;
+	long unsigned int flags;
+	int offset;
+	int size;
+	char *magic;
+	char *mask;
+	const char *interpreter;
+	char *name;
+	struct dentry *dentry;
+	const struct binfmt_misc_ops *bpf_ops;
+	const char *bpf_ops_name;
+	struct list_head interps;
+	refcount_t users;
+	struct callback_head rcu;
+	char buf[0];
+};
+
+struct binfmt_misc_flag {
+	char c;
+	long unsigned int flag;
+	long unsigned int implies;
+	const char *desc;
+};
+
+struct ucounts;
+
+struct binfmt_misc_interp {
+	struct list_head list;
+	struct file *file;
+	struct ucounts *ucounts;
+	const char *path;
+	char name[0];
+};
+
+struct linux_binprm;
+
+struct binfmt_misc_ops {
+	bool (*match)(struct linux_binprm *);
+	int (*load)(struct linux_binprm *);
+	char name[16];
 };
 
 struct bvec_iter {
@@ -23680,6 +23768,17 @@ struct block_device_operations {
 struct blocking_notifier_head {
 	struct rw_semaphore rwsem;
 	struct notifier_block *head;
+};
+
+struct bpf_link;
+
+struct user_namespace;
+
+struct bm_bpf_ops_reg {
+	struct list_head list;
+	const struct binfmt_misc_ops *ops;
+	struct bpf_link *link;
+	struct user_namespace *user_ns;
 };
 
 struct boot_e820_entry {
@@ -29574,6 +29673,7 @@ struct bpf_struct_ops {
 	void *cfi_stubs;
 	struct module *owner;
 	const char *name;
+	bool cgroup_attach;
 	struct btf_func_model func_models[64];
 };
 
@@ -29585,6 +29685,22 @@ struct bpf_struct_ops_arg_info {
 struct bpf_struct_ops_common_value {
 	refcount_t refcnt;
 	enum bpf_struct_ops_state state;
+};
+
+struct bpf_struct_ops_binfmt_misc_ops {
+	struct bpf_struct_ops_common_value common;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
+	struct binfmt_misc_ops data;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
 };
 
 struct bpf_struct_ops_bpf_dummy_ops {
@@ -29770,8 +29886,6 @@ struct bpf_timed_may_goto {
 struct bpf_timer {
 	__u64 __opaque[2];
 };
-
-struct user_namespace;
 
 struct bpf_token {
 	struct work_struct work;
@@ -32761,8 +32875,6 @@ struct ns_common {
 	long: 64;
 	long: 64;
 };
-
-struct ucounts;
 
 struct cgroup_namespace {
 	struct ns_common ns;
@@ -48658,8 +48770,6 @@ struct linkstate_reply_data {
 	bool link_ext_state_provided;
 	struct ethtool_link_ext_state_info ethtool_link_ext_state_info;
 };
-
-struct linux_binprm;
 
 struct linux_binfmt {
 	struct list_head lh;
@@ -68942,7 +69052,7 @@ struct ucounts {
 	kuid_t uid;
 	struct callback_head rcu;
 	rcuref_t count;
-	atomic_long_t ucount[10];
+	atomic_long_t ucount[11];
 	atomic_long_t rlimit[4];
 };
 
@@ -69505,8 +69615,15 @@ struct user_namespace {
 	struct ctl_table_set set;
 	struct ctl_table_header *sysctls;
 	struct ucounts *ucounts;
-	long int ucount_max[10];
+	long int ucount_max[11];
 	long int rlimit_max[4];
+	struct binfmt_misc *binfmt_misc;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
 };
 
 struct user_regset;
@@ -73287,6 +73404,10 @@ extern long unsigned int bpf_mem_cgroup_vm_events(struct mem_cgroup *memcg, enum
 extern void bpf_put_mem_cgroup(struct mem_cgroup *memcg) __weak __ksym;
 extern struct mem_cgroup *bpf_get_mem_cgroup(struct cgroup_subsys_state *css) __weak __ksym;
 extern struct mem_cgroup *bpf_get_root_mem_cgroup(void) __weak __ksym;
+extern int bpf_binprm_set_flags(struct linux_binprm *bprm, enum bpf_binprm_flags flags) __weak __ksym;
+extern int bpf_binprm_set_interp_arg(struct linux_binprm *bprm, const char *arg, size_t arg__sz) __weak __ksym;
+extern int bpf_binprm_select_interp(struct linux_binprm *bprm, const char *name, size_t name__sz) __weak __ksym;
+extern int bpf_binprm_set_interp(struct linux_binprm *bprm, const char *path, size_t path__sz) __weak __ksym;
 extern struct inode *bpf_real_data_inode(struct file *file) __weak __ksym;
 extern int bpf_sock_read_xattr(struct socket *sock, const char *name__str, struct bpf_dynptr *value_p) __weak __ksym;
 extern int bpf_cgroup_read_xattr(struct cgroup *cgroup, const char *name__str, struct bpf_dynptr *value_p) __weak __ksym;
