@@ -279,21 +279,9 @@ impl Decision {
             .with_context(|| format!("no {key} in the decision: {}", self.line))
     }
 
-    pub fn outcome(&self) -> String {
-        self.record.decision.outcome.to_string()
-    }
-
     /// The victim's cgroup, "-" without one.
     pub fn victim_cgroup(&self) -> &str {
         self.record.decision.victim_cgroup.as_deref().unwrap_or("-")
-    }
-
-    pub fn pid(&self) -> Result<i32> {
-        i32::try_from(self.record.decision.pid).context("pid out of range")
-    }
-
-    pub fn tasks_killed(&self) -> Result<u32> {
-        Ok(self.record.decision.killed)
     }
 
     /// Fails unless every `(key, value)` of `want` is in the decision, as text.
@@ -695,15 +683,16 @@ pub fn expect_alive(hog: &mut Hog, role: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use policyd::abi::Outcome;
 
     #[test]
     fn reads_decisions_as_policyd_writes_them() {
         let line = r#"{"level":"INFO","message":"decision","policy":"priority","scope":"/app","victim_cgroup":"/app/hog","pid":212,"comm":"vm-tests","priority":10,"usage_bytes":41943040,"rss_bytes":40894464,"reason":"lowest-priority","outcome":"killed","killed":1,"handler_us":41,"candidates":2,"tried":1,"unkillable":0,"exiting":0,"empty":0,"refused":0,"over_cap":0,"runner_up":"/app/service","runner_up_priority":500,"runner_up_usage_bytes":58720256,"top":null,"kill_err":0,"summary":"killed pid 212 (vm-tests) of /app/hog: lowest priority (10)"}"#;
         let d = Decision::from_line(&LogLine::parse(line)).unwrap().unwrap();
         assert_eq!(d.victim_cgroup(), "/app/hog");
-        assert_eq!(d.pid().unwrap(), 212);
+        assert_eq!(d.pid, 212);
         assert_eq!(d.usage_bytes, 40 << 20);
-        assert_eq!(d.outcome(), "killed");
+        assert_eq!(d.outcome, Outcome::Killed);
         assert_eq!(
             d.get("summary").unwrap(),
             "killed pid 212 (vm-tests) of /app/hog: lowest priority (10)"

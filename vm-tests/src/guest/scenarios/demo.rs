@@ -196,7 +196,7 @@ fn run() -> Result<()> {
         d.get("pid")?,
         d.get("priority")?,
         d.get("reason")?,
-        d.outcome(),
+        d.outcome,
         d.get("killed")?,
         d.get("handler_us")?
     ));

@@ -91,7 +91,7 @@ fn run() -> Result<()> {
     let d = pd.next_decision(pdutil::OOM_TIMEOUT)?;
 
     // The handler did what explain said ...
-    let killed_pid = i64::from(d.pid()?);
+    let killed_pid = i64::from(d.pid);
     ensure!(
         d.victim_cgroup() == predicted_cgroup && predicted_pids == vec![killed_pid],
         "explain predicted {predicted_cgroup} pid {predicted_pids:?}; the handler killed {} \

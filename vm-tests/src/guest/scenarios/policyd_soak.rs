@@ -14,6 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use policyd::abi::Outcome;
 
 use crate::guest::kutil::{Action, Handler, BPF_OOM_FLAGS_WAIT_ON_OOM_LOCK};
 use crate::guest::pdutil::{self, expect_alive, Policyd};
@@ -158,7 +159,7 @@ fn run() -> Result<()> {
         let d = pd.next_decision(Duration::from_secs(30))?;
         let pid = victim.pid().to_string();
         let path = victim_cg.path();
-        if d.outcome() != "killed" || d.victim_cgroup() != path || d.get("pid")? != pid {
+        if d.outcome != Outcome::Killed || d.victim_cgroup() != path || d.get("pid")? != pid {
             bail!(
                 "OOM {ooms} ({}, policy {policy}): expected the batch hog {pid} in {path} to \
                  die, got: {}",
