@@ -108,7 +108,7 @@ impl Visit for TextVisitor<'_, '_> {
 }
 
 /// A text value: bare when it is one word, otherwise quoted with escapes.
-pub struct Word<'a>(pub &'a str);
+struct Word<'a>(&'a str);
 
 impl fmt::Display for Word<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
