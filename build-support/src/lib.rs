@@ -83,16 +83,17 @@ impl BpfCompiler {
 }
 
 /// libbpf-cargo logs clang's stderr at info level under the target "compiler-stderr":
-/// print it as cargo warnings.
+/// print it as cargo warnings. A build script with several compilers sets this up once.
 fn forward_clang_warnings() {
-    tracing_subscriber::registry()
+    // Err: already set up by an earlier BpfCompiler of this build script.
+    let _ = tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
                 .event_format(CargoWarningFormatter)
                 .with_writer(std::io::stdout)
                 .with_filter(filter_fn(|m| m.target() == "compiler-stderr")),
         )
-        .init();
+        .try_init();
 }
 
 /// `$clang_env` or clang-19, checked to run.
