@@ -18,7 +18,7 @@
 //! a second after a run of awaits, to log how many there were).
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -32,6 +32,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::abi::{Pod, PolicydEvent, PolicydRule};
+use crate::cgroup_names::CgroupNames;
 use crate::cgroupfs::CgroupTree;
 use crate::config::{Config, Ownership};
 use crate::events::{Awaits, Decision};
@@ -178,60 +179,22 @@ struct Cgroups {
     root: PathBuf,
     /// By path.
     effective: HashMap<String, Effective>,
-    /// Id → path, including the last REMOVED_NAMES removed cgroups (ids are
-    /// never reused), so an event about a cgroup removed since still names it.
-    names: HashMap<u64, String>,
-    /// Removed cgroups still in `names`, oldest first.
-    removed: VecDeque<u64>,
+    names: CgroupNames,
 }
-
-/// How many removed cgroups keep their name for late events. A cgroup
-/// removed longer ago is logged as "cgroup#<id>": its name is forgotten so
-/// that a node churning pods does not grow policyd without bound.
-const REMOVED_NAMES: usize = 4096;
 
 impl Cgroups {
     fn from_tree(root: &Path, tree: &CgroupTree, effective: Vec<Effective>) -> Self {
-        let names = tree
-            .nodes()
-            .iter()
-            .map(|n| (n.id, n.path.clone()))
-            .collect();
         Cgroups {
             root: root.to_owned(),
             effective: effective.into_iter().map(|e| (e.path.clone(), e)).collect(),
-            names,
-            removed: VecDeque::new(),
+            names: CgroupNames::from_tree(tree),
         }
     }
 
-    /// The tree was read again: its settings replace the old ones; cgroups
-    /// that are gone since keep their names a while, as if removed now.
+    /// The tree was read again: its settings replace the old ones.
     fn refresh(&mut self, tree: &CgroupTree, effective: Vec<Effective>) {
         self.effective = effective.into_iter().map(|e| (e.path.clone(), e)).collect();
-        let live: HashMap<u64, &str> = tree.nodes().iter().map(|n| (n.id, &*n.path)).collect();
-        let gone: Vec<u64> = self
-            .names
-            .keys()
-            .filter(|id| !live.contains_key(id) && !self.removed.contains(id))
-            .copied()
-            .collect();
-        for id in gone {
-            self.forget_later(id);
-        }
-        for (id, path) in live {
-            self.names.insert(id, path.to_owned());
-        }
-    }
-
-    /// Cgroup `id` was removed: keep its name for the next REMOVED_NAMES removals.
-    fn forget_later(&mut self, id: u64) {
-        self.removed.push_back(id);
-        if self.removed.len() > REMOVED_NAMES {
-            if let Some(old) = self.removed.pop_front() {
-                self.names.remove(&old);
-            }
-        }
+        self.names.refresh(tree);
     }
 
     fn dir(&self, path: &str) -> PathBuf {
@@ -243,22 +206,6 @@ impl Cgroups {
             .values()
             .map(|e| (e.path.clone(), rules::rule_of(e)))
             .collect()
-    }
-
-    /// The path of cgroup `id`; re-reads the tree once on a miss.
-    fn name(&mut self, id: u64) -> String {
-        if let Some(p) = self.names.get(&id) {
-            return p.clone();
-        }
-        if let Ok(tree) = CgroupTree::read(&self.root) {
-            for n in tree.nodes() {
-                self.names.entry(n.id).or_insert_with(|| n.path.clone());
-            }
-        }
-        self.names
-            .get(&id)
-            .cloned()
-            .unwrap_or_else(|| format!("cgroup#{id}"))
     }
 
     /// Resolve `path` (and any ancestors not known yet) under `config`.
@@ -278,7 +225,7 @@ impl Cgroups {
         };
         let id = std::fs::metadata(self.dir(path)).ok()?.ino();
         let e = Resolver::new(config).resolve(path, id, parent.as_ref());
-        self.names.insert(id, path.to_owned());
+        self.names.insert(id, path);
         self.effective.insert(path.to_owned(), e.clone());
         Some(e)
     }
@@ -549,7 +496,7 @@ impl Daemon {
         let events = std::mem::take(&mut *self.pending.borrow_mut());
         for ev in events {
             self.awaits
-                .log(Decision::new(&ev, |id| self.cgroups.name(id)));
+                .log(Decision::new(&ev, |id| self.cgroups.names.name(id)));
         }
         match self.obj.stats() {
             Ok(stats) => {
@@ -620,7 +567,7 @@ impl Daemon {
                         if self.rules.delete(&e.id.to_ne_bytes()).is_ok() {
                             self.rules_full = false;
                         }
-                        self.cgroups.forget_later(e.id);
+                        self.cgroups.names.forget_later(e.id);
                         tracing::debug!("cgroup {path} (id {}) removed", e.id);
                     }
                 }
@@ -742,32 +689,6 @@ mod tests {
     use crate::testing::FakeCgroupfs;
 
     #[test]
-    fn removed_cgroups_keep_their_names_for_a_while() {
-        let dir = tempfile::tempdir().unwrap();
-        let cg = FakeCgroupfs::new(dir.path());
-        cg.cgroup("/a", 0, &[]);
-        let tree = CgroupTree::read(cg.root()).unwrap();
-        let mut cgroups = Cgroups::from_tree(cg.root(), &tree, Vec::new());
-        let first = 1_000_000;
-        for id in first..first + REMOVED_NAMES as u64 + 1 {
-            cgroups.names.insert(id, format!("/gone{id}"));
-            cgroups.forget_later(id);
-        }
-        // The oldest removal is forgotten, the later ones still named.
-        assert_eq!(cgroups.name(first), format!("cgroup#{first}"));
-        assert_eq!(cgroups.name(first + 1), format!("/gone{}", first + 1));
-        assert_eq!(cgroups.names.len(), REMOVED_NAMES + tree.len());
-
-        // A cgroup gone by the next read of the tree counts as removed then.
-        let a = tree.get(tree.find("/a").unwrap()).id;
-        std::fs::remove_dir_all(cg.root().join("a")).unwrap();
-        let tree = CgroupTree::read(cg.root()).unwrap();
-        cgroups.refresh(&tree, Vec::new());
-        assert_eq!(cgroups.removed.back(), Some(&a));
-        assert_eq!(cgroups.name(a), "/a");
-    }
-
-    #[test]
     fn lost_events_are_reported_once_each() {
         let mut seen = 0;
         assert_eq!(newly_dropped(&mut seen, 0), None);
@@ -873,9 +794,9 @@ mod tests {
             .unwrap()
             .ino();
         assert_eq!(e.id, id);
-        assert_eq!(cg.name(id), "/demo/batch/j9/step");
+        assert_eq!(cg.names.name(id), "/demo/batch/j9/step");
         // Gone before we looked: nothing.
         assert!(cg.resolve(&config, "/demo/nope").is_none());
-        assert_eq!(cg.name(123_456_789), "cgroup#123456789");
+        assert_eq!(cg.names.name(123_456_789), "cgroup#123456789");
     }
 }

@@ -17,11 +17,13 @@
 //!   entries, [`abi`] names the types shared with BPF, [`events`] logs OOM
 //!   decisions ([`sizes`] formats them) through [`logging`] (text or
 //!   JSON), [`watch`] follows the cgroup tree;
+//! * [`cgroup_names`]: the paths of the cgroups events carry by id;
 //! * [`guard`]: what `load` checks and does to itself before attaching;
 //! * [`testing`]: fake cgroup and proc trees for tests.
 
 pub mod abi;
 pub mod bpf;
+pub mod cgroup_names;
 pub mod cgroupfs;
 pub mod cli;
 pub mod commands;
