@@ -1,4 +1,5 @@
-//! The types policyd shares with its BPF handler (`bpf/policies/policyd.h`).
+//! The types policyd shares with its BPF handler (`bpf/policies/policyd.h`)
+//! and its OOM kill tracer (`bpf/trace/kills.h`).
 //!
 //! Nothing is mirrored here by hand. libbpf-cargo generates Rust for every
 //! type in the BTF of `policyd.bpf.o`, the very object [`crate::loader`]
@@ -21,6 +22,7 @@ use libbpf_rs::btf::types::Struct;
 use libbpf_rs::btf::BtfType;
 use libbpf_rs::Btf;
 
+use crate::bpf::kills_skel::types::{self as kills_types, kills_constraint, kills_kind};
 use crate::bpf::skel::types::{self, policyd_limits, policyd_outcome, policyd_reason};
 use crate::policy::PolicyName;
 
@@ -52,6 +54,11 @@ pub type PolicydEvent = types::policyd_event;
 /// `struct policyd_stats`: the handler's counters in its `.bss` (variable
 /// `stats`).
 pub type PolicydStats = types::policyd_stats;
+
+/// `struct kills_event`: one per task the kernel marks as an OOM victim,
+/// through the tracer's `kills` ring buffer. kills.h says what each field
+/// means.
+pub type KillsEvent = kills_types::kills_event;
 
 /// Plain data shared with BPF: any bit pattern is a valid value and there is
 /// no implicit padding.
@@ -97,7 +104,13 @@ macro_rules! shared_structs {
     )*};
 }
 
-shared_structs!(PolicydRule, PolicydCandidate, PolicydEvent, PolicydStats);
+shared_structs!(
+    PolicydRule,
+    PolicydCandidate,
+    PolicydEvent,
+    PolicydStats,
+    KillsEvent
+);
 
 /// `enum policyd_reason`: why the victim was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,7 +228,79 @@ macro_rules! serde_by_name {
     )*};
 }
 
-serde_by_name!(Reason, Outcome);
+/// `enum kills_kind`: why the kernel marked a task as an OOM victim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillKind {
+    /// The victim the kernel's badness or a BPF handler chose.
+    Chosen,
+    /// Killed along with the chosen one: memory.oom.group, or sharing its mm.
+    WithChosen,
+    /// The task in the OOM was exiting already: given reserves, not killed.
+    Exiting,
+    Unknown(u8),
+}
+
+impl From<u8> for KillKind {
+    fn from(v: u8) -> Self {
+        match kills_kind(v.into()) {
+            kills_kind::KILLS_KIND_CHOSEN => KillKind::Chosen,
+            kills_kind::KILLS_KIND_WITH_CHOSEN => KillKind::WithChosen,
+            kills_kind::KILLS_KIND_EXITING => KillKind::Exiting,
+            _ => KillKind::Unknown(v),
+        }
+    }
+}
+
+impl fmt::Display for KillKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KillKind::Chosen => "chosen",
+            KillKind::WithChosen => "with-chosen",
+            KillKind::Exiting => "exiting",
+            KillKind::Unknown(v) => return write!(f, "kind#{v}"),
+        })
+    }
+}
+
+/// `enum kills_constraint`: the kernel's `enum oom_constraint`, what the
+/// OOM was short of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Constraint {
+    /// System-wide memory.
+    None,
+    Cpuset,
+    MemoryPolicy,
+    /// A memory cgroup's limit.
+    Memcg,
+    Unknown(u8),
+}
+
+impl From<u8> for Constraint {
+    fn from(v: u8) -> Self {
+        match kills_constraint(v.into()) {
+            kills_constraint::KILLS_CONSTRAINT_NONE => Constraint::None,
+            kills_constraint::KILLS_CONSTRAINT_CPUSET => Constraint::Cpuset,
+            kills_constraint::KILLS_CONSTRAINT_MEMORY_POLICY => Constraint::MemoryPolicy,
+            kills_constraint::KILLS_CONSTRAINT_MEMCG => Constraint::Memcg,
+            _ => Constraint::Unknown(v),
+        }
+    }
+}
+
+impl fmt::Display for Constraint {
+    /// The kernel's own names, as its OOM report prints them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Constraint::None => "CONSTRAINT_NONE",
+            Constraint::Cpuset => "CONSTRAINT_CPUSET",
+            Constraint::MemoryPolicy => "CONSTRAINT_MEMORY_POLICY",
+            Constraint::Memcg => "CONSTRAINT_MEMCG",
+            Constraint::Unknown(v) => return write!(f, "constraint#{v}"),
+        })
+    }
+}
+
+serde_by_name!(Reason, Outcome, KillKind, Constraint);
 
 impl PolicydEvent {
     /// The policy, or its number if this policyd does not know it.
@@ -236,6 +321,26 @@ impl PolicydEvent {
     /// The ranked candidates actually filled in (cgroup id 0 ends the list).
     pub fn ranked(&self) -> impl Iterator<Item = &PolicydCandidate> {
         self.ranked.iter().take_while(|c| c.cgroup_id != 0)
+    }
+}
+
+impl KillsEvent {
+    pub fn kind(&self) -> KillKind {
+        self.kind.into()
+    }
+    pub fn constraint(&self) -> Constraint {
+        self.constraint.into()
+    }
+    pub fn victim_comm(&self) -> String {
+        c_string(self.victim_comm.iter().map(|&c| c as u8))
+    }
+    pub fn trigger_comm(&self) -> String {
+        c_string(self.trigger_comm.iter().map(|&c| c as u8))
+    }
+    /// The BPF OOM handler that chose the victim; `None`: the kernel.
+    pub fn handler(&self) -> Option<String> {
+        let name = c_string(self.handler.iter().map(|&c| c as u8));
+        (!name.is_empty()).then_some(name)
     }
 }
 
@@ -348,7 +453,11 @@ mod tests {
     }
 
     fn object_btf() -> Btf<'static> {
-        let path = std::path::Path::new(env!("OUT_DIR")).join("policyd.bpf.o");
+        btf_of("policyd.bpf.o")
+    }
+
+    fn btf_of(object: &str) -> Btf<'static> {
+        let path = std::path::Path::new(env!("OUT_DIR")).join(object);
         Btf::from_path(&path).unwrap()
     }
 
@@ -357,7 +466,20 @@ mod tests {
     /// nested policyd_candidate is checked as a struct of its own).
     #[test]
     fn no_padding_in_shared_structs() {
-        let btf = object_btf();
+        no_padding_in(
+            "policyd.bpf.o",
+            &[
+                ("policyd_rule", size_of::<PolicydRule>()),
+                ("policyd_candidate", size_of::<PolicydCandidate>()),
+                ("policyd_event", size_of::<PolicydEvent>()),
+                ("policyd_stats", size_of::<PolicydStats>()),
+            ],
+        );
+        no_padding_in("kills.bpf.o", &[("kills_event", size_of::<KillsEvent>())]);
+    }
+
+    fn no_padding_in(object: &str, structs: &[(&str, usize)]) {
+        let btf = btf_of(object);
         let type_size = |id: TypeId| {
             // SAFETY: a live BTF object and one of its type ids.
             let n = unsafe {
@@ -365,12 +487,7 @@ mod tests {
             };
             usize::try_from(n).expect("a sized type")
         };
-        for (name, size) in [
-            ("policyd_rule", size_of::<PolicydRule>()),
-            ("policyd_candidate", size_of::<PolicydCandidate>()),
-            ("policyd_event", size_of::<PolicydEvent>()),
-            ("policyd_stats", size_of::<PolicydStats>()),
-        ] {
+        for &(name, size) in structs {
             let st = find_struct(&btf, name).unwrap_or_else(|| panic!("struct {name}"));
             assert_eq!(st.size(), size, "struct {name}");
             let mut end = 0;

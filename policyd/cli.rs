@@ -77,6 +77,22 @@ pub enum Command {
     )]
     Load(LoadArgs),
 
+    /// Report every OOM kill as it happens, whoever decided it; attaches no policy
+    #[command(
+        long_about = "Report every OOM kill as it happens, whoever decided it; attaches no policy.\n\n\
+                      One line per task the kernel marks as an OOM victim: who died (pid, \
+                      command, cgroup, memory), who chose it (the kernel's oom_badness(), a BPF \
+                      OOM handler by name, or memory.oom.group), and whose OOM it was (global or \
+                      the cgroup at its limit, and the task that ran into it). Works on any \
+                      kernel with BTF, without the BPF OOM patches; needs root (CAP_BPF and \
+                      CAP_PERFMON). Runs until SIGINT/SIGTERM and wakes up only when an OOM \
+                      kill happens.",
+        after_help = "Examples:\n  \
+                      policyd trace\n  \
+                      policyd trace --log-format json | jq 'select(.message == \"kill\") | .cgroup'"
+    )]
+    Trace(TraceArgs),
+
     /// Show every attached BPF OOM handler: where, who attached it, counters
     #[command(after_help = "Examples:\n  policyd status\n  policyd status --json")]
     Status(StatusArgs),
@@ -110,6 +126,14 @@ pub enum Command {
                       policyd explain --json | jq .victim           machine-readable"
     )]
     Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The output's format: `text` lines of key=value fields, or `json`, one object per line
+    /// (as `policyd load --log-format`)
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Args)]

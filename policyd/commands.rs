@@ -2,15 +2,21 @@
 //! it; `main.rs` prints it and turns errors into exit codes.
 
 use std::fmt::Write as _;
+use std::os::fd::AsFd;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
 
+use crate::cgroup_names::CgroupNames;
 use crate::cgroupfs::{self, CgroupTree};
 use crate::cli::{CheckArgs, ExplainArgs, LoadArgs};
 use crate::config::{Config, ConfigError, Ownership};
 use crate::daemon::{self, LoadRequest};
 use crate::guard;
+use crate::kills::{Kill, KillStream};
+use crate::logging::LogFormat;
 use crate::policy::POLICIES;
 use crate::procfs::ProcFs;
 use crate::rank::{self, Explanation};
@@ -128,6 +134,45 @@ pub fn load(args: &LoadArgs, cgroup_root: Option<&Path>, proc_root: &Path) -> Re
         log_format: args.log_format,
     };
     daemon::run(req)
+}
+
+/// `policyd trace`: log every OOM kill until SIGINT/SIGTERM.
+pub fn trace(cgroup_root: Option<&Path>, format: LogFormat) -> Result<()> {
+    let cgroup_root = cgroupfs::root(cgroup_root)?;
+    let tree = CgroupTree::read(&cgroup_root)
+        .with_context(|| format!("reading the cgroup tree at {}", cgroup_root.display()))?;
+    let mut names = CgroupNames::from_tree(&tree);
+    let signals = daemon::block_signals()?;
+    let mut kills = KillStream::start()?;
+    tracing::info!(with_context = kills.has_context(), "tracing OOM kills");
+    loop {
+        let (kills_ready, signal_ready) = {
+            let mut fds = [
+                PollFd::new(kills.fd(), PollFlags::POLLIN),
+                PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e).context("poll"),
+            }
+            let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
+            (ready(0), ready(1))
+        };
+        if kills_ready || signal_ready {
+            for ev in kills.take() {
+                Kill::new(&ev, &mut names).log(format);
+            }
+        }
+        if signal_ready {
+            while let Some(info) = signals.read_signal().context("reading the signalfd")? {
+                let signal = Signal::try_from(info.ssi_signo as i32);
+                if let Ok(sig @ (Signal::SIGINT | Signal::SIGTERM)) = signal {
+                    tracing::info!("{sig}: stopped tracing");
+                    return Ok(());
+                }
+            }
+        }
+    }
 }
 
 /// `policyd explain`: the prediction, as text or JSON.

@@ -17,7 +17,9 @@
 //!   entries, [`abi`] names the types shared with BPF, [`events`] logs OOM
 //!   decisions ([`sizes`] formats them) through [`logging`] (text or
 //!   JSON), [`watch`] follows the cgroup tree;
-//! * [`cgroup_names`]: the paths of the cgroups events carry by id;
+//! * [`kills`]: every OOM kill, whoever decided it (`policyd trace`),
+//!   through its own tracer, which needs no BPF OOM patches;
+//!   [`cgroup_names`] names the cgroups events carry by id;
 //! * [`guard`]: what `load` checks and does to itself before attaching;
 //! * [`testing`]: fake cgroup and proc trees for tests.
 
@@ -31,6 +33,7 @@ pub mod config;
 pub mod daemon;
 pub mod events;
 pub mod guard;
+pub mod kills;
 pub mod loader;
 pub mod logging;
 pub mod matcher;

@@ -11,8 +11,9 @@ use policyd::cli::{Cli, Command};
 use policyd::logging::{self, LogFormat};
 use policyd::{commands, guard, status};
 
-/// `policyd load` (`daemon` is its log format) logs info lines by default,
-/// on stdout: its log is its output (`policyd load | grep decision`). The
+/// `policyd load` and `policyd trace` (`daemon` is their log format) log
+/// info lines by default, on stdout: their log is their output
+/// (`policyd load | grep decision`). The
 /// other commands log warnings and errors to stderr, as text.
 fn init_tracing(verbose: u8, daemon: Option<LogFormat>) {
     let level = match verbose {
@@ -57,6 +58,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{text}");
         }
         Command::Load(args) => commands::load(&args, cli.cgroup_root.as_deref(), &cli.proc_root)?,
+        Command::Trace(args) => commands::trace(cli.cgroup_root.as_deref(), args.log_format)?,
         Command::Status(args) => {
             guard::note_private_cgroup_namespace(&cli.proc_root);
             status::run(&args, cli.cgroup_root.as_deref(), &cli.proc_root)?
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let daemon = match &cli.command {
         Command::Load(args) => Some(args.log_format),
+        Command::Trace(args) => Some(args.log_format),
         _ => None,
     };
     init_tracing(cli.verbose, daemon);

@@ -1,0 +1,580 @@
+//! Every OOM kill, whoever decided it: `policyd trace`, and the kernel's own
+//! kills in `policyd load`'s log.
+//!
+//! The tracer (bpf/trace/kills.bpf.c) reports each task the kernel marks as
+//! an OOM victim, with the OOM it belongs to. It needs no BPF OOM patches:
+//! the `mark_victim` tracepoint is on every kernel, and an fentry program on
+//! `out_of_memory()` adds the OOM's scope, constraint and the task that ran
+//! into it where the kernel can attach fentry programs (CONFIG_FUNCTION_TRACER).
+//! Elsewhere the kills are still reported, without that context.
+//!
+//! One line per kill, message `kill`; in text:
+//!
+//! ```text
+//! INFO kill pid=310 comm=job2 cgroup=/demo/batch/j2 kind=chosen decided_by=kernel
+//!   rss=290MiB anon=289MiB file=1MiB shmem=0B swap=0B pgtables=640KiB oom_score_adj=0
+//!   scope=/demo constraint=CONSTRAINT_MEMCG trigger_pid=311 trigger_comm=hog
+//!   trigger_cgroup=/demo/web order=0 oom_events=3 oom_kill_events=2 oom_group_kill_events=0
+//!   summary="..."
+//! ```
+//!
+//! With `--log-format json`, one [`KillLine`]: sizes in bytes, what is
+//! unknown null.
+
+use std::cell::RefCell;
+use std::fs;
+use std::io::Write as _;
+use std::mem::offset_of;
+use std::os::fd::BorrowedFd;
+use std::path::Path;
+use std::rc::Rc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use libbpf_rs::{
+    ErrorKind, Link, MapCore, MapFlags, Object, ObjectBuilder, RingBuffer, RingBufferBuilder,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::abi::{Constraint, KillKind, KillsEvent, Pod};
+use crate::bpf::kills_skel;
+use crate::cgroup_names::CgroupNames;
+use crate::events::size;
+use crate::logging::LogFormat;
+
+/// The tracer's object (bpf/trace/kills.bpf.c), as build.rs compiled it.
+const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kills.bpf.o"));
+
+/// Where the kernel publishes its BTF, which the tracer is relocated against.
+const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// The tracer, loaded and attached; detached when dropped.
+pub struct KillTracer {
+    // Links first: they are dropped (detached) before the object.
+    _links: Vec<Link>,
+    object: Object,
+    context: bool,
+}
+
+impl KillTracer {
+    pub fn attach() -> Result<KillTracer> {
+        if !Path::new(KERNEL_BTF).exists() {
+            bail!(
+                "this kernel has no BTF ({KERNEL_BTF} is missing): tracing OOM kills needs a \
+                 kernel built with CONFIG_DEBUG_INFO_BTF=y"
+            );
+        }
+        let open = ObjectBuilder::default()
+            .name("policyd_kills")
+            .and_then(|b| b.open_memory(OBJECT))
+            .context("opening the OOM kill tracer")?;
+        let object = open.load().map_err(|e| match e.kind() {
+            ErrorKind::PermissionDenied if !nix::unistd::geteuid().is_root() => {
+                anyhow!("tracing OOM kills needs root (CAP_BPF and CAP_PERFMON): {e}")
+            }
+            ErrorKind::PermissionDenied => anyhow!(
+                "the kernel refused the OOM kill tracer although policyd runs as root: a \
+                 container without CAP_BPF and CAP_PERFMON, a seccomp filter on bpf(2) or \
+                 kernel lockdown can do that: {e}"
+            ),
+            _ => anyhow!("loading the OOM kill tracer (libbpf's log above says why): {e:#}"),
+        })?;
+        let mut links = Vec::new();
+        let mut context = false;
+        for prog in object.progs_mut() {
+            let name = prog.name().to_string_lossy().into_owned();
+            match (name.as_str(), prog.attach()) {
+                (_, Ok(link)) => {
+                    context |= name == "oom_enter";
+                    links.push(link);
+                }
+                ("oom_enter", Err(e)) => tracing::warn!(
+                    "OOM kills are reported without their OOM's scope, constraint and trigger: \
+                     this kernel cannot attach an fentry program to out_of_memory() \
+                     (CONFIG_FUNCTION_TRACER?): {e}"
+                ),
+                (_, Err(e)) => {
+                    return Err(anyhow!(e))
+                        .with_context(|| format!("attaching the OOM kill tracer's {name} program"))
+                }
+            }
+        }
+        Ok(KillTracer {
+            _links: links,
+            object,
+            context,
+        })
+    }
+
+    /// Whether kills come with their OOM's scope, constraint and trigger.
+    pub fn has_context(&self) -> bool {
+        self.context
+    }
+
+    /// Events the tracer could not send (its ring buffer was full).
+    fn dropped(&self) -> Result<u64> {
+        let bss = self
+            .object
+            .maps()
+            .find(|m| m.name().to_string_lossy().ends_with(".bss"))
+            .context("the tracer has no .bss")?;
+        let value = bss
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)?
+            .context("the tracer's .bss has no value")?;
+        let at = offset_of!(kills_skel::types::bss, dropped);
+        value
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_ne_bytes)
+            .context("the tracer's .bss is shorter than its skeleton says")
+    }
+}
+
+/// The tracer's events as they arrive: poll [`KillStream::fd`], then
+/// [`KillStream::take`].
+pub struct KillStream {
+    // The ring buffer reads the tracer's map: dropped first.
+    ring: RingBuffer<'static>,
+    pending: Rc<RefCell<Vec<KillsEvent>>>,
+    tracer: KillTracer,
+    dropped: u64,
+}
+
+impl KillStream {
+    pub fn start() -> Result<KillStream> {
+        let tracer = KillTracer::attach()?;
+        let pending: Rc<RefCell<Vec<KillsEvent>>> = Rc::default();
+        let sink = pending.clone();
+        let map = tracer
+            .object
+            .maps()
+            .find(|m| m.name() == "kills")
+            .context("the tracer has no `kills` map")?;
+        let mut builder = RingBufferBuilder::new();
+        builder
+            .add(&map, move |data: &[u8]| {
+                match KillsEvent::from_bytes(data) {
+                    Some(ev) => sink.borrow_mut().push(ev),
+                    None => tracing::warn!(
+                        "short event from the OOM kill tracer ({} bytes)",
+                        data.len()
+                    ),
+                }
+                0
+            })
+            .context("the tracer's `kills` map is not a ring buffer")?;
+        let ring = builder
+            .build()
+            .context("setting up the OOM kill ring buffer")?;
+        Ok(KillStream {
+            ring,
+            pending,
+            tracer,
+            dropped: 0,
+        })
+    }
+
+    pub fn has_context(&self) -> bool {
+        self.tracer.has_context()
+    }
+
+    /// Readable when kills are waiting.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the ring buffer's epoll fd lives as long as `self.ring`.
+        unsafe { BorrowedFd::borrow_raw(self.ring.epoll_fd()) }
+    }
+
+    /// The kills waiting, oldest first; warns about kills lost since the last call.
+    pub fn take(&mut self) -> Vec<KillsEvent> {
+        if let Err(e) = self.ring.consume() {
+            tracing::warn!("reading OOM kill events: {e}");
+        }
+        if let Ok(now) = self.tracer.dropped() {
+            if now > self.dropped {
+                tracing::warn!(
+                    lost = now - self.dropped,
+                    "OOM kills not reported: the tracer's ring buffer was full"
+                );
+                self.dropped = now;
+            }
+        }
+        std::mem::take(&mut *self.pending.borrow_mut())
+    }
+}
+
+/// A memcg's memory.events counters, read when the kill is logged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryEvents {
+    /// The memcg hit its limit and its OOM killer ran (`oom`).
+    pub oom: u64,
+    /// Tasks OOM-killed in it (`oom_kill`).
+    pub oom_kill: u64,
+    /// Group OOM kills (`oom_group_kill`).
+    pub oom_group_kill: u64,
+}
+
+impl MemoryEvents {
+    /// memory.events of the cgroup directory `dir`; `None` if unreadable.
+    pub fn read(dir: &Path) -> Option<MemoryEvents> {
+        let text = fs::read_to_string(dir.join("memory.events")).ok()?;
+        let mut ev = MemoryEvents::default();
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.trim().parse() else {
+                continue;
+            };
+            match key {
+                "oom" => ev.oom = value,
+                "oom_kill" => ev.oom_kill = value,
+                "oom_group_kill" => ev.oom_group_kill = value,
+                _ => {}
+            }
+        }
+        Some(ev)
+    }
+}
+
+/// One OOM kill as data: the tracer's event, its cgroup ids resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kill {
+    /// The victim's process id (its thread id is `tid`).
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub cgroup: String,
+    pub oom_score_adj: i16,
+    pub kind: KillKind,
+    /// "kernel" (its oom_badness()), or the BPF OOM handler's name.
+    pub decided_by: String,
+    /// anon + file + shmem, as the kernel's "Killed process" line adds them.
+    pub rss_bytes: u64,
+    pub anon_rss_bytes: u64,
+    pub file_rss_bytes: u64,
+    pub shmem_rss_bytes: u64,
+    pub swap_bytes: u64,
+    pub pgtables_bytes: u64,
+    /// The OOM: "global", or the OOMing cgroup's path; `None` with what
+    /// follows when the kernel gave no context (no fentry).
+    pub scope: Option<String>,
+    pub constraint: Option<Constraint>,
+    /// The task that ran into the OOM (for a declared OOM, the declarer).
+    pub trigger_pid: Option<u32>,
+    pub trigger_comm: Option<String>,
+    pub trigger_cgroup: Option<String>,
+    /// The allocation's order; -1: sysrq or a declared OOM.
+    pub order: Option<i32>,
+    pub gfp_mask: Option<String>,
+    /// The scope's memory.events after the kill (memcg OOMs).
+    pub memory_events: Option<MemoryEvents>,
+}
+
+/// A kill as `--log-format json` writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillLine {
+    pub level: String,
+    /// "kill".
+    pub message: String,
+    #[serde(flatten)]
+    pub kill: Kill,
+    pub summary: String,
+}
+
+impl Kill {
+    pub fn new(ev: &KillsEvent, names: &mut CgroupNames) -> Kill {
+        let context = ev.has_context != 0;
+        let scope = context.then(|| match ev.scope_cgroup_id {
+            0 => "global".to_owned(),
+            id => names.name(id),
+        });
+        let memory_events = match (&scope, ev.scope_cgroup_id) {
+            (Some(path), id) if id != 0 => {
+                MemoryEvents::read(&names.root().join(path.trim_start_matches('/')))
+            }
+            _ => None,
+        };
+        Kill {
+            pid: ev.victim_tgid,
+            tid: ev.victim_pid,
+            comm: ev.victim_comm(),
+            cgroup: names.name(ev.victim_cgroup_id),
+            oom_score_adj: ev.oom_score_adj,
+            kind: ev.kind(),
+            decided_by: ev.handler().unwrap_or_else(|| "kernel".to_owned()),
+            rss_bytes: ev.anon_rss + ev.file_rss + ev.shmem_rss,
+            anon_rss_bytes: ev.anon_rss,
+            file_rss_bytes: ev.file_rss,
+            shmem_rss_bytes: ev.shmem_rss,
+            swap_bytes: ev.swap,
+            pgtables_bytes: ev.pgtables,
+            scope,
+            constraint: context.then(|| ev.constraint()),
+            trigger_pid: context.then_some(ev.trigger_tgid),
+            trigger_comm: context.then(|| ev.trigger_comm()),
+            trigger_cgroup: context.then(|| names.name(ev.trigger_cgroup_id)),
+            order: context.then_some(ev.order),
+            gfp_mask: context.then(|| format!("{:#x}", ev.gfp_mask)),
+            memory_events,
+        }
+    }
+
+    /// Whether the BPF OOM handler called `handler` chose this victim (its
+    /// own decision line reports it).
+    pub fn chosen_by(&self, handler: &str) -> bool {
+        self.kind == KillKind::Chosen && self.decided_by == handler
+    }
+
+    /// One sentence: who died, who chose it, whose OOM it was.
+    pub fn summary(&self) -> String {
+        let victim = format!(
+            "pid {} ({}) of {}, rss {}",
+            self.pid,
+            self.comm,
+            self.cgroup,
+            crate::sizes::format_bytes(self.rss_bytes)
+        );
+        let what = match (self.kind, self.decided_by.as_str()) {
+            (KillKind::Exiting, _) => {
+                format!("{victim} was exiting already: given memory reserves, not killed")
+            }
+            (KillKind::WithChosen, _) => {
+                format!("killed {victim} with the chosen victim (memory.oom.group, or its memory is shared)")
+            }
+            (_, "kernel") => {
+                format!("the kernel's OOM killer killed {victim}: largest oom_badness()")
+            }
+            (_, handler) => format!("BPF OOM handler {handler} killed {victim}"),
+        };
+        match (
+            &self.scope,
+            self.trigger_pid,
+            &self.trigger_comm,
+            &self.trigger_cgroup,
+        ) {
+            (Some(scope), Some(pid), Some(comm), Some(cgroup)) => {
+                let oom = if scope == "global" {
+                    "a system-wide OOM".to_owned()
+                } else {
+                    format!("an OOM of {scope}")
+                };
+                format!("{what}; in {oom}, run into by pid {pid} ({comm}) of {cgroup}")
+            }
+            _ => what,
+        }
+    }
+
+    pub fn json_line(&self) -> String {
+        let line = KillLine {
+            level: "INFO".to_owned(),
+            message: "kill".to_owned(),
+            kill: self.clone(),
+            summary: self.summary(),
+        };
+        serde_json::to_string(&line).expect("a kill serializes")
+    }
+
+    pub fn log(&self, format: LogFormat) {
+        match format {
+            LogFormat::Text => {
+                let dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+                let events = self.memory_events;
+                tracing::info!(
+                    pid = self.pid,
+                    comm = %self.comm,
+                    cgroup = %self.cgroup,
+                    kind = %self.kind,
+                    decided_by = %self.decided_by,
+                    rss = %size(self.rss_bytes),
+                    anon = %size(self.anon_rss_bytes),
+                    file = %size(self.file_rss_bytes),
+                    shmem = %size(self.shmem_rss_bytes),
+                    swap = %size(self.swap_bytes),
+                    pgtables = %size(self.pgtables_bytes),
+                    oom_score_adj = self.oom_score_adj,
+                    scope = %dash(self.scope.clone()),
+                    constraint = %dash(self.constraint.map(|c| c.to_string())),
+                    trigger_pid = %dash(self.trigger_pid.map(|p| p.to_string())),
+                    trigger_comm = %dash(self.trigger_comm.clone()),
+                    trigger_cgroup = %dash(self.trigger_cgroup.clone()),
+                    order = %dash(self.order.map(|o| o.to_string())),
+                    oom_events = %dash(events.map(|e| e.oom.to_string())),
+                    oom_kill_events = %dash(events.map(|e| e.oom_kill.to_string())),
+                    oom_group_kill_events = %dash(events.map(|e| e.oom_group_kill.to_string())),
+                    summary = %self.summary(),
+                    "kill"
+                );
+            }
+            LogFormat::Json => {
+                if tracing::enabled!(tracing::Level::INFO) {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{}", self.json_line());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroupfs::CgroupTree;
+    use crate::logging::tests::logged_by;
+    use crate::testing::{c_comm, FakeCgroupfs, MIB};
+
+    /// A fake tree with /demo/batch (the victim's) and /demo/web (the
+    /// trigger's), and the tracer's event of the kernel killing in /demo.
+    fn setup(dir: &Path) -> (CgroupNames, KillsEvent) {
+        let cg = FakeCgroupfs::new(dir);
+        cg.cgroup("/demo/batch", 0, &[]);
+        cg.cgroup("/demo/web", 0, &[]);
+        fs::write(
+            cg.root().join("demo/memory.events"),
+            "low 0\nhigh 0\nmax 9\noom 2\noom_kill 1\noom_group_kill 0\n",
+        )
+        .unwrap();
+        let tree = CgroupTree::read(cg.root()).unwrap();
+        let id = |p: &str| tree.get(tree.find(p).unwrap()).id;
+        let mut ev = KillsEvent {
+            victim_cgroup_id: id("/demo/batch"),
+            anon_rss: 289 * MIB,
+            file_rss: MIB,
+            pgtables: 640 * 1024,
+            scope_cgroup_id: id("/demo"),
+            trigger_cgroup_id: id("/demo/web"),
+            gfp_mask: 0xcc0,
+            victim_pid: 310,
+            victim_tgid: 310,
+            trigger_pid: 312,
+            trigger_tgid: 311,
+            constraint: 3,
+            has_context: 1,
+            ..Default::default()
+        };
+        ev.victim_comm = c_comm("job2");
+        ev.trigger_comm = c_comm("hog");
+        (CgroupNames::from_tree(&tree), ev)
+    }
+
+    #[test]
+    fn a_kernel_kill_names_victim_trigger_and_scope() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut names, ev) = setup(dir.path());
+        let kill = Kill::new(&ev, &mut names);
+        assert_eq!(kill.pid, 310);
+        assert_eq!(kill.cgroup, "/demo/batch");
+        assert_eq!(kill.decided_by, "kernel");
+        assert_eq!(kill.kind, KillKind::Chosen);
+        assert_eq!(kill.rss_bytes, 290 * MIB);
+        assert_eq!(kill.scope.as_deref(), Some("/demo"));
+        assert_eq!(kill.constraint, Some(Constraint::Memcg));
+        // The process, not the thread, that ran into the OOM.
+        assert_eq!(kill.trigger_pid, Some(311));
+        assert_eq!(kill.trigger_cgroup.as_deref(), Some("/demo/web"));
+        assert_eq!(kill.gfp_mask.as_deref(), Some("0xcc0"));
+        assert_eq!(
+            kill.memory_events,
+            Some(MemoryEvents {
+                oom: 2,
+                oom_kill: 1,
+                oom_group_kill: 0
+            })
+        );
+        assert_eq!(
+            kill.summary(),
+            "the kernel's OOM killer killed pid 310 (job2) of /demo/batch, rss 290 MiB: largest \
+             oom_badness(); in an OOM of /demo, run into by pid 311 (hog) of /demo/web"
+        );
+        assert!(!kill.chosen_by("policyd_priority"));
+    }
+
+    #[test]
+    fn who_decided() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut names, mut ev) = setup(dir.path());
+        for (i, b) in b"policyd_priority".iter().enumerate() {
+            ev.handler[i] = *b as i8;
+        }
+        let kill = Kill::new(&ev, &mut names);
+        assert_eq!(kill.decided_by, "policyd_priority");
+        assert!(kill.chosen_by("policyd_priority"));
+        assert!(!kill.chosen_by("policyd_largest"));
+        assert!(kill
+            .summary()
+            .starts_with("BPF OOM handler policyd_priority killed pid 310"));
+
+        ev.kind = 1;
+        let kill = Kill::new(&ev, &mut names);
+        assert_eq!(kill.kind, KillKind::WithChosen);
+        // Its own decision line names only the chosen victim.
+        assert!(!kill.chosen_by("policyd_priority"));
+        assert!(kill
+            .summary()
+            .contains("with the chosen victim (memory.oom.group"));
+
+        ev.kind = 2;
+        assert!(Kill::new(&ev, &mut names)
+            .summary()
+            .contains("was exiting already: given memory reserves, not killed"));
+    }
+
+    #[test]
+    fn without_context_only_the_victim_is_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut names, mut ev) = setup(dir.path());
+        ev.has_context = 0;
+        ev.scope_cgroup_id = 0;
+        let kill = Kill::new(&ev, &mut names);
+        assert_eq!(kill.scope, None);
+        assert_eq!(kill.trigger_pid, None);
+        assert_eq!(kill.constraint, None);
+        assert_eq!(kill.memory_events, None);
+        assert!(kill.summary().ends_with("largest oom_badness()"));
+        let text = logged_by(LogFormat::Text, || kill.log(LogFormat::Text));
+        assert!(
+            text.contains(" scope=- constraint=- trigger_pid=- "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_global_oom_has_no_memory_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut names, mut ev) = setup(dir.path());
+        ev.scope_cgroup_id = 0;
+        ev.constraint = 0;
+        let kill = Kill::new(&ev, &mut names);
+        assert_eq!(kill.scope.as_deref(), Some("global"));
+        assert_eq!(kill.constraint, Some(Constraint::None));
+        assert_eq!(kill.memory_events, None);
+        assert!(kill
+            .summary()
+            .contains("in a system-wide OOM, run into by pid 311"));
+    }
+
+    #[test]
+    fn text_and_json_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut names, ev) = setup(dir.path());
+        let kill = Kill::new(&ev, &mut names);
+        let text = logged_by(LogFormat::Text, || kill.log(LogFormat::Text));
+        assert!(
+            text.trim_start().starts_with(
+                "INFO kill pid=310 comm=job2 cgroup=/demo/batch kind=chosen decided_by=kernel \
+                 rss=290MiB anon=289MiB file=1MiB shmem=0B swap=0B pgtables=640KiB \
+                 oom_score_adj=0 scope=/demo constraint=CONSTRAINT_MEMCG trigger_pid=311 \
+                 trigger_comm=hog trigger_cgroup=/demo/web order=0 oom_events=2 \
+                 oom_kill_events=1 oom_group_kill_events=0 summary=\""
+            ),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&kill.json_line()).unwrap();
+        assert_eq!(json["message"], "kill");
+        assert_eq!(json["rss_bytes"], 290 * MIB);
+        assert_eq!(json["kind"], "chosen");
+        assert_eq!(json["constraint"], "CONSTRAINT_MEMCG");
+        assert_eq!(json["memory_events"]["oom_kill"], 1);
+        let back: KillLine = serde_json::from_str(&kill.json_line()).unwrap();
+        assert_eq!(back.kill, kill);
+        assert_eq!(back.summary, kill.summary());
+    }
+}
