@@ -6,6 +6,9 @@
 //! runs a single-threaded poll loop ([`Daemon::handle_one_round`]) over
 //!
 //! * the policy's ring buffer: each OOM event becomes one log line;
+//! * the OOM kill tracer's ([`crate::kills`]): kills the handler did not
+//!   decide (the kernel's, after a deferral; memory.oom.group's; another
+//!   handler's) get a line of their own, in order with the decisions;
 //! * inotify on the cgroup tree: new cgroups get their resolved entry in the
 //!   current rules map, removed ones lose it (no reload, no reattach);
 //! * a signalfd: SIGHUP reloads the config (a new rules map swapped into
@@ -37,6 +40,7 @@ use crate::cgroupfs::CgroupTree;
 use crate::config::{Config, Ownership};
 use crate::events::{Awaits, Decision};
 use crate::guard::OwnCgroup;
+use crate::kills::{Kill, KillStream};
 use crate::loader::{self, HandlerLink, OomOpsLayout, PerCpu, PolicyObject, Settings};
 use crate::logging::LogFormat;
 use crate::policy::PolicyName;
@@ -109,6 +113,12 @@ pub fn run(req: LoadRequest) -> Result<()> {
 const AWAITS_QUIET: Duration = Duration::from_secs(1);
 
 type Pending = Rc<RefCell<Vec<PolicydEvent>>>;
+
+/// What the daemon logs, in time order.
+enum Event {
+    Decision(PolicydEvent),
+    Kill(crate::abi::KillsEvent),
+}
 
 /// A ring buffer on `obj`'s `events` map whose records land in the returned queue.
 fn event_ring(obj: &PolicyObject) -> Result<(RingBuffer<'static>, Pending)> {
@@ -274,6 +284,8 @@ pub struct Daemon {
     link_id: u32,
     ring: RingBuffer<'static>,
     pending: Pending,
+    /// Kills as the kernel marks them; `None` where the tracer cannot load.
+    kills: Option<KillStream>,
     obj: PolicyObject,
     /// The rules map in `rules[0]`.
     rules: MapHandle,
@@ -327,6 +339,13 @@ impl Daemon {
         })?;
         let (tree, effective, rules_map) = install_tree_rules(&obj, &req.config, &req)?;
         let (ring, pending) = event_ring(&obj)?;
+        let kills = match KillStream::start() {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::warn!("kills the handler did not decide will not be logged: {e:#}");
+                None
+            }
+        };
         obj.prepare_ops(&oom_ops)?;
 
         let link = HandlerLink::attach(obj.ops_map()?.as_fd(), &cgroup_dir, &req.cgroup)?;
@@ -347,6 +366,7 @@ impl Daemon {
             link_id,
             ring,
             pending,
+            kills,
             obj,
             rules: rules_map,
             oom_ops,
@@ -411,6 +431,10 @@ impl Daemon {
                 // No events asked: POLLHUP comes when the kernel detaches it.
                 PollFd::new(self.link.as_fd(), PollFlags::empty()),
             ];
+            let kills_idx = self.kills.as_ref().map(|k| {
+                fds.push(PollFd::new(k.fd(), PollFlags::POLLIN));
+                fds.len() - 1
+            });
             let watch_idx = self.watcher.as_ref().map(|w| {
                 fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
                 fds.len() - 1
@@ -429,7 +453,7 @@ impl Daemon {
                     .is_some_and(|r| !r.is_empty())
             };
             (
-                ready(Some(0)),
+                ready(Some(0)) || ready(kills_idx),
                 ready(watch_idx),
                 ready(signal_idx),
                 ready(Some(1)),
@@ -488,15 +512,38 @@ impl Daemon {
         Ok(round)
     }
 
-    /// Log every event waiting in the ring buffer.
+    /// Log every decision waiting in the ring buffer, and the kills the
+    /// handler did not decide, in the order they happened.
     pub fn consume_events(&mut self) {
         if let Err(e) = self.ring.consume() {
             tracing::warn!("reading OOM events: {e}");
         }
-        let events = std::mem::take(&mut *self.pending.borrow_mut());
-        for ev in events {
-            self.awaits
-                .log(Decision::new(&ev, |id| self.cgroups.names.name(id)));
+        let decisions = std::mem::take(&mut *self.pending.borrow_mut());
+        let kills = self
+            .kills
+            .as_mut()
+            .map(KillStream::take)
+            .unwrap_or_default();
+        let mut events: Vec<(u64, Event)> = decisions
+            .into_iter()
+            .map(|d| (d.timestamp_ns, Event::Decision(d)))
+            .chain(kills.into_iter().map(|k| (k.timestamp_ns, Event::Kill(k))))
+            .collect();
+        events.sort_by_key(|(t, _)| *t);
+        let handler = self.obj.handler_name();
+        for (_, ev) in events {
+            match ev {
+                Event::Decision(d) => self
+                    .awaits
+                    .log(Decision::new(&d, |id| self.cgroups.names.name(id))),
+                Event::Kill(k) => {
+                    let kill = Kill::new(&k, &mut self.cgroups.names);
+                    if !kill.chosen_by(&handler) {
+                        self.awaits.flush();
+                        kill.log(self.req.log_format);
+                    }
+                }
+            }
         }
         match self.obj.stats() {
             Ok(stats) => {
