@@ -312,13 +312,19 @@ pub fn render_explanation(ex: &Explanation, config: &Config) -> String {
 
     if !ex.candidates.is_empty() {
         let _ = writeln!(out, "\ncandidates (victim first):");
-        let mut rows = vec![[
+        // Units, pods and containers get a column where the tree has any.
+        let owners = ex.candidates.iter().any(|c| !c.owner.is_empty());
+        let mut header = [
             "RANK", "CGROUP", "PRIO", "PROTECT", "KILL", "USAGE", "PROCS", "SOURCE", "REASON",
         ]
         .map(String::from)
-        .to_vec()];
+        .to_vec();
+        if owners {
+            header.insert(2, "OWNER".to_owned());
+        }
+        let mut rows = vec![header];
         for c in &ex.candidates {
-            rows.push(vec![
+            let mut row = vec![
                 c.rank.map_or("-".to_owned(), |r| r.to_string()),
                 c.path.clone(),
                 c.priority.to_string(),
@@ -328,7 +334,19 @@ pub fn render_explanation(ex: &Explanation, config: &Config) -> String {
                 c.nr_procs.to_string(),
                 c.source.to_string(),
                 c.why.to_string(),
-            ]);
+            ];
+            if owners {
+                let owner = c.owner.to_string();
+                row.insert(
+                    2,
+                    if owner.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        owner
+                    },
+                );
+            }
+            rows.push(row);
         }
         out.push_str(&table(&rows));
     }

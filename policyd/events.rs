@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::abi::{Outcome, PolicydEvent, Reason, MAX_CGROUPS};
 use crate::logging::LogFormat;
+use crate::owner::Owner;
 use crate::sizes::format_bytes;
 
 /// "300MiB": a size without the space, so it stays one word.
@@ -50,6 +51,8 @@ pub struct Decision {
     /// "global", or the OOMing cgroup's path.
     pub scope: String,
     pub victim_cgroup: Option<String>,
+    /// The unit, pod or container of the victim's cgroup ([`Owner`]).
+    pub owner: Option<String>,
     pub pid: u32,
     pub comm: Option<String>,
     pub priority: u32,
@@ -154,6 +157,10 @@ impl Decision {
                 Err(n) => format!("policy#{n}"),
             },
             scope,
+            owner: victim_cgroup
+                .as_deref()
+                .map(|p| Owner::of(p).to_string())
+                .filter(|o| !o.is_empty()),
             victim_cgroup,
             pid: ev.victim_pid,
             comm: (!comm.is_empty()).then_some(comm),
@@ -293,6 +300,7 @@ impl Decision {
                 policy = %self.policy,
                 scope = %self.scope,
                 victim_cgroup = %self.victim(),
+                owner = %or_dash(self.owner.as_ref()),
                 pid = self.pid,
                 comm = %or_dash(self.comm.as_ref()),
                 priority = self.priority,
@@ -446,11 +454,33 @@ mod tests {
     }
 
     #[test]
+    fn a_decision_names_the_victims_pod() {
+        let ev = killed_event();
+        let pod = "/kubepods/besteffort/pod0d5f3bc4-1a2b-4c3d-8e9f-0123456789ab/\
+                   3f2a9c1b7d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8";
+        let d = Decision::new(&ev, |id| {
+            if id == ev.victim_cgroup_id {
+                pod.to_owned()
+            } else {
+                names(id)
+            }
+        });
+        assert_eq!(
+            d.owner.as_deref(),
+            Some(
+                "pod 0d5f3bc4-1a2b-4c3d-8e9f-0123456789ab (besteffort) container \
+                 container:3f2a9c1b7d4e"
+            )
+        );
+        assert_eq!(Decision::new(&ev, names).owner, None);
+    }
+
+    #[test]
     fn killed_event_line() {
         let d = Decision::new(&killed_event(), names);
         assert_eq!(
             logged(&d),
-            " INFO decision policy=priority scope=global victim_cgroup=/demo/batch/j2 pid=310 \
+            " INFO decision policy=priority scope=global victim_cgroup=/demo/batch/j2 owner=- pid=310 \
              comm=job2 priority=10 usage=300MiB rss=290MiB reason=larger-usage outcome=killed \
              killed=1 handler_us=41 candidates=3 tried=1 unkillable=0 exiting=0 empty=0 \
              refused=0 runner_up=/demo/batch/j1 runner_up_priority=10 runner_up_usage=100MiB \
@@ -537,7 +567,7 @@ mod tests {
         );
         let line = logged(&d);
         assert!(
-            line.contains(" scope=/demo victim_cgroup=/demo/batch/j2 pid=310 "),
+            line.contains(" scope=/demo victim_cgroup=/demo/batch/j2 owner=- pid=310 "),
             "{line}"
         );
         assert!(line.contains(" outcome=dry-run killed=0 "), "{line}");
@@ -559,7 +589,7 @@ mod tests {
         let line = logged(&d);
         assert!(
             line.contains(
-                "policy=largest scope=global victim_cgroup=- pid=0 comm=- priority=0 usage=0B"
+                "policy=largest scope=global victim_cgroup=- owner=- pid=0 comm=- priority=0 usage=0B"
             ),
             "{line}"
         );

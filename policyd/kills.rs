@@ -40,6 +40,7 @@ use crate::bpf::kills_skel;
 use crate::cgroup_names::CgroupNames;
 use crate::events::size;
 use crate::logging::LogFormat;
+use crate::owner::Owner;
 
 /// The tracer's object (bpf/trace/kills.bpf.c), as build.rs compiled it.
 const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kills.bpf.o"));
@@ -243,6 +244,9 @@ pub struct Kill {
     pub tid: u32,
     pub comm: String,
     pub cgroup: String,
+    /// The unit, pod or container of `cgroup`.
+    #[serde(flatten)]
+    pub owner: Owner,
     pub oom_score_adj: i16,
     pub kind: KillKind,
     /// "kernel" (its oom_badness()), or the BPF OOM handler's name.
@@ -262,6 +266,8 @@ pub struct Kill {
     pub trigger_pid: Option<u32>,
     pub trigger_comm: Option<String>,
     pub trigger_cgroup: Option<String>,
+    /// The unit, pod or container of `trigger_cgroup`, as text.
+    pub trigger_owner: Option<String>,
     /// The allocation's order; -1: sysrq or a declared OOM.
     pub order: Option<i32>,
     pub gfp_mask: Option<String>,
@@ -280,6 +286,15 @@ pub struct KillLine {
     pub summary: String,
 }
 
+/// " (text)", or nothing for no text.
+fn in_parens(text: &str) -> String {
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!(" ({text})")
+    }
+}
+
 impl Kill {
     pub fn new(ev: &KillsEvent, names: &mut CgroupNames) -> Kill {
         let context = ev.has_context != 0;
@@ -293,11 +308,14 @@ impl Kill {
             }
             _ => None,
         };
+        let cgroup = names.name(ev.victim_cgroup_id);
+        let trigger_cgroup = context.then(|| names.name(ev.trigger_cgroup_id));
         Kill {
             pid: ev.victim_tgid,
             tid: ev.victim_pid,
             comm: ev.victim_comm(),
-            cgroup: names.name(ev.victim_cgroup_id),
+            owner: Owner::of(&cgroup),
+            cgroup,
             oom_score_adj: ev.oom_score_adj,
             kind: ev.kind(),
             decided_by: ev.handler().unwrap_or_else(|| "kernel".to_owned()),
@@ -311,7 +329,11 @@ impl Kill {
             constraint: context.then(|| ev.constraint()),
             trigger_pid: context.then_some(ev.trigger_tgid),
             trigger_comm: context.then(|| ev.trigger_comm()),
-            trigger_cgroup: context.then(|| names.name(ev.trigger_cgroup_id)),
+            trigger_owner: trigger_cgroup
+                .as_deref()
+                .map(|p| Owner::of(p).to_string())
+                .filter(|o| !o.is_empty()),
+            trigger_cgroup,
             order: context.then_some(ev.order),
             gfp_mask: context.then(|| format!("{:#x}", ev.gfp_mask)),
             memory_events,
@@ -327,10 +349,11 @@ impl Kill {
     /// One sentence: who died, who chose it, whose OOM it was.
     pub fn summary(&self) -> String {
         let victim = format!(
-            "pid {} ({}) of {}, rss {}",
+            "pid {} ({}) of {}{}, rss {}",
             self.pid,
             self.comm,
             self.cgroup,
+            in_parens(&self.owner.to_string()),
             crate::sizes::format_bytes(self.rss_bytes)
         );
         let what = match (self.kind, self.decided_by.as_str()) {
@@ -357,7 +380,8 @@ impl Kill {
                 } else {
                     format!("an OOM of {scope}")
                 };
-                format!("{what}; in {oom}, run into by pid {pid} ({comm}) of {cgroup}")
+                let owner = in_parens(self.trigger_owner.as_deref().unwrap_or(""));
+                format!("{what}; in {oom}, run into by pid {pid} ({comm}) of {cgroup}{owner}")
             }
             _ => what,
         }
@@ -382,6 +406,7 @@ impl Kill {
                     pid = self.pid,
                     comm = %self.comm,
                     cgroup = %self.cgroup,
+                    owner = %dash(Some(self.owner.to_string()).filter(|o| !o.is_empty())),
                     kind = %self.kind,
                     decided_by = %self.decided_by,
                     rss = %size(self.rss_bytes),
@@ -396,6 +421,7 @@ impl Kill {
                     trigger_pid = %dash(self.trigger_pid.map(|p| p.to_string())),
                     trigger_comm = %dash(self.trigger_comm.clone()),
                     trigger_cgroup = %dash(self.trigger_cgroup.clone()),
+                    trigger_owner = %dash(self.trigger_owner.clone()),
                     order = %dash(self.order.map(|o| o.to_string())),
                     oom_events = %dash(events.map(|e| e.oom.to_string())),
                     oom_kill_events = %dash(events.map(|e| e.oom_kill.to_string())),
@@ -488,6 +514,31 @@ mod tests {
     }
 
     #[test]
+    fn a_pods_container_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut ev) = setup(dir.path());
+        let pod = "/kubepods/besteffort/pod0d5f3bc4-1a2b-4c3d-8e9f-0123456789ab/\
+                   3f2a9c1b7d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8";
+        let cg = FakeCgroupfs::new(dir.path());
+        cg.cgroup(pod, 0, &[]);
+        let tree = CgroupTree::read(cg.root()).unwrap();
+        ev.victim_cgroup_id = tree.get(tree.find(pod).unwrap()).id;
+        let kill = Kill::new(&ev, &mut CgroupNames::from_tree(&tree));
+        assert_eq!(kill.owner.pod_qos, Some(crate::owner::Qos::BestEffort));
+        assert!(
+            kill.summary().contains(&format!(
+                "of {pod} (pod 0d5f3bc4-1a2b-4c3d-8e9f-0123456789ab (besteffort) container \
+                 container:3f2a9c1b7d4e), rss 290 MiB"
+            )),
+            "{}",
+            kill.summary()
+        );
+        let json: serde_json::Value = serde_json::from_str(&kill.json_line()).unwrap();
+        assert_eq!(json["pod_uid"], "0d5f3bc4-1a2b-4c3d-8e9f-0123456789ab");
+        assert_eq!(json["trigger_owner"], serde_json::Value::Null);
+    }
+
+    #[test]
     fn who_decided() {
         let dir = tempfile::tempdir().unwrap();
         let (mut names, mut ev) = setup(dir.path());
@@ -559,10 +610,10 @@ mod tests {
         let text = logged_by(LogFormat::Text, || kill.log(LogFormat::Text));
         assert!(
             text.trim_start().starts_with(
-                "INFO kill pid=310 comm=job2 cgroup=/demo/batch kind=chosen decided_by=kernel \
+                "INFO kill pid=310 comm=job2 cgroup=/demo/batch owner=- kind=chosen decided_by=kernel \
                  rss=290MiB anon=289MiB file=1MiB shmem=0B swap=0B pgtables=640KiB \
                  oom_score_adj=0 scope=/demo constraint=CONSTRAINT_MEMCG trigger_pid=311 \
-                 trigger_comm=hog trigger_cgroup=/demo/web order=0 oom_events=2 \
+                 trigger_comm=hog trigger_cgroup=/demo/web trigger_owner=- order=0 oom_events=2 \
                  oom_kill_events=1 oom_group_kill_events=0 summary=\""
             ),
             "{text}"

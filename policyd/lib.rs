@@ -37,6 +37,7 @@ pub mod kills;
 pub mod loader;
 pub mod logging;
 pub mod matcher;
+pub mod owner;
 pub mod policy;
 pub mod procfs;
 pub mod rank;

@@ -39,6 +39,7 @@ use serde::Serialize;
 use crate::abi::USAGE_SHIFT;
 use crate::cgroupfs::{Cgroup, CgroupTree};
 use crate::config::KillMode;
+use crate::owner::Owner;
 use crate::policy::PolicyName;
 use crate::procfs::{TaskInfo, TaskSource};
 use crate::reason::{
@@ -81,6 +82,9 @@ pub struct Candidate {
     /// Why it ranks before the next candidate, or why it is not eligible.
     #[serde(flatten, serialize_with = "reason_and_why")]
     pub why: Reason,
+    /// The unit, pod or container the path belongs to.
+    #[serde(skip_serializing_if = "Owner::is_empty")]
+    pub owner: Owner,
 }
 
 /// One task in scope, for the `badness` policy.
@@ -228,6 +232,7 @@ pub fn rank_cgroups(
             eligible,
             rank,
             why,
+            owner: Owner::of(&node.path),
         }
     };
 
