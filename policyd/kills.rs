@@ -39,6 +39,7 @@ use crate::abi::{Constraint, KillKind, KillsEvent, Pod};
 use crate::bpf::kills_skel;
 use crate::cgroup_names::CgroupNames;
 use crate::events::size;
+use crate::loader::{self, PerCpu};
 use crate::logging::LogFormat;
 use crate::owner::Owner;
 
@@ -64,10 +65,29 @@ impl KillTracer {
                  kernel built with CONFIG_DEBUG_INFO_BTF=y"
             );
         }
-        let open = ObjectBuilder::default()
+        let mut open = ObjectBuilder::default()
             .name("policyd_kills")
             .and_then(|b| b.open_memory(OBJECT))
             .context("opening the OOM kill tracer")?;
+        // Without them kills report memory as get_mm_counter() reads it, up
+        // to 64 pages per CPU short of the kernel's own figures.
+        let per_cpu = PerCpu::discover().unwrap_or(PerCpu {
+            offsets_addr: 0,
+            nr_cpus: 0,
+        });
+        loader::set_rodata(
+            &mut open,
+            &[
+                (
+                    offset_of!(kills_skel::types::rodata, per_cpu_offset_addr),
+                    &per_cpu.offsets_addr.to_ne_bytes(),
+                ),
+                (
+                    offset_of!(kills_skel::types::rodata, nr_cpus),
+                    &per_cpu.nr_cpus.to_ne_bytes(),
+                ),
+            ],
+        )?;
         let object = open.load().map_err(|e| match e.kind() {
             ErrorKind::PermissionDenied if !nix::unistd::geteuid().is_root() => {
                 anyhow!("tracing OOM kills needs root (CAP_BPF and CAP_PERFMON): {e}")

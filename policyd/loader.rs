@@ -385,19 +385,10 @@ fn configure(open: &mut OpenObject, settings: &Settings) -> Result<()> {
         .context("the BPF object has no `heap` map")?
         .set_max_entries(max)
         .context("sizing the handler's candidate heap")?;
-    let mut rodata = open
-        .maps_mut()
-        .find(|m| m.name().to_string_lossy().ends_with(".rodata"))
-        .context("the BPF object has no .rodata section")?;
-    let bytes = rodata
-        .initial_value_mut()
-        .context("the BPF object's .rodata has no initial value")?;
     let per_cpu = settings.per_cpu.unwrap_or(PerCpu {
         offsets_addr: 0,
         nr_cpus: 0,
     });
-    // At the skeleton's offsets, byte by byte: the section may end before
-    // the trailing padding of the skeleton's struct.
     let fields: [(usize, &[u8]); 5] = [
         (
             offset_of!(skel::types::rodata, policy),
@@ -420,8 +411,22 @@ fn configure(open: &mut OpenObject, settings: &Settings) -> Result<()> {
             &max.to_ne_bytes(),
         ),
     ];
+    set_rodata(open, &fields)
+}
+
+/// Writes each `(offset, bytes)` of `fields` into the .rodata of `open`
+/// before it is loaded. At the skeleton's offsets, byte by byte: the section
+/// may end before the trailing padding of the skeleton's struct.
+pub fn set_rodata(open: &mut OpenObject, fields: &[(usize, &[u8])]) -> Result<()> {
+    let mut rodata = open
+        .maps_mut()
+        .find(|m| m.name().to_string_lossy().ends_with(".rodata"))
+        .context("the BPF object has no .rodata section")?;
+    let bytes = rodata
+        .initial_value_mut()
+        .context("the BPF object's .rodata has no initial value")?;
     let len = bytes.len();
-    for (offset, value) in fields {
+    for &(offset, value) in fields {
         bytes
             .get_mut(offset..offset + value.len())
             .with_context(|| {

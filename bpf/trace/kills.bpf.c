@@ -53,6 +53,41 @@ struct {
 /* Events lost to a full ring buffer, read by policyd. */
 __u64 dropped;
 
+/*
+ * Where __per_cpu_offset[] is and how many CPUs are possible, set by policyd
+ * from /proc/kallsyms (0: unknown): the report adds up the mm counters'
+ * per-CPU shares as the kernel's own "Killed process" line does
+ * (get_mm_counter_sum()).  A gcc-built kernel's BTF has no percpu tags for
+ * bpf_per_cpu_ptr() to follow.
+ */
+const volatile __u64 per_cpu_offset_addr;
+const volatile __u32 nr_cpus;
+
+#define MAX_CPUS 1024
+
+/* The per-CPU shares of a percpu_counter whose `counters` are at @counters. */
+static __always_inline __s64 per_cpu_shares(__u64 counters)
+{
+	__u64 offset;
+	__s64 sum = 0;
+	__s32 share;
+	__u32 cpu;
+
+	if (!per_cpu_offset_addr)
+		return 0;
+	bpf_for(cpu, 0, MAX_CPUS) {
+		if (cpu >= nr_cpus)
+			break;
+		if (bpf_probe_read_kernel(&offset, sizeof(offset),
+					  (void *)(per_cpu_offset_addr + cpu * sizeof(__u64))))
+			break;
+		if (bpf_probe_read_kernel(&share, sizeof(share), (void *)(counters + offset)))
+			break;
+		sum += share;
+	}
+	return sum;
+}
+
 SEC("fentry/out_of_memory")
 int BPF_PROG(oom_enter, struct oom_control *oc)
 {
@@ -68,18 +103,25 @@ static __u64 cgroup_id_of(struct task_struct *task)
 	return BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
 }
 
-/* What get_mm_counter() reads: the counter's shared count, in pages. */
-static __always_inline __u64 mm_counter(struct mm_struct *mm, int member)
-{
-	long pages;
-
-	if (bpf_core_type_exists(struct mm_rss_stat___atomic))
-		pages = BPF_CORE_READ((struct mm_struct___atomic *)mm,
-				      rss_stat.count[member].counter);
-	else
-		pages = BPF_CORE_READ(mm, rss_stat[member].count);
-	return pages > 0 ? (__u64)pages * 4096 : 0;
-}
+/*
+ * What get_mm_counter_sum() reads (the count and every CPU's share; before
+ * 6.2, one atomic), in bytes.  A macro, so that the index is a constant in
+ * the CO-RE access: an index computed at run time would be scaled by this
+ * file's sizeof(struct percpu_counter), not the running kernel's (lockdep
+ * makes it larger).
+ */
+#define MM_COUNTER(mm, member)							\
+	({									\
+		__s64 __pages;							\
+		if (bpf_core_type_exists(struct mm_rss_stat___atomic))		\
+			__pages = BPF_CORE_READ((struct mm_struct___atomic *)(mm), \
+						rss_stat.count[member].counter); \
+		else								\
+			__pages = BPF_CORE_READ(mm, rss_stat[member].count) +	\
+				  per_cpu_shares((__u64)BPF_CORE_READ(mm,	\
+						rss_stat[member].counters));	\
+		__pages > 0 ? (__u64)__pages * 4096 : 0;			\
+	})
 
 static void fill_context(struct kills_event *ev, struct task_struct *victim)
 {
@@ -146,10 +188,10 @@ int BPF_PROG(victim_marked, struct task_struct *task)
 				  task->comm);
 	mm = task->mm;
 	if (mm) {
-		ev->anon_rss = mm_counter(mm, MM_ANONPAGES);
-		ev->file_rss = mm_counter(mm, MM_FILEPAGES);
-		ev->shmem_rss = mm_counter(mm, MM_SHMEMPAGES);
-		ev->swap = mm_counter(mm, MM_SWAPENTS);
+		ev->anon_rss = MM_COUNTER(mm, MM_ANONPAGES);
+		ev->file_rss = MM_COUNTER(mm, MM_FILEPAGES);
+		ev->shmem_rss = MM_COUNTER(mm, MM_SHMEMPAGES);
+		ev->swap = MM_COUNTER(mm, MM_SWAPENTS);
 		ev->pgtables = BPF_CORE_READ(mm, pgtables_bytes.counter);
 		ev->total_vm = BPF_CORE_READ(mm, total_vm) * 4096;
 	}
