@@ -1891,6 +1891,12 @@ enum {
 };
 
 enum {
+	FGRAPH_TYPE_RESERVED = 0,
+	FGRAPH_TYPE_BITMAP = 1,
+	FGRAPH_TYPE_DATA = 2,
+};
+
+enum {
 	FILTER_OTHER = 0,
 	FILTER_STATIC_STRING = 1,
 	FILTER_DYN_STRING = 2,
@@ -1929,6 +1935,12 @@ enum {
 };
 
 enum {
+	FLAGS_FILL_FULL = 268435456,
+	FLAGS_FILL_START = 536870912,
+	FLAGS_FILL_END = 805306368,
+};
+
+enum {
 	FOLL_TOUCH = 65536,
 	FOLL_TRIED = 131072,
 	FOLL_REMOTE = 262144,
@@ -1963,6 +1975,82 @@ enum {
 enum {
 	FR_PERCPU = 0,
 	FR_ATOMIC = 1,
+};
+
+enum {
+	FTRACE_FL_ENABLED = 2147483648,
+	FTRACE_FL_REGS = 1073741824,
+	FTRACE_FL_REGS_EN = 536870912,
+	FTRACE_FL_TRAMP = 268435456,
+	FTRACE_FL_TRAMP_EN = 134217728,
+	FTRACE_FL_IPMODIFY = 67108864,
+	FTRACE_FL_DISABLED = 33554432,
+	FTRACE_FL_DIRECT = 16777216,
+	FTRACE_FL_DIRECT_EN = 8388608,
+	FTRACE_FL_CALL_OPS = 4194304,
+	FTRACE_FL_CALL_OPS_EN = 2097152,
+	FTRACE_FL_TOUCHED = 1048576,
+	FTRACE_FL_MODIFIED = 524288,
+};
+
+enum {
+	FTRACE_HASH_FL_MOD = 1,
+};
+
+enum {
+	FTRACE_ITER_FILTER = 1,
+	FTRACE_ITER_NOTRACE = 2,
+	FTRACE_ITER_PRINTALL = 4,
+	FTRACE_ITER_DO_PROBES = 8,
+	FTRACE_ITER_PROBE = 16,
+	FTRACE_ITER_MOD = 32,
+	FTRACE_ITER_ENABLED = 64,
+	FTRACE_ITER_TOUCHED = 128,
+	FTRACE_ITER_ADDRS = 256,
+};
+
+enum {
+	FTRACE_MODIFY_ENABLE_FL = 1,
+	FTRACE_MODIFY_MAY_SLEEP_FL = 2,
+};
+
+enum {
+	FTRACE_OPS_FL_ENABLED = 1,
+	FTRACE_OPS_FL_DYNAMIC = 2,
+	FTRACE_OPS_FL_SAVE_REGS = 4,
+	FTRACE_OPS_FL_SAVE_REGS_IF_SUPPORTED = 8,
+	FTRACE_OPS_FL_RECURSION = 16,
+	FTRACE_OPS_FL_STUB = 32,
+	FTRACE_OPS_FL_INITIALIZED = 64,
+	FTRACE_OPS_FL_DELETED = 128,
+	FTRACE_OPS_FL_ADDING = 256,
+	FTRACE_OPS_FL_REMOVING = 512,
+	FTRACE_OPS_FL_MODIFYING = 1024,
+	FTRACE_OPS_FL_ALLOC_TRAMP = 2048,
+	FTRACE_OPS_FL_IPMODIFY = 4096,
+	FTRACE_OPS_FL_PID = 8192,
+	FTRACE_OPS_FL_RCU = 16384,
+	FTRACE_OPS_FL_TRACE_ARRAY = 32768,
+	FTRACE_OPS_FL_PERMANENT = 65536,
+	FTRACE_OPS_FL_DIRECT = 131072,
+	FTRACE_OPS_FL_SUBOP = 262144,
+	FTRACE_OPS_FL_GRAPH = 524288,
+};
+
+enum {
+	FTRACE_UPDATE_CALLS = 1,
+	FTRACE_DISABLE_CALLS = 2,
+	FTRACE_UPDATE_TRACE_FUNC = 4,
+	FTRACE_START_FUNC_RET = 8,
+	FTRACE_STOP_FUNC_RET = 16,
+	FTRACE_MAY_SLEEP = 32,
+};
+
+enum {
+	FTRACE_UPDATE_IGNORE = 0,
+	FTRACE_UPDATE_MAKE_CALL = 1,
+	FTRACE_UPDATE_MODIFY_CALL = 2,
+	FTRACE_UPDATE_MAKE_NOP = 3,
 };
 
 enum {
@@ -4943,6 +5031,21 @@ enum {
 	TRACE_BRANCH_BIT = 15,
 	TRACE_IRQ_BIT = 16,
 	TRACE_RECORD_RECURSION_BIT = 17,
+};
+
+enum {
+	TRACE_FUNC_NO_OPTS = 0,
+	TRACE_FUNC_OPT_STACK = 1,
+	TRACE_FUNC_OPT_NO_REPEATS = 2,
+	TRACE_FUNC_OPT_ARGS = 4,
+	TRACE_FUNC_OPT_HIGHEST_BIT = 8,
+};
+
+enum {
+	TRACE_GRAPH_FL = 1,
+	TRACE_GRAPH_DEPTH_START_BIT = 2,
+	TRACE_GRAPH_DEPTH_END_BIT = 3,
+	TRACE_GRAPH_NOTRACE_BIT = 4,
 };
 
 enum {
@@ -9590,11 +9693,25 @@ enum fsnotify_obj_type {
 	FSNOTIFY_OBJ_TYPE_DETACHED = 4,
 };
 
+enum ftrace_bug_type {
+	FTRACE_BUG_UNKNOWN = 0,
+	FTRACE_BUG_INIT = 1,
+	FTRACE_BUG_NOP = 2,
+	FTRACE_BUG_CALL = 3,
+	FTRACE_BUG_UPDATE = 4,
+};
+
 enum ftrace_dump_mode {
 	DUMP_NONE = 0,
 	DUMP_ALL = 1,
 	DUMP_ORIG = 2,
 	DUMP_PARAM = 3,
+};
+
+enum ftrace_ops_cmd {
+	FTRACE_OPS_CMD_ENABLE_SHARE_IPMODIFY_SELF = 0,
+	FTRACE_OPS_CMD_ENABLE_SHARE_IPMODIFY_PEER = 1,
+	FTRACE_OPS_CMD_DISABLE_SHARE_IPMODIFY_PEER = 2,
 };
 
 enum futex_access {
@@ -9625,6 +9742,11 @@ enum gpiod_flags {
 	GPIOD_OUT_HIGH = 7,
 	GPIOD_OUT_LOW_OPEN_DRAIN = 11,
 	GPIOD_OUT_HIGH_OPEN_DRAIN = 15,
+};
+
+enum graph_filter_type {
+	GRAPH_FILTER_NOTRACE = 0,
+	GRAPH_FILTER_FUNCTION = 1,
 };
 
 enum gro_result {
@@ -14349,8 +14471,11 @@ enum trace_iterator_bits {
 	TRACE_ITER_PAUSE_ON_TRACE_BIT = 25,
 	TRACE_ITER_HASH_PTR_BIT = 26,
 	TRACE_ITER_BITMASK_LIST_BIT = 27,
-	TRACE_ITER_STACKTRACE_BIT = 28,
-	TRACE_ITER_LAST_BIT = 29,
+	TRACE_ITER_FUNCTION_BIT = 28,
+	TRACE_ITER_FUNC_FORK_BIT = 29,
+	TRACE_ITER_DISPLAY_GRAPH_BIT = 30,
+	TRACE_ITER_STACKTRACE_BIT = 31,
+	TRACE_ITER_LAST_BIT = 32,
 };
 
 enum trace_reg {
@@ -36931,6 +37056,8 @@ struct dw_dma_slave {
 	bool hs_polarity;
 };
 
+struct dyn_arch_ftrace {};
+
 struct dyn_event_operations;
 
 struct dyn_event {
@@ -36945,6 +37072,12 @@ struct dyn_event_operations {
 	bool (*is_busy)(struct dyn_event *);
 	int (*free)(struct dyn_event *);
 	bool (*match)(const char *, const char *, int, const char **, struct dyn_event *);
+};
+
+struct dyn_ftrace {
+	long unsigned int ip;
+	long unsigned int flags;
+	struct dyn_arch_ftrace arch;
 };
 
 struct dynevent_arg {
@@ -38710,6 +38843,13 @@ struct event_function_struct {
 	void *data;
 };
 
+struct event_probe_data {
+	struct trace_event_file *file;
+	long unsigned int count;
+	int ref;
+	bool enable;
+};
+
 struct event_subsystem {
 	struct list_head list;
 	const char *name;
@@ -39213,6 +39353,110 @@ struct ff_effect {
 		struct ff_rumble_effect rumble;
 		struct ff_haptic_effect haptic;
 	} u;
+};
+
+struct fgraph_cpu_data {
+	pid_t last_pid;
+	int depth;
+	int depth_irq;
+	int ignore;
+	long unsigned int enter_funcs[50];
+};
+
+struct ftrace_graph_ent {
+	long unsigned int func;
+	long int depth;
+};
+
+struct ftrace_graph_ent_entry {
+	struct trace_entry ent;
+	struct ftrace_graph_ent graph_ent;
+	long unsigned int args[0];
+};
+
+struct fgraph_ent_args {
+	struct ftrace_graph_ent_entry ent;
+	long unsigned int args[6];
+};
+
+struct fgraph_retaddr_ent_args {
+	struct ftrace_graph_ent_entry ent;
+	long unsigned int args[6];
+};
+
+struct ftrace_graph_ret {
+	long unsigned int func;
+	int depth;
+	unsigned int overrun;
+};
+
+struct ftrace_graph_ret_entry {
+	struct trace_entry ent;
+	struct ftrace_graph_ret ret;
+	long long unsigned int calltime;
+	long long unsigned int rettime;
+};
+
+struct fgraph_data {
+	struct fgraph_cpu_data *cpu_data;
+	union {
+		struct fgraph_ent_args ent;
+		struct fgraph_retaddr_ent_args rent;
+	};
+	struct ftrace_graph_ret_entry ret;
+	int failed;
+	int ent_size;
+	int cpu;
+};
+
+struct fgraph_ops;
+
+struct ftrace_regs;
+
+typedef int (*trace_func_graph_ent_t)(struct ftrace_graph_ent *, struct fgraph_ops *, struct ftrace_regs *);
+
+typedef void (*trace_func_graph_ret_t)(struct ftrace_graph_ret *, struct fgraph_ops *, struct ftrace_regs *);
+
+typedef void (*ftrace_func_t)(long unsigned int, long unsigned int, struct ftrace_ops *, struct ftrace_regs *);
+
+struct ftrace_ops_hash {
+	struct ftrace_hash *notrace_hash;
+	struct ftrace_hash *filter_hash;
+	struct mutex regex_lock;
+};
+
+typedef int (*ftrace_ops_func_t)(struct ftrace_ops *, long unsigned int, enum ftrace_ops_cmd);
+
+struct ftrace_ops {
+	ftrace_func_t func;
+	struct ftrace_ops *next;
+	long unsigned int flags;
+	void *private;
+	ftrace_func_t saved_func;
+	struct ftrace_ops_hash local_hash;
+	struct ftrace_ops_hash *func_hash;
+	struct ftrace_ops_hash old_hash;
+	long unsigned int trampoline;
+	long unsigned int trampoline_size;
+	struct list_head list;
+	struct list_head subop_list;
+	ftrace_ops_func_t ops_func;
+	struct ftrace_ops *managed;
+	long unsigned int direct_call;
+};
+
+struct fgraph_ops {
+	trace_func_graph_ent_t entryfunc;
+	trace_func_graph_ret_t retfunc;
+	struct ftrace_ops ops;
+	void *private;
+	trace_func_graph_ent_t saved_func;
+	int idx;
+};
+
+struct fgraph_times {
+	long long unsigned int calltime;
+	long long unsigned int sleeptime;
 };
 
 struct rt6key {
@@ -41093,6 +41337,141 @@ struct ftrace_event_field {
 	int len;
 };
 
+struct ftrace_func_command {
+	struct list_head list;
+	char *name;
+	int (*func)(struct trace_array *, struct ftrace_hash *, char *, char *, char *, int);
+};
+
+struct ftrace_func_map {
+	struct ftrace_func_entry entry;
+	void *data;
+};
+
+struct ftrace_hash {
+	long unsigned int size_bits;
+	struct hlist_head *buckets;
+	long unsigned int count;
+	long unsigned int flags;
+	struct callback_head rcu;
+};
+
+struct ftrace_func_mapper {
+	struct ftrace_hash hash;
+};
+
+struct ftrace_probe_ops;
+
+struct ftrace_func_probe {
+	struct ftrace_probe_ops *probe_ops;
+	struct ftrace_ops ops;
+	struct trace_array *tr;
+	struct list_head list;
+	void *data;
+	int ref;
+};
+
+struct ftrace_glob {
+	char *search;
+	unsigned int len;
+	int type;
+};
+
+struct trace_parser {
+	bool cont;
+	bool fail;
+	char *buffer;
+	unsigned int idx;
+	unsigned int size;
+};
+
+struct ftrace_graph_data {
+	struct ftrace_hash *hash;
+	struct ftrace_func_entry *entry;
+	int idx;
+	enum graph_filter_type type;
+	struct ftrace_hash *new_hash;
+	const struct seq_operations *seq_ops;
+	struct trace_parser parser;
+};
+
+struct ftrace_init_func {
+	struct list_head list;
+	long unsigned int ip;
+};
+
+struct ftrace_page;
+
+struct ftrace_iterator {
+	loff_t pos;
+	loff_t func_pos;
+	loff_t mod_pos;
+	struct ftrace_page *pg;
+	struct dyn_ftrace *func;
+	struct ftrace_func_probe *probe;
+	struct ftrace_func_entry *probe_entry;
+	struct trace_parser parser;
+	struct ftrace_hash *hash;
+	struct ftrace_ops *ops;
+	struct trace_array *tr;
+	struct list_head *mod_list;
+	int pidx;
+	int idx;
+	unsigned int flags;
+};
+
+struct ftrace_mod_load {
+	struct list_head list;
+	char *func;
+	char *module;
+	int enable;
+};
+
+struct ftrace_mod_map {
+	struct callback_head rcu;
+	struct list_head list;
+	struct module *mod;
+	long unsigned int start_addr;
+	long unsigned int end_addr;
+	struct list_head funcs;
+	unsigned int num_funcs;
+};
+
+union ftrace_op_code_union {
+	char code[7];
+	struct {
+		char op[3];
+		int offset;
+	} __attribute__((packed));
+};
+
+struct ftrace_page {
+	struct ftrace_page *next;
+	struct dyn_ftrace *records;
+	int index;
+	int order;
+};
+
+struct ftrace_probe_ops {
+	void (*func)(long unsigned int, long unsigned int, struct trace_array *, struct ftrace_probe_ops *, void *);
+	int (*init)(struct ftrace_probe_ops *, struct trace_array *, long unsigned int, void *, void **);
+	void (*free)(struct ftrace_probe_ops *, struct trace_array *, long unsigned int, void *);
+	int (*print)(struct seq_file *, long unsigned int, struct ftrace_probe_ops *, void *);
+};
+
+struct ftrace_rec_iter {
+	struct ftrace_page *pg;
+	int index;
+};
+
+struct ftrace_regs {};
+
+struct ftrace_ret_stack {
+	long unsigned int ret;
+	long unsigned int func;
+	long unsigned int *retp;
+};
+
 struct ftrace_stack {
 	long unsigned int calls[1024];
 };
@@ -41121,6 +41500,12 @@ struct func_repeats_entry {
 	u16 count;
 	u16 top_delta_ts;
 	u32 bottom_delta_ts;
+};
+
+struct function_filter_data {
+	struct ftrace_ops *ops;
+	int first_filter;
+	int first_notrace;
 };
 
 struct futex_hash_bucket;
@@ -46364,6 +46749,13 @@ struct kallsym_iter {
 	int show_value;
 };
 
+struct kallsyms_data {
+	long unsigned int *addrs;
+	const char **syms;
+	size_t cnt;
+	size_t found;
+};
+
 struct kbd_repeat {
 	int delay;
 	int period;
@@ -51087,8 +51479,16 @@ struct module {
 	unsigned int num_trace_events;
 	struct trace_eval_map **trace_evals;
 	unsigned int num_trace_evals;
+	unsigned int num_ftrace_callsites;
+	long unsigned int *ftrace_callsites;
 	int num_static_call_sites;
 	struct static_call_site *static_call_sites;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
+	long: 64;
 	long: 64;
 };
 
@@ -55723,6 +56123,7 @@ struct perf_event {
 	u64 bpf_cookie;
 	struct trace_event_call *tp_event;
 	struct event_filter *filter;
+	struct ftrace_ops ftrace_ops;
 	void *security;
 	struct list_head sb_list;
 	struct list_head pmu_list;
@@ -62917,6 +63318,13 @@ struct task_struct {
 	long unsigned int dirty_paused_when;
 	u64 timer_slack_ns;
 	u64 default_timer_slack_ns;
+	int curr_ret_stack;
+	int curr_ret_depth;
+	long unsigned int *ret_stack;
+	long long unsigned int ftrace_timestamp;
+	long long unsigned int ftrace_sleeptime;
+	atomic_t trace_overrun;
+	atomic_t tracing_graph_pause;
 	long unsigned int trace_recursion;
 	unsigned int memcg_nr_pages_over_high;
 	struct mem_cgroup *active_memcg;
@@ -62938,11 +63346,6 @@ struct task_struct {
 	struct callback_head l1d_flush_kill;
 	struct unwind_task_info unwind_info;
 	struct thread_struct thread;
-	long: 64;
-	long: 64;
-	long: 64;
-	long: 64;
-	long: 64;
 	long: 64;
 };
 
@@ -64261,6 +64664,14 @@ struct trace_array {
 	cpumask_var_t pipe_cpumask;
 	int ref;
 	int trace_ref;
+	struct ftrace_ops *ops;
+	struct trace_pid_list *function_pids;
+	struct trace_pid_list *function_no_pids;
+	struct fgraph_ops *gops;
+	struct list_head func_probes;
+	struct list_head mod_trace;
+	struct list_head mod_notrace;
+	int function_enabled;
 	int no_filter_buffering_ref;
 	unsigned int syscall_buf_sz;
 	struct list_head hist_vars;
@@ -64285,6 +64696,7 @@ struct trace_array_cpu {
 	pid_t pid;
 	kuid_t uid;
 	char comm[16];
+	int ftrace_ignore_pid;
 	bool ignore_pid;
 };
 
@@ -68303,14 +68715,6 @@ struct trace_options {
 	struct tracer *tracer;
 	struct trace_option_dentry *topts;
 	int nr_topts;
-};
-
-struct trace_parser {
-	bool cont;
-	bool fail;
-	char *buffer;
-	unsigned int idx;
-	unsigned int size;
 };
 
 union upper_chunk;
@@ -73126,6 +73530,8 @@ typedef void fn_handler_fn(struct vc_data *);
 
 typedef void free_folio_t(struct folio *, long unsigned int);
 
+typedef int (*ftrace_mapper_func)(void *);
+
 typedef bool (*hid_usage_cmp_t)(struct hid_usage *, unsigned int, unsigned int);
 
 typedef bool (*i8042_filter_t)(unsigned char, unsigned char, struct serio *, void *);
@@ -73219,8 +73625,6 @@ typedef int (*uprobe_write_verify_t)(struct page *, long unsigned int, uprobe_op
 typedef int wait_bit_action_f(struct wait_bit_key *, int);
 
 struct task_group;
-
-struct ftrace_regs;
 
 struct audit_buffer;
 
