@@ -58,4 +58,33 @@ fetch_deb() {
 	touch "$dest/.done"
 }
 
+# apt-cache with the private state of SUITE: the dependency named PATTERN
+# (a sed regex) of PACKAGE.
+dependency() {
+	local suite=$1 pkg=$2 pattern=$3
+	apt_private "$suite"
+	apt-cache "${APT_PRIVATE[@]:1}" depends "$pkg" |
+		sed -n "s/^  Depends: \($pattern\)\$/\1/p" | head -n 1
+}
+
+# stock_kernel DEST: Debian's own Linux 7.3 (from trixie-backports, the
+# source the test kernel is built from, without our patches) unpacked in
+# DEST; prints its vmlinuz. `policyd trace` is tested on it.
+stock_kernel() {
+	local dest=$1 suite=trixie-backports image binary
+	if [ ! -f "$dest/.done" ]; then
+		apt_private "$suite"
+		"${APT_PRIVATE[@]}" update
+		image=$(dependency "$suite" linux-image-amd64 'linux-image-[0-9][^ ]*-amd64')
+		[ -n "$image" ] || { echo "vm-tests: no linux-image package in $suite" >&2; exit 1; }
+		binary=$(dependency "$suite" "$image" 'linux-binary-[^ ]*')
+		[ -n "$binary" ] || { echo "vm-tests: $image has no linux-binary package" >&2; exit 1; }
+		fetch_deb "$suite" "$binary" "$dest"
+	fi
+	local vmlinuz
+	vmlinuz=$(find "$dest" -name "vmlinuz*" -type f | head -n 1)
+	[ -n "$vmlinuz" ] || { echo "vm-tests: no vmlinuz in $dest" >&2; exit 1; }
+	echo "$vmlinuz"
+}
+
 "$@"

@@ -18,6 +18,16 @@ use clap::Subcommand;
 
 use crate::protocol;
 
+/// The kernel a scenario boots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Boots {
+    /// The test kernel: Linux 7.3 with our series (vm-tests/kernel.sh).
+    TestKernel,
+    /// Debian's own Linux 7.3 image, without our series (vm-tests/deps.sh
+    /// stock_kernel): what policyd's tracing must work on.
+    StockKernel,
+}
+
 /// What a scenario is for, which decides the command that runs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -39,6 +49,7 @@ pub struct Scenario {
     pub mem_mb: u32,
     /// The run needs /bin/policyd in the initramfs.
     pub needs_policyd: bool,
+    pub boots: Boots,
     pub run: fn() -> Result<()>,
 }
 
@@ -52,6 +63,7 @@ impl Scenario {
             timeout_s: 180,
             mem_mb: 512,
             needs_policyd: false,
+            boots: Boots::TestKernel,
             run,
         }
     }
@@ -74,6 +86,12 @@ impl Scenario {
 
     pub const fn needs_policyd(mut self) -> Scenario {
         self.needs_policyd = true;
+        self
+    }
+
+    /// Boots Debian's stock kernel instead of the test kernel.
+    pub const fn on_stock_kernel(mut self) -> Scenario {
+        self.boots = Boots::StockKernel;
         self
     }
 }

@@ -32,6 +32,7 @@ use anyhow::{bail, ensure, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use policyd::events::DecisionLine;
+use policyd::kills::KillLine;
 
 use super::util::{self, describe_status, Cgroup, Hog, HogSpec, Kmsg};
 
@@ -237,6 +238,31 @@ impl LogLine {
     }
 }
 
+impl LogLine {
+    /// Fails unless every `(key, value)` of `want` is in the line, as text; `what` names
+    /// the line ("decision", "kill") in the error.
+    pub fn expect(&self, what: &str, want: &[(&str, &str)]) -> Result<()> {
+        let wrong: Vec<String> = want
+            .iter()
+            .filter_map(|(k, v)| {
+                let got = self.field(k);
+                (got.as_deref() != Some(*v)).then(|| {
+                    format!(
+                        "{k}={} (expected {v})",
+                        got.as_deref().unwrap_or("<missing>")
+                    )
+                })
+            })
+            .collect();
+        ensure!(
+            wrong.is_empty(),
+            "{what} differs: {}\n  {what}: {self}",
+            wrong.join(", "),
+        );
+        Ok(())
+    }
+}
+
 impl fmt::Display for LogLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.raw)
@@ -286,29 +312,52 @@ impl Decision {
 
     /// Fails unless every `(key, value)` of `want` is in the decision, as text.
     pub fn expect(&self, want: &[(&str, &str)]) -> Result<()> {
-        let wrong: Vec<String> = want
-            .iter()
-            .filter_map(|(k, v)| {
-                let got = self.line.field(k);
-                (got.as_deref() != Some(*v)).then(|| {
-                    format!(
-                        "{k}={} (expected {v})",
-                        got.as_deref().unwrap_or("<missing>")
-                    )
-                })
-            })
-            .collect();
-        ensure!(
-            wrong.is_empty(),
-            "decision differs: {}\n  decision: {}",
-            wrong.join(", "),
-            self.line
-        );
-        Ok(())
+        self.line.expect("decision", want)
     }
 }
 
 impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.line.fmt(f)
+    }
+}
+
+/// One OOM kill that policyd logged (`policyd trace`, or a kill `policyd load`'s handler
+/// did not decide): its typed record (`Deref`), and the line it came in.
+#[derive(Clone, Debug)]
+pub struct Kill {
+    pub record: KillLine,
+    pub line: LogLine,
+}
+
+impl std::ops::Deref for Kill {
+    type Target = policyd::kills::Kill;
+    fn deref(&self) -> &Self::Target {
+        &self.record.kill
+    }
+}
+
+impl Kill {
+    /// None for lines that are not kills; an error for a kill line policyd's types do not
+    /// read.
+    pub fn from_line(line: &LogLine) -> Option<Result<Kill>> {
+        (line.message == "kill").then(|| {
+            let record = serde_json::from_value(serde_json::Value::Object(line.fields.clone()))
+                .with_context(|| format!("a kill line policyd's types do not read: {line}"))?;
+            Ok(Kill {
+                record,
+                line: line.clone(),
+            })
+        })
+    }
+
+    /// Fails unless every `(key, value)` of `want` is in the kill line, as text.
+    pub fn expect(&self, want: &[(&str, &str)]) -> Result<()> {
+        self.line.expect("kill", want)
+    }
+}
+
+impl fmt::Display for Kill {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.line.fmt(f)
     }
@@ -354,17 +403,34 @@ impl Policyd {
         Policyd::spawn_echo(args, true)
     }
 
+    /// Starts `policyd trace` and waits until it traces.
+    pub fn trace() -> Result<Policyd> {
+        let started = Instant::now();
+        let mut pd = Policyd::spawn_command("trace", &[], true)?;
+        pd.wait_line(
+            ATTACH_TIMEOUT,
+            "policyd trace's \"tracing OOM kills\" line",
+            |l| l.is("INFO", "tracing OOM kills"),
+        )?;
+        pd.attach_time = Some(started.elapsed());
+        Ok(pd)
+    }
+
     fn spawn_echo(args: &[&str], echo: bool) -> Result<Policyd> {
+        Policyd::spawn_command("load", args, echo)
+    }
+
+    fn spawn_command(command: &str, args: &[&str], echo: bool) -> Result<Policyd> {
         let mut cmd = Command::new(POLICYD);
-        cmd.args(["load", "--log-format", "json"])
+        cmd.args([command, "--log-format", "json"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = util::spawn_in(&Cgroup::root(), &mut cmd, Some(0))
-            .with_context(|| format!("starting {POLICYD} load {}", args.join(" ")))?;
+            .with_context(|| format!("starting {POLICYD} {command} {}", args.join(" ")))?;
         let pid = child.id() as i32;
-        println!("started policyd load {} (pid {pid})", args.join(" "));
+        println!("started policyd {command} {} (pid {pid})", args.join(" "));
         let (tx, lines) = mpsc::channel();
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
@@ -474,6 +540,21 @@ impl Policyd {
     pub fn next_decision(&mut self, timeout: Duration) -> Result<Decision> {
         let line = self.wait_line(timeout, "a decision", |l| l.message == "decision")?;
         Decision::from_line(&line).expect("matched as a decision")
+    }
+
+    /// Waits for the next kill line.
+    pub fn next_kill(&mut self, timeout: Duration) -> Result<Kill> {
+        let line = self.wait_line(timeout, "a kill line", |l| l.message == "kill")?;
+        Kill::from_line(&line).expect("matched as a kill")
+    }
+
+    /// The kill lines logged since `mark`.
+    pub fn kills_since(&mut self, mark: usize) -> Result<Vec<Kill>> {
+        self.pump();
+        self.log[mark.min(self.log.len())..]
+            .iter()
+            .filter_map(Kill::from_line)
+            .collect()
     }
 
     /// Where the log is now: for [`Policyd::decisions_since`].

@@ -64,6 +64,7 @@ const DIRS: &[&str] = &[
     "etc/policyd",
 ];
 
+#[derive(Clone)]
 pub struct Initramfs {
     pub path: PathBuf,
     /// Whether /bin/policyd is in the image.

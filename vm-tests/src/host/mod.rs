@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::guest::{self, Kind, Scenario};
+use crate::guest::{self, Boots, Kind, Scenario};
 use qemu::{Verdict, Vm};
 
 /// The repository root: $VMTESTS_TOP, else the workspace this binary was built from.
@@ -61,6 +61,28 @@ fn build_kernel() -> Result<PathBuf> {
     Ok(bzimage)
 }
 
+/// Debian's stock kernel (downloaded once by vm-tests/deps.sh into target/vm-tests).
+fn stock_kernel() -> Result<PathBuf> {
+    let script = top().join("vm-tests/deps.sh");
+    let dest = out_dir().join("stock-kernel");
+    let output = Command::new(&script)
+        .arg("stock_kernel")
+        .arg(&dest)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let vmlinuz = PathBuf::from(stdout.lines().last().unwrap_or("").trim());
+    if !output.status.success() || !vmlinuz.is_file() {
+        bail!(
+            "{} stock_kernel failed ({}; stdout: {stdout:?})",
+            script.display(),
+            output.status
+        );
+    }
+    Ok(vmlinuz)
+}
+
 /// Kernel, initramfs and accelerator: what every VM run needs.
 fn prepare_vm() -> Result<Vm> {
     let bzimage = build_kernel().context("building the kernel")?;
@@ -90,8 +112,12 @@ pub fn list() {
             Kind::Test => "",
             Kind::Bench => ", benchmark",
         };
+        let stock = match s.boots {
+            Boots::TestKernel => "",
+            Boots::StockKernel => ", Debian's stock kernel",
+        };
         println!(
-            "{:<32} {:>4} s, {:>5} MiB{policyd}{bench}",
+            "{:<32} {:>4} s, {:>5} MiB{policyd}{bench}{stock}",
             s.name, s.timeout_s, s.mem_mb
         );
     }
@@ -199,8 +225,24 @@ pub fn test(filter: &str, verbose: bool) -> Result<bool> {
             return Ok(tally.finish());
         }
     };
+    let mut stock_vm = None;
     for s in &scenarios {
         let started = Instant::now();
+        let vm = match s.boots {
+            Boots::TestKernel => &vm,
+            Boots::StockKernel => {
+                if stock_vm.is_none() {
+                    match stock_kernel() {
+                        Ok(vmlinuz) => stock_vm = Some(vm.with_kernel(vmlinuz)),
+                        Err(e) => {
+                            tally.fail(s.name, &format!("fetching Debian's kernel: {e:#}"));
+                            continue;
+                        }
+                    }
+                }
+                stock_vm.as_ref().expect("set above")
+            }
+        };
         let run = vm.run_scenario(s, &[], |line| {
             if verbose {
                 println!("  | {line}");

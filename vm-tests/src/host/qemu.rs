@@ -117,6 +117,16 @@ const BOOT_STALL: Duration = Duration::from_secs(60);
 impl Vm {
     /// Chooses KVM if a probe boot with it completes in time, else TCG, and says which.
     /// VMTESTS_ACCEL=kvm|tcg skips the choice.
+    /// The same VM booting another kernel.
+    pub fn with_kernel(&self, bzimage: PathBuf) -> Vm {
+        Vm {
+            bzimage,
+            initramfs: self.initramfs.clone(),
+            logs: self.logs.clone(),
+            accel: self.accel,
+        }
+    }
+
     pub fn new(bzimage: PathBuf, initramfs: Initramfs, logs: PathBuf) -> Result<Vm> {
         let mut vm = Vm {
             bzimage,

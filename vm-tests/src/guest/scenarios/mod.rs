@@ -39,6 +39,7 @@ mod policyd_protect;
 mod policyd_reload;
 mod policyd_rule_matching;
 mod policyd_soak;
+mod trace_kills;
 
 /// Every scenario, in the order `test` (tests) and `bench` (benchmarks) run them.
 pub fn all() -> Vec<Scenario> {
@@ -75,6 +76,10 @@ pub fn all() -> Vec<Scenario> {
         policyd_differential::scenario(),
         policyd_soak::scenario(),
         memcg_selftests::scenario(),
+        trace_kills::kernel_kill(),
+        trace_kills::oom_group(),
+        trace_kills::kubelet_layout(),
+        trace_kills::stock_kernel(),
         demo::scenario(),
         bench_storm::scenario().bench(),
         bench_decision::scenario().bench(),

@@ -3,7 +3,9 @@
 //! Same layout as policyd-priority-memcg: /app (memory.max 96M) with a big service
 //! (priority 500) and a growing hog (priority 10). The kernel kills the service, its own
 //! choice (the biggest task); policyd's decision line names what it would have killed,
-//! the hog, with outcome dry-run. `policyd status` shows the handler as a dry run.
+//! the hog, with outcome dry-run; the next line reports the kernel's kill of the service
+//! (decided by the kernel, in the same OOM of /app). `policyd status` shows the handler as
+//! a dry run.
 
 use std::time::Duration;
 
@@ -55,6 +57,16 @@ fn run() -> Result<()> {
         ("reason", "lowest-priority"),
         ("outcome", "dry-run"),
         ("killed", "0"),
+    ])?;
+    // The kernel's own kill, logged after the decision that left it to the kernel.
+    let kill = pd.next_kill(Duration::from_secs(10))?;
+    kill.expect(&[
+        ("pid", &service.pid().to_string()),
+        ("cgroup", "/app/service"),
+        ("kind", "chosen"),
+        ("decided_by", "kernel"),
+        ("scope", "/app"),
+        ("constraint", "CONSTRAINT_MEMCG"),
     ])?;
     let log = KillLog::read(&mut kmsg, &[service.pid()])?;
     log.expect_kernel_killed(service.pid(), "service")?;
