@@ -36,6 +36,15 @@ pub const USAGE_SHIFT: u32 = policyd_limits::POLICYD_USAGE_SHIFT.0;
 /// `POLICYD_EVENT_CANDIDATES`: ranked candidates per event.
 pub const EVENT_CANDIDATES: usize = policyd_limits::POLICYD_EVENT_CANDIDATES.0 as usize;
 
+/// `POLICYD_DECISION_KEYS`: (victim cgroup, outcome) pairs the `decisions`
+/// map counts.
+pub const DECISION_KEYS: u32 = policyd_limits::POLICYD_DECISION_KEYS.0;
+/// `POLICYD_HANDLER_BUCKETS`: buckets of the handler time histogram.
+pub const HANDLER_BUCKETS: usize = policyd_limits::POLICYD_HANDLER_BUCKETS.0 as usize;
+/// `POLICYD_HANDLER_BUCKET0_SHIFT`: the first bucket holds runs shorter than
+/// `1 << HANDLER_BUCKET0_SHIFT` ns.
+pub const HANDLER_BUCKET0_SHIFT: u32 = policyd_limits::POLICYD_HANDLER_BUCKET0_SHIFT.0;
+
 /// `struct policyd_rule`: the rules map value, keyed by cgroup id. `kill`
 /// holds a [`crate::KillMode::abi`] number.
 pub type PolicydRule = types::policyd_rule;
@@ -59,6 +68,14 @@ pub type PolicydStats = types::policyd_stats;
 /// through the tracer's `kills` ring buffer. kills.h says what each field
 /// means.
 pub type KillsEvent = kills_types::kills_event;
+
+/// `struct policyd_metrics`: the handler time histogram and the decisions
+/// the `decisions` map had no room for (variable `metrics` in `.bss`).
+pub type PolicydMetrics = types::policyd_metrics;
+
+/// `struct policyd_decision_key`: key of the `decisions` map, whose values
+/// count OOM decisions (`u64`) by victim cgroup and outcome.
+pub type PolicydDecisionKey = types::policyd_decision_key;
 
 /// Plain data shared with BPF: any bit pattern is a valid value and there is
 /// no implicit padding.
@@ -109,7 +126,9 @@ shared_structs!(
     PolicydCandidate,
     PolicydEvent,
     PolicydStats,
-    KillsEvent
+    PolicydMetrics,
+    PolicydDecisionKey,
+    KillsEvent,
 );
 
 /// `enum policyd_reason`: why the victim was chosen.
@@ -394,6 +413,8 @@ mod tests {
         assert_eq!(size_of::<PolicydCandidate>(), 24);
         assert_eq!(size_of::<PolicydEvent>(), 232);
         assert_eq!(size_of::<PolicydStats>(), 72);
+        assert_eq!(size_of::<PolicydMetrics>(), (HANDLER_BUCKETS + 1) * 8);
+        assert_eq!(size_of::<PolicydDecisionKey>(), 16);
         assert_eq!(PolicydEvent::default().ranked.len(), EVENT_CANDIDATES);
     }
 
@@ -473,6 +494,8 @@ mod tests {
                 ("policyd_candidate", size_of::<PolicydCandidate>()),
                 ("policyd_event", size_of::<PolicydEvent>()),
                 ("policyd_stats", size_of::<PolicydStats>()),
+                ("policyd_metrics", size_of::<PolicydMetrics>()),
+                ("policyd_decision_key", size_of::<PolicydDecisionKey>()),
             ],
         );
         no_padding_in("kills.bpf.o", &[("kills_event", size_of::<KillsEvent>())]);
@@ -513,5 +536,7 @@ mod tests {
             .expect(".bss");
         let (_, tname) = datasec_var(&btf, *bss, "stats").expect("stats in .bss");
         assert_eq!(tname, "policyd_stats");
+        let (_, tname) = datasec_var(&btf, *bss, "metrics").expect("metrics in .bss");
+        assert_eq!(tname, "policyd_metrics");
     }
 }

@@ -35,7 +35,7 @@ use libbpf_rs::{
     OpenMap, OpenObject,
 };
 
-use crate::abi::{self, Pod, PolicydRule, PolicydStats};
+use crate::abi::{self, Pod, PolicydDecisionKey, PolicydMetrics, PolicydRule, PolicydStats};
 use crate::bpf::skel;
 use crate::policy::PolicyName;
 
@@ -522,21 +522,45 @@ impl PolicyObject {
         self.map("events")
     }
 
-    /// The handler's counters (`stats` in its `.bss`).
-    pub fn stats(&self) -> Result<PolicydStats> {
+    /// The handler's `.bss`, as one value.
+    fn bss(&self) -> Result<Vec<u8>> {
         let bss = self
             .object
             .maps()
             .find(|m| m.name().to_string_lossy().ends_with(".bss"))
             .context("the BPF object has no .bss")?;
-        let value = bss
-            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+        bss.lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
             .context("reading the handler's .bss")?
-            .context("the handler's .bss has no value")?;
-        value
+            .context("the handler's .bss has no value")
+    }
+
+    /// The handler's counters (`stats` in its `.bss`).
+    pub fn stats(&self) -> Result<PolicydStats> {
+        self.bss()?
             .get(offset_of!(skel::types::bss, stats)..)
             .and_then(PolicydStats::from_bytes)
             .context("the handler's .bss is shorter than its skeleton says")
+    }
+
+    /// Everything `policyd metrics` shows of this handler: `stats` and
+    /// `metrics` from one read of its `.bss`, and its `decisions` map.
+    pub fn counters(&self) -> Result<RawCounters> {
+        let bss = self.bss()?;
+        let short = || anyhow!("the handler's .bss is shorter than its skeleton says");
+        let stats = bss
+            .get(offset_of!(skel::types::bss, stats)..)
+            .and_then(PolicydStats::from_bytes)
+            .ok_or_else(short)?;
+        let metrics = bss
+            .get(offset_of!(skel::types::bss, metrics)..)
+            .and_then(PolicydMetrics::from_bytes)
+            .ok_or_else(short)?;
+        let decisions = read_decisions(&self.map("decisions")?)?;
+        Ok(RawCounters {
+            stats,
+            metrics,
+            decisions,
+        })
     }
 
     /// Make `inner` the rules the handler reads: one atomic store into
@@ -560,6 +584,35 @@ impl PolicyObject {
         map.update(&0u32.to_ne_bytes(), &value, MapFlags::ANY)
             .map_err(|e| with_permission_hint(e, "registering the handler in its struct_ops map"))
     }
+}
+
+/// A handler's counters as its maps hold them (see `policyd.h`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawCounters {
+    pub stats: PolicydStats,
+    pub metrics: PolicydMetrics,
+    /// The `decisions` map: (victim cgroup, outcome) → decisions.
+    pub decisions: Vec<(PolicydDecisionKey, u64)>,
+}
+
+/// Every entry of a `decisions` map (the handler's, or found by id).
+pub fn read_decisions(map: &impl MapCore) -> Result<Vec<(PolicydDecisionKey, u64)>> {
+    let mut out = Vec::new();
+    for key in map.keys() {
+        let Some(k) = PolicydDecisionKey::from_bytes(&key) else {
+            continue;
+        };
+        // A key deleted between the walk and the lookup is simply absent.
+        let value = map
+            .lookup(&key, MapFlags::ANY)
+            .context("reading the handler's `decisions` map")?;
+        let count = value.and_then(|v| Some(u64::from_ne_bytes(v.get(..8)?.try_into().ok()?)));
+        if let Some(n) = count {
+            out.push((k, n));
+        }
+    }
+    out.sort_by_key(|(k, _)| (k.cgroup_id, k.outcome));
+    Ok(out)
 }
 
 /// `BPF_LINK_CREATE` for the struct_ops map `map_fd`: with `BPF_F_CGROUP_FD`

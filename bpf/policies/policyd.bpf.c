@@ -46,6 +46,18 @@ const volatile bool dry_run;
 const volatile __u32 max_candidates = POLICYD_MAX_CGROUPS;
 
 struct policyd_stats stats;
+struct policyd_metrics metrics;
+
+/*
+ * Decisions by victim cgroup and outcome, for `policyd metrics`.  A plain
+ * hash, not a per-CPU one: handlers run one at a time, like `stats`.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, POLICYD_DECISION_KEYS);
+	__type(key, struct policyd_decision_key);
+	__type(value, __u64);
+} decisions SEC(".maps");
 
 /* The event being built; sent to user space when the handler is done. */
 struct policyd_event event;
@@ -726,15 +738,71 @@ static __always_inline void begin_event(struct oom_control *oc)
 	read_cpu_offsets();
 }
 
+/* The handler time histogram's bucket for a run of @ns (policyd.h). */
+static __always_inline __u32 handler_bucket(__u64 ns)
+{
+	__u32 log = 0;
+
+	/* floor(log2(ns)), without a loop: BPF has no count-leading-zeros. */
+	if (ns >> 32) {
+		ns >>= 32;
+		log += 32;
+	}
+	if (ns >> 16) {
+		ns >>= 16;
+		log += 16;
+	}
+	if (ns >> 8) {
+		ns >>= 8;
+		log += 8;
+	}
+	if (ns >> 4) {
+		ns >>= 4;
+		log += 4;
+	}
+	if (ns >> 2) {
+		ns >>= 2;
+		log += 2;
+	}
+	if (ns >> 1)
+		log += 1;
+	if (log < POLICYD_HANDLER_BUCKET0_SHIFT)
+		return 0;
+	log = log - POLICYD_HANDLER_BUCKET0_SHIFT + 1;
+	return log < POLICYD_HANDLER_BUCKETS ? log : POLICYD_HANDLER_BUCKETS - 1;
+}
+
+/* Count the decision under its victim cgroup, if it named one. */
+static __always_inline void count_decision(void)
+{
+	struct policyd_decision_key key = {};
+	__u64 one = 1, *n;
+
+	if (!event.victim_cgroup_id)
+		return;
+	key.cgroup_id = event.victim_cgroup_id;
+	key.outcome = event.outcome;
+	n = bpf_map_lookup_elem(&decisions, &key);
+	if (n)
+		(*n)++;
+	else if (bpf_map_update_elem(&decisions, &key, &one, BPF_NOEXIST))
+		metrics.decisions_untracked++;
+}
+
 /* Account and publish the event; the handler's return value follows from it. */
 static __always_inline int finish_event(void)
 {
 	__u64 ns = bpf_ktime_get_ns() - event.timestamp_ns;
+	__u32 bucket;
 
 	event.handler_ns = ns;
 	stats.handler_ns_total += ns;
 	if (ns > stats.handler_ns_max)
 		stats.handler_ns_max = ns;
+	bucket = handler_bucket(ns);
+	if (bucket < POLICYD_HANDLER_BUCKETS)
+		metrics.handler_ns_log2[bucket]++;
+	count_decision();
 
 	switch (event.outcome) {
 	case POLICYD_OUTCOME_KILLED:

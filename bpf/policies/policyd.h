@@ -34,6 +34,17 @@ enum policyd_limits {
 	 * only: the handler itself looks at every eligible cgroup, in rank order.
 	 */
 	POLICYD_EVENT_CANDIDATES = 4,
+
+	/*
+	 * Room in the `decisions` map: (victim cgroup, outcome) pairs counted.
+	 * Decisions beyond it count in policyd_metrics.decisions_untracked.
+	 */
+	POLICYD_DECISION_KEYS = 1024,
+
+	/* Buckets of the handler time histogram (struct policyd_metrics). */
+	POLICYD_HANDLER_BUCKETS = 24,
+	/* Bucket 0 holds handler runs shorter than 1 << this many ns (~1 us). */
+	POLICYD_HANDLER_BUCKET0_SHIFT = 10,
 };
 
 enum policyd_kill {
@@ -131,6 +142,24 @@ struct policyd_stats {
 	__u64 events_dropped;		/* ring buffer full */
 	__u64 handler_ns_total;
 	__u64 handler_ns_max;
+};
+
+/*
+ * More counters in the policy's .bss, for `policyd metrics`.  Handler time
+ * as a log2 histogram: handler_ns_log2[i] counts the runs shorter than
+ * 1 << (POLICYD_HANDLER_BUCKET0_SHIFT + i) ns that an earlier bucket does
+ * not count; the last bucket counts every longer run.
+ */
+struct policyd_metrics {
+	__u64 handler_ns_log2[POLICYD_HANDLER_BUCKETS];
+	__u64 decisions_untracked;	/* the `decisions` map was full */
+};
+
+/* Key of the `decisions` map (value: __u64 count): OOM decisions by victim. */
+struct policyd_decision_key {
+	__u64 cgroup_id;		/* the victim's cgroup */
+	__u8 outcome;			/* enum policyd_outcome */
+	__u8 pad[7];
 };
 
 #endif /* __POLICYD_H */

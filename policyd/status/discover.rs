@@ -26,9 +26,9 @@ use libbpf_rs::query::{LinkInfoIter, LinkTypeInfo, ProgInfoIter, ProgInfoQueryOp
 use libbpf_rs::{Btf, MapCore, MapFlags, MapHandle};
 use serde::Serialize;
 
-use crate::abi::{self, Pod, PolicydStats};
+use crate::abi::{self, Pod, PolicydMetrics, PolicydStats};
 use crate::cgroupfs::{self, CgroupTree};
-use crate::loader::{self, OomOpsLayout};
+use crate::loader::{self, OomOpsLayout, RawCounters};
 use crate::policy::PolicyName;
 use crate::procfs::{self, ProcFs};
 
@@ -53,6 +53,10 @@ pub struct Handler {
     pub owners: Vec<Owner>,
     /// policyd's counters; `None` for handlers without them.
     pub counters: Option<Counters>,
+    /// The same counters as the handler keeps them, with its histogram and
+    /// decisions by victim (`policyd metrics`).
+    #[serde(skip)]
+    pub raw: Option<RawCounters>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -240,6 +244,8 @@ fn var_in(btf: &Btf<'_>, value_type_id: u32, var: &str) -> Option<(u32, String)>
 #[derive(Debug, Default)]
 struct HandlerData {
     stats: Option<PolicydStats>,
+    metrics: Option<PolicydMetrics>,
+    decisions: Option<Vec<(abi::PolicydDecisionKey, u64)>>,
     policy: Option<PolicyName>,
     dry_run: Option<bool>,
 }
@@ -256,15 +262,20 @@ fn policyd_data(prog_id: u32, map_ids: &[u32]) -> HandlerData {
         let Ok(info) = map.info() else { continue };
         let var = |name: &str| var_in(&btf, info.info.btf_value_type_id, name);
         let name = map.name().to_string_lossy();
-        if name.ends_with(".bss") {
+        if name == "decisions" {
+            data.decisions = loader::read_decisions(&map).ok();
+        } else if name.ends_with(".bss") {
             let Some((off, tname)) = var("stats") else {
                 continue;
             };
             if tname != "policyd_stats" {
                 continue;
             }
-            data.stats =
-                value0(&map).and_then(|v| v.get(off as usize..).and_then(PolicydStats::from_bytes));
+            let Some(v) = value0(&map) else { continue };
+            data.stats = v.get(off as usize..).and_then(PolicydStats::from_bytes);
+            data.metrics = var("metrics")
+                .filter(|(_, tname)| tname == "policyd_metrics")
+                .and_then(|(off, _)| v.get(off as usize..).and_then(PolicydMetrics::from_bytes));
         } else if name.ends_with(".rodata") {
             let Some(v) = value0(&map) else {
                 continue;
@@ -346,6 +357,14 @@ pub fn handlers(cgroup_root: Option<&Path>, proc_root: &Path) -> Result<Vec<Hand
                     .map(|&pid| owner(&procs, pid, boot_time))
                     .collect(),
                 counters: data.stats.as_ref().map(Counters::from),
+                raw: data
+                    .stats
+                    .zip(data.metrics)
+                    .map(|(stats, metrics)| RawCounters {
+                        stats,
+                        metrics,
+                        decisions: data.decisions.unwrap_or_default(),
+                    }),
             }
         })
         .collect();

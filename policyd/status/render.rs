@@ -149,6 +149,7 @@ mod tests {
                 handler_ns_total: 123_000,
                 handler_ns_max: 80_250,
             })),
+            raw: None,
         }
     }
 
@@ -166,6 +167,7 @@ mod tests {
             dry_run: None,
             owners: vec![],
             counters: None,
+            raw: None,
         };
         let text = text(&[handler(), other], 1_795_682_412 + 95);
         assert_eq!(
