@@ -97,6 +97,22 @@ pub enum Command {
     #[command(after_help = "Examples:\n  policyd status\n  policyd status --json")]
     Status(StatusArgs),
 
+    /// Print the attached handlers' counters for Prometheus
+    #[command(
+        long_about = "Print the attached handlers' counters for Prometheus.\n\n\
+                      Every attached BPF OOM handler, in the Prometheus text exposition format \
+                      (0.0.4): OOMs, kills, awaits, deferrals, kill failures, dry runs, events \
+                      the ring buffer dropped, handler time as a histogram, and decisions by \
+                      victim cgroup and outcome. The numbers come from the handler's own BPF \
+                      maps; a new handler (a restart, a policy swap) counts from zero. Needs \
+                      root. `policyd load --metrics-file` keeps the same text in a file for \
+                      node_exporter's textfile collector.",
+        after_help = "Examples:\n  \
+                      policyd metrics\n  \
+                      policyd metrics | grep policyd_kills_total"
+    )]
+    Metrics,
+
     /// List the available policies, one per line
     List,
 
@@ -172,6 +188,13 @@ pub struct LoadArgs {
     /// (every line has "level" and "message"; decisions carry typed fields, sizes in bytes)
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Keep the handler's counters in FILE, as `policyd metrics` prints them, for
+    /// node_exporter's textfile collector (e.g.
+    /// /var/lib/prometheus/node-exporter/policyd.prom). Replaced atomically (rename) when
+    /// they change, after OOMs and reloads only; removed when policyd detaches
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -250,6 +273,15 @@ mod tests {
                 .contains("valid policies: priority, largest, badness, observe"),
             "{err}"
         );
+
+        let cli = Cli::parse_from(["policyd", "load", "--metrics-file", "/run/p.prom"]);
+        let Command::Load(a) = cli.command else {
+            panic!()
+        };
+        assert_eq!(a.metrics_file, Some(PathBuf::from("/run/p.prom")));
+        let Command::Metrics = Cli::parse_from(["policyd", "metrics"]).command else {
+            panic!()
+        };
 
         let cli = Cli::parse_from(["policyd", "check"]);
         let Command::Check(a) = cli.command else {

@@ -132,6 +132,7 @@ pub fn load(args: &LoadArgs, cgroup_root: Option<&Path>, proc_root: &Path) -> Re
         dry_run: args.dry_run,
         max_cgroups: args.max_cgroups,
         log_format: args.log_format,
+        metrics_file: args.metrics_file.clone(),
     };
     daemon::run(req)
 }

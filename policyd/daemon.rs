@@ -43,6 +43,7 @@ use crate::guard::OwnCgroup;
 use crate::kills::{Kill, KillStream};
 use crate::loader::{self, HandlerLink, OomOpsLayout, PerCpu, PolicyObject, Settings};
 use crate::logging::LogFormat;
+use crate::metrics::{self, MetricsFile};
 use crate::policy::PolicyName;
 use crate::resolve::{resolve_tree, Effective, Resolver};
 use crate::rules;
@@ -74,6 +75,8 @@ pub struct LoadRequest {
     pub max_cgroups: u32,
     /// How decisions are written (the rest of the log follows the subscriber).
     pub log_format: LogFormat,
+    /// Where to keep the handler's counters for Prometheus (`--metrics-file`).
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// What [`Daemon::handle_one_round`] saw.
@@ -104,7 +107,13 @@ pub fn run(req: LoadRequest) -> Result<()> {
     daemon.watch_signals(signals);
     while daemon.handle_one_round(None)? == Round::Continue {}
     let cgroup = daemon.req.cgroup.clone();
+    let metrics_file = daemon.metrics_file.take();
     drop(daemon);
+    if let Some(mut file) = metrics_file {
+        if let Err(e) = file.remove() {
+            tracing::warn!("{e:#}");
+        }
+    }
     tracing::info!(cgroup = %cgroup, "detached");
     Ok(())
 }
@@ -300,6 +309,8 @@ pub struct Daemon {
     dropped: u64,
     /// A new cgroup found the rules map full (warned once until room is made).
     rules_full: bool,
+    /// `--metrics-file`, rewritten when the counters change.
+    metrics_file: Option<MetricsFile>,
 }
 
 impl Daemon {
@@ -330,6 +341,11 @@ impl Daemon {
                 None
             }
         };
+        let metrics_file = req
+            .metrics_file
+            .as_deref()
+            .map(MetricsFile::new)
+            .transpose()?;
         let per_cpu = PerCpu::discover();
         let obj = PolicyObject::open_load(&Settings {
             policy: req.policy,
@@ -361,7 +377,7 @@ impl Daemon {
             "attached"
         );
         let cgroups = Cgroups::from_tree(&req.cgroup_root, &tree, effective);
-        Ok(Daemon {
+        let mut daemon = Daemon {
             link,
             link_id,
             ring,
@@ -378,7 +394,48 @@ impl Daemon {
             signals: None,
             dropped: 0,
             rules_full: false,
-        })
+            metrics_file,
+        };
+        daemon.write_metrics();
+        if let Some(file) = &daemon.metrics_file {
+            tracing::info!("metrics in {}", file.path().display());
+        }
+        Ok(daemon)
+    }
+
+    /// The handler's counters as `policyd metrics` shows them.
+    pub fn metrics_text(&mut self) -> Result<String> {
+        let counters = self.obj.counters()?;
+        let policy = self.obj.policy().to_string();
+        let handler = self.obj.handler_name();
+        let shown = metrics::HandlerMetrics {
+            attach: &self.req.cgroup,
+            handler: &handler,
+            policy: Some(&policy),
+            dry_run: Some(self.req.dry_run),
+            counters: Some(&counters),
+        };
+        let cgroups = &mut self.cgroups;
+        Ok(metrics::render(&[shown], &mut |id| cgroups.names.name(id)))
+    }
+
+    /// Bring `--metrics-file` up to date (written only if the text changed).
+    fn write_metrics(&mut self) {
+        if self.metrics_file.is_none() {
+            return;
+        }
+        let text = match self.metrics_text() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("reading the handler's counters for --metrics-file: {e:#}");
+                return;
+            }
+        };
+        if let Some(file) = self.metrics_file.as_mut() {
+            if let Err(e) = file.update(&text) {
+                tracing::warn!("{e:#}");
+            }
+        }
     }
 
     /// Handle SIGINT/SIGTERM/SIGHUP from `signals` (see [`block_signals`]).
@@ -558,6 +615,7 @@ impl Daemon {
             }
             Err(e) => tracing::warn!("reading the handler's counters: {e:#}"),
         }
+        self.write_metrics();
     }
 
     fn apply_cgroup_changes(&mut self) {
@@ -692,6 +750,7 @@ impl Daemon {
         }
         self.req.config = config;
         self.req.policy = policy;
+        self.write_metrics();
         Ok(())
     }
 
@@ -766,6 +825,7 @@ mod tests {
             dry_run: false,
             max_cgroups: crate::abi::MAX_CGROUPS,
             log_format: LogFormat::Text,
+            metrics_file: None,
         };
         // World-writable: refused, so the running rules stay.
         assert_eq!(reread_config(&req), None);

@@ -16,7 +16,8 @@
 //!   generated skeleton), [`rules`] turns resolved settings into rules map
 //!   entries, [`abi`] names the types shared with BPF, [`events`] logs OOM
 //!   decisions ([`sizes`] formats them) through [`logging`] (text or
-//!   JSON), [`watch`] follows the cgroup tree;
+//!   JSON), [`watch`] follows the cgroup tree, [`metrics`] shows the
+//!   handler's counters to Prometheus;
 //! * [`kills`]: every OOM kill, whoever decided it (`policyd trace`),
 //!   through its own tracer, which needs no BPF OOM patches;
 //!   [`cgroup_names`] names the cgroups events carry by id;
@@ -38,6 +39,7 @@ pub mod loader;
 pub mod logging;
 pub mod matcher;
 pub mod owner;
+pub mod metrics;
 pub mod policy;
 pub mod procfs;
 pub mod rank;

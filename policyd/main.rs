@@ -9,7 +9,7 @@ use tracing_subscriber::EnvFilter;
 
 use policyd::cli::{Cli, Command};
 use policyd::logging::{self, LogFormat};
-use policyd::{commands, guard, status};
+use policyd::{commands, guard, metrics, status};
 
 /// `policyd load` and `policyd trace` (`daemon` is their log format) log
 /// info lines by default, on stdout: their log is their output
@@ -59,6 +59,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Load(args) => commands::load(&args, cli.cgroup_root.as_deref(), &cli.proc_root)?,
         Command::Trace(args) => commands::trace(cli.cgroup_root.as_deref(), args.log_format)?,
+        Command::Metrics => {
+            guard::note_private_cgroup_namespace(&cli.proc_root);
+            print!(
+                "{}",
+                metrics::run(cli.cgroup_root.as_deref(), &cli.proc_root)?
+            );
+        }
         Command::Status(args) => {
             guard::note_private_cgroup_namespace(&cli.proc_root);
             status::run(&args, cli.cgroup_root.as_deref(), &cli.proc_root)?
