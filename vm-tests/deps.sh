@@ -10,7 +10,7 @@ apt_dir="$top/target/vm-tests/apt"
 debian_packages=(
 	build-essential bc bison flex cpio kmod libelf-dev libssl-dev dwarves
 	zlib1g-dev libzstd-dev pkg-config
-	clang-19 llvm-19 busybox-static qemu-system-x86 rsync
+	clang-19 llvm-19 busybox-static qemu-system-x86 rsync python3-venv
 )
 
 need=()
@@ -26,6 +26,18 @@ if [ ${#need[@]} -gt 0 ]; then
 	echo "vm-tests: installing ${need[*]}" >&2
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# Python tools the tests check policyd's output with, from PyPI, pinned, in a private
+# venv: prometheus-client's text parser reads `policyd metrics` (host/validate.rs).
+pyvenv="$top/target/vm-tests/pyvenv"
+python_packages=(prometheus-client==0.26.0)
+if [ "$(cat "$pyvenv/.installed" 2>/dev/null)" != "${python_packages[*]}" ]; then
+	echo "vm-tests: installing ${python_packages[*]} into $pyvenv" >&2
+	rm -rf "$pyvenv"
+	/usr/bin/python3 -m venv "$pyvenv"
+	"$pyvenv/bin/pip" install -q --disable-pip-version-check "${python_packages[@]}"
+	echo "${python_packages[*]}" >"$pyvenv/.installed"
 fi
 
 # apt_private SUITE: an apt command line that sees only SUITE, with its own

@@ -17,6 +17,17 @@ pub enum Record {
     DecisionSetup(DecisionSetup),
     Decision(DecisionSize),
     Footprint(Footprint),
+    Metrics(MetricsText),
+}
+
+/// A test scenario's `policyd metrics` output, for the host to read with a real
+/// Prometheus parser (host/validate.rs): the guest has no Python.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsText {
+    /// What produced it, e.g. "the --metrics-file after two OOMs".
+    pub what: String,
+    pub text: String,
 }
 
 /// The guest a benchmark scenario ran in.

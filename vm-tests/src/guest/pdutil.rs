@@ -140,6 +140,11 @@ pub fn run(args: &[&str]) -> Result<Output> {
     run_echo(args, true)
 }
 
+/// [`run`] that prints nothing, for a command run again and again while waiting.
+pub fn run_quiet(args: &[&str]) -> Result<Output> {
+    run_echo(args, false)
+}
+
 fn run_echo(args: &[&str], echo: bool) -> Result<Output> {
     let out = Command::new(POLICYD)
         .args(args)
@@ -548,13 +553,13 @@ impl Policyd {
         Kill::from_line(&line).expect("matched as a kill")
     }
 
-    /// The kill lines logged since `mark`.
-    pub fn kills_since(&mut self, mark: usize) -> Result<Vec<Kill>> {
-        self.pump();
-        self.log[mark.min(self.log.len())..]
-            .iter()
-            .filter_map(Kill::from_line)
-            .collect()
+    /// Waits for the next decision that killed, past the awaited ones an OOM's retries
+    /// log while its victim exits.
+    pub fn next_killing_decision(&mut self, timeout: Duration) -> Result<Decision> {
+        let line = self.wait_line(timeout, "a decision that killed", |l| {
+            l.message == "decision" && l.field("outcome").as_deref() == Some("killed")
+        })?;
+        Decision::from_line(&line).expect("matched as a decision")
     }
 
     /// Where the log is now: for [`Policyd::decisions_since`].

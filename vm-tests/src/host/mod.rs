@@ -3,6 +3,7 @@
 mod bench_report;
 mod initramfs;
 mod qemu;
+mod validate;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -249,7 +250,9 @@ pub fn test(filter: &str, verbose: bool) -> Result<bool> {
             }
         });
         match run {
-            Ok(run) if run.verdict == Verdict::Pass => tally.pass(s.name, started),
+            Ok(run) if run.verdict == Verdict::Pass => {
+                tally.record(s.name, started, validate::scenario_records(&run.json))
+            }
             Ok(run) => tally.fail(
                 s.name,
                 &format!("{} (log: {})", run.verdict, run.log.display()),

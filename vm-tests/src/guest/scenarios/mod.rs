@@ -33,6 +33,7 @@ mod policyd_explain;
 mod policyd_kill_cgroup;
 mod policyd_largest_badness;
 mod policyd_lifecycle;
+mod policyd_metrics;
 mod policyd_passes_over;
 mod policyd_priority;
 mod policyd_protect;
@@ -72,6 +73,7 @@ pub fn all() -> Vec<Scenario> {
         policyd_dry_run::scenario(),
         policyd_largest_badness::scenario(),
         policyd_lifecycle::scenario(),
+        policyd_metrics::scenario(),
         policyd_explain::scenario(),
         policyd_differential::scenario(),
         policyd_soak::scenario(),
