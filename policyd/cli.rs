@@ -195,6 +195,12 @@ pub struct LoadArgs {
     /// they change, after OOMs and reloads only; removed when policyd detaches
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,
+
+    /// Reload the config by itself, as SIGHUP does, when the file is rewritten or replaced,
+    /// including a Kubernetes ConfigMap volume's `..data` symlink swap (policyd watches the
+    /// file's directory with inotify)
+    #[arg(long)]
+    pub watch_config: bool,
 }
 
 #[derive(Debug, Args)]

@@ -133,6 +133,7 @@ pub fn load(args: &LoadArgs, cgroup_root: Option<&Path>, proc_root: &Path) -> Re
         max_cgroups: args.max_cgroups,
         log_format: args.log_format,
         metrics_file: args.metrics_file.clone(),
+        watch_config: args.watch_config,
     };
     daemon::run(req)
 }

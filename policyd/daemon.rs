@@ -38,6 +38,7 @@ use crate::abi::{Pod, PolicydEvent, PolicydRule};
 use crate::cgroup_names::CgroupNames;
 use crate::cgroupfs::CgroupTree;
 use crate::config::{Config, Ownership};
+use crate::config_watch::ConfigWatcher;
 use crate::events::{Awaits, Decision};
 use crate::guard::OwnCgroup;
 use crate::kills::{Kill, KillStream};
@@ -77,6 +78,8 @@ pub struct LoadRequest {
     pub log_format: LogFormat,
     /// Where to keep the handler's counters for Prometheus (`--metrics-file`).
     pub metrics_file: Option<PathBuf>,
+    /// Reload by itself when the config file is replaced (`--watch-config`).
+    pub watch_config: bool,
 }
 
 /// What [`Daemon::handle_one_round`] saw.
@@ -311,6 +314,8 @@ pub struct Daemon {
     rules_full: bool,
     /// `--metrics-file`, rewritten when the counters change.
     metrics_file: Option<MetricsFile>,
+    /// `--watch-config`: the config file's directory.
+    config_watch: Option<ConfigWatcher>,
 }
 
 impl Daemon {
@@ -345,6 +350,10 @@ impl Daemon {
             .metrics_file
             .as_deref()
             .map(MetricsFile::new)
+            .transpose()?;
+        let config_watch = req
+            .watch_config
+            .then(|| ConfigWatcher::new(&req.config_path))
             .transpose()?;
         let per_cpu = PerCpu::discover();
         let obj = PolicyObject::open_load(&Settings {
@@ -395,6 +404,7 @@ impl Daemon {
             dropped: 0,
             rules_full: false,
             metrics_file,
+            config_watch,
         };
         daemon.write_metrics();
         if let Some(file) = &daemon.metrics_file {
@@ -480,7 +490,7 @@ impl Daemon {
             None => PollTimeout::NONE,
             Some(d) => PollTimeout::try_from(d).unwrap_or(PollTimeout::MAX),
         };
-        let (ring_ready, watch_ready, signal_ready, link_gone) = {
+        let (ring_ready, watch_ready, signal_ready, link_gone, config_ready) = {
             // SAFETY: the ring buffer's epoll fd lives as long as `self.ring`.
             let ring_fd = unsafe { BorrowedFd::borrow_raw(self.ring.epoll_fd()) };
             let mut fds = vec![
@@ -500,6 +510,10 @@ impl Daemon {
                 fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
                 fds.len() - 1
             });
+            let config_idx = self.config_watch.as_ref().map(|w| {
+                fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
+                fds.len() - 1
+            });
             match poll(&mut fds, timeout) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => return Ok(Round::Continue),
@@ -514,6 +528,7 @@ impl Daemon {
                 ready(watch_idx),
                 ready(signal_idx),
                 ready(Some(1)),
+                ready(config_idx),
             )
         };
 
@@ -533,10 +548,34 @@ impl Daemon {
                 self.req.cgroup
             );
         }
+        if config_ready {
+            self.config_changed();
+        }
         if signal_ready {
             return self.handle_signals();
         }
         Ok(Round::Continue)
+    }
+
+    /// `--watch-config` saw the file's directory change: reload as SIGHUP
+    /// does, if it concerns the file.
+    fn config_changed(&mut self) {
+        let Some(watch) = self.config_watch.as_mut() else {
+            return;
+        };
+        match watch.changed() {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!("{} changed: reloading", self.req.config_path.display());
+                if let Err(e) = self.reload() {
+                    tracing::error!("reload failed, the running policy and rules stay: {e:#}");
+                }
+            }
+            Err(e) => tracing::warn!(
+                "--watch-config: reading changes of {}: {e}",
+                self.req.config_path.display()
+            ),
+        }
     }
 
     fn handle_signals(&mut self) -> Result<Round> {
@@ -826,6 +865,7 @@ mod tests {
             max_cgroups: crate::abi::MAX_CGROUPS,
             log_format: LogFormat::Text,
             metrics_file: None,
+            watch_config: false,
         };
         // World-writable: refused, so the running rules stay.
         assert_eq!(reread_config(&req), None);

@@ -31,6 +31,7 @@ pub mod cgroupfs;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod config_watch;
 pub mod daemon;
 pub mod events;
 pub mod guard;

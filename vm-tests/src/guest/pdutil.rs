@@ -594,6 +594,11 @@ impl Policyd {
     /// Ok(false) when policyd said the new config is invalid and kept the old one.
     pub fn reload(&mut self) -> Result<bool> {
         self.signal(Signal::SIGHUP)?;
+        self.reload_outcome()
+    }
+
+    /// Waits for the outcome of a reload, however it was asked for: as [`Policyd::reload`].
+    pub fn reload_outcome(&mut self) -> Result<bool> {
         let line = self.wait_line(
             Duration::from_secs(30),
             "the outcome of the SIGHUP reload",

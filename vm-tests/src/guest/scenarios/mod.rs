@@ -40,6 +40,7 @@ mod policyd_protect;
 mod policyd_reload;
 mod policyd_rule_matching;
 mod policyd_soak;
+mod policyd_watch_config;
 mod trace_kills;
 
 /// Every scenario, in the order `test` (tests) and `bench` (benchmarks) run them.
@@ -70,6 +71,7 @@ pub fn all() -> Vec<Scenario> {
         policyd_kill_cgroup::scenario(),
         policyd_rule_matching::scenario(),
         policyd_reload::scenario(),
+        policyd_watch_config::scenario(),
         policyd_dry_run::scenario(),
         policyd_largest_badness::scenario(),
         policyd_lifecycle::scenario(),
