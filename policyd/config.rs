@@ -125,6 +125,10 @@ pub struct Rule {
     pub priority: Option<u32>,
     pub protect: Option<bool>,
     pub kill: Option<KillMode>,
+    /// Set `memory.oom.group` on the cgroups this rule matches (not inherited):
+    /// the kernel then kills all of such a cgroup whenever it kills a task
+    /// below it, for policyd or on its own (see [`crate::oom_group`]).
+    pub oom_group: bool,
 }
 
 /// A parsed and validated configuration.
@@ -315,6 +319,7 @@ struct RawRule {
     priority: Option<Spanned<i64>>,
     protect: Option<Spanned<bool>>,
     kill: Option<Spanned<String>>,
+    oom_group: Option<Spanned<bool>>,
 }
 
 /// Read and validate a configuration (see [`Config::load_checked`]),
@@ -449,7 +454,12 @@ impl Config {
             });
             let protect = r.protect.as_ref().map(|p| *p.get_ref());
 
-            if r.priority.is_none() && r.protect.is_none() && r.kill.is_none() {
+            let oom_group = r.oom_group.as_ref().is_some_and(|g| *g.get_ref());
+            if r.priority.is_none()
+                && r.protect.is_none()
+                && r.kill.is_none()
+                && r.oom_group.is_none()
+            {
                 errors.push(at(
                     spanned.span(),
                     DiagnosticKind::EmptyRule {
@@ -506,6 +516,7 @@ impl Config {
                 priority,
                 protect,
                 kill,
+                oom_group,
             });
         }
 
@@ -767,7 +778,8 @@ protect = false
     fn unknown_keys() {
         assert_eq!(
             error("[[rule]]\ncgroup = \"/a\"\n  prio = 5\n"),
-            "3:3: unknown field `prio`, expected one of `cgroup`, `priority`, `protect`, `kill`"
+            "3:3: unknown field `prio`, expected one of `cgroup`, `priority`, `protect`, `kill`, \
+             `oom_group`"
         );
         assert_eq!(
             error("policy = \"priority\"\npolcy = 1\n"),

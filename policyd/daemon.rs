@@ -45,6 +45,7 @@ use crate::kills::{Kill, KillStream};
 use crate::loader::{self, HandlerLink, OomOpsLayout, PerCpu, PolicyObject, Settings};
 use crate::logging::LogFormat;
 use crate::metrics::{self, MetricsFile};
+use crate::oom_group;
 use crate::policy::PolicyName;
 use crate::resolve::{resolve_tree, Effective, Resolver};
 use crate::rules;
@@ -192,6 +193,7 @@ fn install_tree_rules(
     let effective = resolve_tree(config, &tree);
     let entries = entries_for(config, &effective, req.own_cgroup.as_ref());
     let map = new_rules_map(obj, &entries)?;
+    oom_group::apply(config, &req.cgroup_root, &effective);
     obj.install_rules(&map)?;
     Ok((tree, effective, map))
 }
@@ -674,6 +676,7 @@ impl Daemon {
                     let Some(e) = self.cgroups.resolve(&self.req.config, &path) else {
                         continue; // gone already
                     };
+                    oom_group::apply_one(&self.req.config, &self.req.cgroup_root, &e);
                     let rule = rules::rule_of(&e);
                     match self
                         .rules

@@ -41,6 +41,7 @@ pub mod logging;
 pub mod matcher;
 pub mod owner;
 pub mod metrics;
+pub mod oom_group;
 pub mod policy;
 pub mod procfs;
 pub mod rank;
