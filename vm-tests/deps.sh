@@ -29,9 +29,11 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # Python tools the tests check policyd's output with, from PyPI, pinned, in a private
-# venv: prometheus-client's text parser reads `policyd metrics` (host/validate.rs).
+# venv: prometheus-client's text parser reads `policyd metrics` (host/validate.rs), and
+# kubernetes-validate checks deploy/kubernetes/ against the Kubernetes API's schemas
+# (which it ships: no cluster needed).
 pyvenv="$top/target/vm-tests/pyvenv"
-python_packages=(prometheus-client==0.26.0)
+python_packages=(prometheus-client==0.26.0 kubernetes-validate==1.37.0)
 if [ "$(cat "$pyvenv/.installed" 2>/dev/null)" != "${python_packages[*]}" ]; then
 	echo "vm-tests: installing ${python_packages[*]} into $pyvenv" >&2
 	rm -rf "$pyvenv"

@@ -427,3 +427,97 @@ fn load_protects_itself_before_attaching() {
         "{out}"
     );
 }
+
+fn kubernetes_preset() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/policies.toml")
+}
+
+#[test]
+fn check_accepts_the_kubernetes_preset() {
+    let o = policyd(&["check", kubernetes_preset().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "ok: 11 rules, policy priority\n");
+    assert_eq!(stderr(&o), "");
+}
+
+/// kubelet's cgroup tree for either driver, pods named by QoS class, with the
+/// BestEffort pod the smallest: the preset picks its biggest container, and
+/// the Burstable pod goes next, the Guaranteed one last; kubelet's and
+/// containerd's services never.
+#[test]
+fn explain_ranks_kubelet_pods_by_qos_class_under_the_preset() {
+    use policyd::testing::{FakeProcfs, FakeTask};
+    const MIB: u64 = 1 << 20;
+    let layouts = [
+        (
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-poda.slice",
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podb.slice",
+            "/kubepods.slice/kubepods-podc.slice",
+            ".scope",
+        ),
+        (
+            "/kubepods/besteffort/poda",
+            "/kubepods/burstable/podb",
+            "/kubepods/podc",
+            "",
+        ),
+    ];
+    for (besteffort, burstable, guaranteed, suffix) in layouts {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = FakeCgroupfs::new(dir.path().join("cg"));
+        let procs = FakeProcfs::new(dir.path().join("proc"));
+        let mut pid = 100;
+        let mut add = |cgroup: String, mib: u64, adj: i32| {
+            pid += 1;
+            cg.cgroup(&cgroup, mib * MIB, &[pid]);
+            let mut t = FakeTask::new(pid, "p", mib * MIB);
+            t.oom_score_adj = adj;
+            procs.task(t);
+            cgroup
+        };
+        add(format!("{besteffort}/pause{suffix}"), 1, -998);
+        let be_app = add(format!("{besteffort}/app{suffix}"), 20, 1000);
+        add(format!("{besteffort}/sidecar{suffix}"), 10, 1000);
+        add(format!("{burstable}/pause{suffix}"), 1, -998);
+        let bu_app = add(format!("{burstable}/app{suffix}"), 200, 999);
+        add(format!("{guaranteed}/pause{suffix}"), 1, -998);
+        let gu_app = add(format!("{guaranteed}/app{suffix}"), 400, -997);
+        add("/system.slice/kubelet.service".into(), 600, -999);
+        add("/system.slice/containerd.service".into(), 300, -999);
+
+        let config = kubernetes_preset();
+        let o = policyd(&[
+            "explain",
+            "--json",
+            "--config",
+            config.to_str().unwrap(),
+            "--cgroup-root",
+            cg.root().to_str().unwrap(),
+            "--proc-root",
+            procs.root().to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(j["victim"]["cgroup"], be_app.as_str(), "{j:#}");
+        let eligible: Vec<&serde_json::Value> = j["candidates"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no candidates in {j:#}"))
+            .iter()
+            .filter(|c| c["eligible"] == true)
+            .collect();
+        assert_eq!(eligible[0]["priority"], 10, "{j:#}");
+        let ranked: Vec<&str> = eligible
+            .iter()
+            .map(|c| c["path"].as_str().unwrap())
+            .collect();
+        let pos = |p: &str| ranked.iter().position(|c| *c == p);
+        assert!(
+            pos(&be_app) < pos(&bu_app) && pos(&bu_app) < pos(&gu_app),
+            "{ranked:?}"
+        );
+        assert!(
+            ranked.iter().all(|c| !c.starts_with("/system.slice")),
+            "{ranked:?}"
+        );
+    }
+}

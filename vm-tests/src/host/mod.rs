@@ -200,6 +200,12 @@ pub fn test(filter: &str, verbose: bool) -> Result<bool> {
 
     let started = Instant::now();
     tally.record("host-tests", started, cargo(&["test", "--workspace"]));
+    let started = Instant::now();
+    tally.record(
+        "kubernetes-manifests",
+        started,
+        validate::kubernetes_manifests(),
+    );
 
     let bzimage = match build_kernel() {
         Ok(path) => path,

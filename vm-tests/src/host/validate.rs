@@ -1,8 +1,11 @@
 //! What the test run checks with other people's tools, from the private Python venv
 //! vm-tests/deps.sh fills (target/vm-tests/pyvenv): the Prometheus text that scenarios
 //! send as `metrics` records, read by prometheus-client's parser
-//! (vm-tests/validate/metrics.py).
+//! (vm-tests/validate/metrics.py), and the Kubernetes manifests in deploy/kubernetes/,
+//! checked by kubernetes-validate against the API schemas it ships (the ConfigMap is
+//! kustomize's work from policies.toml; `policyd check` of that file is a host test).
 
+use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -11,6 +14,11 @@ use anyhow::{bail, Context, Result};
 
 use super::top;
 use crate::records::Record;
+
+/// Kubernetes releases the manifests must be valid for: the oldest one whose DaemonSet
+/// fields we use and kubelet still supports cgroup v2 well, and the newest the
+/// validator knows.
+const KUBERNETES_VERSIONS: &[&str] = &["1.30.0", "1.37.0"];
 
 fn venv_bin(name: &str) -> Result<PathBuf> {
     let path = top().join("target/vm-tests/pyvenv/bin").join(name);
@@ -61,6 +69,42 @@ pub fn scenario_records(json: &[String]) -> Result<()> {
             let summary = prometheus_text(&m.text).with_context(|| m.what.clone())?;
             println!("  {}: {summary}", m.what);
         }
+    }
+    Ok(())
+}
+
+/// kubernetes-validate, strict (unknown fields are errors), on every manifest of
+/// deploy/kubernetes/ for each of KUBERNETES_VERSIONS.
+pub fn kubernetes_manifests() -> Result<()> {
+    let tool = venv_bin("kubernetes-validate")?;
+    let dir = top().join("deploy/kubernetes");
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        // kustomize's own file: no Kubernetes resource, no schema.
+        .filter(|p| !p.ends_with("kustomization.yaml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("no *.yaml in {}", dir.display());
+    }
+    for version in KUBERNETES_VERSIONS {
+        let out = Command::new(&tool)
+            .args(["--strict", "--no-warn", "-k", version])
+            .args(&files)
+            .output()
+            .with_context(|| format!("running {}", tool.display()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "kubernetes-validate -k {version} rejects {}:\n{}{}",
+                dir.display(),
+                stdout.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        print!("{stdout}");
     }
     Ok(())
 }

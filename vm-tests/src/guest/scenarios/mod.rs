@@ -31,6 +31,7 @@ mod policyd_differential;
 mod policyd_dry_run;
 mod policyd_explain;
 mod policyd_kill_cgroup;
+mod policyd_kubelet;
 mod policyd_largest_badness;
 mod policyd_lifecycle;
 mod policyd_metrics;
@@ -69,6 +70,7 @@ pub fn all() -> Vec<Scenario> {
         policyd_passes_over::scenario(),
         policyd_capacity::scenario(),
         policyd_kill_cgroup::scenario(),
+        policyd_kubelet::scenario(),
         policyd_rule_matching::scenario(),
         policyd_reload::scenario(),
         policyd_watch_config::scenario(),
