@@ -14,6 +14,7 @@ mod kernel_attach_lifecycle;
 mod kernel_attach_no_memcg;
 mod kernel_attach_opt_in;
 mod kernel_attach_privilege;
+mod kernel_attach_stress;
 mod kernel_await;
 mod kernel_await_retry;
 mod kernel_declare_oom;
@@ -64,6 +65,7 @@ pub fn all() -> Vec<Scenario> {
         kernel_await_retry::scenario(),
         kernel_declare_oom::scenario(),
         kernel_oom_storm::scenario(),
+        kernel_attach_stress::scenario(),
         policyd_priority::memcg(),
         policyd_priority::global(),
         policyd_protect::scenario(),
