@@ -17,6 +17,10 @@ enum oom_test_action action;
 s32 target_pid;
 int claim;	/* what the handler returns after acting */
 
+/* SPIN_THEN_KILL waits until the test sets release_spin, or spin_timeout_ns passed. */
+int release_spin;
+u64 spin_timeout_ns;
+
 /* Read by the test. */
 struct oom_test_stats stats;
 
@@ -66,6 +70,27 @@ static void kill_target(struct oom_control *oc)
 	bpf_task_release(task);
 }
 
+/*
+ * Keeps the handler running (it holds oom_lock and sits in the OOM path) until
+ * the test says so, for tests of what happens meanwhile.
+ */
+static void spin(void)
+{
+	u64 start = bpf_ktime_get_ns();
+	int i;
+
+	stats.spins++;
+	bpf_for(i, 0, 1 << 30) {
+		if (*(volatile int *)&release_spin) {
+			stats.spins_released++;
+			break;
+		}
+		if (bpf_ktime_get_ns() - start > spin_timeout_ns)
+			break;
+	}
+	stats.spin_end_ns = bpf_ktime_get_ns();
+}
+
 SEC("struct_ops.s/handle_out_of_memory")
 int BPF_PROG(handle_out_of_memory, struct oom_control *oc,
 	     struct bpf_struct_ops_link *st_link)
@@ -89,6 +114,10 @@ int BPF_PROG(handle_out_of_memory, struct oom_control *oc,
 	case OOM_TEST_AWAIT_OR_KILL:
 		if (!await_victim(oc))
 			kill_target(oc);
+		break;
+	case OOM_TEST_SPIN_THEN_KILL:
+		spin();
+		kill_target(oc);
 		break;
 	}
 

@@ -8,6 +8,7 @@ enum oom_test_action {
 	OOM_TEST_CLAIM_ONLY = 1,	/* do nothing, return `claim` */
 	OOM_TEST_KILL_TARGET = 2,	/* kill target_pid */
 	OOM_TEST_AWAIT_OR_KILL = 3,	/* await an exiting victim, else kill target_pid */
+	OOM_TEST_SPIN_THEN_KILL = 4,	/* busy-wait for release_spin, then kill target_pid */
 };
 
 struct oom_test_stats {
@@ -23,6 +24,9 @@ struct oom_test_stats {
 	__s32 last_victim;
 	__u8 freed_before;	/* oc->bpf_memory_freed on entry */
 	__u8 freed_after;	/* oc->bpf_memory_freed on return */
+	__u64 spins;		/* SPIN_THEN_KILL calls that started waiting */
+	__u64 spins_released;	/* ... that saw release_spin (else: spin_timeout_ns) */
+	__u64 spin_end_ns;	/* bpf_ktime_get_ns() when the last one went on to kill */
 };
 
 struct oom_test_declare {

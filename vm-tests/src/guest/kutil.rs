@@ -49,6 +49,9 @@ pub enum Action {
     KillTarget,
     /// bpf_oom_await_victim() on an exiting victim of the OOMing memcg, else KillTarget.
     AwaitOrKill,
+    /// Busy-waits inside the handler until [`Handler::release_spin`] (or the timeout set
+    /// with [`Handler::arm_spin`]), then KillTarget.
+    SpinThenKill,
 }
 
 impl Action {
@@ -58,6 +61,7 @@ impl Action {
             Action::ClaimOnly => oom_test_action::OOM_TEST_CLAIM_ONLY,
             Action::KillTarget => oom_test_action::OOM_TEST_KILL_TARGET,
             Action::AwaitOrKill => oom_test_action::OOM_TEST_AWAIT_OR_KILL,
+            Action::SpinThenKill => oom_test_action::OOM_TEST_SPIN_THEN_KILL,
         }
     }
 }
@@ -111,6 +115,32 @@ impl Handler {
             ptr::write_volatile(&mut bss.target_pid, target_pid);
             ptr::write_volatile(&mut bss.claim, claim);
         }
+    }
+
+    /// Arms SpinThenKill: the next spin waits for [`Handler::release_spin`] at most
+    /// `timeout`.
+    pub fn arm_spin(&mut self, timeout: Duration) {
+        let bss = self.bss_mut();
+        // SAFETY: plain stores into the mmapped .bss, which the kernel reads concurrently.
+        unsafe {
+            ptr::write_volatile(&mut bss.release_spin, 0);
+            ptr::write_volatile(&mut bss.spin_timeout_ns, timeout.as_nanos() as u64);
+        }
+    }
+
+    /// Lets a spinning SpinThenKill handler go on to its kill.
+    pub fn release_spin(&mut self) {
+        let bss = self.bss_mut();
+        // SAFETY: a plain store into the mmapped .bss, which the kernel reads concurrently.
+        unsafe { ptr::write_volatile(&mut bss.release_spin, 1) };
+    }
+
+    fn bss_mut(&mut self) -> &mut oom_test::types::bss {
+        self.skel
+            .maps
+            .bss_data
+            .as_deref_mut()
+            .expect(".bss is mmapped after load")
     }
 
     /// A snapshot of the handler's counters.

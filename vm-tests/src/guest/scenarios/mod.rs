@@ -20,6 +20,7 @@ mod kernel_await_retry;
 mod kernel_declare_oom;
 mod kernel_default_exiting;
 mod kernel_default_global;
+mod kernel_detach_inflight;
 mod kernel_handler;
 mod kernel_hierarchy;
 mod kernel_kill_refused;
@@ -66,6 +67,7 @@ pub fn all() -> Vec<Scenario> {
         kernel_declare_oom::scenario(),
         kernel_oom_storm::scenario(),
         kernel_attach_stress::scenario(),
+        kernel_detach_inflight::scenario(),
         policyd_priority::memcg(),
         policyd_priority::global(),
         policyd_protect::scenario(),
