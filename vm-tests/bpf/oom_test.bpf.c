@@ -24,6 +24,17 @@ u64 spin_timeout_ns;
 /* Read by the test. */
 struct oom_test_stats stats;
 
+/*
+ * STORE_THEN_KILL creates an element here during the OOM: an allocation
+ * charged to the memcg of whoever created the map.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, u64);
+} victim_store SEC(".maps");
+
 /* Resolve with an exiting victim of this scope, if there is one. */
 static bool await_victim(struct oom_control *oc)
 {
@@ -91,6 +102,24 @@ static void spin(void)
 	stats.spin_end_ns = bpf_ktime_get_ns();
 }
 
+static void store_target(void)
+{
+	struct task_struct *task;
+	u64 *v;
+
+	task = bpf_task_from_pid(target_pid);
+	if (!task)
+		return;
+	v = bpf_task_storage_get(&victim_store, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (v) {
+		*v = bpf_ktime_get_ns();
+		stats.stored++;
+	} else {
+		stats.store_failed++;
+	}
+	bpf_task_release(task);
+}
+
 SEC("struct_ops.s/handle_out_of_memory")
 int BPF_PROG(handle_out_of_memory, struct oom_control *oc,
 	     struct bpf_struct_ops_link *st_link)
@@ -117,6 +146,10 @@ int BPF_PROG(handle_out_of_memory, struct oom_control *oc,
 		break;
 	case OOM_TEST_SPIN_THEN_KILL:
 		spin();
+		kill_target(oc);
+		break;
+	case OOM_TEST_STORE_THEN_KILL:
+		store_target();
 		kill_target(oc);
 		break;
 	}

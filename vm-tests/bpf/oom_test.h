@@ -9,6 +9,7 @@ enum oom_test_action {
 	OOM_TEST_KILL_TARGET = 2,	/* kill target_pid */
 	OOM_TEST_AWAIT_OR_KILL = 3,	/* await an exiting victim, else kill target_pid */
 	OOM_TEST_SPIN_THEN_KILL = 4,	/* busy-wait for release_spin, then kill target_pid */
+	OOM_TEST_STORE_THEN_KILL = 5,	/* create task storage on target_pid, then kill it */
 };
 
 struct oom_test_stats {
@@ -27,6 +28,8 @@ struct oom_test_stats {
 	__u64 spins;		/* SPIN_THEN_KILL calls that started waiting */
 	__u64 spins_released;	/* ... that saw release_spin (else: spin_timeout_ns) */
 	__u64 spin_end_ns;	/* bpf_ktime_get_ns() when the last one went on to kill */
+	__u64 stored;		/* STORE_THEN_KILL: task storage created */
+	__u64 store_failed;	/* STORE_THEN_KILL: bpf_task_storage_get() gave NULL */
 };
 
 struct oom_test_declare {

@@ -52,6 +52,8 @@ pub enum Action {
     /// Busy-waits inside the handler until [`Handler::release_spin`] (or the timeout set
     /// with [`Handler::arm_spin`]), then KillTarget.
     SpinThenKill,
+    /// Creates task storage on target_pid (an allocation during the OOM), then KillTarget.
+    StoreThenKill,
 }
 
 impl Action {
@@ -62,6 +64,7 @@ impl Action {
             Action::KillTarget => oom_test_action::OOM_TEST_KILL_TARGET,
             Action::AwaitOrKill => oom_test_action::OOM_TEST_AWAIT_OR_KILL,
             Action::SpinThenKill => oom_test_action::OOM_TEST_SPIN_THEN_KILL,
+            Action::StoreThenKill => oom_test_action::OOM_TEST_STORE_THEN_KILL,
         }
     }
 }

@@ -10,6 +10,7 @@ mod bench_decision;
 mod bench_footprint;
 mod bench_storm;
 mod demo;
+mod kernel_alloc_under_oom;
 mod kernel_attach_lifecycle;
 mod kernel_attach_no_memcg;
 mod kernel_attach_opt_in;
@@ -22,6 +23,7 @@ mod kernel_default_exiting;
 mod kernel_default_global;
 mod kernel_detach_inflight;
 mod kernel_handler;
+mod kernel_handler_denied;
 mod kernel_hierarchy;
 mod kernel_kill_refused;
 mod kernel_one_kill;
@@ -68,6 +70,8 @@ pub fn all() -> Vec<Scenario> {
         kernel_oom_storm::scenario(),
         kernel_attach_stress::scenario(),
         kernel_detach_inflight::scenario(),
+        kernel_alloc_under_oom::scenario(),
+        kernel_handler_denied::scenario(),
         policyd_priority::memcg(),
         policyd_priority::global(),
         policyd_protect::scenario(),
