@@ -54381,6 +54381,7 @@ struct oom_control {
 	long int chosen_points;
 	enum oom_constraint constraint;
 	bool bpf_memory_freed;
+	bool bpf_declared;
 	const char *bpf_handler;
 };
 
