@@ -88,15 +88,24 @@ static void kill_target(struct oom_control *oc)
 static void spin(void)
 {
 	u64 start = bpf_ktime_get_ns();
-	int i;
+	bool done = false;
+	int i, j;
 
 	stats.spins++;
-	bpf_for(i, 0, 1 << 30) {
-		if (*(volatile int *)&release_spin) {
-			stats.spins_released++;
-			break;
+	/* Nested: one numbers iterator stops at BPF_MAX_LOOPS (1 << 23). */
+	bpf_for(i, 0, 1 << 20) {
+		bpf_for(j, 0, 1 << 20) {
+			if (*(volatile int *)&release_spin) {
+				stats.spins_released++;
+				done = true;
+				break;
+			}
+			if (bpf_ktime_get_ns() - start > spin_timeout_ns) {
+				done = true;
+				break;
+			}
 		}
-		if (bpf_ktime_get_ns() - start > spin_timeout_ns)
+		if (done)
 			break;
 	}
 	stats.spin_end_ns = bpf_ktime_get_ns();
