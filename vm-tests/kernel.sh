@@ -11,8 +11,9 @@
 # KERNEL_SRC=/path/to/linux-7.3 for a tree of your own. That tree is never modified: the
 # patches go onto a copy in target/vm-tests/kernel/src (unless the tree already has them).
 #
-# Cache: target/vm-tests/kernel/<key>/{bzImage,vmlinux,config,build.log,info,test_memcontrol},
-# where <key> hashes the source version, the patches, kernel.config and this script.
+# Cache: target/vm-tests/kernel/<key>/{bzImage,vmlinux,config,build.log,info,test_memcontrol,
+# test_progs}, where <key> hashes the source version, the patches, kernel.config, this script
+# and bpf-selftests.sh, which builds test_progs.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -195,6 +196,8 @@ build_kernel() {
 		cat "$fragment"
 		echo "--- kernel.sh"
 		cat "${BASH_SOURCE[0]}"
+		echo "--- bpf-selftests.sh"
+		cat "$here/bpf-selftests.sh" "$here/selftests/test_progs_shims.c"
 	} | sha256sum | cut -c1-16)
 	result=$kdir/$key
 	if [ -f "$result/bzImage" ]; then
@@ -312,6 +315,15 @@ build_kernel() {
 		tail -n 20 "$blog" >&2
 		die "building test_memcontrol failed (log: $blog)"
 	fi
+	# The series' own BPF selftests, for the kernel-selftests-bpf-oom scenario.
+	local selftests_start=$SECONDS
+	log "building the series' BPF selftests (test_progs with prog_tests/bpf_oom.c)"
+	if ! "$here/bpf-selftests.sh" "$work" "$build" "$tmp" >>"$blog" 2>&1; then
+		tail -n 30 "$blog" >&2
+		die "building the BPF selftests failed (log: $blog)"
+	fi
+	local selftests_time=$((SECONDS - selftests_start))
+	log "built test_progs in ${selftests_time} s"
 	cp "$build/arch/x86/boot/bzImage" "$build/vmlinux" "$tmp/"
 	cp "$build/.config" "$tmp/config"
 	cp "$blog" "$tmp/build.log"
@@ -321,6 +333,7 @@ build_kernel() {
 		echo "patches-applied-by-kernel.sh: $apply"
 		for p in "${patches[@]}"; do echo "patch: $(basename "$p")"; done
 		echo "make-seconds: $make_time"
+		echo "bpf-selftests-seconds: $selftests_time"
 		echo "wall-seconds: $wall"
 	} >"$tmp/info"
 	rm -rf "$result"

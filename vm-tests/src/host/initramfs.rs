@@ -1,5 +1,6 @@
-//! The guest's initramfs: busybox, /init, this binary, policyd, its config, earlyoom and the
-//! kernel's test_memcontrol (built with the kernel, in `kernel_dir`),
+//! The guest's initramfs: busybox, /init, this binary, policyd, its config, earlyoom, the
+//! kernel's test_memcontrol and the series' BPF selftests' test_progs (both built with the
+//! kernel, in `kernel_dir`),
 //! staged in target/vm-tests/initramfs/root and packed as an uncompressed newc cpio.
 //! It is rebuilt only when an input file or the /init script changes.
 
@@ -123,6 +124,10 @@ pub fn build(top: &Path, out: &Path, kernel_dir: &Path) -> Result<Initramfs> {
     inputs.push(Input {
         dest: "bin/test_memcontrol".into(),
         src: kernel_dir.join("test_memcontrol"),
+    });
+    inputs.push(Input {
+        dest: "bin/test_progs".into(),
+        src: kernel_dir.join("test_progs"),
     });
 
     let mut stamp = String::new();

@@ -28,6 +28,7 @@ mod kernel_hierarchy;
 mod kernel_kill_refused;
 mod kernel_one_kill;
 mod kernel_oom_storm;
+mod kernel_selftests_bpf_oom;
 mod memcg_selftests;
 mod oom_default_memcg;
 mod policyd_capacity;
@@ -72,6 +73,7 @@ pub fn all() -> Vec<Scenario> {
         kernel_detach_inflight::scenario(),
         kernel_alloc_under_oom::scenario(),
         kernel_handler_denied::scenario(),
+        kernel_selftests_bpf_oom::scenario(),
         policyd_priority::memcg(),
         policyd_priority::global(),
         policyd_protect::scenario(),
