@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Checks the kernel series the way a maintainer would before taking it:
-#   - every prefix of kernel-patches/v7.3 (patch 1, 1-2, ..., 1-N) builds with the test
-#     kernel's config (tinyconfig + vm-tests/kernel.config; patches before the one that adds
-#     CONFIG_BPF_OOM simply lack it);
-#   - the whole series builds with CONFIG_BPF_OOM=n, CONFIG_MEMCG=n and CONFIG_CGROUPS=n
-#     (BPF_JIT stays on in each);
+#   - the whole series builds with the test kernel's config (tinyconfig +
+#     vm-tests/kernel.config), and with CONFIG_BPF_OOM=n, CONFIG_MEMCG=n and
+#     CONFIG_CGROUPS=n (BPF_JIT stays on in each);
+#   - every shorter prefix of kernel-patches/v7.3 (1-(N-1), ..., 1-2, patch 1) builds with
+#     the test config (patches before the one that adds CONFIG_BPF_OOM simply lack it),
+#     built in that order; a prefix ending with a patch that touches only Documentation/,
+#     tools/ or MAINTAINERS is the same kernel as the prefix before it and is not rebuilt;
 #   - scripts/checkpatch.pl --strict on each patch.
 # Slow (one incremental build per prefix and variant, on top of a first full build) and not
 # part of `./vm-tests/run test`. The summary goes to stdout and to
@@ -113,15 +115,34 @@ for p in "${patches[@]}"; do
 	note "checkpatch --strict $(basename "$p"): ${total#total: }"
 done
 
-n=0
+# Kernel builds read neither Documentation/ nor tools/ (nor MAINTAINERS): a patch that
+# touches only those cannot change what a prefix ending with it builds.
+kernel_neutral() {
+	! sed -n 's|^diff --git a/\([^ ]*\) b/.*$|\1|p' "$1" |
+		grep -qvE '^(Documentation/|tools/|MAINTAINERS$)'
+}
+
+# The whole series first, then its config variants, then each shorter prefix, newest
+# patch reverted first: every build is incremental on the one before, and a run cut
+# short has the results that matter most.
 for p in "${patches[@]}"; do
-	n=$((n + 1))
 	(cd "$src" && patch -p1 -s --no-backup-if-mismatch <"$p") ||
 		die "$(basename "$p") does not apply on top of the patches before it"
-	build_one "patches 1-$n" test
 done
+n=${#patches[@]}
+build_one "patches 1-$n" test
 for variant in BPF_OOM=n MEMCG=n CGROUPS=n; do
 	build_one "patches 1-$n" "$variant"
+done
+for ((i = n - 1; i >= 1; i--)); do
+	last=${patches[i]}
+	(cd "$src" && patch -p1 -R -s --no-backup-if-mismatch <"$last") ||
+		die "$(basename "$last") does not revert from the top of the series"
+	if kernel_neutral "${patches[i - 1]}"; then
+		note "patches 1-$i, config test: not built: $(basename "${patches[i - 1]}") touches only Documentation/, tools/ or MAINTAINERS, so the build of patches 1-$((i - 1)) stands for it"
+		continue
+	fi
+	build_one "patches 1-$i" test
 done
 
 {
