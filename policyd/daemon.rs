@@ -18,7 +18,10 @@
 //! * the link: if the kernel detaches it (the cgroup was removed), exit.
 //!
 //! It blocks in poll(2) with no timeout: an idle daemon never wakes up (once,
-//! a second after a run of awaits, to log how many there were).
+//! a second after a run of awaits, to log how many there were; and, under a
+//! systemd unit with `WatchdogSec=`, to ping the watchdog). Under systemd it
+//! reports its state through [`Notifier`]: ready once attached, reloading
+//! around a SIGHUP, stopping before it detaches.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -46,6 +49,7 @@ use crate::loader::{self, HandlerLink, OomOpsLayout, PerCpu, PolicyObject, Setti
 use crate::logging::LogFormat;
 use crate::metrics::{self, MetricsFile};
 use crate::oom_group;
+use crate::notify::{self, Notifier};
 use crate::policy::PolicyName;
 use crate::resolve::{resolve_tree, Effective, Resolver};
 use crate::rules;
@@ -109,9 +113,13 @@ pub fn run(req: LoadRequest) -> Result<()> {
     let signals = block_signals()?;
     let mut daemon = Daemon::start(req)?;
     daemon.watch_signals(signals);
+    // Only now, attached: a unit ordered after policyd.service starts protected.
+    let status = daemon.status_text();
+    daemon.notifier.ready(&status);
     while daemon.handle_one_round(None)? == Round::Continue {}
     let cgroup = daemon.req.cgroup.clone();
     let metrics_file = daemon.metrics_file.take();
+    daemon.notifier.stopping();
     drop(daemon);
     if let Some(mut file) = metrics_file {
         if let Err(e) = file.remove() {
@@ -318,6 +326,8 @@ pub struct Daemon {
     metrics_file: Option<MetricsFile>,
     /// `--watch-config`: the config file's directory.
     config_watch: Option<ConfigWatcher>,
+    /// The service manager, when there is one.
+    notifier: Notifier,
 }
 
 impl Daemon {
@@ -407,6 +417,7 @@ impl Daemon {
             rules_full: false,
             metrics_file,
             config_watch,
+            notifier: Notifier::from_env(),
         };
         daemon.write_metrics();
         if let Some(file) = &daemon.metrics_file {
@@ -469,6 +480,16 @@ impl Daemon {
         self.cgroups.effective.len()
     }
 
+    /// What is attached, for the service manager's `STATUS=`.
+    pub fn status_text(&self) -> String {
+        notify::status_text(
+            self.policy(),
+            self.req.config.rules.len(),
+            self.cgroups(),
+            &self.req.cgroup,
+        )
+    }
+
     /// The current rules entry of the cgroup at `path`, read back from the
     /// kernel's map.
     pub fn rule_in_kernel(&self, path: &str) -> Result<Option<PolicydRule>> {
@@ -487,6 +508,10 @@ impl Daemon {
         let timeout = match (timeout, self.awaits.pending()) {
             (t, true) => Some(t.map_or(AWAITS_QUIET, |t| t.min(AWAITS_QUIET))),
             (t, false) => t,
+        };
+        let timeout = match (timeout, self.notifier.next_ping_in()) {
+            (Some(t), Some(ping)) => Some(t.min(ping)),
+            (t, ping) => t.or(ping),
         };
         let timeout = match timeout {
             None => PollTimeout::NONE,
@@ -516,7 +541,9 @@ impl Daemon {
                 fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
                 fds.len() - 1
             });
-            match poll(&mut fds, timeout) {
+            let polled = poll(&mut fds, timeout);
+            self.notifier.ping_if_due();
+            match polled {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => return Ok(Round::Continue),
                 Err(e) => return Err(e).context("poll"),
@@ -561,6 +588,18 @@ impl Daemon {
 
     /// `--watch-config` saw the file's directory change: reload as SIGHUP
     /// does, if it concerns the file.
+    /// Reload the config (SIGHUP, or `--watch-config` saw it change), with
+    /// systemd told that a reload is under way and when it is over.
+    fn reload_and_notify(&mut self) {
+        self.notifier.reloading();
+        if let Err(e) = self.reload() {
+            tracing::error!("reload failed, the running policy and rules stay: {e:#}");
+        }
+        // Ready again either way: the old or the new rules are in.
+        let status = self.status_text();
+        self.notifier.ready(&status);
+    }
+
     fn config_changed(&mut self) {
         let Some(watch) = self.config_watch.as_mut() else {
             return;
@@ -569,9 +608,7 @@ impl Daemon {
             Ok(false) => {}
             Ok(true) => {
                 tracing::info!("{} changed: reloading", self.req.config_path.display());
-                if let Err(e) = self.reload() {
-                    tracing::error!("reload failed, the running policy and rules stay: {e:#}");
-                }
+                self.reload_and_notify();
             }
             Err(e) => tracing::warn!(
                 "--watch-config: reading changes of {}: {e}",
@@ -594,9 +631,7 @@ impl Daemon {
             match Signal::try_from(signo) {
                 Ok(Signal::SIGHUP) => {
                     tracing::info!("SIGHUP: reloading {}", self.req.config_path.display());
-                    if let Err(e) = self.reload() {
-                        tracing::error!("reload failed, the running policy and rules stay: {e:#}");
-                    }
+                    self.reload_and_notify();
                 }
                 Ok(sig @ (Signal::SIGINT | Signal::SIGTERM)) => {
                     tracing::info!("{sig}: detaching from {}", self.req.cgroup);

@@ -17,7 +17,8 @@
 //!   entries, [`abi`] names the types shared with BPF, [`events`] logs OOM
 //!   decisions ([`sizes`] formats them) through [`logging`] (text or
 //!   JSON), [`watch`] follows the cgroup tree, [`metrics`] shows the
-//!   handler's counters to Prometheus;
+//!   handler's counters to Prometheus, [`notify`] tells systemd when the
+//!   handler is attached;
 //! * [`kills`]: every OOM kill, whoever decided it (`policyd trace`),
 //!   through its own tracer, which needs no BPF OOM patches;
 //!   [`cgroup_names`] names the cgroups events carry by id;
@@ -39,9 +40,10 @@ pub mod kills;
 pub mod loader;
 pub mod logging;
 pub mod matcher;
-pub mod owner;
 pub mod metrics;
+pub mod notify;
 pub mod oom_group;
+pub mod owner;
 pub mod policy;
 pub mod procfs;
 pub mod rank;

@@ -521,3 +521,52 @@ fn explain_ranks_kubelet_pods_by_qos_class_under_the_preset() {
         );
     }
 }
+
+/// What a service manager listening on a `NOTIFY_SOCKET` received while
+/// `policyd load` ran with `env`; and the run's output.
+fn load_notifying(env: &[(&str, &str)]) -> (Output, Vec<String>) {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let cg = FakeCgroupfs::new(dir.path().join("cg"));
+    let proc_root = proc_for_load(dir.path());
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let config = repo_config();
+    let mut args = load_nowhere(cg.root(), &config);
+    args.extend([
+        "--insecure-config",
+        "--proc-root",
+        proc_root.to_str().unwrap(),
+    ]);
+    let o = Command::new(env!("CARGO_BIN_EXE_policyd"))
+        .args(&args)
+        .env_remove("RUST_LOG")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run policyd");
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = socket.recv(&mut buf) {
+        received.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    (o, received)
+}
+
+#[test]
+fn load_that_cannot_attach_never_tells_systemd_it_is_ready() {
+    // A JOURNAL_STREAM that is not policyd's stderr (inherited from a shell
+    // started by a service): the log stays text, on stdout.
+    let (o, received) = load_notifying(&[("JOURNAL_STREAM", "1:1")]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        received.iter().all(|m| !m.lines().any(|l| l == "READY=1")),
+        "READY=1 sent by a policyd that attached nothing: {received:?}"
+    );
+    assert!(
+        stdout(&o).contains("oom_score_adj -1000: the OOM killer never picks policyd"),
+        "{}",
+        stdout(&o)
+    );
+}
