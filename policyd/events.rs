@@ -323,6 +323,30 @@ impl Decision {
                 summary = %self.summary(),
                 "decision"
             ),
+            // For `journalctl MESSAGE_ID=... POLICYD_VICTIM_CGROUP=...`: the
+            // summary is the message, the facts are fields (sizes in bytes,
+            // absent ones left out). See crate::journal.
+            LogFormat::Journal => tracing::info!(
+                message_id = crate::journal::DECISION_MESSAGE_ID,
+                policy = %self.policy,
+                scope = %self.scope,
+                victim_cgroup = self.victim_cgroup.as_deref(),
+                victim_pid = (self.pid != 0).then_some(self.pid),
+                victim_comm = self.comm.as_deref(),
+                victim_priority = self.priority,
+                usage_bytes = self.usage_bytes,
+                rss_bytes = self.rss_bytes,
+                reason = %self.reason,
+                outcome = %self.outcome,
+                killed = self.killed,
+                handler_us = self.handler_us,
+                candidates = self.candidates,
+                tried = self.tried,
+                runner_up = self.runner_up.as_deref(),
+                kill_err = self.kill_err,
+                "decision: {}",
+                self.summary()
+            ),
             // Typed fields (bytes, null) that tracing's fields cannot carry:
             // written whole, under the same level filter as the text line.
             LogFormat::Json => {
@@ -487,6 +511,53 @@ mod tests {
              kill_err=0 summary=\"killed pid 310 (job2) of /demo/batch/j2: lowest priority \
              (10), tie broken by larger usage (300MiB)\"\n"
         );
+    }
+
+    #[test]
+    fn killed_event_in_the_journal() {
+        let d = Decision::new(&killed_event(), names);
+        let entries = crate::journal::tests::entries_of(|| d.log(LogFormat::Journal));
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        let e = &entries[0];
+        assert_eq!(u8::from(crate::journal::priority(e.level)), 5, "notice");
+        assert_eq!(
+            e.message,
+            "decision: killed pid 310 (job2) of /demo/batch/j2: lowest priority (10), tie broken \
+             by larger usage (300MiB)"
+        );
+        let fields: Vec<(&str, &str)> = e
+            .fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        for expected in [
+            ("MESSAGE_ID", crate::journal::DECISION_MESSAGE_ID),
+            ("POLICYD_VICTIM_CGROUP", "/demo/batch/j2"),
+            ("POLICYD_VICTIM_PID", "310"),
+            ("POLICYD_VICTIM_COMM", "job2"),
+            ("POLICYD_REASON", "larger-usage"),
+            ("POLICYD_OUTCOME", "killed"),
+            ("POLICYD_USAGE_BYTES", "314572800"),
+            ("POLICYD_RUNNER_UP", "/demo/batch/j1"),
+        ] {
+            assert!(fields.contains(&expected), "{expected:?} not in {fields:?}");
+        }
+
+        // Nothing killed, nothing ranked: absent facts are absent fields.
+        let mut ev = killed_event();
+        (ev.victim_cgroup_id, ev.victim_pid, ev.outcome, ev.reason) = (0, 0, 2, 6);
+        ev.ranked.iter_mut().for_each(|c| c.cgroup_id = 0);
+        let d = Decision::new(&ev, names);
+        let entries = crate::journal::tests::entries_of(|| d.log(LogFormat::Journal));
+        let names: Vec<&str> = entries[0].fields.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(names.contains(&"POLICYD_OUTCOME"), "{names:?}");
+        for absent in [
+            "POLICYD_VICTIM_CGROUP",
+            "POLICYD_VICTIM_PID",
+            "POLICYD_RUNNER_UP",
+        ] {
+            assert!(!names.contains(&absent), "{absent} in {names:?}");
+        }
     }
 
     #[test]

@@ -450,6 +450,26 @@ impl Kill {
                     "kill"
                 );
             }
+            // As decisions are (see events.rs): the summary is the message,
+            // the facts are fields, absent ones left out.
+            LogFormat::Journal => tracing::info!(
+                message_id = crate::journal::KILL_MESSAGE_ID,
+                victim_pid = self.pid,
+                victim_comm = %self.comm,
+                victim_cgroup = %self.cgroup,
+                owner = %self.owner,
+                kind = %self.kind,
+                decided_by = %self.decided_by,
+                rss_bytes = self.rss_bytes,
+                swap_bytes = self.swap_bytes,
+                scope = self.scope.as_deref(),
+                constraint = self.constraint.map(|c| c.to_string()),
+                trigger_pid = self.trigger_pid,
+                trigger_comm = self.trigger_comm.as_deref(),
+                trigger_cgroup = self.trigger_cgroup.as_deref(),
+                "kill: {}",
+                self.summary()
+            ),
             LogFormat::Json => {
                 if tracing::enabled!(tracing::Level::INFO) {
                     let mut out = std::io::stdout().lock();
@@ -586,6 +606,31 @@ mod tests {
         assert!(Kill::new(&ev, &mut names)
             .summary()
             .contains("was exiting already: given memory reserves, not killed"));
+    }
+
+    #[test]
+    fn a_kill_in_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut names, ev) = setup(dir.path());
+        let kill = Kill::new(&ev, &mut names);
+        let entries = crate::journal::tests::entries_of(|| kill.log(LogFormat::Journal));
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert_eq!(entries[0].message, format!("kill: {}", kill.summary()));
+        let fields: Vec<(&str, &str)> = entries[0]
+            .fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        for expected in [
+            ("MESSAGE_ID", crate::journal::KILL_MESSAGE_ID),
+            ("POLICYD_VICTIM_PID", "310"),
+            ("POLICYD_VICTIM_CGROUP", "/demo/batch"),
+            ("POLICYD_DECIDED_BY", "kernel"),
+            ("POLICYD_SCOPE", "/demo"),
+            ("POLICYD_TRIGGER_PID", "311"),
+        ] {
+            assert!(fields.contains(&expected), "{expected:?} not in {fields:?}");
+        }
     }
 
     #[test]

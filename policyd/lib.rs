@@ -16,9 +16,9 @@
 //!   generated skeleton), [`rules`] turns resolved settings into rules map
 //!   entries, [`abi`] names the types shared with BPF, [`events`] logs OOM
 //!   decisions ([`sizes`] formats them) through [`logging`] (text or
-//!   JSON), [`watch`] follows the cgroup tree, [`metrics`] shows the
-//!   handler's counters to Prometheus, [`notify`] tells systemd when the
-//!   handler is attached;
+//!   JSON) or, under systemd, [`journal`] (structured fields), [`watch`]
+//!   follows the cgroup tree, [`metrics`] shows the handler's counters to
+//!   Prometheus, [`notify`] tells systemd when the handler is attached;
 //! * [`kills`]: every OOM kill, whoever decided it (`policyd trace`),
 //!   through its own tracer, which needs no BPF OOM patches;
 //!   [`cgroup_names`] names the cgroups events carry by id;
@@ -36,6 +36,7 @@ pub mod config_watch;
 pub mod daemon;
 pub mod events;
 pub mod guard;
+pub mod journal;
 pub mod kills;
 pub mod loader;
 pub mod logging;

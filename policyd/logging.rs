@@ -8,6 +8,9 @@
 //! `level` and `message`; the rest are the event's fields. OOM decisions are
 //! the exception to "same fields": [`crate::events`] writes them itself,
 //! with sizes in bytes rather than "300MiB" (see `DecisionLine`).
+//!
+//! Under systemd, `policyd load` logs to the journal instead, with the same
+//! text as `MESSAGE` and the fields as journal fields ([`crate::journal`]).
 
 use std::fmt::{self, Write as _};
 
@@ -26,6 +29,10 @@ pub enum LogFormat {
     Text,
     /// `{"level":"INFO","message":"decision","policy":"priority",...}`
     Json,
+    /// Native journal entries; chosen by policyd itself when its stderr is
+    /// the journal, never on the command line.
+    #[value(skip)]
+    Journal,
 }
 
 /// The subscriber `policyd` logs through, writing to `writer`. `ansi` colours
@@ -39,6 +46,9 @@ pub fn subscriber<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
+    if format == LogFormat::Journal {
+        return crate::journal::subscriber(filter);
+    }
     // journald (or the terminal) already knows when a line was written.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -46,7 +56,9 @@ where
         .with_target(false)
         .with_writer(writer);
     match format {
-        LogFormat::Text => Box::new(builder.with_ansi(ansi).fmt_fields(TextFields).finish()),
+        LogFormat::Text | LogFormat::Journal => {
+            Box::new(builder.with_ansi(ansi).fmt_fields(TextFields).finish())
+        }
         LogFormat::Json => Box::new(
             builder
                 .json()
@@ -56,6 +68,19 @@ where
                 .finish(),
         ),
     }
+}
+
+/// `message key=value ...` as the text log writes it, for the journal's
+/// `MESSAGE`.
+pub(crate) fn text_line(message: &str, fields: &[(&str, &str)]) -> String {
+    let mut line = message.to_owned();
+    for (name, value) in fields {
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        let _ = write!(line, "{name}={}", Word(value));
+    }
+    line
 }
 
 /// The message, then `key=value` for each field.

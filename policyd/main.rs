@@ -9,11 +9,13 @@ use tracing_subscriber::EnvFilter;
 
 use policyd::cli::{Cli, Command};
 use policyd::logging::{self, LogFormat};
-use policyd::{commands, guard, metrics, status};
+use policyd::{commands, guard, journal, metrics, status};
 
 /// `policyd load` and `policyd trace` (`daemon` is their log format) log
 /// info lines by default, on stdout: their log is their output
-/// (`policyd load | grep decision`). The
+/// (`policyd load | grep decision`); `load` run by systemd with its output
+/// in the journal logs there natively instead, with structured fields
+/// (`--log-format json` still wins). The
 /// other commands log warnings and errors to stderr, as text.
 fn init_tracing(verbose: u8, daemon: Option<LogFormat>) {
     let level = match verbose {
@@ -75,9 +77,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let daemon = match &cli.command {
-        Command::Load(args) => Some(args.log_format),
+    let mut cli = Cli::parse();
+    let daemon = match &mut cli.command {
+        Command::Load(args) => {
+            if args.log_format == LogFormat::Text && journal::connected() {
+                args.log_format = LogFormat::Journal;
+            }
+            Some(args.log_format)
+        }
         Command::Trace(args) => Some(args.log_format),
         _ => None,
     };
@@ -86,6 +93,11 @@ fn main() -> ExitCode {
         Ok(code) => {
             let _ = std::io::stdout().flush();
             code
+        }
+        // In the journal, at priority err like every other error.
+        Err(e) if daemon == Some(LogFormat::Journal) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
         }
         Err(e) => {
             eprintln!("policyd: error: {e:#}");
