@@ -1189,6 +1189,28 @@ protect = false
         let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.policy, PolicyName::Priority);
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        // A real machine's default: nothing of the demo's layout.
+        assert!(
+            c.rules
+                .iter()
+                .all(|r| !r.pattern.as_str().starts_with("/demo")),
+            "demo rules in the shipped default"
+        );
+        let rule = |p: &str| c.rules.iter().find(|r| r.pattern.as_str() == p).unwrap();
+        assert_eq!(
+            rule("/system.slice/systemd-journald.service").protect,
+            Some(true)
+        );
+        assert_eq!(rule("/system.slice/**").priority, Some(1000));
+        assert_eq!(rule("/machine.slice/**").kill, Some(KillMode::Cgroup));
+    }
+
+    #[test]
+    fn demo_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("vm-tests/demo.toml");
+        let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.policy, PolicyName::Priority);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         // The demo rules come first and say what the demo relies on.
         let demo: Vec<_> = c.rules.iter().take(3).map(|r| r.pattern.as_str()).collect();
         assert_eq!(demo, ["/demo/db", "/demo/web", "/demo/batch/**"]);

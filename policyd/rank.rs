@@ -527,8 +527,9 @@ mod tests {
     /// A 1 GiB OOM.
     const TOTALPAGES: u64 = 262_144;
 
+    /// The demo's config, whose rules the demo layout follows.
     fn policies_toml() -> Config {
-        Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies.toml")).unwrap()
+        Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("vm-tests/demo.toml")).unwrap()
     }
 
     struct Fixture {

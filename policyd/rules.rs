@@ -111,7 +111,7 @@ mod tests {
     use crate::testing::demo_layout;
 
     fn demo_config() -> Config {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies.toml");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("vm-tests/demo.toml");
         Config::load(&path).unwrap()
     }
 

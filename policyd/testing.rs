@@ -196,7 +196,7 @@ pub fn c_comm(comm: &str) -> [i8; 16] {
     out
 }
 
-/// The demo layout of `policies.toml`, in fake trees under `cgroup_root`
+/// The demo layout of `vm-tests/demo.toml`, in fake trees under `cgroup_root`
 /// and `proc_root`:
 ///
 /// | cgroup           | memory.current | pids (RSS)                       |
@@ -207,7 +207,7 @@ pub fn c_comm(comm: &str) -> [i8; 16] {
 /// | /demo/batch/j2   | 300 MiB        | 310 job2 (290)                   |
 /// | /system.slice/sshd.service | 10 MiB | 400 sshd (8)                   |
 ///
-/// With policies.toml the priority policy kills all of /demo/batch/j2 in a
+/// With demo.toml the priority policy kills all of /demo/batch/j2 in a
 /// global OOM (priority 10, larger than j1).
 pub fn demo_layout(cgroup_root: &Path, proc_root: &Path) -> (FakeCgroupfs, FakeProcfs) {
     let cg = FakeCgroupfs::new(cgroup_root);

@@ -40,6 +40,8 @@ use super::util::{self, describe_status, Cgroup, Hog, HogSpec, Kmsg};
 pub const POLICYD: &str = "/bin/policyd";
 /// The shipped configuration, copied from the repository's policies.toml.
 pub const SHIPPED_CONFIG: &str = "/etc/policyd/policies.toml";
+/// The demo's configuration, copied from vm-tests/demo.toml.
+pub const DEMO_CONFIG: &str = "/etc/policyd/demo.toml";
 
 /// How long `policyd load` may take to verify, load and attach a policy under TCG.
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(40);

@@ -112,6 +112,10 @@ pub fn build(top: &Path, out: &Path, kernel_dir: &Path) -> Result<Initramfs> {
             src: policies,
         });
     }
+    inputs.push(Input {
+        dest: "etc/policyd/demo.toml".into(),
+        src: top.join("vm-tests/demo.toml"),
+    });
     let earlyoom = fetch_earlyoom(top, out)?;
     for lib in shared_libraries(&earlyoom)? {
         let dest = lib.to_string_lossy().trim_start_matches('/').to_string();
@@ -145,7 +149,7 @@ pub fn build(top: &Path, out: &Path, kernel_dir: &Path) -> Result<Initramfs> {
     }
     stamp += INIT;
     // Rebuilds a cached cpio made before the config's mode was set below.
-    stamp += "etc/policyd/policies.toml mode 0644\n";
+    stamp += "etc/policyd/policies.toml etc/policyd/demo.toml mode 0644\n";
     if cpio.is_file() && fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str()) {
         return Ok(Initramfs {
             path: cpio,
@@ -168,9 +172,11 @@ pub fn build(top: &Path, out: &Path, kernel_dir: &Path) -> Result<Initramfs> {
     }
     // `policyd load` refuses a config that group or others can write; the
     // copy keeps the checkout's mode, which a umask of 002 makes 0664.
-    let config = staging.join("etc/policyd/policies.toml");
-    if config.is_file() {
-        fs::set_permissions(&config, fs::Permissions::from_mode(0o644))?;
+    for name in ["policies.toml", "demo.toml"] {
+        let config = staging.join("etc/policyd").join(name);
+        if config.is_file() {
+            fs::set_permissions(&config, fs::Permissions::from_mode(0o644))?;
+        }
     }
     let init = staging.join("init");
     fs::write(&init, INIT)?;

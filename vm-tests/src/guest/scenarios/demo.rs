@@ -1,5 +1,5 @@
-//! `./vm-tests/run demo`: one OOM, told twice. The layout follows the demo rules of the
-//! shipped policies.toml (/etc/policyd/policies.toml in the guest):
+//! `./vm-tests/run demo`: one OOM, told twice. The layout follows the demo's own config,
+//! vm-tests/demo.toml (/etc/policyd/demo.toml in the guest):
 //!
 //!   /demo/db         protect = true                  the database, 60 MiB, the biggest
 //!   /demo/web        priority 500                    the web tier, 30 MiB
@@ -147,7 +147,7 @@ fn run() -> Result<()> {
     // rules when it attaches rather than racing the tasks (policyd-rule-matching covers
     // cgroups that appear later).
     let c2 = Cgroups::create()?;
-    let mut pd = Policyd::load(&["priority", "--config", pdutil::SHIPPED_CONFIG])?;
+    let mut pd = Policyd::load(&["priority", "--config", pdutil::DEMO_CONFIG])?;
     let mut kmsg = Kmsg::mark()?;
     let mut d2 = Tasks::start(&c2)?;
     d2.worker.wait_killed(pdutil::OOM_TIMEOUT).context(
