@@ -11,6 +11,8 @@ debian_packages=(
 	build-essential bc bison flex cpio kmod libelf-dev libssl-dev dwarves
 	zlib1g-dev libzstd-dev pkg-config
 	clang-19 llvm-19 busybox-static qemu-system-x86 rsync python3-venv
+	# policyd's .deb and its checks (deb.sh); the systemd guest's root (debian-rootfs.sh)
+	debhelper lintian mmdebstrap
 )
 
 need=()
