@@ -9,6 +9,8 @@ pub const QUICK_ARG: &str = "vmtest_quick=1";
 pub const PROBE: &str = "probe";
 
 pub const START: &str = "VMTEST-START ";
+/// Seconds from the kernel's start to the scenario's start (the Debian guest prints it).
+pub const BOOT: &str = "VMTEST-BOOT ";
 pub const EXIT: &str = "VMTEST-EXIT ";
 pub const DMESG_BEGIN: &str = "VMTEST-DMESG-BEGIN";
 pub const DMESG_END: &str = "VMTEST-DMESG-END";

@@ -50,6 +50,9 @@ pub struct Scenario {
     /// The run needs /bin/policyd in the initramfs.
     pub needs_policyd: bool,
     pub boots: Boots,
+    /// Boots the Debian guest, systemd as PID 1, instead of the busybox initramfs
+    /// (host/debian.rs): policyd comes as its .deb, for the scenario to install.
+    pub debian: bool,
     pub run: fn() -> Result<()>,
 }
 
@@ -64,6 +67,7 @@ impl Scenario {
             mem_mb: 512,
             needs_policyd: false,
             boots: Boots::TestKernel,
+            debian: false,
             run,
         }
     }
@@ -92,6 +96,12 @@ impl Scenario {
     /// Boots Debian's stock kernel instead of the test kernel.
     pub const fn on_stock_kernel(mut self) -> Scenario {
         self.boots = Boots::StockKernel;
+        self
+    }
+
+    /// Runs in the Debian guest under systemd (see [`Scenario::debian`]).
+    pub const fn debian(mut self) -> Scenario {
+        self.debian = true;
         self
     }
 }

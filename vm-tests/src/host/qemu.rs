@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use super::debian::DebianGuest;
 use super::initramfs::Initramfs;
 use crate::guest::Scenario;
 use crate::protocol;
@@ -98,8 +99,27 @@ pub struct Run {
 pub struct Vm {
     bzimage: PathBuf,
     initramfs: Initramfs,
+    /// For the scenarios that boot Debian under systemd, once prepared.
+    debian: Option<DebianGuest>,
     logs: PathBuf,
     accel: Accel,
+}
+
+/// What the guest boots: the busybox initramfs, or the Debian root filesystem with the
+/// run's files on a second disk.
+enum Media<'a> {
+    Initramfs,
+    Debian { rootfs: &'a Path, disk: &'a Path },
+}
+
+impl Media<'_> {
+    /// How long a boot may take to reach its scenario before it counts as stalled.
+    fn stall(&self) -> Duration {
+        match self {
+            Media::Initramfs => BOOT_STALL,
+            Media::Debian { .. } => DEBIAN_BOOT_STALL,
+        }
+    }
 }
 
 /// What one QEMU run left behind.
@@ -113,15 +133,18 @@ struct Boot {
 
 /// A TCG boot reaches /init in a few seconds, in well under a minute on a loaded machine.
 const BOOT_STALL: Duration = Duration::from_secs(60);
+/// Debian's systemd reaches multi-user.target in tens of seconds under TCG.
+const DEBIAN_BOOT_STALL: Duration = Duration::from_secs(240);
 
 impl Vm {
     /// Chooses KVM if a probe boot with it completes in time, else TCG, and says which.
     /// VMTESTS_ACCEL=kvm|tcg skips the choice.
-    /// The same VM booting another kernel.
+    /// The same VM booting another kernel, with the busybox initramfs only.
     pub fn with_kernel(&self, bzimage: PathBuf) -> Vm {
         Vm {
             bzimage,
             initramfs: self.initramfs.clone(),
+            debian: None,
             logs: self.logs.clone(),
             accel: self.accel,
         }
@@ -131,6 +154,7 @@ impl Vm {
         let mut vm = Vm {
             bzimage,
             initramfs,
+            debian: None,
             logs,
             accel: Accel::Tcg,
         };
@@ -169,12 +193,26 @@ impl Vm {
         self.accel
     }
 
+    /// Makes the Debian scenarios bootable.
+    pub fn with_debian(&mut self, debian: DebianGuest) {
+        self.debian = Some(debian);
+    }
+
     /// Boots the `probe` pseudo-scenario (init prints its markers and powers off).
     fn probe(&self, accel: Accel, timeout: Duration) -> Result<Duration> {
         let log = self
             .logs
             .join(format!("probe-{}.log", accel.to_string().to_lowercase()));
-        let boot = self.boot(accel, protocol::PROBE, 256, timeout, &[], &log, &mut |_| {})?;
+        let boot = self.boot(
+            accel,
+            &Media::Initramfs,
+            protocol::PROBE,
+            256,
+            timeout,
+            &[],
+            &log,
+            &mut |_| {},
+        )?;
         if boot.timed_out {
             bail!(
                 "no poweroff within {} s (log: {})",
@@ -203,8 +241,22 @@ impl Vm {
         }
         let log = self.logs.join(format!("{}.log", scenario.name));
         let timeout = Duration::from_secs(scenario.timeout_s);
+        let disk;
+        let media = if scenario.debian {
+            let debian = self.debian.as_ref().with_context(|| {
+                format!("{} boots Debian, which was not prepared", scenario.name)
+            })?;
+            disk = debian.run_disk(self.logs.parent().unwrap_or(&self.logs))?;
+            Media::Debian {
+                rootfs: &debian.rootfs,
+                disk: &disk,
+            }
+        } else {
+            Media::Initramfs
+        };
         let mut boot = self.boot(
             self.accel,
+            &media,
             scenario.name,
             scenario.mem_mb,
             timeout,
@@ -219,11 +271,12 @@ impl Vm {
             eprintln!(
                 "vm-tests: {}: the guest stalled before /init ({} s without {}); booting again",
                 scenario.name,
-                BOOT_STALL.as_secs(),
+                media.stall().as_secs(),
                 protocol::START.trim()
             );
             boot = self.boot(
                 self.accel,
+                &media,
                 scenario.name,
                 scenario.mem_mb,
                 timeout,
@@ -233,6 +286,14 @@ impl Vm {
             )?;
         }
         let verdict = judge(&boot.console, boot.timed_out, timeout);
+        if scenario.debian {
+            if let Some(s) = super::debian::boot_seconds(&boot.console) {
+                println!(
+                    "  {}: systemd reached multi-user.target {s:.1} s after the kernel started",
+                    scenario.name
+                );
+            }
+        }
         let json = boot
             .console
             .lines()
@@ -246,6 +307,7 @@ impl Vm {
     fn boot(
         &self,
         accel: Accel,
+        media: &Media,
         name: &str,
         mem_mb: u32,
         timeout: Duration,
@@ -257,6 +319,23 @@ impl Vm {
             "console=ttyS0 panic=-1 log_buf_len=1M {}{name}",
             protocol::NAME_ARG
         );
+        let mut media_args: Vec<std::ffi::OsString> = Vec::new();
+        match media {
+            Media::Initramfs => {
+                media_args.extend(["-initrd".into(), self.initramfs.path.clone().into()]);
+            }
+            Media::Debian { rootfs, disk } => {
+                append.push_str(" root=/dev/vda rw");
+                // snapshot=on: the guest's writes go to a temporary file, the image stays.
+                let mut root = std::ffi::OsString::from("file=");
+                root.push(rootfs);
+                root.push(",format=raw,if=virtio,snapshot=on");
+                let mut run = std::ffi::OsString::from("file=");
+                run.push(disk);
+                run.push(",format=raw,if=virtio,readonly=on");
+                media_args.extend(["-drive".into(), root, "-drive".into(), run]);
+            }
+        }
         for a in extra_args {
             append.push(' ');
             append.push_str(a);
@@ -272,8 +351,7 @@ impl Vm {
             .arg(mem_mb.to_string())
             .arg("-kernel")
             .arg(&self.bzimage)
-            .arg("-initrd")
-            .arg(&self.initramfs.path)
+            .args(&media_args)
             .arg("-append")
             .arg(&append)
             .stdin(Stdio::null())
@@ -308,7 +386,7 @@ impl Vm {
                 child.wait().ok();
                 break;
             }
-            if started.elapsed() > BOOT_STALL && !console.contains(protocol::START) {
+            if started.elapsed() > media.stall() && !console.contains(protocol::START) {
                 stalled = true;
                 child.kill().ok();
                 child.wait().ok();

@@ -48,6 +48,7 @@ mod policyd_rule_matching;
 mod policyd_soak;
 mod policyd_watch_config;
 mod trace_kills;
+mod systemd_service;
 
 /// Every scenario, in the order `test` (tests) and `bench` (benchmarks) run them.
 pub fn all() -> Vec<Scenario> {
@@ -96,6 +97,7 @@ pub fn all() -> Vec<Scenario> {
         trace_kills::oom_group(),
         trace_kills::kubelet_layout(),
         trace_kills::stock_kernel(),
+        systemd_service::scenario(),
         demo::scenario(),
         bench_storm::scenario().bench(),
         bench_decision::scenario().bench(),
