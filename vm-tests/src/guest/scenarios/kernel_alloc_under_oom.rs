@@ -47,7 +47,12 @@ fn run() -> Result<()> {
             .wait_killed(Duration::from_secs(60))
             .with_context(|| format!("round {round}: the handler's OOM did not complete"))?;
         let s = h.stats();
-        println!("round {round}: {}; stored {} store_failed {}", show(&s), s.stored, s.store_failed);
+        println!(
+            "round {round}: {}; stored {} store_failed {}",
+            show(&s),
+            s.stored,
+            s.store_failed
+        );
         ensure!(
             s.stored == c0.stored + 1 && s.store_failed == c0.store_failed,
             "round {round}: creating task storage during the OOM failed (stored {} -> {}, \

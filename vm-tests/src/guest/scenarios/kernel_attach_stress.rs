@@ -158,7 +158,10 @@ fn run() -> Result<()> {
         ("link updates", &counts.updated),
         ("detaches", &counts.detached),
         ("closes", &counts.closed),
-        ("cgroup removals under an attached link", &counts.removed_under_link),
+        (
+            "cgroup removals under an attached link",
+            &counts.removed_under_link,
+        ),
         ("removals by the racing remover", &counts.removed_by_remover),
         ("declared OOMs", &counts.declared),
         ("handler calls", &counts.handler_calls),
@@ -207,7 +210,13 @@ fn expect_pollhup(link: &OwnedFd, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn worker(w: usize, parent: &Cgroup, counts: &Counts, live: &Live, deadline: Instant) -> Result<()> {
+fn worker(
+    w: usize,
+    parent: &Cgroup,
+    counts: &Counts,
+    live: &Live,
+    deadline: Instant,
+) -> Result<()> {
     let a = Handler::load(Action::Defer, 0, 0)?;
     let b = Handler::load(Action::Defer, 0, 0)?;
     let b_map = b.skel().maps.oom_test_ops.as_fd().as_raw_fd();
@@ -242,9 +251,7 @@ fn worker(w: usize, parent: &Cgroup, counts: &Counts, live: &Live, deadline: Ins
         };
         Counts::bump(&counts.attached);
         match attach(&b, &fd) {
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                Counts::bump(&counts.second_eexist)
-            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Counts::bump(&counts.second_eexist),
             // The remover took the cgroup: its release detached the first link.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => bail!("a second handler on {what}: {e}, expected EEXIST"),
@@ -263,7 +270,10 @@ fn worker(w: usize, parent: &Cgroup, counts: &Counts, live: &Live, deadline: Ins
                     0 => Counts::bump(&counts.updated),
                     // Detached by a racing removal of its cgroup.
                     rc if rc == -libc::ENOLINK => {}
-                    rc => bail!("updating the link on {what}: {}", io::Error::from_raw_os_error(-rc)),
+                    rc => bail!(
+                        "updating the link on {what}: {}",
+                        io::Error::from_raw_os_error(-rc)
+                    ),
                 }
             }
             1 => {

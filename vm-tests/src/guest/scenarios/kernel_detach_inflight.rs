@@ -62,7 +62,10 @@ fn detach_while_running(c: &Cgroup, h: &mut Handler, round: u64, how: How) -> Re
         "the handler to start waiting inside the OOM",
         || h.stats().spins == c0.spins + 1,
     )?;
-    println!("{how:?}: handler running inside the OOM: {}", show(&h.stats()));
+    println!(
+        "{how:?}: handler running inside the OOM: {}",
+        show(&h.stats())
+    );
 
     // The detaching thread reports when its syscall returned and what the handler had done
     // by then (the counters are read right after the syscall, in the same thread).

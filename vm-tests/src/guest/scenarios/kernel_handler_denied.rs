@@ -41,8 +41,12 @@ fn load(part: Part) -> Result<std::result::Result<(), String>> {
         .kfunc_ops
         .set_autocreate(part == Part::KfuncHandler)
         .context("kfunc_ops autocreate")?;
-    open.progs.uses_helper.set_autoload(part == Part::HelperHandler);
-    open.progs.uses_kfunc.set_autoload(part == Part::KfuncHandler);
+    open.progs
+        .uses_helper
+        .set_autoload(part == Part::HelperHandler);
+    open.progs
+        .uses_kfunc
+        .set_autoload(part == Part::KfuncHandler);
     open.progs
         .syscall_uses_kfunc
         .set_autoload(part == Part::KfuncSyscall);
@@ -59,7 +63,10 @@ fn run() -> Result<()> {
     }
     for (part, call) in [
         (Part::HelperHandler, "the bpf_copy_from_user_task() helper"),
-        (Part::KfuncHandler, "the bpf_copy_from_user_task_str() kfunc"),
+        (
+            Part::KfuncHandler,
+            "the bpf_copy_from_user_task_str() kfunc",
+        ),
     ] {
         match load(part)? {
             Ok(()) => bail!("an OOM handler calling {call} loaded; it must be refused"),

@@ -47,8 +47,8 @@ mod policyd_reload;
 mod policyd_rule_matching;
 mod policyd_soak;
 mod policyd_watch_config;
-mod trace_kills;
 mod systemd_service;
+mod trace_kills;
 
 /// Every scenario, in the order `test` (tests) and `bench` (benchmarks) run them.
 pub fn all() -> Vec<Scenario> {
