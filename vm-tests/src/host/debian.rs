@@ -48,31 +48,11 @@ systemctl poweroff --force --force
 
 /// Builds (or finds cached) the root filesystem and the .deb.
 pub fn prepare(top: &Path) -> Result<DebianGuest> {
-    let rootfs = last_line_path(&top.join("vm-tests/debian-rootfs.sh"))
+    let rootfs = super::last_line_path(&top.join("vm-tests/debian-rootfs.sh"), &[])
         .context("building the Debian root filesystem")?;
-    let deb = last_line_path(&top.join("vm-tests/deb.sh")).context("building policyd's .deb")?;
+    let deb = super::last_line_path(&top.join("vm-tests/deb.sh"), &[])
+        .context("building policyd's .deb")?;
     Ok(DebianGuest { rootfs, deb })
-}
-
-/// Runs `script` (its stderr passed through) and returns the existing file its last
-/// stdout line names.
-fn last_line_path(script: &Path) -> Result<PathBuf> {
-    let output = Command::new(script)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    if !output.status.success() {
-        bail!("{} failed ({})", script.display(), output.status);
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let path = PathBuf::from(stdout.lines().last().unwrap_or("").trim());
-    if !path.is_file() {
-        bail!(
-            "{} printed no file path (stdout: {stdout:?})",
-            script.display()
-        );
-    }
-    Ok(path)
 }
 
 impl DebianGuest {

@@ -42,10 +42,11 @@ pub fn kernel_command(args: &[&str]) -> Result<bool> {
     Ok(status.success())
 }
 
-/// Builds the kernel (or reuses the cached build) and returns the bzImage path.
-fn build_kernel() -> Result<PathBuf> {
-    let script = top().join("vm-tests/kernel.sh");
-    let output = Command::new(&script)
+/// Runs `script` with `args` (its stderr passed through) and returns the existing file
+/// its last stdout line names: how the shell steps hand over what they built or fetched.
+pub(crate) fn last_line_path(script: &Path, args: &[&std::ffi::OsStr]) -> Result<PathBuf> {
+    let output = Command::new(script)
+        .args(args)
         .stderr(std::process::Stdio::inherit())
         .output()
         .with_context(|| format!("running {}", script.display()))?;
@@ -53,36 +54,28 @@ fn build_kernel() -> Result<PathBuf> {
         bail!("{} failed ({})", script.display(), output.status);
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let bzimage = PathBuf::from(stdout.lines().last().unwrap_or("").trim());
-    if !bzimage.is_file() {
+    let path = PathBuf::from(stdout.lines().last().unwrap_or("").trim());
+    if !path.is_file() {
         bail!(
-            "{} printed no bzImage path (stdout: {stdout:?})",
+            "{} printed no file path (stdout: {stdout:?})",
             script.display()
         );
     }
-    Ok(bzimage)
+    Ok(path)
+}
+
+/// Builds the kernel (or reuses the cached build) and returns the bzImage path.
+fn build_kernel() -> Result<PathBuf> {
+    last_line_path(&top().join("vm-tests/kernel.sh"), &[])
 }
 
 /// Debian's stock kernel (downloaded once by vm-tests/deps.sh into target/vm-tests).
 fn stock_kernel() -> Result<PathBuf> {
-    let script = top().join("vm-tests/deps.sh");
     let dest = out_dir().join("stock-kernel");
-    let output = Command::new(&script)
-        .arg("stock_kernel")
-        .arg(&dest)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let vmlinuz = PathBuf::from(stdout.lines().last().unwrap_or("").trim());
-    if !output.status.success() || !vmlinuz.is_file() {
-        bail!(
-            "{} stock_kernel failed ({}; stdout: {stdout:?})",
-            script.display(),
-            output.status
-        );
-    }
-    Ok(vmlinuz)
+    last_line_path(
+        &top().join("vm-tests/deps.sh"),
+        &["stock_kernel".as_ref(), dest.as_os_str()],
+    )
 }
 
 /// Kernel, initramfs and accelerator: what every VM run needs.
