@@ -147,7 +147,7 @@ impl Pods {
                 .wait_killed(pdutil::OOM_TIMEOUT)
                 .with_context(|| format!("{what} in the pod policyd chose"))?;
         }
-        let d = pd.next_kill(Duration::from_secs(10))?;
+        let d = pd.next_killing_decision(Duration::from_secs(10))?;
         let app = self.be_app.cg.path();
         d.expect(&[
             ("victim_cgroup", &app),
@@ -155,6 +155,21 @@ impl Pods {
             ("priority", "10"),
         ])?;
         println!("{d}");
+        // The rest of the pod dies with its app (memory.oom.group): the handler's
+        // decision names the app, and policyd logs a kill line for each of the others.
+        let mut with_app = Vec::new();
+        for _ in 0..2 {
+            let k = pd.next_kill(Duration::from_secs(10))?;
+            k.expect(&[("kind", "with-chosen"), ("decided_by", "policyd_priority")])?;
+            with_app.push(k.pid as i32);
+        }
+        with_app.sort_unstable();
+        let mut want = vec![self.be_sidecar.hog.pid(), self.be_pause.hog.pid()];
+        want.sort_unstable();
+        ensure!(
+            with_app == want,
+            "kill lines for {with_app:?}, expected the sidecar and pause {want:?}"
+        );
         self.expect_others_alive()?;
         let now = self.besteffort.events()?.oom_group_kill;
         ensure!(
