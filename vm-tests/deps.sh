@@ -98,7 +98,7 @@ stock_kernel() {
 		fetch_deb "$suite" "$binary" "$dest"
 	fi
 	local vmlinuz
-	vmlinuz=$(find "$dest" -name "vmlinuz*" -type f | head -n 1)
+	vmlinuz=$(find "$dest/" -name "vmlinuz*" -type f | head -n 1)
 	[ -n "$vmlinuz" ] || { echo "vm-tests: no vmlinuz in $dest" >&2; exit 1; }
 	echo "$vmlinuz"
 }
