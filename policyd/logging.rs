@@ -46,9 +46,6 @@ pub fn subscriber<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    if format == LogFormat::Journal {
-        return crate::journal::subscriber(filter);
-    }
     // journald (or the terminal) already knows when a line was written.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -56,6 +53,8 @@ where
         .with_target(false)
         .with_writer(writer);
     match format {
+        // The journal has a subscriber of its own (crate::journal, which
+        // formats its MESSAGE with this module's text): main picks it.
         LogFormat::Text | LogFormat::Journal => {
             Box::new(builder.with_ansi(ansi).fmt_fields(TextFields).finish())
         }

@@ -28,6 +28,7 @@ fn init_tracing(verbose: u8, daemon: Option<LogFormat>) {
     // RUST_LOG, when set, wins over -v.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let subscriber = match daemon {
+        Some(LogFormat::Journal) => journal::subscriber(filter),
         Some(format) => logging::subscriber(
             format,
             filter,
