@@ -7,14 +7,15 @@
 //!    handler: READY=1 comes only after the attach;
 //! 2. an OOM in a test slice (a unit with MemoryMax=) is decided by policyd, and
 //!    `journalctl -u policyd MESSAGE_ID=<decisions>` finds it with the victim's cgroup and
-//!    pid, reason and outcome as fields;
+//!    pid, reason and outcome as fields; the unit's metrics file counts the kill;
 //! 3. `systemctl reload` after a config change: the new rules count in StatusText, and
 //!    the same link (never detached, so never a moment without a handler);
 //! 4. `kill -9` of policyd: systemd restarts it and it attaches again (a new link, one
 //!    handler);
 //! 5. with a drop-in setting `WatchdogSec=`, policyd pings the watchdog: systemd does
 //!    not kill it over two and a half periods;
-//! 6. `systemctl stop`: policyd detaches (`policyd status` lists no handler).
+//! 6. `systemctl stop`: policyd detaches (`policyd status` lists no handler) and its
+//!    metrics file is gone.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -36,6 +37,8 @@ pub fn scenario() -> Scenario {
 
 const POLICYD: &str = "/usr/sbin/policyd";
 const CONFIG: &str = "/etc/policyd/policies.toml";
+/// Where the shipped unit has policyd keep its metrics (`--metrics-file`).
+const METRICS: &str = "/run/policyd/metrics/policyd.prom";
 /// policyd's MESSAGE_ID for OOM decisions (policyd::journal).
 const DECISIONS: &str = policyd::journal::DECISION_MESSAGE_ID;
 /// Starting, attaching or restarting policyd under TCG, with systemd's own work.
@@ -331,6 +334,33 @@ fn oom_in_a_test_slice() -> Result<()> {
         result == "oom-kill" || result == "signal",
         "oomtest-hog.service ended with Result={result}"
     );
+    metrics_count_the_kill(victim_cgroup)
+}
+
+/// The shipped unit's metrics file, rewritten after the OOM event: one kill by the
+/// system-wide handler, and it was of the victim's cgroup.
+fn metrics_count_the_kill(victim_cgroup: &str) -> Result<()> {
+    let decision = format!("policyd_decisions_total{{attach=\"/\",cgroup=\"{victim_cgroup}\",");
+    let text = util::poll(SERVICE_TIMEOUT, "the kill in policyd's metrics file", || {
+        let Ok(text) = std::fs::read_to_string(METRICS) else {
+            return Ok(None);
+        };
+        let counted = text.lines().any(|l| l == "policyd_kills_total{attach=\"/\"} 1")
+            && text.lines().any(|l| {
+                l.starts_with(&decision) && l.ends_with(",outcome=\"killed\"} 1")
+            });
+        Ok(counted.then_some(text))
+    })
+    .with_context(|| {
+        format!(
+            "{METRICS}:\n{}",
+            std::fs::read_to_string(METRICS).unwrap_or_else(|e| e.to_string())
+        )
+    })?;
+    println!(
+        "{METRICS}: the kill counted ({} lines)",
+        text.lines().count()
+    );
     Ok(())
 }
 
@@ -437,6 +467,10 @@ fn stop_detaches() -> Result<()> {
     ensure!(
         state == "inactive",
         "policyd.service is {state} after stop, not inactive"
+    );
+    ensure!(
+        !std::path::Path::new(METRICS).exists(),
+        "{METRICS} is still there after systemctl stop"
     );
     Ok(())
 }
