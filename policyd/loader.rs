@@ -284,8 +284,9 @@ fn load_error(e: libbpf_rs::Error) -> anyhow::Error {
 }
 
 /// Where the kernel keeps `__per_cpu_offset[]`, and how many CPUs are
-/// possible: what the handler needs to add up per-CPU memory counters as
-/// the kernel does (see `mm_counter_sum()` in policyd.bpf.c).
+/// possible: what the handler and the kill tracer need to add up per-CPU
+/// memory counters as the kernel does (see `mm_counter_sum()` in
+/// policyd.bpf.c).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PerCpu {
     pub offsets_addr: u64,
@@ -306,9 +307,10 @@ impl PerCpu {
         match found {
             Ok(p) if p.nr_cpus > MAX_CPUS => {
                 tracing::warn!(
-                    "{} possible CPUs, the handler adds up per-CPU memory counters of the \
-                     first {MAX_CPUS} only: tasks of about the same size may be ranked \
-                     otherwise than by the kernel",
+                    "{} possible CPUs, policyd adds up per-CPU memory counters of the first \
+                     {MAX_CPUS} only: its handler may rank tasks of about the same size \
+                     otherwise than the kernel, and kill reports may show a little less \
+                     memory than the kernel's own",
                     p.nr_cpus
                 );
                 Some(p)
@@ -316,9 +318,10 @@ impl PerCpu {
             Ok(p) => Some(p),
             Err(e) => {
                 tracing::warn!(
-                    "{e:#}; the handler reads tasks' memory without the per-CPU shares (up to \
-                     32 pages per CPU): between tasks of about the same size it may choose \
-                     otherwise than the kernel and `policyd explain`"
+                    "{e:#}; policyd reads tasks' memory without the per-CPU shares (up to 32 \
+                     pages per CPU): its handler may choose otherwise than the kernel and \
+                     `policyd explain` between tasks of about the same size, and kill reports \
+                     may show a little less memory than the kernel's own"
                 );
                 None
             }
