@@ -55,6 +55,17 @@ pub fn apply_one(config: &Config, root: &Path, e: &Effective) -> bool {
         }
         // Removed meanwhile.
         Err(err) if err.kind() == io::ErrorKind::NotFound && !dir.exists() => false,
+        Err(err) if err.raw_os_error() == Some(nix::errno::Errno::EROFS as i32) => {
+            tracing::warn!(
+                "{}: cannot set memory.oom.group ({err}) that {} asks for: the cgroup tree is \
+                 read-only to policyd (a service with ProtectControlGroups=, or a container \
+                 with /sys/fs/cgroup mounted read-only); an OOM kill there takes one task, not \
+                 the whole cgroup",
+                e.path,
+                e.source
+            );
+            false
+        }
         Err(err) => {
             tracing::warn!(
                 "{}: cannot set memory.oom.group ({err}) that {} asks for: an OOM kill there \

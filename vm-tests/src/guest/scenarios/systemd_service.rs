@@ -8,8 +8,9 @@
 //! 2. an OOM in a test slice (a unit with MemoryMax=) is decided by policyd, and
 //!    `journalctl -u policyd MESSAGE_ID=<decisions>` finds it with the victim's cgroup and
 //!    pid, reason and outcome as fields; the unit's metrics file counts the kill;
-//! 3. `systemctl reload` after a config change: the new rules count in StatusText, and
-//!    the same link (never detached, so never a moment without a handler);
+//! 3. `systemctl reload` after a config change: the new rules count in StatusText, an
+//!    `oom_group = true` rule sets memory.oom.group through the sandbox, and the same
+//!    link (never detached, so never a moment without a handler);
 //! 4. `kill -9` of policyd: systemd restarts it and it attaches again (a new link, one
 //!    handler);
 //! 5. with a drop-in setting `WatchdogSec=`, policyd pings the watchdog: systemd does
@@ -369,11 +370,30 @@ fn reload_keeps_the_handler() -> Result<u64> {
     let main_pid = show_u64("policyd.service", "MainPID")?;
     let link = the_handler_of(main_pid)?;
     let before = status_text()?;
+    // A unit for an oom_group rule to group: the shipped sandbox must let policyd
+    // write memory.oom.group.
+    command(
+        "systemd-run",
+        &[
+            "--unit=oomtest-group",
+            "--slice=oomtest.slice",
+            "/bin/sleep",
+            "infinity",
+        ],
+    )?;
     let mut config = util::read_file(CONFIG)?;
-    config.push_str("\n[[rule]]\ncgroup = \"/oomtest.slice/**\"\npriority = 5\n");
+    config.push_str(
+        "\n[[rule]]\ncgroup = \"/oomtest.slice/oomtest-group.service\"\noom_group = true\n\
+         \n[[rule]]\ncgroup = \"/oomtest.slice/**\"\npriority = 5\n",
+    );
     util::write_file(CONFIG, config)?;
     command("systemctl", &["reload", "policyd.service"])?;
     wait_for_entry("reloaded ", 0)?;
+    let group = "/sys/fs/cgroup/oomtest.slice/oomtest-group.service/memory.oom.group";
+    util::wait_until(SERVICE_TIMEOUT, "memory.oom.group set by the new rule", || {
+        std::fs::read_to_string(group).is_ok_and(|v| v.trim() == "1")
+    })?;
+    command("systemctl", &["stop", "oomtest-group.service"])?;
     util::wait_until(SERVICE_TIMEOUT, "StatusText after the reload", || {
         status_text().is_ok_and(|s| s != before && s.starts_with("policy priority attached"))
     })?;
@@ -381,8 +401,8 @@ fn reload_keeps_the_handler() -> Result<u64> {
     println!("StatusText: {before:?} -> {after:?}");
     let rules = |s: &str| -> Option<u64> { s.split(": ").nth(1)?.split(' ').next()?.parse().ok() };
     ensure!(
-        rules(&after).is_some() && rules(&after) == rules(&before).map(|n| n + 1),
-        "StatusText does not count the added rule: {before:?} -> {after:?}"
+        rules(&after).is_some() && rules(&after) == rules(&before).map(|n| n + 2),
+        "StatusText does not count the two added rules: {before:?} -> {after:?}"
     );
     ensure!(
         show_u64("policyd.service", "MainPID")? == main_pid
