@@ -22,7 +22,9 @@ use libbpf_rs::btf::types::Struct;
 use libbpf_rs::btf::BtfType;
 use libbpf_rs::Btf;
 
-use crate::bpf::kills_skel::types::{self as kills_types, kills_constraint, kills_kind};
+use crate::bpf::kills_skel::types::{
+    self as kills_types, kills_constraint, kills_kind, kills_limits,
+};
 use crate::bpf::skel::types::{self, policyd_limits, policyd_outcome, policyd_reason};
 use crate::policy::PolicyName;
 
@@ -44,6 +46,12 @@ pub const HANDLER_BUCKETS: usize = policyd_limits::POLICYD_HANDLER_BUCKETS.0 as 
 /// `POLICYD_HANDLER_BUCKET0_SHIFT`: the first bucket holds runs shorter than
 /// `1 << HANDLER_BUCKET0_SHIFT` ns.
 pub const HANDLER_BUCKET0_SHIFT: u32 = policyd_limits::POLICYD_HANDLER_BUCKET0_SHIFT.0;
+
+/// `KILLS_GROWTH_CGROUPS`: cgroups the tracer's `growth` map follows.
+pub const GROWTH_CGROUPS: u32 = kills_limits::KILLS_GROWTH_CGROUPS.0;
+/// `KILLS_GROWTH_HALF_WINDOW_MS`: how often a cgroup's oldest growth sample
+/// moves on.
+pub const GROWTH_HALF_WINDOW_MS: u32 = kills_limits::KILLS_GROWTH_HALF_WINDOW_MS.0;
 
 /// `struct policyd_rule`: the rules map value, keyed by cgroup id. `kill`
 /// holds a [`crate::KillMode::abi`] number.
@@ -68,6 +76,10 @@ pub type PolicydStats = types::policyd_stats;
 /// through the tracer's `kills` ring buffer. kills.h says what each field
 /// means.
 pub type KillsEvent = kills_types::kills_event;
+
+/// `struct kills_growth`: a cgroup's usage samples in the tracer's `growth`
+/// map, keyed by cgroup id; [`crate::culprit`] reads them.
+pub type KillsGrowth = kills_types::kills_growth;
 
 /// `struct policyd_metrics`: the handler time histogram and the decisions
 /// the `decisions` map had no room for (variable `metrics` in `.bss`).
@@ -129,6 +141,7 @@ shared_structs!(
     PolicydMetrics,
     PolicydDecisionKey,
     KillsEvent,
+    KillsGrowth,
 );
 
 /// `enum policyd_reason`: why the victim was chosen.
@@ -498,7 +511,13 @@ mod tests {
                 ("policyd_decision_key", size_of::<PolicydDecisionKey>()),
             ],
         );
-        no_padding_in("kills.bpf.o", &[("kills_event", size_of::<KillsEvent>())]);
+        no_padding_in(
+            "kills.bpf.o",
+            &[
+                ("kills_event", size_of::<KillsEvent>()),
+                ("kills_growth", size_of::<KillsGrowth>()),
+            ],
+        );
     }
 
     fn no_padding_in(object: &str, structs: &[(&str, usize)]) {

@@ -161,8 +161,8 @@ pub fn trace(cgroup_root: Option<&Path>, format: LogFormat) -> Result<()> {
             (ready(0), ready(1))
         };
         if kills_ready || signal_ready {
-            for ev in kills.take() {
-                Kill::new(&ev, &mut names).log(format);
+            for traced in kills.take() {
+                Kill::new(&traced, &mut names).log(format);
             }
         }
         if signal_ready {

@@ -138,7 +138,7 @@ type Pending = Rc<RefCell<Vec<PolicydEvent>>>;
 /// What the daemon logs, in time order.
 enum Event {
     Decision(PolicydEvent),
-    Kill(crate::abi::KillsEvent),
+    Kill(crate::kills::Traced),
 }
 
 /// A ring buffer on `obj`'s `events` map whose records land in the returned queue.
@@ -660,7 +660,11 @@ impl Daemon {
         let mut events: Vec<(u64, Event)> = decisions
             .into_iter()
             .map(|d| (d.timestamp_ns, Event::Decision(d)))
-            .chain(kills.into_iter().map(|k| (k.timestamp_ns, Event::Kill(k))))
+            .chain(
+                kills
+                    .into_iter()
+                    .map(|k| (k.event.timestamp_ns, Event::Kill(k))),
+            )
             .collect();
         events.sort_by_key(|(t, _)| *t);
         let handler = self.obj.handler_name();

@@ -7,6 +7,9 @@
 //! `out_of_memory()` adds the OOM's scope, constraint and the task that ran
 //! into it where the kernel can attach fentry programs (CONFIG_FUNCTION_TRACER).
 //! Elsewhere the kills are still reported, without that context.
+//! A third program, fentry on `page_counter_try_charge()`, samples each
+//! memcg's usage so that each kill also names who grew most before it (its
+//! [`culprit`](crate::culprit)s).
 //!
 //! One line per kill, message `kill`; in text:
 //!
@@ -15,7 +18,7 @@
 //!   rss=290MiB anon=289MiB file=1MiB shmem=0B swap=0B pgtables=640KiB oom_score_adj=0
 //!   scope=/demo constraint=CONSTRAINT_MEMCG trigger_pid=311 trigger_comm=hog
 //!   trigger_cgroup=/demo/web order=0 oom_events=3 oom_kill_events=2 oom_group_kill_events=0
-//!   summary="..."
+//!   culprit="/demo/web (+24MiB/3.1s) != victim" growers=1 summary="..."
 //! ```
 //!
 //! With `--log-format json`, one [`KillLine`]: sizes in bytes, what is
@@ -35,9 +38,10 @@ use libbpf_rs::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::abi::{Constraint, KillKind, KillsEvent, Pod};
+use crate::abi::{Constraint, KillKind, KillsEvent, KillsGrowth, Pod, GROWTH_CGROUPS};
 use crate::bpf::kills_skel;
 use crate::cgroup_names::CgroupNames;
+use crate::culprit::{self, Ranking};
 use crate::events::size;
 use crate::loader::{self, PerCpu};
 use crate::logging::LogFormat;
@@ -55,6 +59,7 @@ pub struct KillTracer {
     _links: Vec<Link>,
     object: Object,
     context: bool,
+    growth: bool,
 }
 
 impl KillTracer {
@@ -101,13 +106,20 @@ impl KillTracer {
         })?;
         let mut links = Vec::new();
         let mut context = false;
+        let mut growth = false;
         for prog in object.progs_mut() {
             let name = prog.name().to_string_lossy().into_owned();
             match (name.as_str(), prog.attach()) {
                 (_, Ok(link)) => {
                     context |= name == "oom_enter";
+                    growth |= name == "charging";
                     links.push(link);
                 }
+                ("charging", Err(e)) => tracing::warn!(
+                    "OOM kills are reported without the cgroups that grew before them: this \
+                     kernel cannot attach an fentry program to page_counter_try_charge() \
+                     (CONFIG_FUNCTION_TRACER?): {e}"
+                ),
                 ("oom_enter", Err(e)) => tracing::warn!(
                     "OOM kills are reported without their OOM's scope, constraint and trigger: \
                      this kernel cannot attach an fentry program to out_of_memory() \
@@ -123,6 +135,7 @@ impl KillTracer {
             _links: links,
             object,
             context,
+            growth,
         })
     }
 
@@ -131,8 +144,8 @@ impl KillTracer {
         self.context
     }
 
-    /// Events the tracer could not send (its ring buffer was full).
-    fn dropped(&self) -> Result<u64> {
+    /// The u64 at `at` in the tracer's `.bss`.
+    fn bss_u64(&self, at: usize) -> Result<u64> {
         let bss = self
             .object
             .maps()
@@ -141,13 +154,54 @@ impl KillTracer {
         let value = bss
             .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)?
             .context("the tracer's .bss has no value")?;
-        let at = offset_of!(kills_skel::types::bss, dropped);
         value
             .get(at..at + 8)
             .and_then(|b| b.try_into().ok())
             .map(u64::from_ne_bytes)
             .context("the tracer's .bss is shorter than its skeleton says")
     }
+
+    /// Events the tracer could not send (its ring buffer was full).
+    fn dropped(&self) -> Result<u64> {
+        self.bss_u64(offset_of!(kills_skel::types::bss, dropped))
+    }
+
+    /// The `growth` map's entries by cgroup id, and how many it evicted.
+    fn growth(&self) -> Result<(Vec<(u64, KillsGrowth)>, u64)> {
+        let map = self
+            .object
+            .maps()
+            .find(|m| m.name() == "growth")
+            .context("the tracer has no `growth` map")?;
+        let mut entries = Vec::new();
+        for key in map.keys() {
+            // Evicted since listed: not an error.
+            let Some(value) = map
+                .lookup(&key, MapFlags::ANY)
+                .context("reading the tracer's `growth` map")?
+            else {
+                continue;
+            };
+            let id = key
+                .as_slice()
+                .try_into()
+                .map(u64::from_ne_bytes)
+                .context("a `growth` map key is not a cgroup id")?;
+            let window = KillsGrowth::from_bytes(&value).context("a short `growth` map value")?;
+            entries.push((id, window));
+        }
+        let inserts = self.bss_u64(offset_of!(kills_skel::types::bss, growth_inserts))?;
+        let evicted = inserts.saturating_sub(entries.len() as u64);
+        Ok((entries, evicted))
+    }
+}
+
+/// A kill as the tracer reported it, with who grew before it; `growth`
+/// is `None` where charges cannot be traced.
+#[derive(Debug, Clone, Default)]
+pub struct Traced {
+    pub event: KillsEvent,
+    pub growth: Option<Ranking>,
 }
 
 /// The tracer's events as they arrive: poll [`KillStream::fd`], then
@@ -204,8 +258,9 @@ impl KillStream {
         unsafe { BorrowedFd::borrow_raw(self.ring.epoll_fd()) }
     }
 
-    /// The kills waiting, oldest first; warns about kills lost since the last call.
-    pub fn take(&mut self) -> Vec<KillsEvent> {
+    /// The kills waiting, oldest first, each with who grew most before it;
+    /// warns about kills lost since the last call.
+    pub fn take(&mut self) -> Vec<Traced> {
         if let Err(e) = self.ring.consume() {
             tracing::warn!("reading OOM kill events: {e}");
         }
@@ -218,7 +273,66 @@ impl KillStream {
                 self.dropped = now;
             }
         }
-        std::mem::take(&mut *self.pending.borrow_mut())
+        let events = std::mem::take(&mut *self.pending.borrow_mut());
+        if events.is_empty() {
+            return Vec::new();
+        }
+        // Read once for the kills of this OOM, milliseconds after it: the
+        // culprit's growth since counts too.
+        let windows = if self.tracer.growth {
+            self.tracer
+                .growth()
+                .map_err(|e| tracing::warn!("reading who grew before the OOM: {e:#}"))
+                .ok()
+        } else {
+            None
+        };
+        let traced: Vec<Traced> = events
+            .into_iter()
+            .map(|event| Traced {
+                growth: windows
+                    .as_ref()
+                    .map(|(w, evicted)| culprit::rank(w, event.timestamp_ns, *evicted)),
+                event,
+            })
+            .collect();
+        if traced
+            .iter()
+            .any(|t| t.growth.as_ref().is_some_and(|g| g.incomplete))
+        {
+            tracing::warn!(
+                "more than {GROWTH_CGROUPS} cgroups charged memory in the {} s before the OOM: \
+                 the tracer follows that many (KILLS_GROWTH_CGROUPS) and forgot the least \
+                 recent, so a culprit may be missing",
+                culprit::WINDOW_NS / 1_000_000_000
+            );
+        }
+        traced
+    }
+}
+
+/// A cgroup that grew before a kill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Culprit {
+    pub cgroup: String,
+    /// Its unit, pod or container, as text.
+    pub owner: Option<String>,
+    /// How much its memory.current grew in the window before the kill...
+    pub growth_bytes: u64,
+    /// ...over how long (from its oldest sample in the window to its newest).
+    pub growth_ms: u64,
+}
+
+impl Culprit {
+    /// "/batch/grower (+412MiB/4.9s)", with its owner after the path.
+    fn describe(&self, sizes: fn(u64) -> String, sep: &str) -> String {
+        format!(
+            "{}{} (+{}{sep}{:.1} s)",
+            self.cgroup,
+            in_parens(self.owner.as_deref().unwrap_or("")),
+            sizes(self.growth_bytes),
+            self.growth_ms as f64 / 1000.0
+        )
     }
 }
 
@@ -293,6 +407,13 @@ pub struct Kill {
     pub gfp_mask: Option<String>,
     /// The scope's memory.events after the kill (memcg OOMs).
     pub memory_events: Option<MemoryEvents>,
+    /// The cgroups whose memory grew most in the 5 s before the kill, most
+    /// first, at most 3; `None` where the kernel cannot trace charges.
+    pub culprits: Option<Vec<Culprit>>,
+    /// How many cgroups grew by 1 MiB or more in those 5 s.
+    pub growers: Option<usize>,
+    /// Whether the first culprit is the victim's own cgroup.
+    pub culprit_is_victim: Option<bool>,
 }
 
 /// A kill as `--log-format json` writes it.
@@ -306,6 +427,12 @@ pub struct KillLine {
     pub summary: String,
 }
 
+/// The unit, pod or container of the cgroup `path`, as text; `None` if
+/// none is known.
+fn owner_text(path: &str) -> Option<String> {
+    Some(Owner::of(path).to_string()).filter(|o| !o.is_empty())
+}
+
 /// " (text)", or nothing for no text.
 fn in_parens(text: &str) -> String {
     if text.is_empty() {
@@ -316,7 +443,8 @@ fn in_parens(text: &str) -> String {
 }
 
 impl Kill {
-    pub fn new(ev: &KillsEvent, names: &mut CgroupNames) -> Kill {
+    pub fn new(traced: &Traced, names: &mut CgroupNames) -> Kill {
+        let ev = &traced.event;
         let context = ev.has_context != 0;
         let scope = context.then(|| match ev.scope_cgroup_id {
             0 => "global".to_owned(),
@@ -330,6 +458,24 @@ impl Kill {
         };
         let cgroup = names.name(ev.victim_cgroup_id);
         let trigger_cgroup = context.then(|| names.name(ev.trigger_cgroup_id));
+        let culprits: Option<Vec<Culprit>> = traced.growth.as_ref().map(|r| {
+            r.top
+                .iter()
+                .map(|g| {
+                    let cgroup = names.name(g.cgroup_id);
+                    Culprit {
+                        owner: owner_text(&cgroup),
+                        cgroup,
+                        growth_bytes: g.bytes,
+                        growth_ms: g.span_ns / 1_000_000,
+                    }
+                })
+                .collect()
+        });
+        let culprit_is_victim = culprits
+            .as_ref()
+            .and_then(|c| c.first())
+            .map(|c| c.cgroup == cgroup);
         Kill {
             pid: ev.victim_tgid,
             tid: ev.victim_pid,
@@ -349,15 +495,27 @@ impl Kill {
             constraint: context.then(|| ev.constraint()),
             trigger_pid: context.then_some(ev.trigger_tgid),
             trigger_comm: context.then(|| ev.trigger_comm()),
-            trigger_owner: trigger_cgroup
-                .as_deref()
-                .map(|p| Owner::of(p).to_string())
-                .filter(|o| !o.is_empty()),
+            trigger_owner: trigger_cgroup.as_deref().and_then(owner_text),
             trigger_cgroup,
             order: context.then_some(ev.order),
             gfp_mask: context.then(|| format!("{:#x}", ev.gfp_mask)),
             memory_events,
+            growers: traced.growth.as_ref().map(|r| r.growers),
+            culprits,
+            culprit_is_victim,
         }
+    }
+
+    /// The first culprit, and whether it is the victim's cgroup:
+    /// "/batch/grower (+412MiB/4.9 s) != victim".
+    fn culprit_text(&self) -> Option<String> {
+        let first = self.culprits.as_ref()?.first()?;
+        let is = if self.culprit_is_victim == Some(true) {
+            "="
+        } else {
+            "!="
+        };
+        Some(format!("{} {is} victim", first.describe(size, "/")))
     }
 
     /// Whether the BPF OOM handler called `handler` chose this victim (its
@@ -388,7 +546,7 @@ impl Kill {
             }
             (_, handler) => format!("BPF OOM handler {handler} killed {victim}"),
         };
-        match (
+        let what = match (
             &self.scope,
             self.trigger_pid,
             &self.trigger_comm,
@@ -404,6 +562,25 @@ impl Kill {
                 format!("{what}; in {oom}, run into by pid {pid} ({comm}) of {cgroup}{owner}")
             }
             _ => what,
+        };
+        let window_s = culprit::WINDOW_NS / 1_000_000_000;
+        match &self.culprits {
+            None => what,
+            Some(c) if c.is_empty() => format!(
+                "{what}; no cgroup grew by {} in the {window_s} s before it",
+                crate::sizes::format_bytes(culprit::MIN_GROWTH_BYTES)
+            ),
+            Some(c) => {
+                let whose = if self.culprit_is_victim == Some(true) {
+                    "the victim's own cgroup"
+                } else {
+                    "not the victim's cgroup"
+                };
+                format!(
+                    "{what}; grown most in the {window_s} s before it: {}, {whose}",
+                    c[0].describe(crate::sizes::format_bytes, " in ")
+                )
+            }
         }
     }
 
@@ -446,6 +623,8 @@ impl Kill {
                     oom_events = %dash(events.map(|e| e.oom.to_string())),
                     oom_kill_events = %dash(events.map(|e| e.oom_kill.to_string())),
                     oom_group_kill_events = %dash(events.map(|e| e.oom_group_kill.to_string())),
+                    culprit = %dash(self.culprit_text()),
+                    growers = %dash(self.growers.map(|n| n.to_string())),
                     summary = %self.summary(),
                     "kill"
                 );
@@ -467,6 +646,9 @@ impl Kill {
                 trigger_pid = self.trigger_pid,
                 trigger_comm = self.trigger_comm.as_deref(),
                 trigger_cgroup = self.trigger_cgroup.as_deref(),
+                culprit_cgroup = self.culprits.as_ref().and_then(|c| c.first()).map(|c| c.cgroup.as_str()),
+                culprit_growth_bytes = self.culprits.as_ref().and_then(|c| c.first()).map(|c| c.growth_bytes),
+                culprit_is_victim = self.culprit_is_victim,
                 "kill: {}",
                 self.summary()
             ),
@@ -521,11 +703,141 @@ mod tests {
         (CgroupNames::from_tree(&tree), ev)
     }
 
+    /// `ev` from a kernel that cannot trace charges.
+    fn untracked(ev: KillsEvent) -> Traced {
+        Traced {
+            event: ev,
+            growth: None,
+        }
+    }
+
+    /// `ev` with `grown` (cgroup path, MiB, ms) as the ranking of who grew.
+    fn grown(dir: &Path, ev: KillsEvent, grown: &[(&str, u64, u64)], growers: usize) -> Traced {
+        let tree = CgroupTree::read(dir).unwrap();
+        let top = grown
+            .iter()
+            .map(|&(path, mib, ms)| crate::culprit::Growth {
+                cgroup_id: tree.get(tree.find(path).unwrap()).id,
+                bytes: mib * MIB,
+                span_ns: ms * 1_000_000,
+            })
+            .collect();
+        Traced {
+            event: ev,
+            growth: Some(Ranking {
+                top,
+                growers,
+                incomplete: false,
+            }),
+        }
+    }
+
+    #[test]
+    fn the_culprit_is_named_next_to_the_victim() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut names, ev) = setup(dir.path());
+        let traced = grown(dir.path(), ev, &[("/demo/web", 24, 3140)], 1);
+        let kill = Kill::new(&traced, &mut names);
+        assert_eq!(kill.culprit_is_victim, Some(false));
+        assert_eq!(kill.growers, Some(1));
+        assert!(
+            kill.summary().ends_with(
+                "; grown most in the 5 s before it: /demo/web (+24 MiB in 3.1 s), not the \
+                 victim's cgroup"
+            ),
+            "{}",
+            kill.summary()
+        );
+        let text = logged_by(LogFormat::Text, || kill.log(LogFormat::Text));
+        assert!(
+            text.contains(" culprit=\"/demo/web (+24MiB/3.1 s) != victim\" growers=1 "),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&kill.json_line()).unwrap();
+        assert_eq!(json["culprits"][0]["cgroup"], "/demo/web");
+        assert_eq!(json["culprits"][0]["growth_bytes"], 24 * MIB);
+        assert_eq!(json["culprits"][0]["growth_ms"], 3140);
+        assert_eq!(json["culprit_is_victim"], false);
+        let back: KillLine = serde_json::from_str(&kill.json_line()).unwrap();
+        assert_eq!(back.kill, kill);
+
+        let entries = crate::journal::tests::entries_of(|| kill.log(LogFormat::Journal));
+        let fields = &entries[0].fields;
+        for expected in [
+            ("POLICYD_CULPRIT_CGROUP", "/demo/web"),
+            ("POLICYD_CULPRIT_GROWTH_BYTES", "25165824"),
+            ("POLICYD_CULPRIT_IS_VICTIM", "false"),
+        ] {
+            assert!(
+                fields
+                    .iter()
+                    .any(|(k, v)| (k.as_str(), v.as_str()) == expected),
+                "{expected:?} not in {fields:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_victim_that_grew_most_is_its_own_culprit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut names, ev) = setup(dir.path());
+        let traced = grown(
+            dir.path(),
+            ev,
+            &[("/demo/batch", 200, 4000), ("/demo/web", 3, 900)],
+            4,
+        );
+        let kill = Kill::new(&traced, &mut names);
+        assert_eq!(kill.culprit_is_victim, Some(true));
+        assert_eq!(kill.culprits.as_ref().map(Vec::len), Some(2));
+        assert!(kill.summary().ends_with(", the victim's own cgroup"));
+        let text = logged_by(LogFormat::Text, || kill.log(LogFormat::Text));
+        assert!(
+            text.contains(" culprit=\"/demo/batch (+200MiB/4.0 s) = victim\" growers=4 "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_pods_culprit_is_named_by_its_pod() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut names, ev) = setup(dir.path());
+        let pod = "/kubepods/burstable/pod0d5f3bc4-1a2b-4c3d-8e9f-0123456789ab";
+        FakeCgroupfs::new(dir.path()).cgroup(pod, 0, &[]);
+        let traced = grown(dir.path(), ev, &[(pod, 50, 2000)], 1);
+        let kill = Kill::new(&traced, &mut names);
+        let culprit = &kill.culprits.as_ref().unwrap()[0];
+        assert_eq!(
+            culprit.owner.as_deref(),
+            Some("pod 0d5f3bc4-1a2b-4c3d-8e9f-0123456789ab (burstable)")
+        );
+        assert!(
+            kill.summary().contains(&format!(
+                "{pod} (pod 0d5f3bc4-1a2b-4c3d-8e9f-0123456789ab (burstable)) (+50 MiB in 2.0 s)"
+            )),
+            "{}",
+            kill.summary()
+        );
+    }
+
+    #[test]
+    fn nobody_grew() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut names, ev) = setup(dir.path());
+        let kill = Kill::new(&grown(dir.path(), ev, &[], 0), &mut names);
+        assert_eq!(kill.culprit_is_victim, None);
+        assert!(kill
+            .summary()
+            .ends_with("; no cgroup grew by 1 MiB in the 5 s before it"));
+        let text = logged_by(LogFormat::Text, || kill.log(LogFormat::Text));
+        assert!(text.contains(" culprit=- growers=0 "), "{text}");
+    }
+
     #[test]
     fn a_kernel_kill_names_victim_trigger_and_scope() {
         let dir = tempfile::tempdir().unwrap();
         let (mut names, ev) = setup(dir.path());
-        let kill = Kill::new(&ev, &mut names);
+        let kill = Kill::new(&untracked(ev), &mut names);
         assert_eq!(kill.pid, 310);
         assert_eq!(kill.cgroup, "/demo/batch");
         assert_eq!(kill.decided_by, "kernel");
@@ -563,7 +875,7 @@ mod tests {
         cg.cgroup(pod, 0, &[]);
         let tree = CgroupTree::read(cg.root()).unwrap();
         ev.victim_cgroup_id = tree.get(tree.find(pod).unwrap()).id;
-        let kill = Kill::new(&ev, &mut CgroupNames::from_tree(&tree));
+        let kill = Kill::new(&untracked(ev), &mut CgroupNames::from_tree(&tree));
         assert_eq!(kill.owner.pod_qos, Some(crate::owner::Qos::BestEffort));
         assert!(
             kill.summary().contains(&format!(
@@ -585,7 +897,7 @@ mod tests {
         for (i, b) in b"policyd_priority".iter().enumerate() {
             ev.handler[i] = *b as i8;
         }
-        let kill = Kill::new(&ev, &mut names);
+        let kill = Kill::new(&untracked(ev), &mut names);
         assert_eq!(kill.decided_by, "policyd_priority");
         assert!(kill.chosen_by("policyd_priority"));
         assert!(!kill.chosen_by("policyd_largest"));
@@ -594,7 +906,7 @@ mod tests {
             .starts_with("BPF OOM handler policyd_priority killed pid 310"));
 
         ev.kind = 1;
-        let kill = Kill::new(&ev, &mut names);
+        let kill = Kill::new(&untracked(ev), &mut names);
         assert_eq!(kill.kind, KillKind::WithChosen);
         // Its own decision line names only the chosen victim.
         assert!(!kill.chosen_by("policyd_priority"));
@@ -603,7 +915,7 @@ mod tests {
             .contains("with the chosen victim (memory.oom.group"));
 
         ev.kind = 2;
-        assert!(Kill::new(&ev, &mut names)
+        assert!(Kill::new(&untracked(ev), &mut names)
             .summary()
             .contains("was exiting already: given memory reserves, not killed"));
     }
@@ -612,7 +924,7 @@ mod tests {
     fn a_kill_in_the_journal() {
         let dir = tempfile::tempdir().unwrap();
         let (mut names, ev) = setup(dir.path());
-        let kill = Kill::new(&ev, &mut names);
+        let kill = Kill::new(&untracked(ev), &mut names);
         let entries = crate::journal::tests::entries_of(|| kill.log(LogFormat::Journal));
         assert_eq!(entries.len(), 1, "{entries:?}");
         assert_eq!(entries[0].message, format!("kill: {}", kill.summary()));
@@ -639,7 +951,7 @@ mod tests {
         let (mut names, mut ev) = setup(dir.path());
         ev.has_context = 0;
         ev.scope_cgroup_id = 0;
-        let kill = Kill::new(&ev, &mut names);
+        let kill = Kill::new(&untracked(ev), &mut names);
         assert_eq!(kill.scope, None);
         assert_eq!(kill.trigger_pid, None);
         assert_eq!(kill.constraint, None);
@@ -647,7 +959,8 @@ mod tests {
         assert!(kill.summary().ends_with("largest oom_badness()"));
         let text = logged_by(LogFormat::Text, || kill.log(LogFormat::Text));
         assert!(
-            text.contains(" scope=- constraint=- trigger_pid=- "),
+            text.contains(" scope=- constraint=- trigger_pid=- ")
+                && text.contains(" culprit=- growers=- "),
             "{text}"
         );
     }
@@ -658,7 +971,7 @@ mod tests {
         let (mut names, mut ev) = setup(dir.path());
         ev.scope_cgroup_id = 0;
         ev.constraint = 0;
-        let kill = Kill::new(&ev, &mut names);
+        let kill = Kill::new(&untracked(ev), &mut names);
         assert_eq!(kill.scope.as_deref(), Some("global"));
         assert_eq!(kill.constraint, Some(Constraint::None));
         assert_eq!(kill.memory_events, None);
@@ -671,7 +984,7 @@ mod tests {
     fn text_and_json_lines() {
         let dir = tempfile::tempdir().unwrap();
         let (mut names, ev) = setup(dir.path());
-        let kill = Kill::new(&ev, &mut names);
+        let kill = Kill::new(&untracked(ev), &mut names);
         let text = logged_by(LogFormat::Text, || kill.log(LogFormat::Text));
         assert!(
             text.trim_start().starts_with(
@@ -679,7 +992,7 @@ mod tests {
                  rss=290MiB anon=289MiB file=1MiB shmem=0B swap=0B pgtables=640KiB \
                  oom_score_adj=0 scope=/demo constraint=CONSTRAINT_MEMCG trigger_pid=311 \
                  trigger_comm=hog trigger_cgroup=/demo/web trigger_owner=- order=0 oom_events=2 \
-                 oom_kill_events=1 oom_group_kill_events=0 summary=\""
+                 oom_kill_events=1 oom_group_kill_events=0 culprit=- growers=- summary=\""
             ),
             "{text}"
         );

@@ -20,7 +20,8 @@
 //!   follows the cgroup tree, [`metrics`] shows the handler's counters to
 //!   Prometheus, [`notify`] tells systemd when the handler is attached;
 //! * [`kills`]: every OOM kill, whoever decided it (`policyd trace`),
-//!   through its own tracer, which needs no BPF OOM patches;
+//!   through its own tracer, which needs no BPF OOM patches, with
+//!   [`culprit`]: who grew most before it;
 //!   [`cgroup_names`] names the cgroups events carry by id;
 //! * [`guard`]: what `load` checks and does to itself before attaching;
 //! * [`testing`]: fake cgroup and proc trees for tests.
@@ -33,6 +34,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod config_watch;
+pub mod culprit;
 pub mod daemon;
 pub mod events;
 pub mod guard;

@@ -54,6 +54,27 @@ struct {
 __u64 dropped;
 
 /*
+ * Who grew just before an OOM: each memcg's usage, sampled on the charge
+ * path's slow path.  A charge takes pages from a per-CPU stock and refills it
+ * in batches of MEMCG_CHARGE_BATCH (64) pages through
+ * page_counter_try_charge(), a non-inlined function every kernel with memcg
+ * has; so this runs about once per 64 pages charged, never on the stock's
+ * fast path (a hook on every page fault or every charge would cost many
+ * times more).  It needs no timer: samples are taken by the charging tasks,
+ * and policyd reads the map only when a kill arrives.  Samples race between
+ * CPUs charging the same memcg; a torn sample is off by a batch.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, KILLS_GROWTH_CGROUPS);
+	__type(key, __u64);		/* cgroup id */
+	__type(value, struct kills_growth);
+} growth SEC(".maps");
+
+/* Cgroups that got an entry in `growth`: with its size, what it evicted. */
+__u64 growth_inserts;
+
+/*
  * Where __per_cpu_offset[] is and how many CPUs are possible, set by policyd
  * from /proc/kallsyms (0: unknown): the report adds up the mm counters'
  * per-CPU shares as the kernel's own "Killed process" line does
@@ -200,9 +221,74 @@ int BPF_PROG(victim_marked, struct task_struct *task)
 	return 0;
 }
 
+/* The mem_cgroup whose `memory` counter @counter is, or NULL: not one. */
+static struct mem_cgroup *memcg_of_memory_counter(struct page_counter *counter)
+{
+	struct mem_cgroup *memcg;
+	struct cgroup *cgrp;
+	void *css = NULL;
+	int id;
+
+	/*
+	 * The same function charges memsw, swap, hugetlb and dmem counters:
+	 * only a memory counter's container_of() is a memcg whose cgroup's
+	 * memory css is that memcg.
+	 */
+	memcg = (void *)((unsigned long)counter -
+			 bpf_core_field_offset(struct mem_cgroup, memory));
+	cgrp = BPF_CORE_READ(memcg, css.cgroup);
+	if (!cgrp)
+		return NULL;
+	id = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
+	bpf_probe_read_kernel(&css, sizeof(css),
+			      (void *)((unsigned long)cgrp +
+				       bpf_core_field_offset(struct cgroup, subsys) +
+				       id * sizeof(void *)));
+	if (css != (void *)((unsigned long)memcg +
+			    bpf_core_field_offset(struct mem_cgroup, css)))
+		return NULL;
+	return memcg;
+}
+
+SEC("fentry/page_counter_try_charge")
+int BPF_PROG(charging, struct page_counter *counter)
+{
+	struct mem_cgroup *memcg = memcg_of_memory_counter(counter);
+	struct kills_growth *g;
+	__u64 id, now, pages;
+
+	if (!memcg)
+		return 0;
+	id = BPF_CORE_READ(memcg, css.cgroup, kn, id);
+	pages = BPF_CORE_READ(counter, usage.counter);
+	now = bpf_ktime_get_ns();
+	g = bpf_map_lookup_elem(&growth, &id);
+	if (!g) {
+		struct kills_growth fresh = {
+			.first_ns = now, .first_pages = pages,
+			.mid_ns = now, .mid_pages = pages,
+			.last_ns = now, .last_pages = pages,
+		};
+
+		if (!bpf_map_update_elem(&growth, &id, &fresh, BPF_NOEXIST))
+			__sync_fetch_and_add(&growth_inserts, 1);
+		return 0;
+	}
+	if (now - g->mid_ns >= KILLS_GROWTH_HALF_WINDOW_MS * 1000000ULL) {
+		g->first_ns = g->mid_ns;
+		g->first_pages = g->mid_pages;
+		g->mid_ns = now;
+		g->mid_pages = pages;
+	}
+	g->last_ns = now;
+	g->last_pages = pages;
+	return 0;
+}
+
 /* The shared types, anchored in the BTF for the skeleton's generated Rust. */
 struct kills_abi {
 	struct kills_event event;
+	struct kills_growth growth;
 	enum kills_limits limits;
 	enum kills_kind kind;
 	enum kills_constraint constraint;

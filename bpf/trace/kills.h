@@ -20,6 +20,16 @@ enum kills_limits {
 	KILLS_COMM_LEN = 16,
 	/* Room for a BPF OOM handler's name (struct bpf_oom_ops.name). */
 	KILLS_HANDLER_LEN = 64,
+	/*
+	 * Cgroups whose memory growth the tracer follows at once (`growth`,
+	 * an LRU: the one that charged least recently makes room).
+	 */
+	KILLS_GROWTH_CGROUPS = 4096,
+	/*
+	 * A cgroup's growth is measured from a sample 1 to 2 half windows
+	 * old; policyd ranks growth over the last two (5 s) before the OOM.
+	 */
+	KILLS_GROWTH_HALF_WINDOW_MS = 2500,
 };
 
 /* Why this task was marked as an OOM victim. */
@@ -69,6 +79,21 @@ struct kills_event {
 	char trigger_comm[KILLS_COMM_LEN];
 	/* The BPF OOM handler that chose the victim; empty: the kernel. */
 	char handler[KILLS_HANDLER_LEN];
+};
+
+/*
+ * A cgroup's memory.current, sampled whenever its memcg charges a batch of
+ * pages (the `growth` map, keyed by cgroup id), in pages.  `first` is 1 to 2
+ * half windows older than `mid` once the cgroup has charged for that long;
+ * `mid` becomes `first` when it is a half window old.
+ */
+struct kills_growth {
+	__u64 first_ns;
+	__u64 first_pages;
+	__u64 mid_ns;
+	__u64 mid_pages;
+	__u64 last_ns;
+	__u64 last_pages;
 };
 
 #endif /* __KILLS_H */
