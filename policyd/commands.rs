@@ -146,7 +146,11 @@ pub fn trace(cgroup_root: Option<&Path>, format: LogFormat) -> Result<()> {
     let mut names = CgroupNames::from_tree(&tree);
     let signals = daemon::block_signals()?;
     let mut kills = KillStream::start()?;
-    tracing::info!(with_context = kills.has_context(), "tracing OOM kills");
+    tracing::info!(
+        with_context = kills.has_context(),
+        with_culprits = kills.tracks_growth(),
+        "tracing OOM kills"
+    );
     loop {
         let (kills_ready, signal_ready) = {
             let mut fds = [

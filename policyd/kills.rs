@@ -252,6 +252,11 @@ impl KillStream {
         self.tracer.has_context()
     }
 
+    /// Whether kills come with the cgroups that grew before them.
+    pub fn tracks_growth(&self) -> bool {
+        self.tracer.growth
+    }
+
     /// Readable when kills are waiting.
     pub fn fd(&self) -> BorrowedFd<'_> {
         // SAFETY: the ring buffer's epoll fd lives as long as `self.ring`.

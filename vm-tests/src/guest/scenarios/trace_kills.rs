@@ -1,10 +1,12 @@
 //! `policyd trace`: every OOM kill reported as the kernel made it, with no policy attached.
 //!
 //! * trace-kernel-kill: a memcg OOM decided by the kernel's own killer. /trace-kill
-//!   (memory.max 64M) holds a 40 MiB sleeper and a grower that runs into the limit: the
+//!   (memory.max 64M) holds a 40 MiB sleeper in /trace-kill/idle, idle for longer than the
+//!   culprit window (5 s), and a grower in /trace-kill/grower that runs into the limit: the
 //!   kernel kills the sleeper (the largest), so victim and trigger differ, and the kill
-//!   line must name both, the scope, the constraint and memory.events. Before the OOM the
-//!   tracer must not wake up at all.
+//!   line must name both, the scope, the constraint, memory.events and, as the culprit,
+//!   the grower's cgroup, not the victim's. Before the OOM the tracer must not wake up at
+//!   all.
 //! * trace-oom-group: memory.oom.group=1: the kernel kills every task of the cgroup; one
 //!   kill line each, the largest `chosen`, the others `with-chosen`.
 //! * trace-kubelet-layout: a BestEffort pod's container in kubelet's systemd-driver layout
@@ -18,7 +20,7 @@
 //! Each kill line's memory must equal, to the kB, what the kernel's own "Killed process"
 //! line says: both read the same counters of a task that no longer runs.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 
@@ -90,15 +92,51 @@ fn expect_kernel_sizes(kill: &pdutil::Kill, log: &KillLog) -> Result<()> {
     Ok(())
 }
 
+/// Growth older than this before an OOM does not make a culprit (policyd's
+/// culprit::WINDOW_NS), with a margin for the sleeper's last charges.
+const CULPRIT_WINDOW: Duration = Duration::from_millis(5500);
+
+/// Fails unless `kill` names `culprit` first, having grown by more than 8 MiB, says it is
+/// not the victim, and does not name `idle` at all.
+fn expect_culprit(kill: &pdutil::Kill, culprit: &str, idle: &str) -> Result<()> {
+    let culprits = kill
+        .culprits
+        .as_ref()
+        .with_context(|| format!("no culprits in the kill line: {kill}"))?;
+    let first = culprits
+        .first()
+        .with_context(|| format!("nobody grew before the OOM, the kill line says: {kill}"))?;
+    ensure!(
+        first.cgroup == culprit && first.growth_bytes > 8 * MIB,
+        "the culprit should be {culprit}, grown by more than 8 MiB: {kill}"
+    );
+    ensure!(
+        kill.culprit_is_victim == Some(false),
+        "culprit_is_victim should be false: {kill}"
+    );
+    ensure!(
+        culprits.iter().all(|c| c.cgroup != idle),
+        "{idle} was idle for {} s before the OOM, yet a culprit: {kill}",
+        CULPRIT_WINDOW.as_secs_f64()
+    );
+    Ok(())
+}
+
 fn run_kernel_kill(stock: bool) -> Result<()> {
     pdutil::quiet_oom_reports()?;
     let release = util::read_file("/proc/sys/kernel/osrelease")?;
     println!("kernel {}", release.trim());
     let cg = Cgroup::create("trace-kill")?;
     cg.set("memory.max", "64M")?;
+    let (idle_cg, grower_cg) = (cg.child("idle")?, cg.child("grower")?);
     let mut trace = Policyd::trace()?;
+    let mut kmsg = Kmsg::mark()?;
+    let mut sleeper = Hog::start(&idle_cg, &HogSpec::fixed(40), Duration::from_secs(30))?;
+    let sleeper_comm = comm(sleeper.pid())?;
+    let sleeper_ready = Instant::now();
 
-    // Idle: the tracer sleeps in poll(2) until a kill is reported.
+    // Idle: the tracer sleeps in poll(2) until a kill is reported, and keeps no timer for
+    // its growth window.
     std::thread::sleep(Duration::from_millis(500));
     let before = wakeups(trace.pid())?;
     std::thread::sleep(Duration::from_secs(3));
@@ -107,16 +145,20 @@ fn run_kernel_kill(stock: bool) -> Result<()> {
         idle_wakeups == 0,
         "policyd trace woke up {idle_wakeups} time(s) in 3 s with no OOM"
     );
+    // The sleeper's 40 MiB must be older than the culprit window when the OOM comes.
+    std::thread::sleep(CULPRIT_WINDOW.saturating_sub(sleeper_ready.elapsed()));
 
-    let mut kmsg = Kmsg::mark()?;
-    let mut sleeper = Hog::start(&cg, &HogSpec::fixed(40), Duration::from_secs(30))?;
-    let sleeper_comm = comm(sleeper.pid())?;
-    let mut grower = Hog::start(&cg, &HogSpec::growing(1).up_to(30), Duration::from_secs(30))?;
+    let mut grower = Hog::start(
+        &grower_cg,
+        &HogSpec::growing(1).up_to(30),
+        Duration::from_secs(30),
+    )?;
     println!(
-        "sleeper {} (40 MiB), grower {} (up to 30 MiB) in {}",
+        "sleeper {} (40 MiB) in {}, grower {} (up to 30 MiB) in {}",
         sleeper.pid(),
+        idle_cg.path(),
         grower.pid(),
-        cg.path()
+        grower_cg.path()
     );
     sleeper.wait_killed(pdutil::OOM_TIMEOUT)?;
     let (pid, trigger) = (sleeper.pid().to_string(), grower.pid().to_string());
@@ -124,14 +166,15 @@ fn run_kernel_kill(stock: bool) -> Result<()> {
     kill.expect(&[
         ("pid", &pid),
         ("comm", &sleeper_comm),
-        ("cgroup", "/trace-kill"),
+        ("cgroup", "/trace-kill/idle"),
         ("kind", "chosen"),
         ("decided_by", "kernel"),
         ("scope", "/trace-kill"),
         ("constraint", "CONSTRAINT_MEMCG"),
         ("trigger_pid", &trigger),
-        ("trigger_cgroup", "/trace-kill"),
+        ("trigger_cgroup", "/trace-kill/grower"),
     ])?;
+    expect_culprit(&kill, "/trace-kill/grower", "/trace-kill/idle")?;
     ensure!(
         (38 * MIB..=46 * MIB).contains(&kill.rss_bytes),
         "rss {} bytes for a 40 MiB task: {kill}",
