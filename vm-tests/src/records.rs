@@ -17,7 +17,28 @@ pub enum Record {
     DecisionSetup(DecisionSetup),
     Decision(DecisionSize),
     Footprint(Footprint),
+    ChargeCost(ChargeCost),
     Metrics(MetricsText),
+}
+
+/// bench-charge: `guest churn` with and without `policyd trace`, in alternating blocks.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChargeCost {
+    pub churn_mib: u64,
+    pub rounds: u32,
+    pub pairs: usize,
+    pub per_block: usize,
+    /// Each churn's CPU time (utime + stime) and wall time, without the tracer and with it.
+    pub off_cpu_ns: Vec<u64>,
+    pub on_cpu_ns: Vec<u64>,
+    pub off_wall_ns: Vec<u64>,
+    pub on_wall_ns: Vec<u64>,
+    /// Per pair of blocks: median CPU time with the tracer over median without.
+    pub pair_ratios: Vec<f64>,
+    /// The tracer's voluntary context switches during each traced block, and its length.
+    pub tracer_wakeups: Vec<u64>,
+    pub tracer_block_s: Vec<f64>,
 }
 
 /// A test scenario's `policyd metrics` output, for the host to read with a real

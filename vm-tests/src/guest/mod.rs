@@ -143,6 +143,13 @@ pub enum GuestCmd {
         #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
         oom_score_adj: i32,
     },
+    /// Map, touch and unmap MIB MiB of 4 KiB pages, ROUNDS times; print the time it took.
+    Churn {
+        #[arg(long)]
+        mib: u64,
+        #[arg(long)]
+        rounds: u32,
+    },
 }
 
 pub fn main(cmd: GuestCmd) -> Result<()> {
@@ -171,6 +178,7 @@ pub fn main(cmd: GuestCmd) -> Result<()> {
             gated,
             oom_score_adj,
         }),
+        GuestCmd::Churn { mib, rounds } => util::run_churn(mib, rounds),
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 
-use crate::records::{DecisionSize, Footprint, Record, Storm};
+use crate::records::{ChargeCost, DecisionSize, Footprint, Record, Storm};
 use crate::stats::percentile;
 
 /// The host the benchmark ran on.
@@ -334,6 +334,10 @@ pub fn write(
                 Record::Footprint(f) => Some(f),
                 _ => None,
             }),
+            "charge": first_as_json(runs, |r| match r {
+                Record::ChargeCost(c) => Some(c),
+                _ => None,
+            }),
             "storm_setup": first_as_json(runs, |r| match r {
                 Record::StormSetup(s) => Some(s),
                 _ => None,
@@ -522,7 +526,80 @@ pub fn markdown(r: &Value) -> String {
     storm_md(&mut md, r);
     decision_md(&mut md, r);
     footprint_md(&mut md, r);
+    charge_md(&mut md, r);
     md
+}
+
+/// The median of `ns`, in ms.
+fn median_ms(ns: &[u64]) -> f64 {
+    let ms: Vec<f64> = ns.iter().map(|&n| n as f64 / 1e6).collect();
+    percentile(&ms, 50.0).unwrap_or(f64::NAN)
+}
+
+fn charge_md(md: &mut String, r: &Value) {
+    let c = &r["summary"]["charge"];
+    if c.is_null() {
+        return;
+    }
+    let title = "\n## 4. Culprit tracking: cost on the charge path\n";
+    let Ok(c) = serde_json::from_value::<ChargeCost>(c.clone()) else {
+        let _ = writeln!(md, "{title}\n(not this version's record)");
+        return;
+    };
+    let _ = writeln!(md, "{title}");
+    let _ = writeln!(
+        md,
+        "`guest churn`: map, touch and unmap {} MiB of 4 KiB pages {} times (a fault and a \
+         memcg charge per page), with `policyd trace` attached and without, in {} alternating \
+         pairs of blocks of {} runs. Ratio: per pair, median CPU time (utime+stime) traced \
+         over untraced.\n",
+        c.churn_mib, c.rounds, c.pairs, c.per_block
+    );
+    let ratios = &c.pair_ratios;
+    let pct = |p: f64| percentile(ratios, p).map_or("?".to_owned(), |x| format!("{x:.4}"));
+    let median = percentile(ratios, 50.0).unwrap_or(f64::NAN);
+    let (lo, hi) = (
+        percentile(ratios, 25.0).unwrap_or(f64::NAN),
+        percentile(ratios, 75.0).unwrap_or(f64::NAN),
+    );
+    let _ = writeln!(md, "| measure | value | target | met |");
+    let _ = writeln!(md, "|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| CPU time traced / untraced: median of pairs (p25–p75, min–max) | {} ({}–{}, {}–{}) | \
+         ≤ 1.01 | {} |",
+        pct(50.0),
+        pct(25.0),
+        pct(75.0),
+        pct(0.0),
+        pct(100.0),
+        if median <= 1.01 { "yes" } else { "**NO**" }
+    );
+    let _ = writeln!(
+        md,
+        "\nThe pairs' interquartile range, {:.1}%, is the noise of one pair's ratio.",
+        (hi - lo) * 100.0
+    );
+    let _ = writeln!(
+        md,
+        "| median CPU time per churn, untraced / traced | {} / {} ms | – | |",
+        num(median_ms(&c.off_cpu_ns)),
+        num(median_ms(&c.on_cpu_ns))
+    );
+    let _ = writeln!(
+        md,
+        "| median wall time per churn, untraced / traced | {} / {} ms | – | |",
+        num(median_ms(&c.off_wall_ns)),
+        num(median_ms(&c.on_wall_ns))
+    );
+    let secs: f64 = c.tracer_block_s.iter().sum();
+    let wakeups: u64 = c.tracer_wakeups.iter().sum();
+    let _ = writeln!(
+        md,
+        "| tracer's voluntary context switches while charging ({} s) | {wakeups} | 0 | {} |",
+        num(secs),
+        if wakeups == 0 { "yes" } else { "**NO**" }
+    );
 }
 
 /// "fast: the hog touches ... (~40 MiB/s alone); slow: ...".

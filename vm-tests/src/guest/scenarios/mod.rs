@@ -6,6 +6,7 @@
 
 use super::Scenario;
 
+mod bench_charge;
 mod bench_decision;
 mod bench_footprint;
 mod bench_storm;
@@ -102,5 +103,6 @@ pub fn all() -> Vec<Scenario> {
         bench_storm::scenario().bench(),
         bench_decision::scenario().bench(),
         bench_footprint::scenario().bench(),
+        bench_charge::scenario().bench(),
     ]
 }

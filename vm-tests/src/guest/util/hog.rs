@@ -267,6 +267,87 @@ pub fn run_hog(spec: &HogSpec) -> Result<()> {
     }
 }
 
+/// What one `guest churn` took: its CPU time (utime + stime: the charge path and any
+/// tracer on it run in the faulting task) and its wall time.
+#[derive(Debug, Clone, Copy)]
+pub struct Churn {
+    pub cpu_ns: u64,
+    pub wall_ns: u64,
+}
+
+impl Churn {
+    /// Runs `guest churn` in `cgroup` and waits for it.
+    pub fn run(cgroup: &Cgroup, mib: u64, rounds: u32) -> Result<Churn> {
+        let exe = std::env::current_exe().context("locating this binary")?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["guest", "churn", "--mib", &mib.to_string()])
+            .args(["--rounds", &rounds.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let child = spawn_in(cgroup, &mut cmd, Some(0))?;
+        let out = child
+            .wait_with_output()
+            .context("waiting for guest churn")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!("guest churn {}: {text}", describe_status(out.status));
+        }
+        let field = |key: &str| -> Result<u64> {
+            text.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("no {key} in guest churn's output {text:?}"))
+        };
+        Ok(Churn {
+            cpu_ns: field("cpu_ns=")?,
+            wall_ns: field("wall_ns=")?,
+        })
+    }
+}
+
+/// The body of `vm-tests guest churn`: every round maps `mib` MiB without huge pages,
+/// writes every page (a fault and a memcg charge each) and unmaps it (uncharged again).
+pub fn run_churn(mib: u64, rounds: u32) -> Result<()> {
+    use nix::sys::mman::{madvise, mmap_anonymous, munmap, MapFlags, MmapAdvise, ProtFlags};
+    use nix::sys::resource::{getrusage, UsageWho};
+    let len = usize::try_from(mib << 20).context("--mib too large")?;
+    let size = std::num::NonZeroUsize::new(len).context("--mib 0")?;
+    let cpu = || -> Result<u64> {
+        let u = getrusage(UsageWho::RUSAGE_SELF).context("getrusage")?;
+        let ns = |t: nix::sys::time::TimeVal| {
+            t.tv_sec() as u64 * 1_000_000_000 + t.tv_usec() as u64 * 1000
+        };
+        Ok(ns(u.user_time()) + ns(u.system_time()))
+    };
+    let (cpu0, wall0) = (cpu()?, Instant::now());
+    for _ in 0..rounds {
+        // SAFETY: a fresh private anonymous mapping, written only within its bounds and
+        // unmapped before the next.
+        unsafe {
+            let ptr = mmap_anonymous(
+                None,
+                size,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE,
+            )
+            .context("mmap")?;
+            // 4 KiB pages, the charge path's worst case: a huge page is one charge.
+            madvise(ptr, len, MmapAdvise::MADV_NOHUGEPAGE).context("madvise")?;
+            let base = ptr.as_ptr().cast::<u8>();
+            for off in (0..len).step_by(4096) {
+                base.add(off).write_volatile(1);
+            }
+            munmap(ptr, len).context("munmap")?;
+        }
+    }
+    println!(
+        "cpu_ns={} wall_ns={}",
+        cpu()? - cpu0,
+        wall0.elapsed().as_nanos()
+    );
+    Ok(())
+}
+
 fn touch_mib(mib: u64) -> Result<()> {
     for _ in 0..mib {
         touch_bytes(1 << 20)?;
