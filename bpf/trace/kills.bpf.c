@@ -8,7 +8,8 @@
  * victim on every kernel; out_of_memory(), which every OOM kill runs inside,
  * tells whose OOM it is (scope, constraint, the task that ran into it).  A
  * kernel without fentry support still gets the kills, without that context:
- * policyd then leaves oom_enter unloaded.
+ * policyd then leaves oom_enter unloaded.  `charging` keeps each memcg's
+ * recent growth, so that policyd can name who grew most before a kill.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
