@@ -39,6 +39,12 @@ pub struct ChargeCost {
     /// The tracer's voluntary context switches during each traced block, and its length.
     pub tracer_wakeups: Vec<u64>,
     pub tracer_block_s: Vec<f64>,
+    /// The traced block with kernel.bpf_stats_enabled: the churns' CPU time, the pages
+    /// they charged, and the tracer's programs' run time and run count.
+    pub stats_cpu_ns: u64,
+    pub stats_pages: u64,
+    pub bpf_run_ns: u64,
+    pub bpf_run_cnt: u64,
 }
 
 /// A test scenario's `policyd metrics` output, for the host to read with a real

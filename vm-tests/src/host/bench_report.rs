@@ -592,6 +592,22 @@ fn charge_md(md: &mut String, r: &Value) {
         num(median_ms(&c.off_wall_ns)),
         num(median_ms(&c.on_wall_ns))
     );
+    let _ = writeln!(
+        md,
+        "| BPF run time / churn CPU time (bpf_stats block) | {:.3}% | ≤ 1% | {} |",
+        c.bpf_run_ns as f64 * 100.0 / c.stats_cpu_ns.max(1) as f64,
+        if c.bpf_run_ns * 100 <= c.stats_cpu_ns {
+            "yes"
+        } else {
+            "**NO**"
+        }
+    );
+    let _ = writeln!(
+        md,
+        "| BPF runs: pages charged per run, ns per run | {} pages, {} ns | – | |",
+        num(c.stats_pages as f64 / c.bpf_run_cnt.max(1) as f64),
+        num(c.bpf_run_ns as f64 / c.bpf_run_cnt.max(1) as f64)
+    );
     let secs: f64 = c.tracer_block_s.iter().sum();
     let wakeups: u64 = c.tracer_wakeups.iter().sum();
     let _ = writeln!(
