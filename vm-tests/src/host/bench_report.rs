@@ -577,11 +577,6 @@ fn charge_md(md: &mut String, r: &Value) {
     );
     let _ = writeln!(
         md,
-        "\nThe pairs' interquartile range, {:.1}%, is the noise of one pair's ratio.",
-        (hi - lo) * 100.0
-    );
-    let _ = writeln!(
-        md,
         "| median CPU time per churn, untraced / traced | {} / {} ms | – | |",
         num(median_ms(&c.off_cpu_ns)),
         num(median_ms(&c.on_cpu_ns))
@@ -615,6 +610,11 @@ fn charge_md(md: &mut String, r: &Value) {
         "| tracer's voluntary context switches while charging ({} s) | {wakeups} | 0 | {} |",
         num(secs),
         if wakeups == 0 { "yes" } else { "**NO**" }
+    );
+    let _ = writeln!(
+        md,
+        "\nThe pairs' interquartile range, {:.1}%, is the noise of one pair's ratio.",
+        (hi - lo) * 100.0
     );
 }
 
@@ -1090,6 +1090,41 @@ mod tests {
             handler_us: handler_us.to_vec(),
             report_printed: printed.to_vec(),
             ok: vec![true, true],
+        }
+    }
+
+    #[test]
+    fn charge_cost_report() {
+        let rec = ChargeCost {
+            churn_mib: 256,
+            rounds: 1,
+            pairs: 4,
+            per_block: 3,
+            off_cpu_ns: vec![4_000_000_000; 12],
+            on_cpu_ns: vec![4_020_000_000; 12],
+            off_wall_ns: vec![5_000_000_000; 12],
+            on_wall_ns: vec![5_000_000_000; 12],
+            pair_ratios: vec![0.98, 1.0, 1.004, 1.03],
+            tracer_wakeups: vec![0, 0, 0, 0],
+            tracer_block_s: vec![15.0; 4],
+            stats_cpu_ns: 12_000_000_000,
+            stats_pages: 196_608,
+            bpf_run_ns: 6_000_000,
+            bpf_run_cnt: 3072,
+        };
+        let r = json!({ "summary": { "charge": serde_json::to_value(&rec).unwrap() } });
+        let mut md = String::new();
+        charge_md(&mut md, &r);
+        for want in [
+            "| CPU time traced / untraced: median of pairs (p25–p75, min–max) | 1.0020 \
+             (0.9950–1.0105, 0.9800–1.0300) | ≤ 1.01 | yes |",
+            "| 0 | 0 | yes |\n\nThe pairs' interquartile range, 1.5%,",
+            "| median CPU time per churn, untraced / traced | 4000 / 4020 ms |",
+            "| BPF run time / churn CPU time (bpf_stats block) | 0.050% | ≤ 1% | yes |",
+            "| BPF runs: pages charged per run, ns per run | 64.0 pages, 1953 ns |",
+            "while charging (60.0 s) | 0 | 0 | yes |",
+        ] {
+            assert!(md.contains(want), "{want:?} not in\n{md}");
         }
     }
 

@@ -15,7 +15,7 @@
 //! run count (from /proc/<pid>/fdinfo) against the churns' CPU time in that block.
 
 use std::fs;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 
@@ -124,6 +124,8 @@ fn run() -> Result<()> {
                     "policyd trace attached without its culprit tracking: {:?}",
                     pd.log()
                 );
+                // Past its first sleep in poll(2), which is no wake-up.
+                std::thread::sleep(Duration::from_millis(500));
                 Some(pd)
             } else {
                 None
