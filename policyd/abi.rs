@@ -155,6 +155,7 @@ pub enum Reason {
     VictimExiting,
     NoCandidate,
     ObserveOnly,
+    Preference,
     Unknown(u8),
 }
 
@@ -169,6 +170,7 @@ impl From<u8> for Reason {
             policyd_reason::POLICYD_REASON_VICTIM_EXITING => Reason::VictimExiting,
             policyd_reason::POLICYD_REASON_NO_CANDIDATE => Reason::NoCandidate,
             policyd_reason::POLICYD_REASON_OBSERVE_ONLY => Reason::ObserveOnly,
+            policyd_reason::POLICYD_REASON_PREFERENCE => Reason::Preference,
             _ => Reason::Unknown(v),
         }
     }
@@ -185,6 +187,7 @@ impl fmt::Display for Reason {
             Reason::VictimExiting => "victim-exiting",
             Reason::NoCandidate => "no-candidate",
             Reason::ObserveOnly => "observe-only",
+            Reason::Preference => "preference",
             Reason::Unknown(v) => return write!(f, "reason#{v}"),
         })
     }
@@ -437,9 +440,10 @@ mod tests {
             priority: 10,
             protect: 1,
             kill: KillMode::Cgroup.abi(),
-            pad: [0; 2],
+            pref: crate::xattrs::Pref::Avoid.abi(),
+            pad: [0; 1],
         };
-        assert_eq!(rule.as_bytes(), &[10, 0, 0, 0, 1, 1, 0, 0]);
+        assert_eq!(rule.as_bytes(), &[10, 0, 0, 0, 1, 1, 2, 0]);
         assert_eq!(PolicydRule::from_bytes(rule.as_bytes()), Some(rule));
         assert_eq!(PolicydRule::from_bytes(&[0; 7]), None);
 

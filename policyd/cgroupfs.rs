@@ -32,6 +32,8 @@ use std::sync::Mutex;
 
 use nix::errno::Errno;
 
+use crate::xattrs::Xattrs;
+
 /// Where cgroup2 is mounted on systemd machines.
 pub const DEFAULT_MOUNT: &str = "/sys/fs/cgroup";
 /// Linux's PATH_MAX, terminating NUL included: a longer path cannot be
@@ -215,6 +217,8 @@ pub struct Cgroup {
     /// A threaded cgroup (`cgroup.type`): its processes are listed, and
     /// counted, in its threaded domain's `cgroup.procs`.
     pub threaded: bool,
+    /// Its own preferences in xattrs (trusted ones only; see [`crate::xattrs`]).
+    pub xattrs: Xattrs,
     /// `populated` came from cgroup.events rather than being computed.
     populated_from_events: bool,
     /// End (exclusive) of this cgroup's subtree in the tree's node order.
@@ -438,6 +442,7 @@ impl CgroupTree {
                 })
         });
         let threaded = kind.is_some_and(|k| k.trim() == "threaded");
+        let xattrs = crate::xattrs::read(&dir, &path);
         Ok(Some(Cgroup {
             id,
             path,
@@ -446,6 +451,7 @@ impl CgroupTree {
             threaded,
             memory_current,
             procs,
+            xattrs,
             populated: events_populated.unwrap_or(false),
             populated_from_events: events_populated.is_some(),
             subtree_end: 0,

@@ -201,6 +201,11 @@ impl Decision {
             Reason::VictimExiting => "an earlier victim is still exiting".to_owned(),
             Reason::NoCandidate => "no eligible cgroup in scope".to_owned(),
             Reason::ObserveOnly => "observe policy".to_owned(),
+            Reason::Preference => format!(
+                "preference (user.oomd_prefer here, or user.oomd_avoid on the runner-up), \
+                 priority {}",
+                self.priority
+            ),
             Reason::None | Reason::Unknown(_) => self.reason.to_string(),
         }
     }
@@ -432,7 +437,8 @@ mod tests {
             usage,
             priority,
             kill: 0,
-            pad: [0; 3],
+            pref: 0,
+            pad: [0; 2],
         }
     }
 

@@ -7,7 +7,8 @@
 //! * [`matcher`]: cgroup path patterns used by rules;
 //! * [`policy`]: the selectable policies;
 //! * [`cgroupfs`]: reading a cgroup v2 tree; [`procfs`]: per-task facts;
-//! * [`resolve`]: effective settings per cgroup (rules + inheritance);
+//! * [`resolve`]: effective settings per cgroup (rules + inheritance), with
+//!   [`xattrs`]: systemd's, oomd's and orchestrators' preferences on cgroups;
 //! * [`rank`]: candidates and victim choice (what `explain` predicts), and
 //!   [`reason`]: why, as data, and the sentences made from it;
 //! * [`cli`] and [`commands`]: the command line;
@@ -57,6 +58,7 @@ pub mod sizes;
 pub mod status;
 pub mod testing;
 pub mod watch;
+pub mod xattrs;
 
 pub use config::{Config, ConfigError, KillMode, Rule};
 pub use matcher::CgroupPattern;

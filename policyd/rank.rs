@@ -18,6 +18,10 @@
 //! A threaded cgroup is never a candidate: its processes belong to its
 //! threaded domain (whose `cgroup.procs` lists them), which is.
 //!
+//! Before priorities (and under `largest` before usage), the preferences of
+//! xattrs ([`crate::resolve`], step 4): `user.oomd_prefer` cgroups first,
+//! `user.oomd_avoid` ones last.
+//!
 //! `largest`: like `priority` with priorities ignored, among populated leaf
 //! cgroups (no populated child but threaded ones): largest `memory.current` first, ties → lower
 //! cgroup id. Protect and kill modes still apply.
@@ -45,7 +49,8 @@ use crate::procfs::{TaskInfo, TaskSource};
 use crate::reason::{
     outcome_and_why, reason_and_why, KillChoice, Outcome, Reason, Spared, VictimReason,
 };
-use crate::resolve::{Effective, Source};
+use crate::resolve::{Effective, Source, XattrSource};
+use crate::xattrs::Pref;
 
 /// Global OOM (the root cgroup's subtree) or a memcg's own limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -71,11 +76,15 @@ pub struct Candidate {
     pub priority: u32,
     pub protect: bool,
     pub kill: KillMode,
+    pub pref: Pref,
     /// `memory.current` in bytes (`None` for the root cgroup).
     pub memory_current: Option<u64>,
     /// Processes directly in this cgroup.
     pub nr_procs: usize,
     pub source: Source,
+    /// xattrs over the rules (see [`crate::resolve`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub xattrs: Vec<XattrSource>,
     pub eligible: bool,
     /// 1-based position among eligible candidates; `None` when not eligible.
     pub rank: Option<usize>,
@@ -211,7 +220,9 @@ pub fn rank_cgroups(
             PolicyName::Priority => effective[a].priority.cmp(&effective[b].priority),
             _ => Ordering::Equal,
         };
-        by_priority
+        let by_pref = effective[a].pref.rank().cmp(&effective[b].pref.rank());
+        by_pref
+            .then(by_priority)
             .then(usage_units(nb).cmp(&usage_units(na)))
             .then(na.id.cmp(&nb.id))
     };
@@ -226,9 +237,11 @@ pub fn rank_cgroups(
             priority: eff.priority,
             protect: eff.protect,
             kill: eff.kill,
+            pref: eff.pref,
             memory_current: node.memory_current,
             nr_procs: node.procs.len(),
             source: eff.source.clone(),
+            xattrs: eff.xattrs.clone(),
             eligible,
             rank,
             why,
@@ -262,6 +275,13 @@ fn why_before(
     let (na, nb) = (tree.get(a), tree.get(b));
     let (pa, pb) = (eff[a].priority, eff[b].priority);
     let next = nb.path.clone();
+    if eff[a].pref != eff[b].pref {
+        return Reason::Preference {
+            pref: eff[a].pref,
+            next_pref: eff[b].pref,
+            next,
+        };
+    }
     if policy == PolicyName::Priority && pa != pb {
         return Reason::LowerPriority {
             priority: pa,
@@ -618,6 +638,52 @@ mod tests {
             .as_ref()
             .map(|v| v.tasks.iter().map(|t| t.pid).collect())
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn xattr_preferences_rank_before_priorities() {
+        let f = Fixture::demo();
+        let mut eff = resolve_tree(&policies_toml(), &f.tree);
+        let idx = |p: &str| f.tree.find(p).unwrap();
+        eff[idx("/system.slice/sshd.service")].pref = Pref::Prefer;
+        eff[idx("/demo/batch/j2")].pref = Pref::Avoid;
+        let root = f.tree.lookup("/").unwrap();
+        let ex = explain(
+            PolicyName::Priority,
+            &f.tree,
+            &eff,
+            root,
+            &f.procs,
+            TOTALPAGES,
+        );
+        assert_eq!(
+            ranked(&ex),
+            texts([
+                (
+                    "/system.slice/sshd.service",
+                    "preference prefer before none of /demo/batch/j1"
+                ),
+                ("/demo/batch/j1", "priority 10 < 500 of /demo/web"),
+                (
+                    "/demo/web",
+                    "preference none before avoid of /demo/batch/j2"
+                ),
+                ("/demo/batch/j2", "ranks last"),
+            ])
+        );
+        assert_eq!(ex.victim.unwrap().cgroup, "/system.slice/sshd.service");
+        // `largest` honours them too: the avoided biggest cgroup goes last.
+        let ex = explain(
+            PolicyName::Largest,
+            &f.tree,
+            &eff,
+            root,
+            &f.procs,
+            TOTALPAGES,
+        );
+        let order: Vec<&str> = ranked(&ex).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(order.first(), Some(&"/system.slice/sshd.service"));
+        assert_eq!(order.last(), Some(&"/demo/batch/j2"));
     }
 
     #[test]

@@ -14,12 +14,19 @@ use serde::Serialize;
 use crate::config::KillMode;
 use crate::procfs::Unkillable;
 use crate::sizes::{format_bytes, format_pair};
+use crate::xattrs::Pref;
 
 /// Why a cgroup or task ranks where it does, or has no rank.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Reason {
     // An eligible cgroup, compared with the `next` one in rank.
+    /// Ranked by xattr preference (prefer first, avoid last) before priorities.
+    Preference {
+        pref: Pref,
+        next_pref: Pref,
+        next: String,
+    },
     LowerPriority {
         priority: u32,
         next_priority: u32,
@@ -96,6 +103,11 @@ impl From<Unkillable> for Reason {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Reason::Preference {
+                pref,
+                next_pref,
+                next,
+            } => write!(f, "preference {pref} before {next_pref} of {next}"),
             Reason::LowerPriority {
                 priority,
                 next_priority,

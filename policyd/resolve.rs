@@ -15,6 +15,16 @@
 //! Note what 1 implies: a rule with only `priority` below a protected cgroup
 //! inherits `protect = true`; write `protect = false` to un-protect a subtree.
 //!
+//! 4. Then the cgroup's xattrs ([`crate::xattrs`], trusted ones only), each
+//!    for the cgroup it is set on and every cgroup below it, whatever the
+//!    rules there say, until a cgroup below sets its own:
+//!    `trusted.policyd.priority` replaces the rules' priority;
+//!    `user.oomd_omit` protects (a rule's `protect = true` protects whatever
+//!    the xattrs say: protect only ever adds up); `user.oomd_avoid` ranks the
+//!    cgroup after every cgroup without it, `user.oomd_prefer` before every
+//!    cgroup without it, before priorities count (avoid wins over prefer).
+//!    A false value (`0`) is the same as none, as for systemd-oomd.
+//!
 //! The kernel side gets one resolved entry per cgroup id; patterns and
 //! inheritance never reach BPF.
 
@@ -24,6 +34,7 @@ use serde::Serialize;
 
 use crate::cgroupfs::CgroupTree;
 use crate::config::{Config, KillMode};
+use crate::xattrs::{self, Pref, Xattrs};
 
 /// Where a cgroup's effective settings came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -84,6 +95,22 @@ pub struct FieldOrigins {
     pub kill: Option<String>,
 }
 
+/// An xattr in force on a cgroup, and the cgroup it is set on (this one or
+/// an ancestor).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct XattrSource {
+    pub name: &'static str,
+    /// What it sets: "protect", "prefer", "avoid" or "priority N".
+    pub sets: String,
+    pub cgroup: String,
+}
+
+impl fmt::Display for XattrSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} from {} on {}", self.sets, self.name, self.cgroup)
+    }
+}
+
 /// The resolved settings of one cgroup: what the kernel side gets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Effective {
@@ -95,10 +122,19 @@ pub struct Effective {
     /// Never chosen as a victim.
     pub protect: bool,
     pub kill: KillMode,
+    /// Ranked first, last or neither, before priorities count.
+    pub pref: Pref,
+    /// Where the rules' settings came from.
     pub source: Source,
+    /// The xattrs that override the rules here, in force from here or above.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub xattrs: Vec<XattrSource>,
     /// Where each field came from (for messages; not serialised).
     #[serde(skip)]
     pub origins: FieldOrigins,
+    /// What the rules alone give (what a cgroup below inherits from them).
+    #[serde(skip)]
+    pub by_rules: (u32, bool),
 }
 
 impl Effective {
@@ -124,11 +160,25 @@ impl<'a> Resolver<'a> {
         Resolver { config }
     }
 
-    /// Settings for the cgroup at `path` with kernel id `id`, given its
-    /// parent's effective settings (`None` for the root cgroup).
-    pub fn resolve(&self, path: &str, id: u64, parent: Option<&Effective>) -> Effective {
+    /// Settings for the cgroup at `path` with kernel id `id` and its own
+    /// xattrs `own`, given its parent's effective settings (`None` for the
+    /// root cgroup).
+    pub fn resolve(
+        &self,
+        path: &str,
+        id: u64,
+        parent: Option<&Effective>,
+        own: &Xattrs,
+    ) -> Effective {
+        let mut e = self.resolve_rules(path, id, parent);
+        e.by_rules = (e.priority, e.protect);
+        apply_xattrs(&mut e, parent, own);
+        e
+    }
+
+    fn resolve_rules(&self, path: &str, id: u64, parent: Option<&Effective>) -> Effective {
         let (priority, protect, kill, origins) = match parent {
-            Some(p) => (p.priority, p.protect, p.kill, p.origins.clone()),
+            Some(p) => (p.by_rules.0, p.by_rules.1, p.kill, p.origins.clone()),
             None => (
                 self.config.default_priority,
                 false,
@@ -149,8 +199,11 @@ impl<'a> Resolver<'a> {
                 priority,
                 protect,
                 kill,
+                pref: Pref::None,
                 source,
+                xattrs: Vec::new(),
                 origins,
+                by_rules: (priority, protect),
             };
         };
 
@@ -179,15 +232,63 @@ impl<'a> Resolver<'a> {
             priority: rule.priority.unwrap_or(priority),
             protect: rule.protect.unwrap_or(protect),
             kill: rule.kill.unwrap_or(kill),
+            pref: Pref::None,
             source: Source::Rule {
                 index: rule.index,
                 line: rule.line,
                 pattern: rule.pattern.to_string(),
                 inherited,
             },
+            xattrs: Vec::new(),
             origins,
+            by_rules: (0, false),
         }
     }
+}
+
+/// Step 4 of the module's order: the xattrs in force at `e` (its own `own`,
+/// else its parent's) over what the rules gave it.
+fn apply_xattrs(e: &mut Effective, parent: Option<&Effective>, own: &Xattrs) {
+    let here = |name: &'static str, sets: String| XattrSource {
+        name,
+        sets,
+        cgroup: e.path.clone(),
+    };
+    let from_parent =
+        |name: &str| parent.and_then(|p| p.xattrs.iter().find(|x| x.name == name).cloned());
+    let omit = if own.omit {
+        Some(here(xattrs::OMIT, "protect".to_owned()))
+    } else {
+        from_parent(xattrs::OMIT)
+    };
+    let pref = if own.avoid {
+        Some(here(xattrs::AVOID, Pref::Avoid.to_string()))
+    } else if own.prefer {
+        Some(here(xattrs::PREFER, Pref::Prefer.to_string()))
+    } else {
+        from_parent(xattrs::AVOID).or_else(|| from_parent(xattrs::PREFER))
+    };
+    let priority = match own.priority {
+        Some(p) => Some((p, here(xattrs::PRIORITY, format!("priority {p}")))),
+        None => parent.and_then(|p| from_parent(xattrs::PRIORITY).map(|x| (p.priority, x))),
+    };
+    if omit.is_some() {
+        e.protect = true;
+    }
+    if let Some(x) = &pref {
+        e.pref = if x.name == xattrs::AVOID {
+            Pref::Avoid
+        } else {
+            Pref::Prefer
+        };
+    }
+    if let Some((p, _)) = &priority {
+        e.priority = *p;
+    }
+    e.xattrs = [omit, pref, priority.map(|(_, x)| x)]
+        .into_iter()
+        .flatten()
+        .collect();
 }
 
 /// Effective settings of every cgroup in `tree`, index-aligned with
@@ -198,7 +299,7 @@ pub fn resolve_tree(config: &Config, tree: &CgroupTree) -> Vec<Effective> {
     for node in tree.nodes() {
         // Pre-order: the parent is already resolved.
         let parent = node.parent.map(|p| &out[p]);
-        let e = resolver.resolve(&node.path, node.id, parent);
+        let e = resolver.resolve(&node.path, node.id, parent, &node.xattrs);
         out.push(e);
     }
     out
@@ -372,14 +473,15 @@ priority = 3
     fn resolves_a_new_cgroup_from_its_parent() {
         let config = Config::parse(RULES, "t.toml").unwrap();
         let r = Resolver::new(&config);
-        let root = r.resolve("/", 1, None);
-        let demo = r.resolve("/demo", 2, Some(&root));
-        let batch = r.resolve("/demo/batch", 3, Some(&demo));
-        let job = r.resolve("/demo/batch/new-job", 99, Some(&batch));
+        let none = Xattrs::default();
+        let root = r.resolve("/", 1, None, &none);
+        let demo = r.resolve("/demo", 2, Some(&root), &none);
+        let batch = r.resolve("/demo/batch", 3, Some(&demo), &none);
+        let job = r.resolve("/demo/batch/new-job", 99, Some(&batch), &none);
         assert_eq!((job.id, job.priority, job.kill), (99, 10, KillMode::Cgroup));
         assert_eq!(job.source.to_string(), "rule /demo/batch/** (line 13)");
-        let prot = r.resolve("/prot", 6, Some(&root));
-        let child = r.resolve("/prot/child", 7, Some(&prot));
+        let prot = r.resolve("/prot", 6, Some(&root), &none);
+        let child = r.resolve("/prot/child", 7, Some(&prot), &none);
         assert_eq!(
             child.source.to_string(),
             "rule /prot/child (line 27); protect from /prot"
@@ -387,10 +489,75 @@ priority = 3
         assert!(child.protect);
         assert_eq!(child.origins.priority.as_deref(), Some("/prot/child"));
         assert_eq!(child.origins.kill, None);
-        let web = r.resolve("/demo/web", 4, Some(&demo));
-        let w = r.resolve("/demo/web/w", 5, Some(&web));
+        let web = r.resolve("/demo/web", 4, Some(&demo), &none);
+        let w = r.resolve("/demo/web/w", 5, Some(&web), &none);
         assert_eq!(w.source.to_string(), "inherited from /demo/web");
         assert_eq!(root.source.to_string(), "default");
+    }
+
+    #[test]
+    fn xattrs_override_rules_for_their_subtree() {
+        let config = Config::parse(RULES, "t.toml").unwrap();
+        let r = Resolver::new(&config);
+        let none = Xattrs::default();
+        let x = |omit, avoid, prefer, priority| Xattrs {
+            omit,
+            avoid,
+            prefer,
+            priority,
+        };
+        let root = r.resolve("/", 1, None, &none);
+        let demo = r.resolve("/demo", 2, Some(&root), &x(false, true, false, Some(5)));
+        assert_eq!(
+            (demo.priority, demo.pref, demo.protect),
+            (5, Pref::Avoid, false)
+        );
+        let names = |e: &Effective| e.xattrs.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            names(&demo),
+            [
+                "avoid from user.oomd_avoid on /demo",
+                "priority 5 from trusted.policyd.priority on /demo"
+            ]
+        );
+        // Below it, a rule's priority 500 gives way to the inherited xattr;
+        // the rule is still the source of kill and of what the rules say.
+        let web = r.resolve("/demo/web", 3, Some(&demo), &none);
+        assert_eq!(
+            (web.priority, web.pref, web.by_rules),
+            (5, Pref::Avoid, (500, false))
+        );
+        assert_eq!(web.source.to_string(), "rule /demo/web (line 9)");
+        // Its own xattrs replace the inherited ones, one by one.
+        let w = r.resolve(
+            "/demo/web/w",
+            4,
+            Some(&web),
+            &x(false, false, true, Some(9000)),
+        );
+        assert_eq!((w.priority, w.pref), (9000, Pref::Prefer));
+        // Below an xattr-free cgroup, the rules again: 500 inherited from the rule.
+        let other = r.resolve("/free", 5, Some(&root), &none);
+        let o = r.resolve("/free/o", 6, Some(&other), &none);
+        assert!(o.xattrs.is_empty());
+        // omit protects; a rule's protect cannot be undone by xattrs.
+        let omitted = r.resolve("/demo/o", 7, Some(&demo), &x(true, false, true, None));
+        assert!(omitted.protect);
+        assert_eq!(
+            omitted.xattrs[0].to_string(),
+            "protect from user.oomd_omit on /demo/o"
+        );
+        let db = r.resolve("/demo/db", 8, Some(&demo), &x(false, false, true, Some(1)));
+        assert!(db.protect, "a rule's protect wins");
+        // avoid wins over prefer on the same cgroup.
+        let both = r.resolve("/demo/b", 9, Some(&root), &x(false, true, true, None));
+        assert_eq!(both.pref, Pref::Avoid);
+        // A cgroup below web inherits web's rule (500), not the xattr, once
+        // the xattrs are gone from /demo.
+        let demo2 = r.resolve("/demo", 2, Some(&root), &none);
+        let web2 = r.resolve("/demo/web", 3, Some(&demo2), &none);
+        let w2 = r.resolve("/demo/web/w", 4, Some(&web2), &none);
+        assert_eq!((w2.priority, w2.pref), (500, Pref::None));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use crate::abi::{self, PolicydRule};
 use crate::config::{Config, KillMode};
 use crate::resolve::Effective;
+use crate::xattrs::Pref;
 
 /// The map value for a cgroup with these settings.
 pub fn rule_of(e: &Effective) -> PolicydRule {
@@ -19,7 +20,8 @@ pub fn rule_of(e: &Effective) -> PolicydRule {
         priority: e.priority,
         protect: u8::from(e.protect),
         kill: e.kill.abi(),
-        pad: [0; 2],
+        pref: e.pref.abi(),
+        pad: [0; 1],
     }
 }
 
@@ -29,7 +31,8 @@ pub fn defaults_rule(config: &Config) -> PolicydRule {
         priority: config.default_priority,
         protect: 0,
         kill: KillMode::Task.abi(),
-        pad: [0; 2],
+        pref: Pref::None.abi(),
+        pad: [0; 1],
     }
 }
 
@@ -69,13 +72,21 @@ pub fn snapshot(effective: &[Effective]) -> Snapshot {
         .collect()
 }
 
-fn describe(r: &PolicydRule) -> String {
+/// A rules entry in words, for log lines.
+pub fn describe(r: &PolicydRule) -> String {
     if r.protect != 0 {
         "protected".to_owned()
     } else {
         // An unknown number reads as the handler's fallback, `task`.
         let kill = KillMode::from_abi(r.kill).unwrap_or_default();
-        format!("priority {} kill {kill}", r.priority)
+        match Pref::from_abi(r.pref) {
+            Some(Pref::None) => format!("priority {} kill {kill}", r.priority),
+            pref => format!(
+                "{} priority {} kill {kill}",
+                pref.map_or("pref?".to_owned(), |p| p.to_string()),
+                r.priority
+            ),
+        }
     }
 }
 
@@ -134,7 +145,8 @@ mod tests {
                     priority: 100,
                     protect: 0,
                     kill: KillMode::Task.abi(),
-                    pad: [0; 2]
+                    pref: 0,
+                    pad: [0; 1]
                 }
             )
         );
@@ -146,7 +158,8 @@ mod tests {
             priority,
             protect,
             kill: kill.abi(),
-            pad: [0; 2],
+            pref: 0,
+            pad: [0; 1],
         };
         assert_eq!(by_path("/demo/db"), rule(100, 1, KillMode::Task));
         assert_eq!(by_path("/demo/web"), rule(500, 0, KillMode::Task));
@@ -216,7 +229,8 @@ mod tests {
             priority,
             protect,
             kill,
-            pad: [0; 2],
+            pref: 0,
+            pad: [0; 1],
         };
         let old: Snapshot = [
             ("/a".to_owned(), r(10, 0, 0)),

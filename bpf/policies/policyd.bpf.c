@@ -224,10 +224,20 @@ static __always_inline bool task_unkillable(struct task_struct *task)
 	       task->signal->oom_score_adj == OOM_SCORE_ADJ_MIN;
 }
 
+/* Where @pref puts a cgroup: prefer first, avoid last (enum policyd_pref). */
+static __always_inline int pref_rank(__u8 pref)
+{
+	if (pref == POLICYD_PREF_PREFER)
+		return 0;
+	return pref == POLICYD_PREF_AVOID ? 2 : 1;
+}
+
 /*
- * Is @a a better victim than @b?  Under `priority` (and `observe`, which
- * reports what priority would do): lower priority, then more memory, then
- * the lower cgroup id.  Under `largest`: more memory, then the lower id.
+ * Is @a a better victim than @b?  Under every cgroup policy, a preferred
+ * cgroup first and an avoided one last.  Then under `priority` (and
+ * `observe`, which reports what priority would do): lower priority, then
+ * more memory, then the lower cgroup id.  Under `largest`: more memory,
+ * then the lower id.
  *
  * Memory is compared in whole MiB: usage moves by a few pages all the time
  * (per-CPU charge caches, page tables), and two cgroups of the same size
@@ -238,6 +248,8 @@ static __always_inline bool better(const struct policyd_candidate *a,
 {
 	__u64 mib_a = a->usage >> POLICYD_USAGE_SHIFT, mib_b = b->usage >> POLICYD_USAGE_SHIFT;
 
+	if (pref_rank(a->pref) != pref_rank(b->pref))
+		return pref_rank(a->pref) < pref_rank(b->pref);
 	if (policy != POLICYD_POLICY_LARGEST && a->priority != b->priority)
 		return a->priority < b->priority;
 	if (mib_a != mib_b)
@@ -355,6 +367,7 @@ static __noinline void rank_cgroups(struct cgroup *scope)
 		cand.usage = cgroup_usage(cgrp);
 		cand.priority = rule.priority;
 		cand.kill = rule.kill;
+		cand.pref = rule.pref;
 		event.candidates++;
 		heap_push(&cand);
 	}
@@ -600,8 +613,10 @@ static __noinline void kill_ranked(struct oom_control *oc, enum policyd_reason r
 			event.runner_up = next;
 			if (i + 1 < POLICYD_EVENT_CANDIDATES)
 				event.ranked[i + 1] = next;
-			if (reason == POLICYD_REASON_LOWEST_PRIORITY &&
-			    next.priority == cand.priority)
+			if (pref_rank(next.pref) != pref_rank(cand.pref))
+				event.reason = POLICYD_REASON_PREFERENCE;
+			else if (reason == POLICYD_REASON_LOWEST_PRIORITY &&
+				 next.priority == cand.priority)
 				event.reason = POLICYD_REASON_LARGER_USAGE;
 		}
 		if (killed) {
@@ -867,7 +882,7 @@ struct bpf_oom_ops policyd_ops = {
  * Not used by the handler: puts every enum of policyd.h into this object's
  * BTF, which otherwise holds only the types the code refers to.  The skeleton
  * generates Rust for them from there (policyd/abi.rs takes its constants and
- * enum values from it).  20 bytes of .rodata, never read.
+ * enum values from it).  24 bytes of .rodata, never read.
  */
 struct policyd_abi {
 	enum policyd_limits limits;
@@ -875,6 +890,7 @@ struct policyd_abi {
 	enum policyd_policy policy;
 	enum policyd_reason reason;
 	enum policyd_outcome outcome;
+	enum policyd_pref pref;
 };
 
 const volatile struct policyd_abi policyd_abi;

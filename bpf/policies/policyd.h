@@ -52,12 +52,25 @@ enum policyd_kill {
 	POLICYD_KILL_CGROUP = 1,	/* every killable task of the cgroup */
 };
 
+/*
+ * A cgroup's standing before priorities count, from systemd's and oomd's
+ * xattrs (user.oomd_prefer, user.oomd_avoid): every `prefer` cgroup ranks
+ * before every plain one, and every plain one before every `avoid` one.
+ * Zero is the plain case, so that a zeroed rule means "no preference".
+ */
+enum policyd_pref {
+	POLICYD_PREF_NONE = 0,
+	POLICYD_PREF_PREFER = 1,
+	POLICYD_PREF_AVOID = 2,
+};
+
 /* Value of the rules map, keyed by cgroup id: the resolved settings. */
 struct policyd_rule {
 	__u32 priority;
 	__u8 protect;
 	__u8 kill;			/* enum policyd_kill */
-	__u8 pad[2];
+	__u8 pref;			/* enum policyd_pref */
+	__u8 pad[1];
 };
 
 enum policyd_policy {
@@ -77,6 +90,7 @@ enum policyd_reason {
 	POLICYD_REASON_VICTIM_EXITING = 5,	/* a previous victim is still exiting */
 	POLICYD_REASON_NO_CANDIDATE = 6,	/* nothing eligible in scope */
 	POLICYD_REASON_OBSERVE_ONLY = 7,	/* `observe` policy */
+	POLICYD_REASON_PREFERENCE = 8,		/* prefer, or the runner-up is avoid */
 };
 
 /* What the handler did about it. */
@@ -93,7 +107,8 @@ struct policyd_candidate {
 	__u64 usage;			/* bytes charged to the cgroup's memcg */
 	__u32 priority;
 	__u8 kill;			/* enum policyd_kill */
-	__u8 pad[3];
+	__u8 pref;			/* enum policyd_pref */
+	__u8 pad[2];
 };
 
 /* One per OOM the handler sees, through the `events` ring buffer. */
