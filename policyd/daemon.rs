@@ -256,7 +256,8 @@ impl Cgroups {
             Some(self.resolve(config, &p)?)
         };
         let id = std::fs::metadata(self.dir(path)).ok()?.ino();
-        let e = Resolver::new(config).resolve(path, id, parent.as_ref());
+        let own = crate::xattrs::read(&self.dir(path), path);
+        let e = Resolver::new(config).resolve(path, id, parent.as_ref(), &own);
         self.names.insert(id, path);
         self.effective.insert(path.to_owned(), e.clone());
         Some(e)
@@ -757,6 +758,7 @@ impl Daemon {
                         tracing::debug!("cgroup {path} (id {}) removed", e.id);
                     }
                 }
+                Change::Attrib(path) => self.apply_xattr_change(&path),
                 Change::Overflow => {
                     tracing::warn!("missed cgroup changes (inotify overflow): re-reading the tree");
                     let config = self.req.config.clone();
@@ -765,6 +767,63 @@ impl Daemon {
                     }
                 }
             }
+        }
+    }
+
+    /// The xattrs or owner of the cgroup at `path` may have changed: resolve
+    /// it and its descendants (which inherit its xattrs) again, and update the
+    /// rules entries that changed, each with a log line.
+    fn apply_xattr_change(&mut self, path: &str) {
+        let below = |p: &str| {
+            path == "/" || p == path || p.strip_prefix(path).is_some_and(|r| r.starts_with('/'))
+        };
+        let mut paths: Vec<String> = (self.cgroups.effective.keys())
+            .filter(|p| below(p))
+            .cloned()
+            .collect();
+        // Parents first: each resolves from its parent's new settings.
+        paths.sort();
+        let old: Vec<(String, Effective)> = paths
+            .into_iter()
+            .filter_map(|p| self.cgroups.effective.remove(&p).map(|e| (p, e)))
+            .collect();
+        let own = self.req.own_cgroup.as_ref().map(|o| o.id);
+        let mut changed = 0;
+        for (p, before) in old {
+            let Some(after) = self.cgroups.resolve(&self.req.config, &p) else {
+                continue; // gone meanwhile
+            };
+            let (mut rb, mut ra) = (rules::rule_of(&before), rules::rule_of(&after));
+            if Some(after.id) == own {
+                (rb.protect, ra.protect) = (1, 1);
+            }
+            if rb == ra {
+                continue;
+            }
+            changed += 1;
+            let xattrs: Vec<String> = after.xattrs.iter().map(ToString::to_string).collect();
+            tracing::info!(
+                "cgroup {p}: xattrs changed: {} -> {} ({})",
+                rules::describe(&rb),
+                rules::describe(&ra),
+                if xattrs.is_empty() {
+                    "no xattr in force".to_owned()
+                } else {
+                    xattrs.join(", ")
+                }
+            );
+            if let Err(err) =
+                self.rules
+                    .update(&after.id.to_ne_bytes(), ra.as_bytes(), MapFlags::ANY)
+            {
+                tracing::warn!(
+                    "cgroup {p}: cannot update its rules entry ({err}); the handler keeps \
+                     its old settings until the next reload"
+                );
+            }
+        }
+        if changed == 0 {
+            tracing::debug!("cgroup {path}: attributes changed, settings did not");
         }
     }
 

@@ -1,5 +1,14 @@
 //! Watching a cgroup2 hierarchy for cgroups that appear and disappear
-//! (inotify on every cgroup directory, added as directories appear).
+//! (inotify on every cgroup directory, added as directories appear), and
+//! for changes to a cgroup's xattrs or owner.
+//!
+//! setxattr(2) and removexattr(2) on cgroupfs go through the VFS like on any
+//! file system: `__vfs_setxattr_noperm()` and `__vfs_removexattr_locked()`
+//! (fs/xattr.c) call `fsnotify_xattr()`, an FS_ATTRIB event on the inode,
+//! which inotify reports as IN_ATTRIB on the directory's own watch; chown(2)
+//! reports it through `notify_change()`. (kernfs itself changes no xattr
+//! behind the VFS's back on cgroupfs; the cgroup of another cgroupfs
+//! superblock, i.e. a mount in another cgroup namespace, would not be seen.)
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -15,6 +24,8 @@ use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 pub enum Change {
     Created(String),
     Removed(String),
+    /// Its xattrs or owner may have changed.
+    Attrib(String),
     /// The kernel dropped events: the caller must re-read the whole tree.
     Overflow,
 }
@@ -62,7 +73,7 @@ impl CgroupWatcher {
     }
 
     fn add_watch(&mut self, path: &str) -> io::Result<()> {
-        let mask = WatchMask::CREATE | WatchMask::DELETE | WatchMask::ONLYDIR;
+        let mask = WatchMask::CREATE | WatchMask::DELETE | WatchMask::ATTRIB | WatchMask::ONLYDIR;
         let wd = self.inotify.watches().add(self.dir(path), mask)?;
         self.dirs.insert(wd, path.to_owned());
         Ok(())
@@ -139,6 +150,14 @@ impl CgroupWatcher {
                 }
                 if mask.contains(EventMask::IGNORED) {
                     self.dirs.remove(&wd);
+                    continue;
+                }
+                // The directory's own watch (no name); the same event on a
+                // child, named in its parent's watch, is left to the child's.
+                if mask.contains(EventMask::ATTRIB) {
+                    if let (None, Some(path)) = (&name, self.dirs.get(&wd)) {
+                        changes.push(Change::Attrib(path.clone()));
+                    }
                     continue;
                 }
                 let (Some(parent), Some(name), true) = (
@@ -223,6 +242,13 @@ mod tests {
         fs::remove_dir(root.join("a/b")).unwrap();
         let changes = w.read().unwrap();
         assert_eq!(changes, [Change::Removed("/a/b".into())]);
+
+        // A change of a directory's attributes, once (not again from its
+        // parent's watch); a file's in it is no cgroup's.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(root.join("a/c"), fs::Permissions::from_mode(0o750)).unwrap();
+        fs::set_permissions(root.join("a/file"), fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(w.read().unwrap(), [Change::Attrib("/a/c".into())]);
 
         // New directories below a new one are watched too.
         fs::create_dir(root.join("n/m/k/deep")).unwrap();
