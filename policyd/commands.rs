@@ -190,6 +190,12 @@ pub fn explain(args: &ExplainArgs, cgroup_root: Option<&Path>, proc_root: &Path)
         .with_context(|| format!("reading the cgroup tree at {}", root.display()))?;
     let scope = tree.lookup(&args.cgroup)?;
     let effective = resolve_tree(&config, &tree);
+    if !nix::unistd::geteuid().is_root() {
+        tracing::warn!(
+            "not root: {} xattrs are hidden from this user and not taken into account",
+            crate::xattrs::PRIORITY
+        );
+    }
     let policy = args.policy.unwrap_or(config.policy);
     let totalpages = oom_totalpages(&tree.fs_path(scope), tree.get(scope).is_root(), proc_root);
     let ex = rank::explain(
@@ -338,7 +344,10 @@ pub fn render_explanation(ex: &Explanation, config: &Config) -> String {
                 c.kill.to_string(),
                 c.memory_current.map_or("-".to_owned(), format_bytes),
                 c.nr_procs.to_string(),
-                c.source.to_string(),
+                std::iter::once(c.source.to_string())
+                    .chain(c.xattrs.iter().map(ToString::to_string))
+                    .collect::<Vec<_>>()
+                    .join("; "),
                 c.why.to_string(),
             ];
             if owners {
