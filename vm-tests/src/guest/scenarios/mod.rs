@@ -48,6 +48,7 @@ mod policyd_reload;
 mod policyd_rule_matching;
 mod policyd_soak;
 mod policyd_watch_config;
+mod policyd_xattrs;
 mod systemd_service;
 mod trace_kills;
 
@@ -92,6 +93,7 @@ pub fn all() -> Vec<Scenario> {
         policyd_metrics::scenario(),
         policyd_explain::scenario(),
         policyd_differential::scenario(),
+        policyd_xattrs::scenario(),
         policyd_soak::scenario(),
         memcg_selftests::scenario(),
         trace_kills::kernel_kill(),

@@ -9,8 +9,11 @@
 //! 4 MiB), protect and kill inherited or overridden, `*` and `**` rules, tasks that cannot
 //! be killed (oom_score_adj -1000), empty cgroups, processes in a non-leaf cgroup (one
 //! that enables no controller for its children), threaded subtrees below such a cgroup,
-//! exited processes not yet reaped (zombies), and memcg and global scope. Names pick
-//! the rules: the config is fixed, so that a layout is only its tree.
+//! exited processes not yet reaped (zombies), xattrs (user.oomd_omit, user.oomd_avoid,
+//! user.oomd_prefer, both of the last two, trusted.policyd.priority; some on cgroups
+//! chowned to an unprivileged uid, whose user. xattrs do not count), and memcg and
+//! global scope. Names pick the rules: the config is fixed, so that a layout is only
+//! its tree.
 //!
 //! A disagreement prints the layout (seed and tree), explain's answer and the decision
 //! line; the scenario fails on any.
@@ -21,7 +24,10 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use nix::unistd::{Gid, Uid};
 use policyd::abi::Outcome;
+use policyd::xattrs;
+use rustix::fs::XattrFlags;
 
 use crate::guest::kutil::{Action, Handler, BPF_OOM_FLAGS_WAIT_ON_OOM_LOCK};
 use crate::guest::pdutil::{self, Decision, Policyd};
@@ -69,6 +75,19 @@ const PREFIXES: [&str; 7] = ["p10", "p90", "prot", "free", "kc", "x", "x"];
 const SIZES: [u64; 4] = [1, 2, 2, 4];
 /// oom_score_adj of a hog: mostly 0, sometimes unkillable, sometimes preferred.
 const ADJS: [i32; 6] = [0, 0, 0, 0, -1000, 500];
+/// xattrs a cgroup may carry (most carry none).
+const XATTRS: [&[(&str, &str)]; 8] = [
+    &[(xattrs::OMIT, "1")],
+    &[(xattrs::AVOID, "1")],
+    &[(xattrs::PREFER, "1")],
+    &[(xattrs::AVOID, "1"), (xattrs::PREFER, "1")],
+    &[(xattrs::PRIORITY, "5")],
+    &[(xattrs::PRIORITY, "95")],
+    &[(xattrs::PRIORITY, "10000"), (xattrs::PREFER, "1")],
+    &[(xattrs::OMIT, "0"), (xattrs::AVOID, "0")],
+];
+/// Owner of the cgroups made untrusted.
+const UNPRIVILEGED: u32 = 1000;
 
 #[derive(Debug)]
 struct Node {
@@ -84,6 +103,10 @@ struct Node {
     threaded: bool,
     /// Holds an exited, unreaped process (a zombie) too.
     zombie: bool,
+    /// Set on the cgroup before the explain and the OOM.
+    xattrs: &'static [(&'static str, &'static str)],
+    /// Owned by an unprivileged uid: its user. xattrs do not count.
+    untrusted: bool,
 }
 
 #[derive(Debug)]
@@ -122,6 +145,12 @@ impl Layout {
                 no_memory_below: false,
                 threaded: false,
                 zombie: rng.u8(..4) == 0,
+                xattrs: if rng.bool() {
+                    XATTRS[rng.usize(..XATTRS.len())]
+                } else {
+                    &[]
+                },
+                untrusted: rng.u8(..5) == 0,
             });
         }
         // A cgroup with children holds processes only if it enables no controller below.
@@ -173,6 +202,8 @@ impl Layout {
                 no_memory_below: false,
                 threaded: false,
                 zombie: rng.u8(..4) == 0,
+                xattrs: &[],
+                untrusted: false,
             });
         }
         Layout {
@@ -200,8 +231,14 @@ impl Layout {
             let n = &self.nodes[i];
             let _ = writeln!(
                 out,
-                "  {top}/{}{}{}{} tasks (MiB, adj) {:?}",
+                "  {top}/{}{}{}{}{}{} tasks (MiB, adj) {:?}",
                 self.rel(i),
+                if n.untrusted { " [uid 1000]" } else { "" },
+                if n.xattrs.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {:?}", n.xattrs)
+                },
                 if n.no_memory_below {
                     " [no controllers below]"
                 } else {
@@ -253,6 +290,15 @@ fn build(layout: &Layout, n: u64) -> Result<Built> {
             .is_some_and(|p| ancestors_without_memory(&layout.nodes, p));
         if has_children && !node.no_memory_below && !under_no_memory {
             util::write_file(dir.join("cgroup.subtree_control"), "+memory")?;
+        }
+        if node.untrusted {
+            let (uid, gid) = (Uid::from_raw(UNPRIVILEGED), Gid::from_raw(UNPRIVILEGED));
+            nix::unistd::chown(&dir, Some(uid), Some(gid))
+                .with_context(|| format!("chown of {}", dir.display()))?;
+        }
+        for (name, value) in node.xattrs {
+            rustix::fs::setxattr(&dir, *name, value.as_bytes(), XattrFlags::empty())
+                .with_context(|| format!("setting {name}={value} on {}", dir.display()))?;
         }
     }
     let mut hogs = Vec::new();
@@ -335,7 +381,7 @@ fn run() -> Result<()> {
         // The kernel's own killer acts on deferred global OOMs: never on policyd.
         util::write_file(format!("/proc/{}/oom_score_adj", pd.pid()), "-1000")?;
         let (mut disagreements, mut kills, mut deferrals) = (0, 0, 0);
-        let (mut threaded, mut zombies) = (0, 0);
+        let (mut threaded, mut zombies, mut with_xattrs) = (0, 0, 0);
         for n in 0..LAYOUTS {
             let seed = 0xd1ff_0000 + ((p as u64) << 12) + n;
             let layout = Layout::generate(seed);
@@ -344,6 +390,9 @@ fn run() -> Result<()> {
             }
             if layout.nodes.iter().any(|node| node.zombie) {
                 zombies += 1;
+            }
+            if layout.nodes.iter().any(|node| !node.xattrs.is_empty()) {
+                with_xattrs += 1;
             }
             let built = build(&layout, n)?;
             let top = built.top.path();
@@ -384,7 +433,7 @@ fn run() -> Result<()> {
         pd.stop()?;
         let line = format!(
             "{policy}: {LAYOUTS} layouts ({threaded} with a threaded subtree, {zombies} with a \
-             zombie), \
+             zombie, {with_xattrs} with xattrs), \
              {disagreements} disagreements ({kills} kills, {deferrals} left to the kernel) in \
              {:.0} s",
             start.elapsed().as_secs_f64()
