@@ -467,6 +467,8 @@ mod tests {
     fn enums_name_unknown_values() {
         assert_eq!(Outcome::from(9).to_string(), "outcome#9");
         assert_eq!(Reason::from(1).to_string(), "lowest-priority");
+        assert_eq!(Reason::from(8), Reason::Preference);
+        assert_eq!(Reason::from(9).to_string(), "reason#9");
         let ev = PolicydEvent {
             policy: 3,
             ..Default::default()
