@@ -24,7 +24,7 @@ use crate::guest::Scenario;
 pub fn scenario() -> Scenario {
     Scenario::new("policyd-xattrs", run)
         .needs_policyd()
-        .timeout_s(180)
+        .timeout_s(120)
 }
 
 const CONFIG: &str = r#"
