@@ -6,9 +6,11 @@
 //! file system: `__vfs_setxattr_noperm()` and `__vfs_removexattr_locked()`
 //! (fs/xattr.c) call `fsnotify_xattr()`, an FS_ATTRIB event on the inode,
 //! which inotify reports as IN_ATTRIB on the directory's own watch; chown(2)
-//! reports it through `notify_change()`. (kernfs itself changes no xattr
-//! behind the VFS's back on cgroupfs; the cgroup of another cgroupfs
-//! superblock, i.e. a mount in another cgroup namespace, would not be seen.)
+//! reports it through `notify_change()`. Only SELinux's security label is
+//! set behind the VFS's back (`kernfs_xattr_set()`), and policyd reads no
+//! security.* xattr. Every cgroup2 mount, a container's included, shares one
+//! superblock (`kernfs_test_super()` compares root and namespace tag, and
+//! cgroup sets no tag), so a change through any of them reaches these watches.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
