@@ -6,6 +6,8 @@
 #                                         is the bzImage path
 #   vm-tests/kernel.sh vmlinux-h          regenerate bpf/vmlinux/x86_64/vmlinux.h from its BTF
 #   vm-tests/kernel.sh vmlinux-h --check  fail if the committed vmlinux.h differs from it
+#   vm-tests/kernel.sh vanilla            the same source and config without the series, for
+#                                         the benchmark's baseline; last line: its bzImage
 #
 # Source: Debian's linux-source-7.3 (downloaded through vm-tests/deps.sh), or
 # KERNEL_SRC=/path/to/linux-7.3 for a tree of your own. That tree is never modified: the
@@ -348,6 +350,73 @@ build_kernel() {
 		while IFS= read -r old; do rm -rf "$old"; done
 }
 
+# The baseline the series' cost is measured against: the same source, tinyconfig + the same
+# fragment, no patches (so CONFIG_BPF_OOM, which the series adds, is absent). It builds from
+# the pristine tree with O= into its own directory, leaving the patched build's objects alone,
+# and its key leaves out the patches and this script, so editing the series does not rebuild it.
+build_vanilla() {
+	local start=$SECONDS
+	if [ -z "${KERNEL_SRC:-}" ]; then
+		debian_source
+	else
+		user_source
+	fi
+	local vdir=$out/kernel-vanilla key
+	key=$({
+		echo "$src_version"
+		echo "--- kernel.config"
+		cat "$fragment"
+	} | sha256sum | cut -c1-16)
+	result=$vdir/$key
+	if [ -f "$result/bzImage" ]; then
+		log "cached vanilla $key"
+		return 0
+	fi
+	mkdir -p "$vdir"
+	exec 9>"$vdir/.lock"
+	flock 9
+	[ -f "$result/bzImage" ] && return 0
+	if [ -z "${KERNEL_SRC:-}" ]; then debian_untar; fi
+	local vbuild=$vdir/build blog=$vdir/build.log
+	mkdir -p "$vbuild"
+	: >"$blog"
+	log "building vanilla $key from $src_desc without the series (log: $blog)"
+	{
+		make -C "$pristine" O="$vbuild" tinyconfig &&
+			"$pristine/scripts/kconfig/merge_config.sh" -m -O "$vbuild" "$vbuild/.config" "$fragment" &&
+			make -C "$pristine" O="$vbuild" olddefconfig
+	} >>"$blog" 2>&1 || {
+		tail -n 30 "$blog" >&2
+		die "vanilla configuration failed (log: $blog)"
+	}
+	# Every fragment line must stick but CONFIG_BPF_OOM, which only the series defines.
+	local missing=() line
+	mapfile -t missing < <(missing_options "$vbuild/.config" | grep -v '^CONFIG_BPF_OOM=' || true)
+	if [ ${#missing[@]} -gt 0 ]; then
+		for line in "${missing[@]}"; do
+			log "warning: $line: .config has $(config_has "$line" "$vbuild/.config")"
+		done
+		die "these kernel.config options did not stick in the vanilla build:" "${missing[@]}"
+	fi
+	if ! make -C "$pristine" O="$vbuild" -j"$(nproc)" bzImage >>"$blog" 2>&1; then
+		grep -E 'error|Error' "$blog" | tail -n 20 >&2 || true
+		die "vanilla make bzImage failed (log: $blog)"
+	fi
+	local tmp=$vdir/.$key.tmp
+	rm -rf "$tmp"
+	mkdir "$tmp"
+	cp "$vbuild/arch/x86/boot/bzImage" "$tmp/"
+	cp "$vbuild/.config" "$tmp/config"
+	{
+		echo "source: $src_desc (vanilla: no patches)"
+		echo "source-version: $src_version"
+		echo "wall-seconds: $((SECONDS - start))"
+	} >"$tmp/info"
+	rm -rf "$result"
+	mv "$tmp" "$result"
+	log "built vanilla $key in $((SECONDS - start)) s"
+}
+
 vmlinux_h() {
 	local check=0
 	case ${1:-} in
@@ -396,7 +465,11 @@ vmlinux-h)
 	shift
 	vmlinux_h "$@"
 	;;
+vanilla)
+	build_vanilla
+	echo "$result/bzImage"
+	;;
 *)
-	die "usage: $0 [vmlinux-h [--check]]"
+	die "usage: $0 [vmlinux-h [--check] | vanilla]"
 	;;
 esac
