@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the series' own BPF selftests (tools/testing/selftests/bpf: prog_tests/bpf_oom.c and
-# progs/test_bpf_oom.c, from kernel-patches/v7.3) into a static test_progs that runs only
+# progs/test_bpf_oom*.c, from kernel-patches/v7.3) into a static test_progs that runs only
 # them, for the kernel-selftests-bpf-oom scenario. kernel.sh calls it after building the
 # kernel, and caches the binary next to the kernel.
 #
@@ -33,7 +33,10 @@ die() {
 	exit 1
 }
 
-for f in "$sb/prog_tests/bpf_oom.c" "$sb/progs/test_bpf_oom.c"; do
+# The BPF objects prog_tests/bpf_oom.c loads, each with its skeleton.
+bpf_objs=(test_bpf_oom test_bpf_oom_v3)
+for f in "$sb/prog_tests/bpf_oom.c" "${bpf_objs[@]/%/.c}"; do
+	case $f in /*) ;; *) f=$sb/progs/$f ;; esac
 	[ -f "$f" ] || die "$f is missing: is the series (0011) applied to $src?"
 done
 [ -f "$kbuild/vmlinux" ] || die "no vmlinux in $kbuild"
@@ -56,15 +59,17 @@ log "vmlinux.h from the kernel's BTF"
 # host's headers (errno.h) only where told, as in its get_sys_includes.
 sys_includes=$("$clang" -v -E - </dev/null 2>&1 |
 	sed -n '/<...> search starts here:/,/End of search list./{ s| \(/.*\)|-idirafter \1|p }')
-log "progs/test_bpf_oom.c"
-# shellcheck disable=SC2086 # sys_includes is a list of options
-"$clang" -g -Wall -Werror -D__TARGET_ARCH_x86 -mlittle-endian \
-	-I"$obj/include" -I"$sb" -I"$src/tools/include/uapi" -I"$src/tools/include" \
-	-std=gnu11 -fno-strict-aliasing -Wno-microsoft-anon-tag -fms-extensions \
-	-Wno-compare-distinct-pointer-types -Wno-initializer-overrides $sys_includes \
-	-O2 --target=bpfel -mcpu=v3 -c "$sb/progs/test_bpf_oom.c" -o "$obj/test_bpf_oom.bpf.o"
-"$bpftool" gen object "$obj/test_bpf_oom.linked.o" "$obj/test_bpf_oom.bpf.o"
-"$bpftool" gen skeleton "$obj/test_bpf_oom.linked.o" name test_bpf_oom >"$obj/test_bpf_oom.skel.h"
+for b in "${bpf_objs[@]}"; do
+	log "progs/$b.c"
+	# shellcheck disable=SC2086 # sys_includes is a list of options
+	"$clang" -g -Wall -Werror -D__TARGET_ARCH_x86 -mlittle-endian \
+		-I"$obj/include" -I"$sb" -I"$src/tools/include/uapi" -I"$src/tools/include" \
+		-std=gnu11 -fno-strict-aliasing -Wno-microsoft-anon-tag -fms-extensions \
+		-Wno-compare-distinct-pointer-types -Wno-initializer-overrides $sys_includes \
+		-O2 --target=bpfel -mcpu=v3 -c "$sb/progs/$b.c" -o "$obj/$b.bpf.o"
+	"$bpftool" gen object "$obj/$b.linked.o" "$obj/$b.bpf.o"
+	"$bpftool" gen skeleton "$obj/$b.linked.o" name "$b" >"$obj/$b.skel.h"
+done
 
 # The runner's list of tests, as the Makefile generates it from prog_tests/*.c.
 {
