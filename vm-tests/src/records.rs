@@ -19,6 +19,7 @@ pub enum Record {
     Footprint(Footprint),
     ChargeCost(ChargeCost),
     Metrics(MetricsText),
+    KernelCost(KernelCost),
 }
 
 /// bench-charge: `guest churn` with and without `policyd trace`, in alternating blocks.
@@ -248,4 +249,28 @@ pub struct FootprintAfter {
     pub seconds: f64,
     pub cpu_ms: f64,
     pub voluntary_switches: u64,
+}
+
+/// bench-kernel-cost: one boot's rounds of the fork+exit and mmap loops.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelCost {
+    /// "vanilla" (Linux 7.3 without the series) or "patched", as the kernel's BTF says.
+    pub kernel: String,
+    pub forks_per_round: usize,
+    pub mmaps_per_round: usize,
+    pub mmap_pages: usize,
+    /// In the order they ran; on the patched kernel "none" and "priority" alternate.
+    pub rounds: Vec<KernelCostRound>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelCostRound {
+    /// "none", or "priority": `policyd load priority` attached and idle.
+    pub handler: String,
+    /// Per fork()+_exit()+waitpid().
+    pub fork_exit_ns: f64,
+    /// Per mmap()+touch of every page+munmap().
+    pub mmap_touch_ns: f64,
 }

@@ -26,6 +26,10 @@ pub enum Boots {
     /// Debian's own Linux 7.3 image, without our series (vm-tests/deps.sh
     /// stock_kernel): what policyd's tracing must work on.
     StockKernel,
+    /// Alternately Linux 7.3 built from the same source and config without the series
+    /// (vm-tests/kernel.sh vanilla) and the test kernel, a few boots of each in one
+    /// benchmark: what the series costs, as ratios between kernels. Benchmarks only.
+    VanillaAndTestKernel,
 }
 
 /// What a scenario is for, which decides the command that runs it.
@@ -96,6 +100,12 @@ impl Scenario {
     /// Boots Debian's stock kernel instead of the test kernel.
     pub const fn on_stock_kernel(mut self) -> Scenario {
         self.boots = Boots::StockKernel;
+        self
+    }
+
+    /// Boots the vanilla and the test kernel by turns (see [`Boots::VanillaAndTestKernel`]).
+    pub const fn on_vanilla_and_test_kernel(mut self) -> Scenario {
+        self.boots = Boots::VanillaAndTestKernel;
         self
     }
 

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 
-use crate::records::{ChargeCost, DecisionSize, Footprint, Record, Storm};
+use crate::records::{ChargeCost, DecisionSize, Footprint, KernelCostRound, Record, Storm};
 use crate::stats::percentile;
 
 /// The host the benchmark ran on.
@@ -282,6 +282,77 @@ fn decision_summary(runs: &[ScenarioRun]) -> Vec<Value> {
     out
 }
 
+/// bench-kernel-cost's configurations, in the report's order: (label, kernel, handler).
+const KERNEL_COST_CONFIGS: [(&str, &str, &str); 3] = [
+    ("vanilla 7.3", "vanilla", "none"),
+    ("patched, no handler", "patched", "none"),
+    ("patched, priority attached", "patched", "priority"),
+];
+
+/// Per loop and configuration: the rounds' spread, the median's ratio to vanilla, and
+/// the noise: the rounds' (max - min) / median, over the compared configurations.
+fn kernel_cost_summary(runs: &[ScenarioRun]) -> Value {
+    let rounds: Vec<(&str, &KernelCostRound)> = records(runs)
+        .filter_map(|r| match r {
+            Record::KernelCost(k) => Some(k),
+            _ => None,
+        })
+        .flat_map(|k| k.rounds.iter().map(move |r| (k.kernel.as_str(), r)))
+        .collect();
+    if rounds.is_empty() {
+        return Value::Null;
+    }
+    let loops: [(&str, fn(&KernelCostRound) -> f64); 2] = [
+        ("fork_exit_ns", |r| r.fork_exit_ns),
+        ("mmap_touch_ns", |r| r.mmap_touch_ns),
+    ];
+    let mut out = Map::new();
+    for (name, get) in loops {
+        let samples = |kernel: &str, handler: &str| -> Vec<f64> {
+            rounds
+                .iter()
+                .filter(|(k, r)| *k == kernel && r.handler == handler)
+                .map(|(_, r)| get(r))
+                .collect()
+        };
+        let noise = |v: &[f64]| -> Option<f64> {
+            let (lo, hi, m) = (
+                percentile(v, 0.0)?,
+                percentile(v, 100.0)?,
+                percentile(v, 50.0)?,
+            );
+            (m > 0.0).then(|| (hi - lo) / m)
+        };
+        let base = samples("vanilla", "none");
+        let base_median = percentile(&base, 50.0);
+        let mut per = Vec::new();
+        for (label, kernel, handler) in KERNEL_COST_CONFIGS {
+            let v = samples(kernel, handler);
+            let ratio = match (percentile(&v, 50.0), base_median) {
+                (Some(m), Some(b)) if b > 0.0 => Some(m / b),
+                _ => None,
+            };
+            let noise = match (noise(&v), noise(&base)) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
+            per.push(json!({
+                "config": label,
+                "samples": v,
+                "spread": spread(&v),
+                "ratio_to_vanilla": ratio,
+                "noise": noise,
+                "within_noise": match (ratio, noise) {
+                    (Some(r), Some(n)) => Some((r - 1.0).abs() <= n),
+                    _ => None,
+                },
+            }));
+        }
+        out.insert(name.to_string(), Value::Array(per));
+    }
+    Value::Object(out)
+}
+
 // ---------------------------------------------------------------------------------------
 // Writing
 // ---------------------------------------------------------------------------------------
@@ -346,6 +417,7 @@ pub fn write(
                 Record::DecisionSetup(d) => Some(d),
                 _ => None,
             }),
+            "kernel_cost": kernel_cost_summary(runs),
         },
     });
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -526,6 +598,7 @@ pub fn markdown(r: &Value) -> String {
     storm_md(&mut md, r);
     decision_md(&mut md, r);
     footprint_md(&mut md, r);
+    kernel_cost_md(&mut md, r);
     charge_md(&mut md, r);
     md
 }
@@ -541,7 +614,7 @@ fn charge_md(md: &mut String, r: &Value) {
     if c.is_null() {
         return;
     }
-    let title = "\n## 4. Culprit tracking: cost on the charge path\n";
+    let title = "\n## 5. Culprit tracking: cost on the charge path\n";
     let Ok(c) = serde_json::from_value::<ChargeCost>(c.clone()) else {
         let _ = writeln!(md, "{title}\n(not this version's record)");
         return;
@@ -616,6 +689,54 @@ fn charge_md(md: &mut String, r: &Value) {
         "\nThe pairs' interquartile range, {:.1}%, is the noise of one pair's ratio.",
         (hi - lo) * 100.0
     );
+}
+
+fn kernel_cost_md(md: &mut String, r: &Value) {
+    let kc = &r["summary"]["kernel_cost"];
+    if kc.is_null() {
+        return;
+    }
+    let _ = writeln!(md, "\n## 4. The series' cost to everyone else\n");
+    let _ = writeln!(
+        md,
+        "bench-kernel-cost: Linux 7.3 without the series (same source and config) and the test \
+         kernel, booted by turns; in the test kernel's boots, rounds without and with `policyd \
+         load priority` (attached, idle) alternate. Per operation, median of the rounds \
+         [min–max]; ratio of the medians to vanilla; noise: the larger (max − min) / median of \
+         the two compared configurations' rounds.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| loop | configuration | per operation | ratio to vanilla | noise | within noise |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for (key, label) in [
+        ("fork_exit_ns", "fork + exit + wait"),
+        ("mmap_touch_ns", "mmap 16 pages + touch + munmap"),
+    ] {
+        for c in kc[key].as_array().into_iter().flatten() {
+            let s = &c["spread"];
+            let us = |v: &Value| v.as_f64().map_or("–".into(), |ns| num(ns / 1000.0));
+            let _ = writeln!(
+                md,
+                "| {label} | {} | {} µs [{}–{}] (n={}) | {} | {} | {} |",
+                c["config"].as_str().unwrap_or("?"),
+                us(&s["median"]),
+                us(&s["min"]),
+                us(&s["max"]),
+                s["n"],
+                opt(&c["ratio_to_vanilla"]),
+                c["noise"]
+                    .as_f64()
+                    .map_or("–".into(), |n| format!("±{:.0}%", n * 100.0)),
+                match c["within_noise"].as_bool() {
+                    Some(true) => "yes",
+                    Some(false) => "**NO**",
+                    None => "–",
+                },
+            );
+        }
+    }
 }
 
 /// "fast: the hog touches ... (~40 MiB/s alone); slow: ...".

@@ -78,6 +78,22 @@ fn stock_kernel() -> Result<PathBuf> {
     )
 }
 
+/// Linux 7.3 from the same source and config without the series, built or cached by
+/// vm-tests/kernel.sh vanilla: the baseline of bench-kernel-cost.
+fn vanilla_kernel() -> Result<PathBuf> {
+    last_line_path(&top().join("vm-tests/kernel.sh"), &["vanilla".as_ref()])
+}
+
+/// Boots of each kernel in a [`Boots::VanillaAndTestKernel`] benchmark, taken by turns
+/// (vanilla first): the spread between boots of one kernel is part of the noise.
+fn alternating_boots(quick: bool) -> usize {
+    if quick {
+        2
+    } else {
+        3
+    }
+}
+
 /// Kernel, initramfs and accelerator: what every VM run needs.
 fn prepare_vm() -> Result<Vm> {
     let bzimage = build_kernel().context("building the kernel")?;
@@ -110,6 +126,7 @@ pub fn list() {
         let stock = match s.boots {
             Boots::TestKernel => "",
             Boots::StockKernel => ", Debian's stock kernel",
+            Boots::VanillaAndTestKernel => ", vanilla 7.3 and the test kernel by turns",
         };
         let debian = if s.debian {
             ", Debian guest (systemd)"
@@ -260,6 +277,10 @@ pub fn test(filter: &str, verbose: bool) -> Result<bool> {
                 }
                 stock_vm.as_ref().expect("set above")
             }
+            Boots::VanillaAndTestKernel => {
+                tally.fail(s.name, "boots two kernels by turns, which only bench does");
+                continue;
+            }
         };
         let run = vm.run_scenario(s, &[], |line| {
             if verbose {
@@ -324,30 +345,59 @@ pub fn bench(filter: &str, quick: bool) -> Result<bool> {
         );
         let load_before = bench_report::loadavg();
         let started = Instant::now();
-        let run = vm.run_scenario(s, extra, |line| {
-            if let Some(json) = qemu::after_marker(line, crate::protocol::JSON) {
-                println!("  {}", bench_report::short(json, 160));
+        let vanilla_vm;
+        let boots: Vec<&Vm> = match s.boots {
+            Boots::TestKernel => vec![&vm],
+            Boots::StockKernel => bail!(
+                "{}: benchmarks on Debian's kernel are not supported",
+                s.name
+            ),
+            Boots::VanillaAndTestKernel => {
+                let bzimage = vanilla_kernel().context("building the vanilla 7.3 kernel")?;
+                vanilla_vm = vm.with_kernel(bzimage);
+                (0..alternating_boots(quick))
+                    .flat_map(|_| [&vanilla_vm, &vm])
+                    .collect()
             }
-        })?;
-        let wall_s = started.elapsed().as_secs_f64();
+        };
         let mut records = Vec::new();
-        for json in &run.json {
-            match serde_json::from_str::<crate::records::Record>(json) {
-                Ok(v) => records.push(v),
-                Err(e) => {
-                    ok = false;
-                    println!(
-                        "FAIL {}: a record the host cannot read ({e}): {json}",
-                        s.name
-                    );
+        let mut verdicts = Vec::new();
+        let mut log = String::new();
+        for boot in boots {
+            let run = boot.run_scenario(s, extra, |line| {
+                if let Some(json) = qemu::after_marker(line, crate::protocol::JSON) {
+                    println!("  {}", bench_report::short(json, 160));
+                }
+            })?;
+            for json in &run.json {
+                match serde_json::from_str::<crate::records::Record>(json) {
+                    Ok(v) => records.push(v),
+                    Err(e) => {
+                        ok = false;
+                        println!(
+                            "FAIL {}: a record the host cannot read ({e}): {json}",
+                            s.name
+                        );
+                    }
                 }
             }
+            if run.verdict != Verdict::Pass {
+                ok = false;
+                println!(
+                    "FAIL {}: {} (log: {})",
+                    s.name,
+                    run.verdict,
+                    run.log.display()
+                );
+            }
+            verdicts.push(run.verdict.to_string());
+            log = run.log.display().to_string();
         }
-        let verdict = run.verdict.to_string();
-        if run.verdict != Verdict::Pass {
-            ok = false;
-            println!("FAIL {}: {verdict} (log: {})", s.name, run.log.display());
-        } else {
+        let wall_s = started.elapsed().as_secs_f64();
+        // One verdict per boot when they differ, so that a failed boot is not hidden.
+        verdicts.dedup();
+        let verdict = verdicts.join("; ");
+        if verdict == Verdict::Pass.to_string() {
             println!("done {} in {wall_s:.0} s", s.name);
         }
         runs.push(bench_report::ScenarioRun {
@@ -355,7 +405,7 @@ pub fn bench(filter: &str, quick: bool) -> Result<bool> {
             mem_mb: s.mem_mb,
             wall_s,
             verdict,
-            log: run.log.display().to_string(),
+            log,
             load_before,
             load_after: bench_report::loadavg(),
             records,

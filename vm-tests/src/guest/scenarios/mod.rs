@@ -9,6 +9,7 @@ use super::Scenario;
 mod bench_charge;
 mod bench_decision;
 mod bench_footprint;
+mod bench_kernel_cost;
 mod bench_storm;
 mod demo;
 mod kernel_alloc_under_oom;
@@ -105,6 +106,7 @@ pub fn all() -> Vec<Scenario> {
         bench_storm::scenario().bench(),
         bench_decision::scenario().bench(),
         bench_footprint::scenario().bench(),
+        bench_kernel_cost::scenario().bench(),
         bench_charge::scenario().bench(),
     ]
 }
