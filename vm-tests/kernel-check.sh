@@ -78,6 +78,16 @@ configure() {
 	CGROUPS=n) "$src/scripts/config" --file "$build/.config" --disable CGROUPS ;;
 	esac
 	make -C "$src" O="$build" olddefconfig >/dev/null
+	# A variant that olddefconfig undid, or that lost the JIT, would check nothing.
+	local sym=${variant%=n}
+	if [ "$variant" != test ] && grep -q "^CONFIG_$sym=y" "$build/.config"; then
+		echo "kernel-check: CONFIG_$sym is still set after disabling it" >&2
+		return 1
+	fi
+	if ! grep -q '^CONFIG_BPF_JIT=y' "$build/.config"; then
+		echo "kernel-check: config $variant lost CONFIG_BPF_JIT" >&2
+		return 1
+	fi
 }
 
 # note LINE: a result, for the summary and, as it comes, for the log.
