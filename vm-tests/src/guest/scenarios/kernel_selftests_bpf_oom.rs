@@ -13,13 +13,15 @@ use crate::guest::Scenario;
 const TEST_PROGS: &str = "/bin/test_progs";
 
 /// The subtests of prog_tests/bpf_oom.c, in the order it runs them.
-const SUBTESTS: [&str; 6] = [
+const SUBTESTS: [&str; 8] = [
     "attach_root",
     "attach_cgroup",
     "detach_on_rmdir",
     "kill_refusals",
     "await_victim",
     "hierarchy",
+    "v3_style",
+    "v3_unnamed_not_sleepable",
 ];
 
 pub fn scenario() -> Scenario {
