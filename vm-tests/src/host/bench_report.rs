@@ -1139,7 +1139,7 @@ fn footprint_md(md: &mut String, r: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{DecisionSamples, DecisionSetup, Env, StormTrial};
+    use crate::records::{DecisionSamples, DecisionSetup, Env, KernelCost, StormTrial};
     use std::collections::BTreeMap;
 
     #[test]
@@ -1151,6 +1151,57 @@ mod tests {
         let d = utc_now();
         assert_eq!(d.len(), 20, "{d}");
         assert!(d.ends_with('Z') && d.as_bytes()[10] == b'T', "{d}");
+    }
+
+    fn cost(kernel: &str, rounds: &[(&str, f64, f64)]) -> Record {
+        Record::KernelCost(KernelCost {
+            kernel: kernel.into(),
+            forks_per_round: 10,
+            mmaps_per_round: 10,
+            mmap_pages: 16,
+            rounds: rounds
+                .iter()
+                .map(|&(handler, fork, mmap)| KernelCostRound {
+                    handler: handler.into(),
+                    fork_exit_ns: fork,
+                    mmap_touch_ns: mmap,
+                })
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn kernel_cost_ratios_and_noise() {
+        // Two boots of each kernel; the patched kernel's fork+exit is 50% slower.
+        let runs = [run_with(vec![
+            cost("vanilla", &[("none", 90.0, 10.0), ("none", 110.0, 10.0)]),
+            cost(
+                "patched",
+                &[("none", 150.0, 10.0), ("priority", 100.0, 11.0)],
+            ),
+            cost("vanilla", &[("none", 100.0, 10.0)]),
+            cost(
+                "patched",
+                &[("none", 150.0, 10.0), ("priority", 100.0, 9.0)],
+            ),
+        ])];
+        let s = kernel_cost_summary(&runs);
+        let fork = s["fork_exit_ns"].as_array().unwrap();
+        assert_eq!(fork[0]["config"], "vanilla 7.3");
+        assert_eq!(fork[0]["ratio_to_vanilla"], 1.0);
+        // Vanilla's rounds: 90..110 around 100, noise 0.2.
+        assert_eq!(fork[0]["noise"], 0.2);
+        assert_eq!(fork[1]["ratio_to_vanilla"], 1.5);
+        assert_eq!(fork[1]["within_noise"], false);
+        assert_eq!(fork[2]["ratio_to_vanilla"], 1.0);
+        assert_eq!(fork[2]["within_noise"], true);
+        let mmap = s["mmap_touch_ns"].as_array().unwrap();
+        assert_eq!(mmap[2]["ratio_to_vanilla"], 1.0);
+        assert_eq!(mmap[2]["noise"], 0.2);
+        assert_eq!(mmap[2]["within_noise"], true);
+        assert!(markdown(&json!({"summary": {"kernel_cost": s}})).contains("| fork + exit"));
+        // No records, no section.
+        assert!(kernel_cost_summary(&[run_with(vec![])]).is_null());
     }
 
     fn run_with(records: Vec<Record>) -> ScenarioRun {
