@@ -68,6 +68,10 @@ pub type PolicydCandidate = types::policyd_candidate;
 /// [`ranked`](PolicydEvent::ranked) its arrays.
 pub type PolicydEvent = types::policyd_event;
 
+/// `struct policyd_declare`: the context of the `declare_oom` program, with
+/// which policyd declares an OOM when a pressure limit held.
+pub type PolicydDeclare = types::policyd_declare;
+
 /// `struct policyd_stats`: the handler's counters in its `.bss` (variable
 /// `stats`).
 pub type PolicydStats = types::policyd_stats;
@@ -140,6 +144,7 @@ shared_structs!(
     PolicydStats,
     PolicydMetrics,
     PolicydDecisionKey,
+    PolicydDeclare,
     KillsEvent,
     KillsGrowth,
 );
@@ -427,7 +432,8 @@ mod tests {
         // The numbers policyd.h implies on x86_64 (checked against BTF below).
         assert_eq!(size_of::<PolicydRule>(), 8);
         assert_eq!(size_of::<PolicydCandidate>(), 24);
-        assert_eq!(size_of::<PolicydEvent>(), 232);
+        assert_eq!(size_of::<PolicydEvent>(), 240);
+        assert_eq!(size_of::<PolicydDeclare>(), 24);
         assert_eq!(size_of::<PolicydStats>(), 72);
         assert_eq!(size_of::<PolicydMetrics>(), (HANDLER_BUCKETS + 1) * 8);
         assert_eq!(size_of::<PolicydDecisionKey>(), 16);
@@ -513,6 +519,7 @@ mod tests {
                 ("policyd_candidate", size_of::<PolicydCandidate>()),
                 ("policyd_event", size_of::<PolicydEvent>()),
                 ("policyd_stats", size_of::<PolicydStats>()),
+                ("policyd_declare", size_of::<PolicydDeclare>()),
                 ("policyd_metrics", size_of::<PolicydMetrics>()),
                 ("policyd_decision_key", size_of::<PolicydDecisionKey>()),
             ],

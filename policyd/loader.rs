@@ -32,10 +32,12 @@ use libbpf_rs::btf::types::MemberAttr;
 use libbpf_rs::libbpf_sys;
 use libbpf_rs::{
     AsRawLibbpf, Btf, ErrorKind, Map, MapCore, MapFlags, MapHandle, MapType, Object, ObjectBuilder,
-    OpenMap, OpenObject,
+    OpenMap, OpenObject, ProgramInput,
 };
 
-use crate::abi::{self, Pod, PolicydDecisionKey, PolicydMetrics, PolicydRule, PolicydStats};
+use crate::abi::{
+    self, Pod, PolicydDecisionKey, PolicydDeclare, PolicydMetrics, PolicydRule, PolicydStats,
+};
 use crate::bpf::skel;
 use crate::policy::PolicyName;
 
@@ -249,6 +251,9 @@ const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policyd.bpf.o"))
 
 /// The handler program's name in [`OBJECT`].
 const HANDLER_PROG: &str = "policyd_handle_oom";
+
+/// The SEC("syscall") program of [`OBJECT`] that declares an OOM.
+const DECLARE_PROG: &str = "declare_oom";
 
 /// The struct_ops map of [`OBJECT`].
 const OPS_MAP: &str = "policyd_ops";
@@ -573,6 +578,36 @@ impl PolicyObject {
         self.map("rules")?
             .update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
             .map_err(|e| with_permission_hint(e, "storing the rules map into rules[0]"))
+    }
+
+    /// Declare an OOM of the cgroup `cgroup_id` (0: the whole system) with
+    /// the object's `declare_oom` program, marking its decision with
+    /// `trigger` (not 0). Returns what the program reports: 1 memory freed,
+    /// 0 not, or a negative errno (policyd.h, `struct policyd_declare`).
+    pub fn declare_oom(&mut self, cgroup_id: u64, trigger: u64) -> Result<i32> {
+        let prog = self
+            .object
+            .progs_mut()
+            .find(|p| p.name() == DECLARE_PROG)
+            .with_context(|| format!("the BPF object has no program {DECLARE_PROG}"))?;
+        let args = PolicydDeclare {
+            cgroup_id,
+            trigger,
+            ret: i32::MIN,
+            ..Default::default()
+        };
+        let mut ctx = args.as_bytes().to_vec();
+        prog.test_run(ProgramInput {
+            context_in: Some(&mut ctx),
+            ..Default::default()
+        })
+        .map_err(|e| with_permission_hint(e, "running declare_oom (BPF_PROG_TEST_RUN)"))?;
+        let out =
+            PolicydDeclare::from_bytes(&ctx).context("declare_oom's context came back short")?;
+        if out.ret == i32::MIN {
+            bail!("declare_oom did not run bpf_out_of_memory() (its result was left unset)");
+        }
+        Ok(out.ret)
     }
 
     /// Store the struct_ops value (handler program, name) into the

@@ -739,6 +739,22 @@ static __noinline void kill_by_badness(struct oom_control *oc, struct cgroup *sc
 	bpf_task_release(task);
 }
 
+/*
+ * The OOM declare_oom() is declaring, while it does: its trigger and cgroup.
+ * The handler runs inside that call, under oom_lock, and takes the trigger
+ * only for a declared OOM (oc->bpf_declared) of the same cgroup: a real OOM
+ * that holds oom_lock meanwhile (declare_oom() then gets -EBUSY) keeps 0.
+ */
+__u64 declaring_trigger;
+__u64 declaring_cgroup;
+
+static __always_inline __u64 trigger_of(struct oom_control *oc, __u64 oom_cgroup_id)
+{
+	if (!bpf_core_field_exists(oc->bpf_declared) || !oc->bpf_declared)
+		return 0;
+	return oom_cgroup_id == declaring_cgroup ? declaring_trigger : 0;
+}
+
 static __always_inline void begin_event(struct oom_control *oc)
 {
 	struct mem_cgroup *memcg = oc->memcg;
@@ -748,6 +764,7 @@ static __always_inline void begin_event(struct oom_control *oc)
 	event.policy = policy;
 	event.scope_global = !memcg;
 	event.oom_cgroup_id = memcg ? memcg->css.cgroup->kn->id : 0;
+	event.trigger = trigger_of(oc, event.oom_cgroup_id);
 	event.outcome = POLICYD_OUTCOME_DEFERRED;
 	stats.ooms++;
 	read_cpu_offsets();
@@ -869,6 +886,48 @@ int BPF_PROG(policyd_handle_oom, struct oom_control *oc, struct bpf_struct_ops_l
 	bpf_cgroup_release(scope);
 
 	return finish_event();
+}
+
+/*
+ * Declares an OOM of args->cgroup_id (0: the whole system) for policyd when
+ * a pressure limit held: the kernel runs the OOM handlers, this object's
+ * first, as for a real OOM, and its killer if none freed anything.  Never
+ * waits for oom_lock: an OOM being handled already is as good (-EBUSY).
+ */
+SEC("syscall")
+int declare_oom(struct policyd_declare *args)
+{
+	struct mem_cgroup *memcg = NULL;
+	struct cgroup *cgrp;
+
+	/* A weak kfunc: this object still loads on a kernel without it. */
+	if (!bpf_ksym_exists(bpf_out_of_memory)) {
+		args->ret = -38; /* -ENOSYS */
+		return 0;
+	}
+	if (args->cgroup_id) {
+		cgrp = bpf_cgroup_from_id(args->cgroup_id);
+		if (!cgrp) {
+			args->ret = -2; /* -ENOENT */
+			return 0;
+		}
+		memcg = bpf_get_mem_cgroup(&cgrp->self);
+		bpf_cgroup_release(cgrp);
+		if (!memcg) {
+			args->ret = -2;
+			return 0;
+		}
+	}
+
+	declaring_cgroup = args->cgroup_id;
+	declaring_trigger = args->trigger;
+	args->ret = bpf_out_of_memory(memcg, 0, 0);
+	declaring_trigger = 0;
+	declaring_cgroup = 0;
+
+	if (memcg)
+		bpf_put_mem_cgroup(memcg);
+	return 0;
 }
 
 /* policyd writes the handler's name ("policyd_<policy>") when it attaches. */

@@ -119,6 +119,11 @@ struct policyd_event {
 	__u64 victim_cgroup_id;		/* 0: none */
 	__u64 victim_usage;
 	__u64 victim_task_rss;		/* bytes, of victim_pid */
+	/*
+	 * 0: an allocation failed.  Otherwise the OOM was declared through
+	 * declare_oom() (a pressure limit held): the `trigger` it was given.
+	 */
+	__u64 trigger;
 	__u32 victim_pid;		/* the (largest) task killed, 0: none */
 	__u32 victim_priority;
 	__u32 tasks_killed;
@@ -144,6 +149,22 @@ struct policyd_event {
 	struct policyd_candidate runner_up;
 	/* The best-ranked candidates, best first (a report; may omit the victim). */
 	struct policyd_candidate ranked[POLICYD_EVENT_CANDIDATES];
+};
+
+/*
+ * Context of the declare_oom SEC("syscall") program, run by policyd with
+ * BPF_PROG_TEST_RUN when a pressure limit has held long enough.
+ */
+struct policyd_declare {
+	__u64 cgroup_id;		/* in: the OOMing cgroup, 0: system-wide */
+	__u64 trigger;			/* in: copied into that OOM's event, not 0 */
+	/*
+	 * out: what bpf_out_of_memory() returned (1: memory freed, 0: not,
+	 * -EBUSY: another OOM is being handled, -EPERM), or -ENOENT (no such
+	 * cgroup, or no memcg there), -ENOSYS (a kernel without the kfunc).
+	 */
+	__s32 ret;
+	__u32 pad;
 };
 
 /* Counters in the policy's .bss, read by `policyd status`. */
