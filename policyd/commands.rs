@@ -221,7 +221,7 @@ const PAGE_COUNTER_MAX: u64 = (i64::MAX as u64) / 4096;
 /// The size of an OOM of the cgroup at `dir` in pages, as the kernel's
 /// `oc->totalpages` counts it (for oom_badness()): RAM and swap for a global
 /// OOM, the cgroup's `memory.max` (and what swap it may use) for its own.
-fn oom_totalpages(dir: &Path, global: bool, proc_root: &Path) -> u64 {
+pub(crate) fn oom_totalpages(dir: &Path, global: bool, proc_root: &Path) -> u64 {
     let meminfo = std::fs::read_to_string(proc_root.join("meminfo")).unwrap_or_default();
     let kib = |key: &str| {
         meminfo

@@ -37,6 +37,7 @@ use toml::Spanned;
 use crate::bpf::skel::types::policyd_kill;
 use crate::matcher::{CgroupPattern, PatternError};
 use crate::policy::{PolicyName, UnknownPolicy};
+use crate::pressure_rules::{self, PressureError, PressureRule, RawPressure};
 
 /// Where `policyd` looks for its configuration unless told otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/policyd/policies.toml";
@@ -140,6 +141,8 @@ pub struct Config {
     pub default_priority: u32,
     /// In file order: the first matching rule wins.
     pub rules: Vec<Rule>,
+    /// `[[pressure]]` tables, in file order: the first matching one applies.
+    pub pressure: Vec<PressureRule>,
     /// Things that are legal but probably not what the author meant.
     pub warnings: Vec<Diagnostic>,
 }
@@ -152,6 +155,7 @@ impl Default for Config {
             policy: PolicyName::DEFAULT,
             default_priority: DEFAULT_PRIORITY,
             rules: Vec::new(),
+            pressure: Vec::new(),
             warnings: Vec::new(),
         }
     }
@@ -228,6 +232,8 @@ pub enum DiagnosticKind {
     WarnMountPrefix { suggestion: String },
     #[error("the file is not UTF-8 text (byte 0x{byte:02x} here); TOML files are UTF-8")]
     NotUtf8 { byte: u8 },
+    #[error(transparent)]
+    Pressure(#[from] PressureError),
 }
 
 impl DiagnosticKind {
@@ -310,6 +316,8 @@ struct RawConfig {
     default_priority: Option<Spanned<i64>>,
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    pressure: Vec<Spanned<RawPressure>>,
 }
 
 #[derive(Deserialize)]
@@ -520,6 +528,8 @@ impl Config {
             });
         }
 
+        let pressure = pressure_rules::validate(&raw.pressure, text, &at, &mut errors);
+
         if !errors.is_empty() {
             errors.sort_by_key(|d| (d.line, d.column));
             return Err(ConfigError::Invalid(errors));
@@ -531,6 +541,7 @@ impl Config {
             policy,
             default_priority,
             rules,
+            pressure,
             warnings,
         })
     }
@@ -783,7 +794,7 @@ protect = false
         );
         assert_eq!(
             error("policy = \"priority\"\npolcy = 1\n"),
-            "2:1: unknown field `polcy`, expected one of `policy`, `default_priority`, `rule`"
+            "2:1: unknown field `polcy`, expected one of `policy`, `default_priority`, `rule`, `pressure`"
         );
     }
 

@@ -15,7 +15,9 @@
 //!   `rules[0]`, or a new policy swapped into the link with
 //!   `bpf_link_update`, never a moment unprotected); SIGINT/SIGTERM detach
 //!   and exit;
-//! * the link: if the kernel detaches it (the cgroup was removed), exit.
+//! * the link: if the kernel detaches it (the cgroup was removed), exit;
+//! * PSI triggers of `[[pressure]]` rules ([`crate::pressure`]): a limit
+//!   that held declares an OOM, once per pressure episode.
 //!
 //! It blocks in poll(2) with no timeout: an idle daemon never wakes up (once,
 //! a second after a run of awaits, to log how many there were; and, under a
@@ -29,7 +31,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle, RingBuffer, RingBufferBuilder};
@@ -51,6 +53,7 @@ use crate::metrics::{self, MetricsFile};
 use crate::notify::{self, Notifier};
 use crate::oom_group;
 use crate::policy::PolicyName;
+use crate::pressure::{Declared, Pressure};
 use crate::resolve::{resolve_tree, Effective, Resolver};
 use crate::rules;
 use crate::watch::{CgroupWatcher, Change};
@@ -233,6 +236,14 @@ impl Cgroups {
         self.root.join(path.trim_start_matches('/'))
     }
 
+    /// Every known cgroup as (path, id, directory), for the pressure triggers.
+    fn dirs(&self) -> Vec<(&str, u64, PathBuf)> {
+        self.effective
+            .values()
+            .map(|e| (e.path.as_str(), e.id, self.dir(&e.path)))
+            .collect()
+    }
+
     fn snapshot(&self) -> rules::Snapshot {
         self.effective
             .values()
@@ -329,6 +340,8 @@ pub struct Daemon {
     config_watch: Option<ConfigWatcher>,
     /// The service manager, when there is one.
     notifier: Notifier,
+    /// PSI triggers of the `[[pressure]]` rules.
+    pressure: Pressure,
 }
 
 impl Daemon {
@@ -399,6 +412,8 @@ impl Daemon {
             "attached"
         );
         let cgroups = Cgroups::from_tree(&req.cgroup_root, &tree, effective);
+        let mut pressure = Pressure::new(&req.cgroup, req.dry_run);
+        pressure.rearm(&req.config, cgroups.dirs());
         let mut daemon = Daemon {
             link,
             link_id,
@@ -419,6 +434,7 @@ impl Daemon {
             metrics_file,
             config_watch,
             notifier: Notifier::from_env(),
+            pressure,
         };
         daemon.write_metrics();
         if let Some(file) = &daemon.metrics_file {
@@ -514,10 +530,21 @@ impl Daemon {
             (Some(t), Some(ping)) => Some(t.min(ping)),
             (t, ping) => t.or(ping),
         };
+        // During a pressure episode only: its end, once quiet, is logged.
+        let pressure_end = self
+            .pressure
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        let timeout = match (timeout, pressure_end) {
+            (Some(t), Some(end)) => Some(t.min(end)),
+            (t, end) => t.or(end),
+        };
         let timeout = match timeout {
             None => PollTimeout::NONE,
             Some(d) => PollTimeout::try_from(d).unwrap_or(PollTimeout::MAX),
         };
+        let mut fired = Vec::new();
+        let mut gone = Vec::new();
         let (ring_ready, watch_ready, signal_ready, link_gone, config_ready) = {
             // SAFETY: the ring buffer's epoll fd lives as long as `self.ring`.
             let ring_fd = unsafe { BorrowedFd::borrow_raw(self.ring.epoll_fd()) };
@@ -542,6 +569,12 @@ impl Daemon {
                 fds.push(PollFd::new(w.as_fd(), PollFlags::POLLIN));
                 fds.len() - 1
             });
+            let pressure_from = fds.len();
+            let mut pressure_paths = Vec::new();
+            for (path, fd) in self.pressure.fds() {
+                fds.push(PollFd::new(fd, PollFlags::POLLPRI));
+                pressure_paths.push(path.to_owned());
+            }
             let polled = poll(&mut fds, timeout);
             self.notifier.ping_if_due();
             match polled {
@@ -553,6 +586,15 @@ impl Daemon {
                 i.and_then(|i| fds[i].revents())
                     .is_some_and(|r| !r.is_empty())
             };
+            // POLLERR: the trigger's cgroup was removed (kernfs says so).
+            for (fd, path) in fds[pressure_from..].iter().zip(pressure_paths) {
+                let revents = fd.revents().unwrap_or(PollFlags::empty());
+                if revents.intersects(PollFlags::POLLERR | PollFlags::POLLNVAL) {
+                    gone.push(path);
+                } else if revents.contains(PollFlags::POLLPRI) {
+                    fired.push(path);
+                }
+            }
             (
                 ready(Some(0)) || ready(kills_idx),
                 ready(watch_idx),
@@ -570,6 +612,13 @@ impl Daemon {
         if watch_ready {
             self.apply_cgroup_changes();
         }
+        for path in gone {
+            self.pressure.cgroup_removed(&path);
+        }
+        for path in fired {
+            self.pressure_fired(&path);
+        }
+        self.pressure.expire(Instant::now());
         if link_gone {
             self.consume_events();
             self.awaits.flush();
@@ -585,6 +634,62 @@ impl Daemon {
             return self.handle_signals();
         }
         Ok(Round::Continue)
+    }
+
+    /// The pressure trigger of `path` fired: declare an OOM there if its
+    /// limit has held long enough (under --dry-run, say what would happen).
+    fn pressure_fired(&mut self, path: &str) {
+        let Some(d) = self.pressure.fired(path, Instant::now()) else {
+            return;
+        };
+        if self.req.dry_run {
+            let prediction = self.predict(path);
+            tracing::info!(
+                cgroup = %path,
+                limit = %d.limit,
+                "dry run: pressure limit held: would declare an OOM ({}); the policy would:                  {prediction}",
+                if d.cgroup_id == 0 { "system-wide" } else { "of this memory cgroup" }
+            );
+            return;
+        }
+        let result = match self.obj.declare_oom(d.cgroup_id, d.trigger) {
+            Ok(ret) => Declared::Ret(ret),
+            Err(e) => Declared::Failed(e),
+        };
+        self.pressure.declared(&d, result);
+        // The handler reported during the declaration: log its decision now,
+        // while the limit that declared it is known.
+        self.consume_events();
+        self.pressure.forget(d.trigger);
+    }
+
+    /// What the policy would do on an OOM of `path`, as `policyd explain`
+    /// predicts it.
+    fn predict(&self, path: &str) -> String {
+        let tree = match CgroupTree::read(&self.req.cgroup_root) {
+            Ok(t) => t,
+            Err(e) => return format!("(cannot read the cgroup tree: {e})"),
+        };
+        let Some(scope) = tree.find(path) else {
+            return format!("(cgroup {path} is gone)");
+        };
+        let effective = resolve_tree(&self.req.config, &tree);
+        let proc_root = Path::new("/proc");
+        let totalpages = crate::commands::oom_totalpages(
+            &tree.fs_path(scope),
+            tree.get(scope).is_root(),
+            proc_root,
+        );
+        crate::rank::explain(
+            self.obj.policy(),
+            &tree,
+            &effective,
+            scope,
+            &crate::procfs::ProcFs::new(proc_root),
+            totalpages,
+        )
+        .outcome
+        .to_string()
     }
 
     /// `--watch-config` saw the file's directory change: reload as SIGHUP
@@ -671,9 +776,12 @@ impl Daemon {
         let handler = self.obj.handler_name();
         for (_, ev) in events {
             match ev {
-                Event::Decision(d) => self
-                    .awaits
-                    .log(Decision::new(&d, |id| self.cgroups.names.name(id))),
+                Event::Decision(d) => {
+                    let trigger = self.pressure.trigger_name(d.trigger);
+                    self.awaits.log(
+                        Decision::new(&d, |id| self.cgroups.names.name(id)).with_trigger(trigger),
+                    )
+                }
                 Event::Kill(k) => {
                     let kill = Kill::new(&k, &mut self.cgroups.names);
                     if !kill.chosen_by(&handler) {
@@ -717,6 +825,12 @@ impl Daemon {
                         continue; // gone already
                     };
                     oom_group::apply_one(&self.req.config, &self.req.cgroup_root, &e);
+                    self.pressure.cgroup_added(
+                        &self.req.config,
+                        &path,
+                        e.id,
+                        &self.cgroups.dir(&path),
+                    );
                     let rule = rules::rule_of(&e);
                     match self
                         .rules
@@ -749,6 +863,7 @@ impl Daemon {
                     }
                 }
                 Change::Removed(path) => {
+                    self.pressure.cgroup_removed(&path);
                     if let Some(e) = self.cgroups.effective.remove(&path) {
                         // Children are gone first (rmdir needs an empty cgroup).
                         if self.rules.delete(&e.id.to_ne_bytes()).is_ok() {
@@ -765,6 +880,7 @@ impl Daemon {
                     if let Err(e) = self.replace_rules(&config) {
                         tracing::error!("re-reading the cgroup tree: {e:#}");
                     }
+                    self.pressure.rearm(&config, self.cgroups.dirs());
                 }
             }
         }
@@ -890,6 +1006,7 @@ impl Daemon {
         }
         self.req.config = config;
         self.req.policy = policy;
+        self.pressure.rearm(&self.req.config, self.cgroups.dirs());
         self.write_metrics();
         Ok(())
     }

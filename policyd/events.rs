@@ -50,6 +50,9 @@ pub struct Decision {
     pub policy: String,
     /// "global", or the OOMing cgroup's path.
     pub scope: String,
+    /// What started the OOM: "oom" (an allocation failed), or "pressure"
+    /// and the limit that held ("pressure memory.pressure some 40%/10s").
+    pub trigger: String,
     pub victim_cgroup: Option<String>,
     /// The unit, pod or container of the victim's cgroup ([`Owner`]).
     pub owner: Option<String>,
@@ -157,6 +160,10 @@ impl Decision {
                 Err(n) => format!("policy#{n}"),
             },
             scope,
+            trigger: match ev.trigger {
+                0 => "oom".to_owned(),
+                n => format!("pressure (declaration #{n})"),
+            },
             owner: victim_cgroup
                 .as_deref()
                 .map(|p| Owner::of(p).to_string())
@@ -186,6 +193,15 @@ impl Decision {
             top,
             kill_err: ev.kill_err,
         }
+    }
+
+    /// Name what declared the OOM (the daemon knows which pressure limit
+    /// did; the event carries only its number).
+    pub fn with_trigger(mut self, trigger: Option<String>) -> Self {
+        if let Some(t) = trigger {
+            self.trigger = t;
+        }
+        self
     }
 
     fn why(&self) -> String {
@@ -221,6 +237,9 @@ impl Decision {
     /// One sentence: what happened.
     pub fn summary(&self) -> String {
         let mut text = self.what_happened();
+        if let Some(limit) = self.trigger.strip_prefix("pressure ") {
+            text = format!("OOM declared on pressure ({limit} held): {text}");
+        }
         if self.passed.total() > 0 {
             let before = if matches!(self.outcome, Outcome::Killed | Outcome::DryRun) {
                 "before it, "
@@ -304,6 +323,7 @@ impl Decision {
             LogFormat::Text => tracing::info!(
                 policy = %self.policy,
                 scope = %self.scope,
+                trigger = %self.trigger,
                 victim_cgroup = %self.victim(),
                 owner = %or_dash(self.owner.as_ref()),
                 pid = self.pid,
@@ -335,6 +355,7 @@ impl Decision {
                 message_id = crate::journal::DECISION_MESSAGE_ID,
                 policy = %self.policy,
                 scope = %self.scope,
+                trigger = %self.trigger,
                 victim_cgroup = self.victim_cgroup.as_deref(),
                 victim_pid = (self.pid != 0).then_some(self.pid),
                 victim_comm = self.comm.as_deref(),
@@ -510,12 +531,34 @@ mod tests {
         let d = Decision::new(&killed_event(), names);
         assert_eq!(
             logged(&d),
-            " INFO decision policy=priority scope=global victim_cgroup=/demo/batch/j2 owner=- pid=310 \
+            " INFO decision policy=priority scope=global trigger=oom victim_cgroup=/demo/batch/j2 \
+             owner=- pid=310 \
              comm=job2 priority=10 usage=300MiB rss=290MiB reason=larger-usage outcome=killed \
              killed=1 handler_us=41 candidates=3 tried=1 unkillable=0 exiting=0 empty=0 \
              refused=0 runner_up=/demo/batch/j1 runner_up_priority=10 runner_up_usage=100MiB \
              kill_err=0 summary=\"killed pid 310 (job2) of /demo/batch/j2: lowest priority \
              (10), tie broken by larger usage (300MiB)\"\n"
+        );
+    }
+
+    #[test]
+    fn a_pressure_declared_oom_says_which_limit() {
+        let mut ev = killed_event();
+        ev.trigger = 3;
+        let d = Decision::new(&ev, names);
+        assert_eq!(d.trigger, "pressure (declaration #3)");
+        let d = d.with_trigger(Some("pressure memory.pressure some 40%/10s".into()));
+        let line = logged(&d);
+        assert!(
+            line.contains(" scope=global trigger=\"pressure memory.pressure some 40%/10s\" "),
+            "{line}"
+        );
+        assert!(
+            d.summary().starts_with(
+                "OOM declared on pressure (memory.pressure some 40%/10s held): killed pid 310"
+            ),
+            "{}",
+            d.summary()
         );
     }
 
@@ -644,7 +687,7 @@ mod tests {
         );
         let line = logged(&d);
         assert!(
-            line.contains(" scope=/demo victim_cgroup=/demo/batch/j2 owner=- pid=310 "),
+            line.contains(" scope=/demo trigger=oom victim_cgroup=/demo/batch/j2 owner=- pid=310 "),
             "{line}"
         );
         assert!(line.contains(" outcome=dry-run killed=0 "), "{line}");
@@ -666,7 +709,8 @@ mod tests {
         let line = logged(&d);
         assert!(
             line.contains(
-                "policy=largest scope=global victim_cgroup=- owner=- pid=0 comm=- priority=0 usage=0B"
+                "policy=largest scope=global trigger=oom victim_cgroup=- owner=- pid=0 comm=- \
+                 priority=0 usage=0B"
             ),
             "{line}"
         );

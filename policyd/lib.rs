@@ -49,6 +49,8 @@ pub mod notify;
 pub mod oom_group;
 pub mod owner;
 pub mod policy;
+pub mod pressure;
+pub mod pressure_rules;
 pub mod procfs;
 pub mod rank;
 pub mod reason;
