@@ -1,6 +1,6 @@
-//! Helpers for guest scenarios: cgroups, memory hogs, child processes and the kernel log
-//! (one submodule each, re-exported here), waiting, and the lines a scenario sends back to
-//! the host (story lines for the demo, JSON for benchmarks).
+//! Helpers for guest scenarios: cgroups, memory hogs, child processes, the kernel log and
+//! swap on zram (one submodule each, re-exported here), waiting, and the lines a scenario
+//! sends back to the host (story lines for the demo, JSON for benchmarks).
 //!
 //! Everything here runs inside the test VM as root, with cgroup v2 mounted at
 //! /sys/fs/cgroup and the memory controller enabled in the root (see the /init script).
@@ -12,6 +12,7 @@ mod cgroup;
 mod hog;
 mod kmsg;
 mod process;
+mod zram;
 
 use std::fs;
 use std::path::Path;
@@ -24,6 +25,7 @@ pub use cgroup::{Cgroup, MemoryEvents};
 pub use hog::{run_churn, run_hog, Churn, Hog, HogSpec, HOG_READY};
 pub use kmsg::{KillLog, Kmsg, KmsgRecord};
 pub use process::{describe_status, spawn_in};
+pub use zram::ZramSwap;
 
 /// Writes `value` to `path` in a single write(2), as sysfs, cgroupfs and procfs expect.
 pub fn write_file(path: impl AsRef<Path>, value: impl AsRef<[u8]>) -> Result<()> {

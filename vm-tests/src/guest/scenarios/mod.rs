@@ -43,6 +43,7 @@ mod policyd_largest_badness;
 mod policyd_lifecycle;
 mod policyd_metrics;
 mod policyd_passes_over;
+mod policyd_pressure;
 mod policyd_priority;
 mod policyd_protect;
 mod policyd_reload;
@@ -89,6 +90,10 @@ pub fn all() -> Vec<Scenario> {
         policyd_reload::scenario(),
         policyd_watch_config::scenario(),
         policyd_dry_run::scenario(),
+        policyd_pressure::memcg(),
+        policyd_pressure::global(),
+        policyd_pressure::backoff(),
+        policyd_pressure::dry_run(),
         policyd_largest_badness::scenario(),
         policyd_lifecycle::scenario(),
         policyd_metrics::scenario(),
