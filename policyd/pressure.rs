@@ -12,8 +12,8 @@
 //! the victim in that scope as for a real OOM.
 //!
 //! One declaration per episode: afterwards the trigger is in back-off until
-//! it has been quiet for a window and a half (no event, so pressure stayed
-//! under the limit for a whole window), which is logged as relief. Only then
+//! it has been quiet for two windows (no event, so pressure stayed under the
+//! limit for at least a whole window), which is logged as relief. Only then
 //! can the next episode declare again. During an episode the daemon wakes
 //! once more at its end, to notice the quiet; never when idle.
 
@@ -78,10 +78,10 @@ struct Trigger {
 
 impl Trigger {
     /// How long without an event means the pressure is under the limit: a
-    /// window, plus half of one for the kernel's update period and
-    /// scheduling delays.
+    /// window, plus another for the kernel's update period and scheduling
+    /// delays (psimon is a kernel thread like any other under load).
     fn quiet_after(&self) -> Duration {
-        self.rule.window() * 3 / 2
+        self.rule.window() * 2
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -488,15 +488,15 @@ mod tests {
             assert_eq!(p.fired("/batch/j1", t0 + s(11 * i)), None);
         }
         let last = t0 + s(44);
-        assert_eq!(p.next_deadline(), Some(last + s(15)));
-        p.expire(last + s(14));
+        assert_eq!(p.next_deadline(), Some(last + s(20)));
+        p.expire(last + s(19));
         assert_eq!(
             p.fired("/batch/j1", last + s(11)),
             None,
             "not quiet long enough"
         );
-        // Quiet for a window and a half: relief, and the next episode declares.
-        p.expire(last + s(11) + s(15));
+        // Quiet for two windows: relief, and the next episode declares.
+        p.expire(last + s(11) + s(20));
         assert_eq!(p.next_deadline(), None);
         let again = p.fired("/batch/j1", last + s(60)).expect("a new episode");
         assert_ne!(again.trigger, d.trigger);
