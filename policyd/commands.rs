@@ -62,6 +62,19 @@ pub fn check(args: &CheckArgs) -> CheckReport {
                 if n == 1 { "" } else { "s" },
                 config.policy
             );
+            for p in &config.pressure {
+                let _ = writeln!(
+                    stdout,
+                    "pressure: {} declares an OOM when {} holds (PSI trigger \"{}\"{})",
+                    p.pattern,
+                    p.describe(),
+                    p.trigger_spec(),
+                    match p.windows() {
+                        1 => String::new(),
+                        n => format!(", {n} windows in a row"),
+                    }
+                );
+            }
             true
         }
         Err(e @ ConfigError::Invalid(_)) => {

@@ -125,6 +125,45 @@ fn check_reports_every_error_with_its_position() {
 }
 
 #[test]
+fn check_shows_the_pressure_triggers_and_places_their_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policies.toml");
+    std::fs::write(
+        &file,
+        "[[pressure]]\ncgroup = \"/batch.slice\"\nstall = \"some\"\nlimit = \"40%\"\n\
+         duration = \"10s\"\n\n[[pressure]]\ncgroup = \"/\"\nlimit = \"60%\"\n\
+         duration = \"30s\"\n",
+    )
+    .unwrap();
+    let o = policyd(&["check", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "ok: 0 rules, policy priority\n\
+         pressure: /batch.slice declares an OOM when memory.pressure some 40%/10s holds (PSI \
+         trigger \"some 4000000 10000000\")\n\
+         pressure: / declares an OOM when memory.pressure full 60%/30s holds (PSI trigger \
+         \"full 6000000 10000000\", 3 windows in a row)\n"
+    );
+
+    std::fs::write(
+        &file,
+        "[[pressure]]\ncgroup = \"/a\"\nlimit = \"40%\"\nduration = \"1d\"\n",
+    )
+    .unwrap();
+    let o = policyd(&["check", file.to_str().unwrap()]);
+    let f = file.display();
+    assert_fails_saying(
+        &o,
+        1,
+        &[&format!(
+            "{f}:4:12: duration must be between 500ms and 1h (a number and a unit: \"500ms\", \
+             \"10s\", \"2min\"), got \"1d\"\n{f}: 1 error\n"
+        )],
+    );
+}
+
+#[test]
 fn check_missing_file_fails() {
     let o = policyd(&["check", "/nonexistent/policies.toml"]);
     assert_fails_saying(
