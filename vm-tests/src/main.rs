@@ -40,8 +40,9 @@ enum Cmd {
         #[arg(long, short)]
         verbose: bool,
     },
-    /// Tell the story of one OOM under policyd and under the kernel default.
-    Demo,
+    /// Tell the story of one OOM under policyd and under the kernel default; `demo pressure`:
+    /// of memory pressure without and with a pressure rule.
+    Demo { name: Option<String> },
     /// Run the benchmark scenarios whose name contains FILTER; report in target/vm-tests/bench.md.
     Bench {
         filter: Option<String>,
@@ -69,7 +70,7 @@ fn main() -> ExitCode {
             &["vmlinux-h"]
         }),
         Cmd::Test { filter, verbose } => host::test(filter.as_deref().unwrap_or(""), verbose),
-        Cmd::Demo => host::demo(),
+        Cmd::Demo { name } => host::demo(name.as_deref()),
         Cmd::Bench {
             filter,
             quick,

@@ -301,8 +301,11 @@ pub fn test(filter: &str, verbose: bool) -> Result<bool> {
     Ok(tally.finish())
 }
 
-pub fn demo() -> Result<bool> {
-    let scenario = guest::find("demo").context("the demo scenario is not written yet")?;
+/// `demo`, or `demo NAME`: the scenario demo-NAME.
+pub fn demo(name: Option<&str>) -> Result<bool> {
+    let scenario_name = name.map_or_else(|| "demo".to_owned(), |n| format!("demo-{n}"));
+    let scenario = guest::find(&scenario_name)
+        .with_context(|| format!("there is no demo scenario {scenario_name}"))?;
     let vm = prepare_vm()?;
     println!();
     let run = vm.run_scenario(&scenario, &[], |line| {

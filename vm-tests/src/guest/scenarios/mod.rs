@@ -108,6 +108,7 @@ pub fn all() -> Vec<Scenario> {
         trace_kills::stock_kernel(),
         systemd_service::scenario(),
         demo::scenario(),
+        policyd_pressure::demo(),
         bench_storm::scenario().bench(),
         bench_decision::scenario().bench(),
         bench_footprint::scenario().bench(),

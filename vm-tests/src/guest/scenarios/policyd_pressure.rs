@@ -19,7 +19,9 @@
 //!   shows the stall went on), then logs relief once memory.high is lifted, and the next
 //!   episode declares again (killing the job);
 //! * `policyd-pressure-dry-run`: `--dry-run` declares nothing (no OOM in memory.events,
-//!   everyone alive) and says once per episode what it would have done, naming the job.
+//!   everyone alive) and says once per episode what it would have done, naming the job;
+//! * `demo-pressure` (`./vm-tests/run demo pressure`): the same pressure, first with no
+//!   pressure rule (the job stalls on and no OOM ever comes), then with one.
 
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -27,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 
 use crate::guest::pdutil::{self, expect_alive, Policyd};
-use crate::guest::util::{Cgroup, Hog, HogSpec, ZramSwap};
+use crate::guest::util::{story, Cgroup, Hog, HogSpec, ZramSwap};
 use crate::guest::Scenario;
 
 /// The limit every scenario's rule sets, as decision lines name it.
@@ -55,6 +57,12 @@ pub fn backoff() -> Scenario {
 
 pub fn dry_run() -> Scenario {
     Scenario::new("policyd-pressure-dry-run", run_dry_run)
+        .needs_policyd()
+        .timeout_s(150)
+}
+
+pub fn demo() -> Scenario {
+    Scenario::new("demo-pressure", run_demo)
         .needs_policyd()
         .timeout_s(150)
 }
@@ -363,6 +371,83 @@ fn run_dry_run() -> Result<()> {
     })?;
     pd.stop()?;
     println!("dry run: {}", line.message);
+    Ok(())
+}
+
+/// How long the demo lets the job stall without a pressure rule.
+const DEMO_STALL: Duration = Duration::from_secs(8);
+
+fn run_demo() -> Result<()> {
+    pdutil::quiet_oom_reports()?;
+    let l = Press::create("demo-pressure", "/press")?;
+    story(
+        "Memory pressure, told twice. /press holds a service (16 MiB, priority 500) and a job \
+         (priority 20) that keeps growing; memory.high on /press, just above its usage, makes \
+         the job stall on memory the way a thrashing machine does, but no allocation ever \
+         fails, so the kernel never declares an OOM.",
+    );
+
+    // 1. Rules, but no pressure rule: nothing acts.
+    let plain = pdutil::write_config(
+        "demo-pressure-plain",
+        &std::fs::read_to_string(&l.config)?
+            .split("[[pressure]]")
+            .next()
+            .context("the demo config")?
+            .to_owned(),
+    )?;
+    let mut pd = Policyd::load(&["priority", "--config", &plain])?;
+    let mut service = l.service()?;
+    let mut job = l.job()?;
+    let before = l.some_stall_us()?;
+    l.throttle()?;
+    sleep(DEMO_STALL);
+    let stalled = Duration::from_micros(l.some_stall_us()? - before);
+    expect_alive(&mut job, "job (no pressure rule: nothing acts)")?;
+    ensure!(
+        pd.decisions_since(0)?.is_empty() && l.press.events()?.oom == 0,
+        "an OOM came without a pressure rule"
+    );
+    story(format!(
+        "Run 1, policyd without a pressure rule: for {} s the job stalled {:.1} s on memory \
+         ({:.0}% of the time) and nothing happened: no OOM, nobody killed.",
+        DEMO_STALL.as_secs(),
+        stalled.as_secs_f64(),
+        100.0 * stalled.as_secs_f64() / DEMO_STALL.as_secs_f64()
+    ));
+    pd.stop()?;
+
+    // 2. The same with `[[pressure]] cgroup = "/press" stall = "some" limit = "10%"
+    // duration = "1s"`, the episode still going on.
+    let started = Instant::now();
+    let mut pd = Policyd::load(&["priority", "--config", &l.config])?;
+    wait_armed(&mut pd, "/press")?;
+    let d = pd.next_decision(DECLARE_TIMEOUT)?;
+    let declared = started.elapsed();
+    d.expect(&[
+        ("trigger", &format!("pressure {LIMIT}")),
+        ("victim_cgroup", "/press/job"),
+        ("pid", &job.pid().to_string()),
+        ("outcome", "killed"),
+    ])?;
+    job.wait_killed(Duration::from_secs(10))?;
+    expect_alive(&mut service, "service (priority 500)")?;
+    pd.wait_line(Duration::from_secs(15), "relief on /press", |line| {
+        line.is("INFO", "pressure relieved")
+    })?;
+    let relieved = started.elapsed();
+    story(format!(
+        "Run 2, with [[pressure]] cgroup = \"/press\", stall = \"some\", limit = \"10%\", \
+         duration = \"1s\": {:.1} s after policyd started it declared an OOM of /press; the \
+         policy killed the job (pid {}, priority 20, the lowest), the service lives on; \
+         pressure relieved at {:.1} s.",
+        declared.as_secs_f64(),
+        job.pid(),
+        relieved.as_secs_f64()
+    ));
+    story(format!("  policyd's log: decision {}", d.summary()));
+    l.unthrottle()?;
+    pd.stop()?;
     Ok(())
 }
 
