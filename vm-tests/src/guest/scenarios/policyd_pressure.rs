@@ -9,8 +9,9 @@
 //! frees memory there, so the `some` stall passes 10% within a 1 s window at once, and
 //! setting memory.high back to max ends it.
 //!
-//! * `policyd-pressure-memcg`: a rule on /press declares an OOM of /press's memcg; the
-//!   policy kills the job; /press's memory.events counts the declared OOM and its kill;
+//! * `policyd-pressure-memcg`: a rule on /press, created after policyd started (armed
+//!   through its cgroup watch), declares an OOM of /press's memcg; the policy kills the
+//!   job; /press's memory.events counts the declared OOM and its kill;
 //! * `policyd-pressure-global`: a rule on / declares a system-wide OOM; same victim. This
 //!   one runs with swap on zram: reclaim then swaps the job out (it must, the scenario
 //!   checks swap was used) and the stall is that of a thrashing machine;
@@ -76,10 +77,9 @@ struct Press {
 }
 
 impl Press {
-    /// The cgroups, and a config whose pressure rule is on `pressure_on`.
-    fn create(name: &str, pressure_on: &str) -> Result<Press> {
-        let press = Cgroup::create("press")?;
-        let config = pdutil::write_config(
+    /// Writes /tmp/<name>.toml, whose pressure rule is on `pressure_on`; its path.
+    fn config(name: &str, pressure_on: &str) -> Result<String> {
+        pdutil::write_config(
             name,
             &format!(
                 r#"
@@ -104,7 +104,13 @@ limit = "10%"
 duration = "1s"
 "#
             ),
-        )?;
+        )
+    }
+
+    /// The cgroups, and the config of [`Press::config`].
+    fn create(name: &str, pressure_on: &str) -> Result<Press> {
+        let config = Press::config(name, pressure_on)?;
+        let press = Cgroup::create("press")?;
         Ok(Press {
             service_cg: press.child("service")?,
             job_cg: press.child("job")?,
@@ -185,8 +191,10 @@ fn declares_and_kills_the_job(
     swap: Option<&ZramSwap>,
 ) -> Result<()> {
     pdutil::quiet_oom_reports()?;
+    // policyd starts first: /press (fresh in this VM) appears later, and its trigger is
+    // armed through policyd's cgroup watch.
+    let mut pd = Policyd::load(&["priority", "--config", &Press::config(name, pressure_on)?])?;
     let l = Press::create(name, pressure_on)?;
-    let mut pd = Policyd::load(&["priority", "--config", &l.config])?;
     wait_armed(&mut pd, pressure_on)?;
     let mut service = l.service()?;
     let mut job = l.job()?;
