@@ -8039,6 +8039,12 @@ enum chacha_constants {
 	CHACHA_CONSTANT_TE_K = 1797285236,
 };
 
+enum class_stat_type {
+	ZS_OBJS_ALLOCATED = 12,
+	ZS_OBJS_INUSE = 13,
+	NR_CLASS_STAT_TYPES = 14,
+};
+
 enum clear_refs_types {
 	CLEAR_REFS_ALL = 1,
 	CLEAR_REFS_ANON = 2,
@@ -10013,6 +10019,14 @@ enum ftrace_ops_cmd {
 	FTRACE_OPS_CMD_ENABLE_SHARE_IPMODIFY_SELF = 0,
 	FTRACE_OPS_CMD_ENABLE_SHARE_IPMODIFY_PEER = 1,
 	FTRACE_OPS_CMD_DISABLE_SHARE_IPMODIFY_PEER = 2,
+};
+
+enum fullness_group {
+	ZS_INUSE_RATIO_0 = 0,
+	ZS_INUSE_RATIO_10 = 1,
+	ZS_INUSE_RATIO_99 = 10,
+	ZS_INUSE_RATIO_100 = 11,
+	NR_FULLNESS_GROUPS = 12,
 };
 
 enum futex_access {
@@ -15789,8 +15803,9 @@ enum zone_stat_item {
 	NR_ZONE_UNEVICTABLE = 6,
 	NR_ZONE_WRITE_PENDING = 7,
 	NR_MLOCK = 8,
-	NR_FREE_CMA_PAGES = 9,
-	NR_VM_ZONE_STAT_ITEMS = 10,
+	NR_ZSPAGES = 9,
+	NR_FREE_CMA_PAGES = 10,
+	NR_VM_ZONE_STAT_ITEMS = 11,
 };
 
 enum zone_type {
@@ -15806,6 +15821,19 @@ enum zone_watermarks {
 	WMARK_HIGH = 2,
 	WMARK_PROMO = 3,
 	NR_WMARK = 4,
+};
+
+enum zram_pageflags {
+	ZRAM_SAME = 13,
+	ZRAM_ENTRY_LOCK = 14,
+	ZRAM_WB = 15,
+	ZRAM_PP_SLOT = 16,
+	ZRAM_HUGE = 17,
+	ZRAM_IDLE = 18,
+	ZRAM_INCOMPRESSIBLE = 19,
+	ZRAM_COMP_PRIORITY_BIT1 = 20,
+	ZRAM_COMP_PRIORITY_BIT2 = 21,
+	__NR_ZRAM_PAGEFLAGS = 22,
 };
 
 typedef _Bool bool;
@@ -23198,6 +23226,10 @@ struct atkbd {
 struct atomic_notifier_head {
 	spinlock_t lock;
 	struct notifier_block *head;
+};
+
+struct attr {
+	u32 flags;
 };
 
 struct attribute_group {
@@ -36202,6 +36234,10 @@ struct deferred_percpu_work {
 	struct llist_head objects_by_rcu;
 	struct llist_head rcu_sheaves;
 	struct irq_work work;
+};
+
+struct deflate_params {
+	s32 winbits;
 };
 
 struct delayed_call {
@@ -51136,6 +51172,13 @@ struct linger {
 	int l_linger;
 };
 
+struct link_free {
+	union {
+		long unsigned int next;
+		long unsigned int handle;
+	};
+};
+
 struct link_mode_info {
 	int speed;
 	u8 lanes;
@@ -57838,7 +57881,7 @@ struct per_cpu_pages {
 };
 
 struct per_cpu_zonestat {
-	s8 vm_stat_diff[10];
+	s8 vm_stat_diff[11];
 	s8 stat_threshold;
 };
 
@@ -58600,9 +58643,8 @@ struct zone {
 	long: 64;
 	long: 64;
 	struct cacheline_padding _pad3_;
-	atomic_long_t vm_stat[10];
+	atomic_long_t vm_stat[11];
 	atomic_long_t vm_numa_event[0];
-	long: 64;
 	long: 64;
 	long: 64;
 	long: 64;
@@ -63878,6 +63920,20 @@ struct simple_xattr {
 	char *name;
 	size_t size;
 	char value[0];
+};
+
+struct zs_size_stat {
+	long unsigned int objs[14];
+};
+
+struct size_class {
+	spinlock_t lock;
+	struct list_head fullness_list[12];
+	int size;
+	int objs_per_zspage;
+	int pages_per_zspage;
+	unsigned int index;
+	struct zs_size_stat stats;
 };
 
 struct sk_buff__safe_rcu_or_null {
@@ -76254,6 +76310,59 @@ struct zap_details {
 	zap_flags_t zap_flags;
 };
 
+struct zcomp_strm;
+
+struct zcomp_ops;
+
+struct zcomp_params;
+
+struct zcomp {
+	struct zcomp_strm *stream;
+	const struct zcomp_ops *ops;
+	struct zcomp_params *params;
+	struct hlist_node node;
+};
+
+struct zcomp_ctx {
+	void *context;
+};
+
+struct zcomp_req;
+
+struct zcomp_ops {
+	int (*compress)(struct zcomp_params *, struct zcomp_ctx *, struct zcomp_req *);
+	int (*decompress)(struct zcomp_params *, struct zcomp_ctx *, struct zcomp_req *);
+	int (*create_ctx)(struct zcomp_params *, struct zcomp_ctx *);
+	void (*destroy_ctx)(struct zcomp_ctx *);
+	int (*setup_params)(struct zcomp_params *);
+	void (*release_params)(struct zcomp_params *);
+	const char *name;
+};
+
+struct zcomp_params {
+	void *dict;
+	size_t dict_sz;
+	s32 level;
+	union {
+		struct deflate_params deflate;
+	};
+	void *drv_data;
+};
+
+struct zcomp_req {
+	const unsigned char *src;
+	const size_t src_len;
+	unsigned char *dst;
+	size_t dst_len;
+};
+
+struct zcomp_strm {
+	struct mutex lock;
+	void *buffer;
+	void *local_copy;
+	struct zcomp_ctx ctx;
+};
+
 union zen_patch_rev {
 	struct {
 		__u32 rev: 8;
@@ -76273,6 +76382,97 @@ struct zone_device {
 	struct delayed_work work;
 	struct thermal_zone_device *tzone;
 	struct cpumask cpumask;
+};
+
+struct zspage;
+
+struct zpdesc {
+	long unsigned int flags;
+	struct list_head lru;
+	long unsigned int movable_ops;
+	union {
+		struct zpdesc *next;
+		long unsigned int handle;
+	};
+	struct zspage *zspage;
+	unsigned int first_obj_offset;
+	atomic_t _refcount;
+};
+
+struct zram_stats {
+	atomic64_t compr_data_size;
+	atomic64_t failed_reads;
+	atomic64_t failed_writes;
+	atomic64_t notify_free;
+	atomic64_t same_pages;
+	atomic64_t huge_pages;
+	atomic64_t huge_pages_since;
+	atomic64_t pages_stored;
+	atomic_long_t max_used_pages;
+	atomic64_t miss_free;
+};
+
+struct zram_table_entry;
+
+struct zs_pool;
+
+struct zram {
+	struct zram_table_entry *table;
+	struct lockdep_map table_lock_map;
+	struct lock_class_key table_lock_key;
+	struct zs_pool *mem_pool;
+	struct zcomp *comps[1];
+	struct zcomp_params params[1];
+	struct gendisk *disk;
+	struct rw_semaphore dev_lock;
+	long unsigned int limit_pages;
+	struct zram_stats stats;
+	u64 disksize;
+	const char *comp_algs[1];
+	bool claim;
+};
+
+struct zram_table_entry {
+	long unsigned int handle;
+	union {
+		long unsigned int __lock;
+		struct attr attr;
+	};
+};
+
+struct zs_pool_stats {
+	atomic_long_t pages_compacted;
+};
+
+struct zs_pool {
+	const char *name;
+	struct size_class *size_class[255];
+	atomic_long_t pages_allocated;
+	struct zs_pool_stats stats;
+	struct shrinker *shrinker;
+	rwlock_t lock;
+	atomic_t compaction_in_progress;
+};
+
+struct zspage_lock {
+	spinlock_t lock;
+	int cnt;
+	struct lockdep_map dep_map;
+};
+
+struct zspage {
+	struct {
+		unsigned int huge: 1;
+		unsigned int fullness: 4;
+		unsigned int class: 9;
+		unsigned int magic: 8;
+	};
+	unsigned int inuse;
+	unsigned int freeobj;
+	struct zpdesc *first_zpdesc;
+	struct list_head list;
+	struct zs_pool *pool;
+	struct zspage_lock zsl;
 };
 
 typedef void (*HUF_DecompressFastLoopFn)(HUF_DecompressFastArgs *);
