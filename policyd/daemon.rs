@@ -647,7 +647,8 @@ impl Daemon {
             tracing::info!(
                 cgroup = %path,
                 limit = %d.limit,
-                "dry run: pressure limit held: would declare an OOM ({}); the policy would:                  {prediction}",
+                "dry run: pressure limit held: would declare an OOM ({}); the policy would: \
+                 {prediction}",
                 if d.cgroup_id == 0 { "system-wide" } else { "of this memory cgroup" }
             );
             return;

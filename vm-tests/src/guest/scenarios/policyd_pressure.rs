@@ -378,7 +378,7 @@ fn run_dry_run() -> Result<()> {
         line.is("INFO", "pressure relieved")
     })?;
     pd.stop()?;
-    println!("dry run: {}", line.message);
+    println!("{}", line.message);
     Ok(())
 }
 
