@@ -398,11 +398,10 @@ fn run_demo() -> Result<()> {
     // 1. Rules, but no pressure rule: nothing acts.
     let plain = pdutil::write_config(
         "demo-pressure-plain",
-        &std::fs::read_to_string(&l.config)?
+        std::fs::read_to_string(&l.config)?
             .split("[[pressure]]")
             .next()
-            .context("the demo config")?
-            .to_owned(),
+            .context("the demo config")?,
     )?;
     let mut pd = Policyd::load(&["priority", "--config", &plain])?;
     let mut service = l.service()?;
