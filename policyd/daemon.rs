@@ -20,8 +20,9 @@
 //!   that held declares an OOM, once per pressure episode.
 //!
 //! It blocks in poll(2) with no timeout: an idle daemon never wakes up (once,
-//! a second after a run of awaits, to log how many there were; and, under a
-//! systemd unit with `WatchdogSec=`, to ping the watchdog). Under systemd it
+//! a second after a run of awaits, to log how many there were; once at the end
+//! of a pressure episode, to log relief; and, under a systemd unit with
+//! `WatchdogSec=`, to ping the watchdog). Under systemd it
 //! reports its state through [`Notifier`]: ready once attached, reloading
 //! around a SIGHUP, stopping before it detaches.
 

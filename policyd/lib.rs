@@ -20,6 +20,8 @@
 //!   JSON) or, under systemd, [`journal`] (structured fields), [`watch`]
 //!   follows the cgroup tree, [`metrics`] shows the handler's counters to
 //!   Prometheus, [`notify`] tells systemd when the handler is attached;
+//! * [`pressure_rules`]: `[[pressure]]` tables, and [`pressure`]: their PSI
+//!   triggers, which declare an OOM when a pressure limit holds;
 //! * [`kills`]: every OOM kill, whoever decided it (`policyd trace`),
 //!   through its own tracer, which needs no BPF OOM patches, with
 //!   [`culprit`]: who grew most before it;
