@@ -2,7 +2,7 @@
 //! as PSI triggers on the cgroups they match.
 //!
 //! Each matched cgroup gets a trigger written to its `memory.pressure`
-//! ("<some|full> <stall us> <window us>", Documentation/accounting/psi.rst).
+//! (`<some|full> <stall us> <window us>`, Documentation/accounting/psi.rst).
 //! The kernel wakes the daemon's poll(2) with POLLPRI when the stall within
 //! the window passes the limit, at most once per window, and only while there
 //! is pressure: idle, nothing wakes up. When the limit has held for the rule's

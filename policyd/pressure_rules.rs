@@ -113,7 +113,7 @@ impl PressureRule {
     }
 
     /// What is written to `memory.pressure` to arm the trigger:
-    /// "<some|full> <stall us> <window us>".
+    /// `<some|full> <stall us> <window us>`.
     pub fn trigger_spec(&self) -> String {
         let window = self.window();
         format!(
