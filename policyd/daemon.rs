@@ -414,7 +414,7 @@ impl Daemon {
         );
         let cgroups = Cgroups::from_tree(&req.cgroup_root, &tree, effective);
         let mut pressure = Pressure::new(&req.cgroup, req.dry_run);
-        pressure.rearm(&req.config, cgroups.dirs());
+        pressure.arm_all(&req.config, cgroups.dirs());
         let mut daemon = Daemon {
             link,
             link_id,
@@ -882,7 +882,7 @@ impl Daemon {
                     if let Err(e) = self.replace_rules(&config) {
                         tracing::error!("re-reading the cgroup tree: {e:#}");
                     }
-                    self.pressure.rearm(&config, self.cgroups.dirs());
+                    self.pressure.arm_all(&config, self.cgroups.dirs());
                 }
             }
         }
@@ -1008,7 +1008,7 @@ impl Daemon {
         }
         self.req.config = config;
         self.req.policy = policy;
-        self.pressure.rearm(&self.req.config, self.cgroups.dirs());
+        self.pressure.arm_all(&self.req.config, self.cgroups.dirs());
         self.write_metrics();
         Ok(())
     }

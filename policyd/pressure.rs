@@ -131,6 +131,16 @@ fn arm(dir: &Path, root: bool, spec: &str) -> io::Result<File> {
     Ok(file)
 }
 
+/// Whether the running kernel has the `bpf_out_of_memory()` kfunc, by its
+/// BTF; `None`: it has no BTF to tell (loading the policy then fails anyway).
+fn kernel_can_declare() -> Option<bool> {
+    let btf = libbpf_rs::Btf::from_vmlinux().ok()?;
+    let found = btf
+        .type_by_kind::<libbpf_rs::btf::types::Func<'_>>()
+        .any(|f| f.name().is_some_and(|n| n == "bpf_out_of_memory"));
+    Some(found)
+}
+
 /// What to do about a trigger that cannot be armed, for the log.
 fn arm_error(e: &io::Error, path: &str, spec: &str) -> String {
     let what = match e.raw_os_error() {
@@ -220,8 +230,31 @@ impl Pressure {
         }
     }
 
-    /// A reload: every trigger is armed again from `config` (episodes start
-    /// over). `cgroups` lists every (path, id, directory) known.
+    /// At start and on reload: [`Pressure::rearm`], unless the kernel could
+    /// not act on the triggers (no `bpf_out_of_memory()`): then none is
+    /// armed, and the log says why.
+    pub fn arm_all<'a>(
+        &mut self,
+        config: &Config,
+        cgroups: impl IntoIterator<Item = (&'a str, u64, std::path::PathBuf)>,
+    ) {
+        if !config.pressure.is_empty() && !self.dry_run && kernel_can_declare() == Some(false) {
+            self.triggers.clear();
+            tracing::error!(
+                "the running kernel ({}) has no bpf_out_of_memory() kfunc (policyd's kernel \
+                 patches, kernel-patches/v7.3/0008): its {} [[pressure]] table(s) cannot \
+                 declare OOMs and are not armed; boot a patched kernel, or remove them (real \
+                 OOMs are handled either way)",
+                crate::loader::kernel_release(),
+                config.pressure.len()
+            );
+            return;
+        }
+        self.rearm(config, cgroups);
+    }
+
+    /// Every trigger armed again from `config` (episodes start over).
+    /// `cgroups` lists every (path, id, directory) known.
     pub fn rearm<'a>(
         &mut self,
         config: &Config,
