@@ -29,7 +29,7 @@ pub enum Boots {
     /// Alternately Linux 7.3 built from the same source and config without the series
     /// (vm-tests/kernel.sh vanilla) and the test kernel, a few boots of each in one
     /// benchmark: what the series costs, as ratios between kernels. Benchmarks only.
-    VanillaAndTestKernel,
+    VanillaAndTest,
 }
 
 /// What a scenario is for, which decides the command that runs it.
@@ -103,9 +103,9 @@ impl Scenario {
         self
     }
 
-    /// Boots the vanilla and the test kernel by turns (see [`Boots::VanillaAndTestKernel`]).
+    /// Boots the vanilla and the test kernel by turns (see [`Boots::VanillaAndTest`]).
     pub const fn on_vanilla_and_test_kernel(mut self) -> Scenario {
-        self.boots = Boots::VanillaAndTestKernel;
+        self.boots = Boots::VanillaAndTest;
         self
     }
 

@@ -302,7 +302,8 @@ fn kernel_cost_summary(runs: &[ScenarioRun]) -> Value {
     if rounds.is_empty() {
         return Value::Null;
     }
-    let loops: [(&str, fn(&KernelCostRound) -> f64); 2] = [
+    type Measure = fn(&KernelCostRound) -> f64;
+    let loops: [(&str, Measure); 2] = [
         ("fork_exit_ns", |r| r.fork_exit_ns),
         ("mmap_touch_ns", |r| r.mmap_touch_ns),
     ];

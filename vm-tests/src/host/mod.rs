@@ -84,7 +84,7 @@ fn vanilla_kernel() -> Result<PathBuf> {
     last_line_path(&top().join("vm-tests/kernel.sh"), &["vanilla".as_ref()])
 }
 
-/// Boots of each kernel in a [`Boots::VanillaAndTestKernel`] benchmark, taken by turns
+/// Boots of each kernel in a [`Boots::VanillaAndTest`] benchmark, taken by turns
 /// (vanilla first): the spread between boots of one kernel is part of the noise.
 fn alternating_boots(quick: bool) -> usize {
     if quick {
@@ -126,7 +126,7 @@ pub fn list() {
         let stock = match s.boots {
             Boots::TestKernel => "",
             Boots::StockKernel => ", Debian's stock kernel",
-            Boots::VanillaAndTestKernel => ", vanilla 7.3 and the test kernel by turns",
+            Boots::VanillaAndTest => ", vanilla 7.3 and the test kernel by turns",
         };
         let debian = if s.debian {
             ", Debian guest (systemd)"
@@ -277,7 +277,7 @@ pub fn test(filter: &str, verbose: bool) -> Result<bool> {
                 }
                 stock_vm.as_ref().expect("set above")
             }
-            Boots::VanillaAndTestKernel => {
+            Boots::VanillaAndTest => {
                 tally.fail(s.name, "boots two kernels by turns, which only bench does");
                 continue;
             }
@@ -355,7 +355,7 @@ pub fn bench(filter: &str, quick: bool) -> Result<bool> {
                 "{}: benchmarks on Debian's kernel are not supported",
                 s.name
             ),
-            Boots::VanillaAndTestKernel => {
+            Boots::VanillaAndTest => {
                 let bzimage = vanilla_kernel().context("building the vanilla 7.3 kernel")?;
                 vanilla_vm = vm.with_kernel(bzimage);
                 (0..alternating_boots(quick))

@@ -3,7 +3,7 @@
 //! the series, with it and no handler, and with it and `policyd load priority` attached
 //! but idle.
 //!
-//! The host boots the two kernels alternately (Boots::VanillaAndTestKernel), this scenario
+//! The host boots the two kernels alternately (Boots::VanillaAndTest), this scenario
 //! once per boot; the kernel's BTF says which one it is. Within a boot of the test kernel,
 //! rounds without and with policyd alternate. Each round times the whole loop; the host
 //! reports the ratios of the medians to the vanilla kernel and the spread of the rounds.
