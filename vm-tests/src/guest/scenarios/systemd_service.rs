@@ -342,16 +342,22 @@ fn oom_in_a_test_slice() -> Result<()> {
 /// system-wide handler, and it was of the victim's cgroup.
 fn metrics_count_the_kill(victim_cgroup: &str) -> Result<()> {
     let decision = format!("policyd_decisions_total{{attach=\"/\",cgroup=\"{victim_cgroup}\",");
-    let text = util::poll(SERVICE_TIMEOUT, "the kill in policyd's metrics file", || {
-        let Ok(text) = std::fs::read_to_string(METRICS) else {
-            return Ok(None);
-        };
-        let counted = text.lines().any(|l| l == "policyd_kills_total{attach=\"/\"} 1")
-            && text.lines().any(|l| {
-                l.starts_with(&decision) && l.ends_with(",outcome=\"killed\"} 1")
-            });
-        Ok(counted.then_some(text))
-    })
+    let text = util::poll(
+        SERVICE_TIMEOUT,
+        "the kill in policyd's metrics file",
+        || {
+            let Ok(text) = std::fs::read_to_string(METRICS) else {
+                return Ok(None);
+            };
+            let counted = text
+                .lines()
+                .any(|l| l == "policyd_kills_total{attach=\"/\"} 1")
+                && text
+                    .lines()
+                    .any(|l| l.starts_with(&decision) && l.ends_with(",outcome=\"killed\"} 1"));
+            Ok(counted.then_some(text))
+        },
+    )
     .with_context(|| {
         format!(
             "{METRICS}:\n{}",
@@ -390,9 +396,11 @@ fn reload_keeps_the_handler() -> Result<u64> {
     command("systemctl", &["reload", "policyd.service"])?;
     wait_for_entry("reloaded ", 0)?;
     let group = "/sys/fs/cgroup/oomtest.slice/oomtest-group.service/memory.oom.group";
-    util::wait_until(SERVICE_TIMEOUT, "memory.oom.group set by the new rule", || {
-        std::fs::read_to_string(group).is_ok_and(|v| v.trim() == "1")
-    })?;
+    util::wait_until(
+        SERVICE_TIMEOUT,
+        "memory.oom.group set by the new rule",
+        || std::fs::read_to_string(group).is_ok_and(|v| v.trim() == "1"),
+    )?;
     command("systemctl", &["stop", "oomtest-group.service"])?;
     util::wait_until(SERVICE_TIMEOUT, "StatusText after the reload", || {
         status_text().is_ok_and(|s| s != before && s.starts_with("policy priority attached"))
