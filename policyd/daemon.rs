@@ -677,11 +677,8 @@ impl Daemon {
         };
         let effective = resolve_tree(&self.req.config, &tree);
         let proc_root = Path::new("/proc");
-        let totalpages = crate::commands::oom_totalpages(
-            &tree.fs_path(scope),
-            tree.get(scope).is_root(),
-            proc_root,
-        );
+        let totalpages =
+            crate::rank::oom_totalpages(&tree.fs_path(scope), tree.get(scope).is_root(), proc_root);
         crate::rank::explain(
             self.obj.policy(),
             &tree,

@@ -37,6 +37,7 @@
 //! `observe`: no victim; the kernel's own killer decides.
 
 use std::cmp::Ordering;
+use std::path::Path;
 
 use serde::Serialize;
 
@@ -532,6 +533,40 @@ fn explain_badness(
         }
         None => ex.outcome = Outcome::NoKillableTask,
     }
+}
+
+/// `PAGE_COUNTER_MAX` on 64-bit: what `memory.max = max` holds, in pages.
+const PAGE_COUNTER_MAX: u64 = (i64::MAX as u64) / 4096;
+
+/// The size of an OOM of the cgroup at `dir` in pages, as the kernel's
+/// `oc->totalpages` counts it (for oom_badness()): RAM and swap for a global
+/// OOM, the cgroup's `memory.max` (and what swap it may use) for its own.
+pub fn oom_totalpages(dir: &Path, global: bool, proc_root: &Path) -> u64 {
+    let meminfo = std::fs::read_to_string(proc_root.join("meminfo")).unwrap_or_default();
+    let kib = |key: &str| {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let swap_pages = kib("SwapTotal:") / 4;
+    if global {
+        return (kib("MemTotal:") / 4 + swap_pages).max(1);
+    }
+    let pages = |file: &str| {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+        match text.trim() {
+            "max" | "" => PAGE_COUNTER_MAX,
+            v => v.parse::<u64>().map_or(PAGE_COUNTER_MAX, |b| b / 4096),
+        }
+    };
+    let swap = if swap_pages > 0 {
+        pages("memory.swap.max").min(swap_pages)
+    } else {
+        0
+    };
+    pages("memory.max").saturating_add(swap).max(1)
 }
 
 #[cfg(test)]
