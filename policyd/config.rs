@@ -37,7 +37,7 @@ use toml::Spanned;
 use crate::bpf::skel::types::policyd_kill;
 use crate::matcher::{CgroupPattern, PatternError};
 use crate::policy::{PolicyName, UnknownPolicy};
-use crate::pressure_rules::{self, PressureError, PressureRule, RawPressure};
+use crate::pressure_rules::{self, PressureError, PressureRule, Problem, RawPressure};
 
 /// Where `policyd` looks for its configuration unless told otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/policyd/policies.toml";
@@ -528,7 +528,19 @@ impl Config {
             });
         }
 
-        let pressure = pressure_rules::validate(&raw.pressure, text, &at, &mut errors);
+        let pressure = pressure_rules::validate(
+            &raw.pressure,
+            &|offset| line_column(text, offset).0,
+            &mut |span, problem| {
+                errors.push(at(
+                    span,
+                    match problem {
+                        Problem::Pattern(e) => e.into(),
+                        Problem::Pressure(e) => DiagnosticKind::Pressure(e),
+                    },
+                ))
+            },
+        );
 
         if !errors.is_empty() {
             errors.sort_by_key(|d| (d.line, d.column));

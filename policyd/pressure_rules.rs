@@ -20,8 +20,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{Diagnostic, DiagnosticKind};
-use crate::matcher::CgroupPattern;
+use crate::matcher::{CgroupPattern, PatternError};
 
 /// Longest window the kernel accepts for a PSI trigger.
 pub const MAX_WINDOW: Duration = Duration::from_secs(10);
@@ -167,25 +166,30 @@ pub(crate) struct RawPressure {
     duration: Spanned<String>,
 }
 
-/// Validate the `[[pressure]]` tables; `at` places a problem in the file.
-/// Problems go to `errors`; the valid tables are returned in file order.
+/// What is wrong with a `[[pressure]]` table; the configuration places it
+/// in the file.
+#[derive(Debug)]
+pub(crate) enum Problem {
+    Pattern(PatternError),
+    Pressure(PressureError),
+}
+
+/// Validate the `[[pressure]]` tables; `line_of` turns a byte offset of the
+/// file into its line. Problems go to `report`, at their byte range; the
+/// valid tables are returned in file order.
 pub(crate) fn validate(
     raw: &[Spanned<RawPressure>],
-    text: &str,
-    at: &dyn Fn(std::ops::Range<usize>, DiagnosticKind) -> Diagnostic,
-    errors: &mut Vec<Diagnostic>,
+    line_of: &dyn Fn(usize) -> usize,
+    report: &mut dyn FnMut(std::ops::Range<usize>, Problem),
 ) -> Vec<PressureRule> {
     let mut out: Vec<PressureRule> = Vec::with_capacity(raw.len());
     for (index, spanned) in raw.iter().enumerate() {
         let r = spanned.get_ref();
-        let line = crate::config::line_column(text, r.cgroup.span().start).0;
-        let bad = |errors: &mut Vec<Diagnostic>, span, e: PressureError| {
-            errors.push(at(span, DiagnosticKind::Pressure(e)))
-        };
+        let line = line_of(r.cgroup.span().start);
         let pattern = match CgroupPattern::parse(r.cgroup.get_ref()) {
             Ok(p) => Some(p),
             Err(e) => {
-                errors.push(at(r.cgroup.span(), e.into()));
+                report(r.cgroup.span(), Problem::Pattern(e));
                 None
             }
         };
@@ -194,35 +198,35 @@ pub(crate) fn validate(
             Some(("some", _)) => Some(Stall::Some),
             Some(("full", _)) => Some(Stall::Full),
             Some((other, span)) => {
-                bad(errors, span, PressureError::UnknownStall(other.to_owned()));
+                report(
+                    span,
+                    Problem::Pressure(PressureError::UnknownStall(other.to_owned())),
+                );
                 None
             }
         };
         let limit = parse_percent(r.limit.get_ref()).or_else(|| {
-            bad(
-                errors,
+            report(
                 r.limit.span(),
-                PressureError::Limit(r.limit.get_ref().clone()),
+                Problem::Pressure(PressureError::Limit(r.limit.get_ref().clone())),
             );
             None
         });
         let duration = parse_duration(r.duration.get_ref()).or_else(|| {
-            bad(
-                errors,
+            report(
                 r.duration.span(),
-                PressureError::Duration(r.duration.get_ref().clone()),
+                Problem::Pressure(PressureError::Duration(r.duration.get_ref().clone())),
             );
             None
         });
         if let Some(p) = &pattern {
             if let Some(first) = out.iter().find(|e| e.pattern.as_str() == p.as_str()) {
-                bad(
-                    errors,
+                report(
                     r.cgroup.span(),
-                    PressureError::Duplicate {
+                    Problem::Pressure(PressureError::Duplicate {
                         pattern: p.to_string(),
                         first_line: first.line,
-                    },
+                    }),
                 );
             }
         }
