@@ -308,10 +308,10 @@ impl Churn {
 /// The body of `vm-tests guest churn`: every round maps `mib` MiB without huge pages,
 /// writes every page (a fault and a memcg charge each) and unmaps it (uncharged again).
 pub fn run_churn(mib: u64, rounds: u32) -> Result<()> {
-    use nix::sys::mman::{madvise, mmap_anonymous, munmap, MapFlags, MmapAdvise, ProtFlags};
+    use nix::sys::mman::munmap;
     use nix::sys::resource::{getrusage, UsageWho};
     let len = usize::try_from(mib << 20).context("--mib too large")?;
-    let size = std::num::NonZeroUsize::new(len).context("--mib 0")?;
+    anyhow::ensure!(len > 0, "--mib 0");
     let cpu = || -> Result<u64> {
         let u = getrusage(UsageWho::RUSAGE_SELF).context("getrusage")?;
         let ns = |t: nix::sys::time::TimeVal| {
@@ -321,28 +321,10 @@ pub fn run_churn(mib: u64, rounds: u32) -> Result<()> {
     };
     let (cpu0, wall0) = (cpu()?, Instant::now());
     for _ in 0..rounds {
-        // SAFETY: a fresh private anonymous mapping, written only within its bounds and
-        // unmapped before the next.
-        unsafe {
-            let ptr = mmap_anonymous(
-                None,
-                size,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_PRIVATE,
-            )
-            .context("mmap")?;
-            // 4 KiB pages, the charge path's worst case: a huge page is one charge.
-            // EINVAL: a kernel without THP, whose pages are all 4 KiB.
-            match madvise(ptr, len, MmapAdvise::MADV_NOHUGEPAGE) {
-                Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
-                Err(e) => return Err(e).context("madvise(MADV_NOHUGEPAGE)"),
-            }
-            let base = ptr.as_ptr().cast::<u8>();
-            for off in (0..len).step_by(4096) {
-                base.add(off).write_volatile(1);
-            }
-            munmap(ptr, len).context("munmap")?;
-        }
+        // 4 KiB pages, the charge path's worst case: a huge page is one charge.
+        let ptr = map_touched(len, false)?;
+        // SAFETY: the mapping map_touched made, unmapped once and never used again.
+        unsafe { munmap(ptr, len).context("munmap")? };
     }
     println!(
         "cpu_ns={} wall_ns={}",
@@ -362,7 +344,13 @@ fn touch_mib(mib: u64) -> Result<()> {
 /// Maps `len` anonymous bytes and writes to every page, so the memory is charged now.
 /// The mapping is never unmapped: a hog only gives memory back by dying.
 fn touch_bytes(len: usize) -> Result<()> {
-    use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
+    map_touched(len, true).map(drop)
+}
+
+/// A fresh private anonymous mapping of `len` bytes with every page written (a fault
+/// and a memcg charge each); without `huge_pages`, 4 KiB pages only.
+fn map_touched(len: usize, huge_pages: bool) -> Result<std::ptr::NonNull<std::ffi::c_void>> {
+    use nix::sys::mman::{madvise, mmap_anonymous, MapFlags, MmapAdvise, ProtFlags};
     let size = std::num::NonZeroUsize::new(len).context("zero-sized allocation")?;
     // SAFETY: a fresh private anonymous mapping, written only within its bounds.
     unsafe {
@@ -373,12 +361,19 @@ fn touch_bytes(len: usize) -> Result<()> {
             MapFlags::MAP_PRIVATE,
         )
         .context("mmap")?;
+        if !huge_pages {
+            // EINVAL: a kernel without THP, whose pages are all 4 KiB.
+            match madvise(ptr, len, MmapAdvise::MADV_NOHUGEPAGE) {
+                Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+                Err(e) => return Err(e).context("madvise(MADV_NOHUGEPAGE)"),
+            }
+        }
         let base = ptr.as_ptr().cast::<u8>();
         for off in (0..len).step_by(4096) {
             base.add(off).write_volatile(1);
         }
+        Ok(ptr)
     }
-    Ok(())
 }
 
 #[cfg(test)]
