@@ -391,7 +391,7 @@ impl Daemon {
         })?;
         let (tree, effective, rules_map) = install_tree_rules(&obj, &req.config, &req)?;
         let (ring, pending) = event_ring(&obj)?;
-        let kills = match KillStream::start() {
+        let kills = match KillStream::start(per_cpu) {
             Ok(k) => Some(k),
             Err(e) => {
                 tracing::warn!("kills the handler did not decide will not be logged: {e:#}");

@@ -63,7 +63,9 @@ pub struct KillTracer {
 }
 
 impl KillTracer {
-    pub fn attach() -> Result<KillTracer> {
+    /// `per_cpu`: [`PerCpu::discover`]'s answer, which the caller may share
+    /// with a policy handler.
+    pub fn attach(per_cpu: Option<PerCpu>) -> Result<KillTracer> {
         if !Path::new(KERNEL_BTF).exists() {
             bail!(
                 "this kernel has no BTF ({KERNEL_BTF} is missing): tracing OOM kills needs a \
@@ -76,7 +78,7 @@ impl KillTracer {
             .context("opening the OOM kill tracer")?;
         // Without them kills report memory as get_mm_counter() reads it, up
         // to 64 pages per CPU short of the kernel's own figures.
-        let per_cpu = PerCpu::discover().unwrap_or(PerCpu {
+        let per_cpu = per_cpu.unwrap_or(PerCpu {
             offsets_addr: 0,
             nr_cpus: 0,
         });
@@ -215,8 +217,8 @@ pub struct KillStream {
 }
 
 impl KillStream {
-    pub fn start() -> Result<KillStream> {
-        let tracer = KillTracer::attach()?;
+    pub fn start(per_cpu: Option<PerCpu>) -> Result<KillStream> {
+        let tracer = KillTracer::attach(per_cpu)?;
         let pending: Rc<RefCell<Vec<KillsEvent>>> = Rc::default();
         let sink = pending.clone();
         let map = tracer
