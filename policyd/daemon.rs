@@ -47,12 +47,13 @@ use crate::config::{Config, Ownership};
 use crate::config_watch::ConfigWatcher;
 use crate::events::{Awaits, Decision};
 use crate::guard::OwnCgroup;
-use crate::kills::{Kill, KillStream};
+use crate::kills::{Kill, KillStream, Traced};
 use crate::loader::{self, HandlerLink, OomOpsLayout, PerCpu, PolicyObject, Settings};
 use crate::logging::LogFormat;
 use crate::metrics::{self, MetricsFile};
 use crate::notify::{self, Notifier};
 use crate::oom_group;
+use crate::order::{Entry, EventOrder, TimedDecision, TimedKill};
 use crate::policy::PolicyName;
 use crate::pressure::{Declared, Pressure};
 use crate::resolve::{resolve_tree, Effective, Resolver};
@@ -138,12 +139,6 @@ pub fn run(req: LoadRequest) -> Result<()> {
 const AWAITS_QUIET: Duration = Duration::from_secs(1);
 
 type Pending = Rc<RefCell<Vec<PolicydEvent>>>;
-
-/// What the daemon logs, in time order.
-enum Event {
-    Decision(PolicydEvent),
-    Kill(crate::kills::Traced),
-}
 
 /// A ring buffer on `obj`'s `events` map whose records land in the returned queue.
 fn event_ring(obj: &PolicyObject) -> Result<(RingBuffer<'static>, Pending)> {
@@ -321,6 +316,8 @@ pub struct Daemon {
     pending: Pending,
     /// Kills as the kernel marks them; `None` where the tracer cannot load.
     kills: Option<KillStream>,
+    /// Kills of ours that came before their decision wait there.
+    order: EventOrder<Traced>,
     obj: PolicyObject,
     /// The rules map in `rules[0]`.
     rules: MapHandle,
@@ -421,6 +418,7 @@ impl Daemon {
             ring,
             pending,
             kills,
+            order: EventOrder::default(),
             obj,
             rules: rules_map,
             oom_ops,
@@ -521,25 +519,22 @@ impl Daemon {
     /// Wait for something to happen (at most `timeout`; `None`: as long as
     /// it takes) and handle it.
     pub fn handle_one_round(&mut self, timeout: Option<Duration>) -> Result<Round> {
-        // Counted awaits are logged once the OOM has been quiet for a second:
-        // a single wake-up after a burst, none when idle.
-        let timeout = match (timeout, self.awaits.pending()) {
-            (t, true) => Some(t.map_or(AWAITS_QUIET, |t| t.min(AWAITS_QUIET))),
-            (t, false) => t,
-        };
-        let timeout = match (timeout, self.notifier.next_ping_in()) {
-            (Some(t), Some(ping)) => Some(t.min(ping)),
-            (t, ping) => t.or(ping),
-        };
-        // During a pressure episode only: its end, once quiet, is logged.
-        let pressure_end = self
-            .pressure
-            .next_deadline()
-            .map(|d| d.saturating_duration_since(Instant::now()));
-        let timeout = match (timeout, pressure_end) {
-            (Some(t), Some(end)) => Some(t.min(end)),
-            (t, end) => t.or(end),
-        };
+        let now = Instant::now();
+        let until = |deadline: Option<Instant>| deadline.map(|d| d.saturating_duration_since(now));
+        let timeout = [
+            timeout,
+            // Counted awaits are logged once the OOM has been quiet for a
+            // second: a single wake-up after a burst, none when idle.
+            self.awaits.pending().then_some(AWAITS_QUIET),
+            self.notifier.next_ping_in(),
+            // During a pressure episode only: its end, once quiet, is logged.
+            until(self.pressure.next_deadline()),
+            // Kills waiting for their decision, after an OOM only.
+            until(self.order.deadline()),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let timeout = match timeout {
             None => PollTimeout::NONE,
             Some(d) => PollTimeout::try_from(d).unwrap_or(PollTimeout::MAX),
@@ -608,6 +603,7 @@ impl Daemon {
         if ring_ready {
             self.consume_events();
         } else {
+            self.log_held_kills(false);
             self.awaits.flush();
         }
         if watch_ready {
@@ -622,6 +618,7 @@ impl Daemon {
         self.pressure.expire(Instant::now());
         if link_gone {
             self.consume_events();
+            self.log_held_kills(true);
             self.awaits.flush();
             anyhow::bail!(
                 "the handler on {} was detached by the kernel (was the cgroup removed?)",
@@ -741,6 +738,7 @@ impl Daemon {
                 Ok(sig @ (Signal::SIGINT | Signal::SIGTERM)) => {
                     tracing::info!("{sig}: detaching from {}", self.req.cgroup);
                     self.consume_events();
+                    self.log_held_kills(true);
                     self.awaits.flush();
                     round = Round::Stop;
                 }
@@ -751,48 +749,48 @@ impl Daemon {
     }
 
     /// Log every decision waiting in the ring buffer, and the kills the
-    /// handler did not decide, in the order they happened.
+    /// handler did not decide, in the order they happened ([`crate::order`]).
     pub fn consume_events(&mut self) {
         if let Err(e) = self.ring.consume() {
             tracing::warn!("reading OOM events: {e}");
         }
-        let decisions = std::mem::take(&mut *self.pending.borrow_mut());
+        let decisions = std::mem::take(&mut *self.pending.borrow_mut())
+            .into_iter()
+            .map(|d| TimedDecision {
+                start_ns: d.timestamp_ns,
+                end_ns: d.timestamp_ns.saturating_add(d.handler_ns),
+                decision: d,
+            })
+            .collect();
+        let handler = self.obj.handler_name();
         let kills = self
             .kills
             .as_mut()
             .map(KillStream::take)
-            .unwrap_or_default();
-        let mut events: Vec<(u64, Event)> = decisions
+            .unwrap_or_default()
             .into_iter()
-            .map(|d| (d.timestamp_ns, Event::Decision(d)))
-            .chain(
-                kills
-                    .into_iter()
-                    .map(|k| (k.event.timestamp_ns, Event::Kill(k))),
-            )
+            .map(|k| TimedKill {
+                at_ns: k.event.timestamp_ns,
+                by_our_handler: k.event.handler().as_deref() == Some(handler.as_str()),
+                kill: k,
+            })
             .collect();
-        events.sort_by_key(|(t, _)| *t);
-        let handler = self.obj.handler_name();
-        for (_, ev) in events {
-            match ev {
-                Event::Decision(d) => {
+        for entry in self.order.order(decisions, kills, Instant::now()) {
+            match entry {
+                Entry::Decision(d) => {
                     let trigger = self.pressure.trigger_name(d.trigger);
                     self.awaits.log(
                         Decision::new(&d, |id| self.cgroups.names.name(id)).with_trigger(trigger),
                     )
                 }
-                Event::Kill(k) => {
-                    let kill = Kill::new(&k, &mut self.cgroups.names);
-                    if !kill.chosen_by(&handler) {
-                        self.awaits.flush();
-                        kill.log(self.req.log_format);
-                    }
-                }
+                Entry::Kill(k) => self.log_kill(&k, &handler),
             }
         }
+        let mut decision_lost = false;
         match self.obj.stats() {
             Ok(stats) => {
                 if let Some(lost) = newly_dropped(&mut self.dropped, stats.events_dropped) {
+                    decision_lost = true;
                     tracing::warn!(
                         lost,
                         total = stats.events_dropped,
@@ -803,7 +801,31 @@ impl Daemon {
             }
             Err(e) => tracing::warn!("reading the handler's counters: {e:#}"),
         }
+        self.log_held_kills(decision_lost);
         self.write_metrics();
+    }
+
+    /// Kills that waited for a decision which did not come in time (or
+    /// `anyway`): logged without it.
+    fn log_held_kills(&mut self, anyway: bool) {
+        let held = self.order.release(Instant::now(), anyway);
+        if held.is_empty() {
+            return;
+        }
+        let handler = self.obj.handler_name();
+        for k in held {
+            self.log_kill(&k, &handler);
+        }
+    }
+
+    /// A kill line, unless `handler` chose this victim: its decision line
+    /// says so already.
+    fn log_kill(&mut self, k: &Traced, handler: &str) {
+        let kill = Kill::new(k, &mut self.cgroups.names);
+        if !kill.chosen_by(handler) {
+            self.awaits.flush();
+            kill.log(self.req.log_format);
+        }
     }
 
     fn apply_cgroup_changes(&mut self) {

@@ -25,7 +25,8 @@
 //! * [`kills`]: every OOM kill, whoever decided it (`policyd trace`),
 //!   through its own tracer, which needs no BPF OOM patches, with
 //!   [`culprit`]: who grew most before it;
-//!   [`cgroup_names`] names the cgroups events carry by id;
+//!   [`cgroup_names`] names the cgroups events carry by id, and [`order`]
+//!   puts a decision before the kills it made;
 //! * [`guard`]: what `load` checks and does to itself before attaching;
 //! * [`testing`]: fake cgroup and proc trees for tests.
 
@@ -49,6 +50,7 @@ pub mod matcher;
 pub mod metrics;
 pub mod notify;
 pub mod oom_group;
+pub mod order;
 pub mod owner;
 pub mod policy;
 pub mod pressure;
