@@ -57,6 +57,9 @@ pub struct Scenario {
     /// Boots the Debian guest, systemd as PID 1, instead of the busybox initramfs
     /// (host/debian.rs): policyd comes as its .deb, for the scenario to install.
     pub debian: bool,
+    /// Under TCG, the guest's clock counts instructions (QEMU's -icount): what the
+    /// scenario times is the guest's work, not the host's load.
+    pub counts_instructions: bool,
     pub run: fn() -> Result<()>,
 }
 
@@ -72,6 +75,7 @@ impl Scenario {
             needs_policyd: false,
             boots: Boots::TestKernel,
             debian: false,
+            counts_instructions: false,
             run,
         }
     }
@@ -94,6 +98,11 @@ impl Scenario {
 
     pub const fn needs_policyd(mut self) -> Scenario {
         self.needs_policyd = true;
+        self
+    }
+
+    pub const fn counts_instructions(mut self) -> Scenario {
+        self.counts_instructions = true;
         self
     }
 
@@ -153,6 +162,14 @@ pub enum GuestCmd {
         #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
         oom_score_adj: i32,
     },
+    /// bench-kernel-cost's loops, timed in a fresh process (whose fork copies only a
+    /// small address space): FORKS fork+exit+wait, then MMAPS mmap+touch+munmap.
+    KernelLoops {
+        #[arg(long)]
+        forks: usize,
+        #[arg(long)]
+        mmaps: usize,
+    },
     /// Map, touch and unmap MIB MiB of 4 KiB pages, ROUNDS times; print the time it took.
     Churn {
         #[arg(long)]
@@ -188,6 +205,9 @@ pub fn main(cmd: GuestCmd) -> Result<()> {
             gated,
             oom_score_adj,
         }),
+        GuestCmd::KernelLoops { forks, mmaps } => {
+            scenarios::bench_kernel_cost::run_loops(forks, mmaps)
+        }
         GuestCmd::Churn { mib, rounds } => util::run_churn(mib, rounds),
     }
 }

@@ -704,8 +704,19 @@ fn kernel_cost_md(md: &mut String, r: &Value) {
          kernel, booted by turns; in the test kernel's boots, rounds without and with `policyd \
          load priority` (attached, idle) alternate. Per operation, median of the rounds \
          [min–max]; ratio of the medians to vanilla; noise: the larger (max − min) / median of \
-         the two compared configurations' rounds.\n"
+         the two compared configurations' rounds. Each round is a fresh process in a memory \
+         cgroup."
     );
+    if r["accel"].as_str() == Some("TCG") {
+        let _ = writeln!(
+            md,
+            "Under TCG the guest's clock counts instructions (QEMU `-icount shift=0`: 1 ns = \
+             1 instruction, idle time skipped): the times below are instruction counts of both \
+             vCPUs, independent of the host's load.\n"
+        );
+    } else {
+        let _ = writeln!(md);
+    }
     let _ = writeln!(
         md,
         "| loop | configuration | per operation | ratio to vanilla | noise | within noise |"

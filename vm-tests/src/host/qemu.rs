@@ -54,10 +54,14 @@ pub enum Accel {
 }
 
 impl Accel {
-    fn qemu_args(self) -> &'static [&'static str] {
-        match self {
-            Accel::Kvm => &["-enable-kvm", "-cpu", "host"],
-            Accel::Tcg => &["-accel", "tcg"],
+    /// `counting`: under TCG, the guest's clock advances one nanosecond per
+    /// instruction (and jumps over idle time), so a timed loop counts its
+    /// instructions whatever else the host runs. KVM has no such clock.
+    fn qemu_args(self, counting: bool) -> &'static [&'static str] {
+        match (self, counting) {
+            (Accel::Kvm, _) => &["-enable-kvm", "-cpu", "host"],
+            (Accel::Tcg, false) => &["-accel", "tcg"],
+            (Accel::Tcg, true) => &["-accel", "tcg", "-icount", "shift=0,sleep=off"],
         }
     }
 }
@@ -204,7 +208,7 @@ impl Vm {
             .logs
             .join(format!("probe-{}.log", accel.to_string().to_lowercase()));
         let boot = self.boot(
-            accel,
+            accel.qemu_args(false),
             &Media::Initramfs,
             protocol::PROBE,
             256,
@@ -255,7 +259,7 @@ impl Vm {
             Media::Initramfs
         };
         let mut boot = self.boot(
-            self.accel,
+            self.accel.qemu_args(scenario.counts_instructions),
             &media,
             scenario.name,
             scenario.mem_mb,
@@ -275,7 +279,7 @@ impl Vm {
                 protocol::START.trim()
             );
             boot = self.boot(
-                self.accel,
+                self.accel.qemu_args(scenario.counts_instructions),
                 &media,
                 scenario.name,
                 scenario.mem_mb,
@@ -306,7 +310,7 @@ impl Vm {
     #[allow(clippy::too_many_arguments)]
     fn boot(
         &self,
-        accel: Accel,
+        accel_args: &[&str],
         media: &Media,
         name: &str,
         mem_mb: u32,
@@ -346,7 +350,7 @@ impl Vm {
         let started = Instant::now();
         let mut child = Command::new("qemu-system-x86_64")
             .args(["-nographic", "-no-reboot", "-nic", "none", "-smp", "2"])
-            .args(accel.qemu_args())
+            .args(accel_args)
             .arg("-m")
             .arg(mem_mb.to_string())
             .arg("-kernel")

@@ -9,7 +9,7 @@ use super::Scenario;
 mod bench_charge;
 mod bench_decision;
 mod bench_footprint;
-mod bench_kernel_cost;
+pub mod bench_kernel_cost;
 mod bench_storm;
 mod demo;
 mod kernel_alloc_under_oom;
