@@ -87,12 +87,12 @@ fn vanilla_kernel() -> Result<PathBuf> {
 /// Boots of each kernel in a [`Boots::VanillaAndTest`] benchmark, taken by turns
 /// (vanilla first): the spread between boots of one kernel is part of the noise. Under
 /// TCG it counts instructions, where boots of one kernel differ by a few percent: one
-/// each is enough for a quick look.
+/// each is enough for a quick look, two for the full run.
 fn alternating_boots(quick: bool) -> usize {
     if quick {
         1
     } else {
-        3
+        2
     }
 }
 
