@@ -38,6 +38,7 @@ use crate::bpf::skel::types::policyd_kill;
 use crate::matcher::{CgroupPattern, PatternError};
 use crate::policy::{PolicyName, UnknownPolicy};
 use crate::pressure_rules::{self, PressureError, PressureRule, Problem, RawPressure};
+use crate::swap_limit::{self, RawSwap, SwapError, SwapLimit};
 
 /// Where `policyd` looks for its configuration unless told otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/policyd/policies.toml";
@@ -143,6 +144,8 @@ pub struct Config {
     pub rules: Vec<Rule>,
     /// `[[pressure]]` tables, in file order: the first matching one applies.
     pub pressure: Vec<PressureRule>,
+    /// The `[swap]` table, if any.
+    pub swap: Option<SwapLimit>,
     /// Things that are legal but probably not what the author meant.
     pub warnings: Vec<Diagnostic>,
 }
@@ -156,6 +159,7 @@ impl Default for Config {
             default_priority: DEFAULT_PRIORITY,
             rules: Vec::new(),
             pressure: Vec::new(),
+            swap: None,
             warnings: Vec::new(),
         }
     }
@@ -234,6 +238,8 @@ pub enum DiagnosticKind {
     NotUtf8 { byte: u8 },
     #[error(transparent)]
     Pressure(#[from] PressureError),
+    #[error(transparent)]
+    Swap(#[from] SwapError),
 }
 
 impl DiagnosticKind {
@@ -318,6 +324,7 @@ struct RawConfig {
     rule: Vec<Spanned<RawRule>>,
     #[serde(default)]
     pressure: Vec<Spanned<RawPressure>>,
+    swap: Option<Spanned<RawSwap>>,
 }
 
 #[derive(Deserialize)]
@@ -542,6 +549,22 @@ impl Config {
             },
         );
 
+        let swap = raw.swap.as_ref().and_then(|s| {
+            swap_limit::validate(
+                s.get_ref(),
+                line_column(text, s.span().start).0,
+                &mut |span, problem| {
+                    errors.push(at(
+                        span,
+                        match problem {
+                            swap_limit::Problem::Pattern(e) => e.into(),
+                            swap_limit::Problem::Swap(e) => DiagnosticKind::Swap(e),
+                        },
+                    ))
+                },
+            )
+        });
+
         if !errors.is_empty() {
             errors.sort_by_key(|d| (d.line, d.column));
             return Err(ConfigError::Invalid(errors));
@@ -554,6 +577,7 @@ impl Config {
             default_priority,
             rules,
             pressure,
+            swap,
             warnings,
         })
     }

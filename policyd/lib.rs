@@ -62,6 +62,7 @@ pub mod resolve;
 pub mod rules;
 pub mod sizes;
 pub mod status;
+pub mod swap_limit;
 pub mod testing;
 pub mod watch;
 pub mod xattrs;

@@ -61,6 +61,10 @@ impl fmt::Display for Stall {
 pub struct Percent(u32);
 
 impl Percent {
+    pub const fn from_basis_points(bp: u32) -> Percent {
+        Percent(bp)
+    }
+
     pub const fn basis_points(self) -> u32 {
         self.0
     }
@@ -247,7 +251,7 @@ pub(crate) fn validate(
 }
 
 /// "40%", "12.5%", "0.25%": above 0, at most 100, at most two decimals.
-fn parse_percent(s: &str) -> Option<Percent> {
+pub(crate) fn parse_percent(s: &str) -> Option<Percent> {
     let num = s.trim().strip_suffix('%')?.trim_end();
     let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
     if whole.is_empty()
