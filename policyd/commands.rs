@@ -75,6 +75,16 @@ pub fn check(args: &CheckArgs) -> CheckReport {
                     }
                 );
             }
+            if let Some(s) = &config.swap {
+                let _ = writeln!(
+                    stdout,
+                    "swap: declares an OOM of {} when {} (checked at each PSI event \"{}\" of \
+                     the system)",
+                    s.cgroup,
+                    s.describe(),
+                    crate::pressure::SWAP_WAKE
+                );
+            }
             true
         }
         Err(e @ ConfigError::Invalid(_)) => {

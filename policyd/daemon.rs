@@ -634,19 +634,20 @@ impl Daemon {
         Ok(Round::Continue)
     }
 
-    /// The pressure trigger of `path` fired: declare an OOM there if its
-    /// limit has held long enough (under --dry-run, say what would happen).
+    /// The pressure trigger `path` (a cgroup's, or the `[swap]` limit's)
+    /// fired: declare an OOM if its limit has held long enough (under
+    /// --dry-run, say what would happen).
     fn pressure_fired(&mut self, path: &str) {
         let Some(d) = self.pressure.fired(path, Instant::now()) else {
             return;
         };
         if self.req.dry_run {
-            let prediction = self.predict(path);
+            let prediction = self.predict(&d.path);
             tracing::info!(
-                cgroup = %path,
+                cgroup = %d.path,
                 limit = %d.limit,
-                "dry run: pressure limit held: would declare an OOM ({}); the policy would: \
-                 {prediction}",
+                "dry run: {}: would declare an OOM ({}); the policy would: {prediction}",
+                d.source.held(),
                 if d.cgroup_id == 0 { "system-wide" } else { "of this memory cgroup" }
             );
             return;

@@ -16,6 +16,14 @@
 //! limit for at least a whole window), which is logged as relief. Only then
 //! can the next episode declare again. During an episode the daemon wakes
 //! once more at its end, to notice the quiet; never when idle.
+//!
+//! The `[swap]` limit ([`crate::swap_limit`]) rides on one more trigger, on
+//! the system's memory pressure ([`SWAP_WAKE`]): swap use grows only through
+//! reclaim, and by the time swap and memory are both nearly full, tasks stall
+//! in direct reclaim and on swap-ins. Each event reads /proc/meminfo; when the
+//! limit holds, the episode declares an OOM of the table's cgroup, and its
+//! back-off ends when the limit no longer holds or the stall is quiet. An idle
+//! machine, however full its swap, never wakes the daemon.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -27,10 +35,37 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::pressure_rules::PressureRule;
+use crate::swap_limit::{MemInfo, SwapLimit};
 
 /// Where the system-wide pressure is when the cgroup2 root has no
 /// `memory.pressure` of its own.
 const PROC_PRESSURE: &str = "/proc/pressure/memory";
+const PROC_MEMINFO: &str = "/proc/meminfo";
+
+/// The `[swap]` limit's wake-up: a `some` stall of 10 ms within 1 s,
+/// system-wide. Low, so that the limit is checked as soon as reclaim starts
+/// to hurt; only a machine that stalls on memory meets it.
+pub const SWAP_WAKE: &str = "some 10000 1000000";
+const SWAP_WAKE_WINDOW: Duration = Duration::from_secs(1);
+/// The swap trigger's key among the cgroup paths (which all begin with "/").
+pub const SWAP_KEY: &str = "[swap]";
+
+/// What declared an OOM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Pressure,
+    Swap,
+}
+
+impl Source {
+    /// How log lines say the limit held.
+    pub const fn held(self) -> &'static str {
+        match self {
+            Source::Pressure => "pressure limit held",
+            Source::Swap => "swap limit held",
+        }
+    }
+}
 
 /// What the daemon must do for a trigger that held long enough.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,8 +76,10 @@ pub struct Declare {
     pub cgroup_id: u64,
     /// Marks the OOM's decision ([`Pressure::trigger_name`]).
     pub trigger: u64,
-    /// "memory.pressure some 40%/10s".
+    /// "memory.pressure some 40%/10s"; for swap, what was measured:
+    /// "swap 93.1% of 64MiB used, memory 91.2% used, limit 90%".
     pub limit: String,
+    pub source: Source,
 }
 
 /// What `declare_oom` answered, or why it could not run.
@@ -69,19 +106,39 @@ enum State {
     },
 }
 
+/// What a trigger watches for.
+enum Kind {
+    Pressure(PressureRule),
+    Swap(SwapLimit),
+}
+
 struct Trigger {
     file: File,
-    rule: PressureRule,
+    kind: Kind,
     cgroup_id: u64,
     state: State,
 }
 
 impl Trigger {
+    fn window(&self) -> Duration {
+        match &self.kind {
+            Kind::Pressure(rule) => rule.window(),
+            Kind::Swap(_) => SWAP_WAKE_WINDOW,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.kind {
+            Kind::Pressure(rule) => rule.describe(),
+            Kind::Swap(s) => s.describe(),
+        }
+    }
+
     /// How long without an event means the pressure is under the limit: a
     /// window, plus another for the kernel's update period and scheduling
     /// delays (psimon is a kernel thread like any other under load).
     fn quiet_after(&self) -> Duration {
-        self.rule.window() * 2
+        self.window() * 2
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -101,9 +158,15 @@ pub struct Pressure {
     /// subtree would not reach it.
     attach: String,
     dry_run: bool,
-    /// Declarations whose decision is not logged yet: trigger id → limit.
+    /// Declarations whose decision is not logged yet: trigger id → how the
+    /// decision line names it.
     declared: HashMap<u64, String>,
     next_trigger: u64,
+    /// The `[swap]` table's cgroup id while it exists (0: the root).
+    swap_scope: Option<u64>,
+    /// The system's memory.pressure and meminfo (elsewhere in tests).
+    system_pressure: std::path::PathBuf,
+    meminfo: std::path::PathBuf,
 }
 
 /// Whether `path` is `attach` or below it.
@@ -121,6 +184,11 @@ fn arm(dir: &Path, root: bool, spec: &str) -> io::Result<File> {
     if root && !file_path.exists() {
         file_path = PROC_PRESSURE.into();
     }
+    arm_file(&file_path, spec)
+}
+
+/// Open the pressure file `file_path` and write the trigger `spec` to it.
+fn arm_file(file_path: &Path, spec: &str) -> io::Result<File> {
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -171,12 +239,58 @@ impl Pressure {
             dry_run,
             declared: HashMap::new(),
             next_trigger: 1,
+            swap_scope: None,
+            system_pressure: PROC_PRESSURE.into(),
+            meminfo: PROC_MEMINFO.into(),
+        }
+    }
+
+    /// Arm the `[swap]` limit of `config`, if it has one, on the system's
+    /// memory pressure.
+    fn arm_swap(&mut self, config: &Config) {
+        let Some(swap) = &config.swap else {
+            return;
+        };
+        if !within(&self.attach, &swap.cgroup) {
+            tracing::warn!(
+                "the [swap] table of line {} declares OOMs of {}, outside {} where the policy                  is attached: they would not reach the policy, so it is not armed (attach the                  policy to a cgroup above it, e.g. policyd load --cgroup /)",
+                swap.line,
+                swap.cgroup,
+                self.attach
+            );
+            return;
+        }
+        match arm_file(&self.system_pressure, SWAP_WAKE) {
+            Ok(file) => {
+                tracing::info!(
+                    cgroup = %swap.cgroup,
+                    limit = %swap.describe(),
+                    trigger = SWAP_WAKE,
+                    "swap limit armed: checked whenever the system stalls on memory"
+                );
+                self.triggers.insert(
+                    SWAP_KEY.to_owned(),
+                    Trigger {
+                        file,
+                        kind: Kind::Swap(swap.clone()),
+                        cgroup_id: 0,
+                        state: State::Quiet,
+                    },
+                );
+            }
+            Err(e) => tracing::error!(
+                "{}",
+                arm_error(&e, &self.system_pressure.display().to_string(), SWAP_WAKE)
+            ),
         }
     }
 
     /// Arm a trigger on the cgroup `path` (id `id`, directory `dir`) if a
     /// `[[pressure]]` table of `config` matches it (the first that does).
     pub fn cgroup_added(&mut self, config: &Config, path: &str, id: u64, dir: &Path) {
+        if config.swap.as_ref().is_some_and(|s| s.cgroup == path) {
+            self.swap_scope = Some(if path == "/" { 0 } else { id });
+        }
         let Some(rule) = config.pressure.iter().find(|r| r.pattern.matches(path)) else {
             return;
         };
@@ -208,7 +322,7 @@ impl Pressure {
                     path.to_owned(),
                     Trigger {
                         file,
-                        rule: rule.clone(),
+                        kind: Kind::Pressure(rule.clone()),
                         cgroup_id: if root { 0 } else { id },
                         state: State::Quiet,
                     },
@@ -225,6 +339,14 @@ impl Pressure {
 
     /// The cgroup at `path` is gone: so is its trigger.
     pub fn cgroup_removed(&mut self, path: &str) {
+        if self.swap_scope.is_some()
+            && self
+                .triggers
+                .get(SWAP_KEY)
+                .is_some_and(|t| matches!(&t.kind, Kind::Swap(s) if s.cgroup == path))
+        {
+            self.swap_scope = None;
+        }
         if self.triggers.remove(path).is_some() {
             tracing::debug!("pressure trigger on {path} removed with its cgroup");
         }
@@ -238,15 +360,15 @@ impl Pressure {
         config: &Config,
         cgroups: impl IntoIterator<Item = (&'a str, u64, std::path::PathBuf)>,
     ) {
-        if !config.pressure.is_empty() && !self.dry_run && kernel_can_declare() == Some(false) {
+        let tables = config.pressure.len() + usize::from(config.swap.is_some());
+        if tables > 0 && !self.dry_run && kernel_can_declare() == Some(false) {
             self.triggers.clear();
             tracing::error!(
                 "the running kernel ({}) has no bpf_out_of_memory() kfunc (policyd's kernel \
-                 patches, kernel-patches/v7.3/0008): its {} [[pressure]] table(s) cannot \
-                 declare OOMs and are not armed; boot a patched kernel, or remove them (real \
-                 OOMs are handled either way)",
+                 patches, kernel-patches/v7.3/0008): its {tables} [[pressure]] and [swap] \
+                 table(s) cannot declare OOMs and are not armed; boot a patched kernel, or \
+                 remove them (real OOMs are handled either way)",
                 crate::loader::kernel_release(),
-                config.pressure.len()
             );
             return;
         }
@@ -261,9 +383,11 @@ impl Pressure {
         cgroups: impl IntoIterator<Item = (&'a str, u64, std::path::PathBuf)>,
     ) {
         self.triggers.clear();
+        self.swap_scope = None;
         for (path, id, dir) in cgroups {
             self.cgroup_added(config, path, id, &dir);
         }
+        self.arm_swap(config);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -288,6 +412,10 @@ impl Pressure {
     /// what it would have declared).
     pub fn fired(&mut self, path: &str, now: Instant) -> Option<Declare> {
         let t = self.triggers.get_mut(path)?;
+        let rule = match &t.kind {
+            Kind::Pressure(rule) => rule.clone(),
+            Kind::Swap(_) => return self.swap_fired(now),
+        };
         let quiet_after = t.quiet_after();
         let windows = match t.state {
             State::BackOff { since, .. } => {
@@ -299,29 +427,100 @@ impl Pressure {
             }
             _ => 1,
         };
-        if windows < t.rule.windows() {
+        if windows < rule.windows() {
             tracing::debug!(
                 "pressure on {path} over {} for {windows} of {} window(s)",
-                t.rule.describe(),
-                t.rule.windows()
+                rule.describe(),
+                rule.windows()
             );
             t.state = State::Building { windows, last: now };
             return None;
         }
         // The episode began when the first of these windows did.
-        let since = now.checked_sub(t.rule.window() * windows).unwrap_or(now);
+        let since = now.checked_sub(rule.window() * windows).unwrap_or(now);
         t.state = State::BackOff { since, last: now };
+        let cgroup_id = t.cgroup_id;
+        Some(self.declare(path, cgroup_id, rule.describe(), Source::Pressure))
+    }
+
+    /// A new declaration, registered for its decision line unless dry.
+    fn declare(&mut self, path: &str, cgroup_id: u64, limit: String, source: Source) -> Declare {
         let d = Declare {
             path: path.to_owned(),
-            cgroup_id: t.cgroup_id,
+            cgroup_id,
             trigger: self.next_trigger,
-            limit: t.rule.describe(),
+            limit,
+            source,
         };
         self.next_trigger += 1;
         if !self.dry_run {
-            self.declared.insert(d.trigger, d.limit.clone());
+            let name = match source {
+                Source::Pressure => format!("pressure {}", d.limit),
+                Source::Swap => d.limit.clone(),
+            };
+            self.declared.insert(d.trigger, name);
         }
-        Some(d)
+        d
+    }
+
+    /// The system stalled on memory: check the `[swap]` limit. It declares
+    /// once per episode; the episode ends when the limit no longer holds at
+    /// an event, or the stall is quiet ([`Pressure::expire`]).
+    fn swap_fired(&mut self, now: Instant) -> Option<Declare> {
+        let meminfo = MemInfo::read(&self.meminfo);
+        let scope = self.swap_scope;
+        let t = self.triggers.get_mut(SWAP_KEY)?;
+        let Kind::Swap(swap) = &t.kind else {
+            return None;
+        };
+        let swap = swap.clone();
+        let m = match meminfo {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!("swap limit: cannot check it: {e:#}");
+                return None;
+            }
+        };
+        let holds = swap.holds(&m);
+        match t.state {
+            State::BackOff { since, .. } if !holds => {
+                tracing::info!(
+                    cgroup = %swap.cgroup,
+                    limit = %swap.describe(),
+                    episode_s = format!("{:.1}", now.duration_since(since).as_secs_f64()),
+                    "swap limit relieved: {}; the next episode may declare again",
+                    swap.measured(&m)
+                );
+                t.state = State::Quiet;
+                return None;
+            }
+            State::BackOff { since, .. } => {
+                t.state = State::BackOff { since, last: now };
+                return None;
+            }
+            _ if !holds => {
+                t.state = State::Quiet;
+                return None;
+            }
+            _ => {
+                t.state = State::BackOff {
+                    since: now,
+                    last: now,
+                }
+            }
+        }
+        let Some(cgroup_id) = scope else {
+            tracing::error!(
+                cgroup = %swap.cgroup,
+                "swap limit held ({}), but the [swap] table's cgroup {} does not exist: no OOM \
+                 declared in this episode (create it, or set cgroup = \"/\" for a system-wide \
+                 OOM)",
+                swap.measured(&m),
+                swap.cgroup
+            );
+            return None;
+        };
+        Some(self.declare(&swap.cgroup, cgroup_id, swap.measured(&m), Source::Swap))
     }
 
     /// Record how the declaration `d` went, and log it when the decision
@@ -336,35 +535,43 @@ impl Pressure {
             Declared::Ret(1) => tracing::info!(
                 cgroup = %d.path,
                 limit = %d.limit,
-                "pressure limit held: declared an OOM ({scope}); memory was freed, back-off \
-                 until the pressure is under the limit"
+                "{}: declared an OOM ({scope}); memory was freed, back-off until the pressure \
+                 is under the limit",
+                d.source.held()
             ),
             Declared::Ret(0) => {
                 tracing::warn!(
                     cgroup = %d.path,
                     limit = %d.limit,
-                    "pressure limit held: declared an OOM ({scope}) but nothing was killed \
-                     (nothing killable in scope); back-off until the pressure is under the limit"
+                    "{}: declared an OOM ({scope}) but nothing was killed (nothing killable in \
+                     scope); back-off until the pressure is under the limit",
+                    d.source.held()
                 );
             }
             Declared::Ret(ret) if ret == -nix::libc::EBUSY => {
                 // A real OOM is being handled: it is this episode's action,
                 // or, if it freed nothing here, the next event declares.
-                if let Some(t) = self.triggers.get_mut(&d.path) {
+                let key = match d.source {
+                    Source::Pressure => d.path.as_str(),
+                    Source::Swap => SWAP_KEY,
+                };
+                if let Some(t) = self.triggers.get_mut(key) {
                     let last = match t.state {
                         State::BackOff { last, .. } => last,
                         _ => Instant::now(),
                     };
-                    t.state = State::Building {
-                        windows: t.rule.windows().saturating_sub(1),
-                        last,
+                    let windows = match &t.kind {
+                        Kind::Pressure(rule) => rule.windows().saturating_sub(1),
+                        Kind::Swap(_) => 0,
                     };
+                    t.state = State::Building { windows, last };
                 }
                 tracing::info!(
                     cgroup = %d.path,
                     limit = %d.limit,
-                    "pressure limit held, but another OOM is being handled: declaring again at \
-                     the trigger's next event if the pressure stays"
+                    "{}, but another OOM is being handled: declaring again at the trigger's next \
+                     event if the limit still holds",
+                    d.source.held()
                 );
             }
             Declared::Ret(ret) => {
@@ -386,26 +593,28 @@ impl Pressure {
                         io::Error::from_raw_os_error(e)
                     ),
                 };
-                tracing::error!(cgroup = %d.path, limit = %d.limit, "pressure limit held: {what}");
+                tracing::error!(cgroup = %d.path, limit = %d.limit, "{}: {what}", d.source.held());
             }
             Declared::Failed(e) => {
                 tracing::error!(
                     cgroup = %d.path,
                     limit = %d.limit,
-                    "pressure limit held, but declaring the OOM failed: {e:#}"
+                    "{}, but declaring the OOM failed: {e:#}",
+                    d.source.held()
                 );
             }
         }
     }
 
     /// The limit that declared the OOM of a decision marked `trigger`, as
-    /// decision lines show it ("pressure memory.pressure some 40%/10s").
+    /// decision lines show it ("pressure memory.pressure some 40%/10s",
+    /// "swap 93.1% of 64MiB used, memory 91.2% used, limit 90%").
     pub fn trigger_name(&mut self, trigger: u64) -> Option<String> {
         if trigger == 0 {
             return None;
         }
         Some(match self.declared.get(&trigger) {
-            Some(limit) => format!("pressure {limit}"),
+            Some(name) => name.clone(),
             None => format!("pressure (declaration #{trigger})"),
         })
     }
@@ -426,10 +635,18 @@ impl Pressure {
             if now < deadline {
                 continue;
             }
-            if let State::BackOff { since, last } = t.state {
+            if let (State::BackOff { since, last }, Kind::Swap(s)) = (t.state, &t.kind) {
+                tracing::info!(
+                    cgroup = %s.cgroup,
+                    limit = %s.describe(),
+                    episode_s = format!("{:.1}", last.duration_since(since).as_secs_f64()),
+                    "swap limit relieved: the system no longer stalls on memory; the next \
+                     episode may declare again"
+                );
+            } else if let State::BackOff { since, last } = t.state {
                 tracing::info!(
                     cgroup = %path,
-                    limit = %t.rule.describe(),
+                    limit = %t.describe(),
                     episode_s = format!("{:.1}", last.duration_since(since).as_secs_f64()),
                     "pressure relieved: under the limit for a whole window; the next episode \
                      may declare again"
@@ -566,6 +783,139 @@ mod tests {
             Some("pressure (declaration #1)")
         );
         assert_eq!(p.fired("/batch/j1", t0 + Duration::from_secs(11)), None);
+    }
+
+    /// A Pressure whose system pressure and meminfo are files in `tmp`;
+    /// `cgroups` are known to it as (path, id).
+    fn swap_pressure(
+        tmp: &Path,
+        attach: &str,
+        dry_run: bool,
+        text: &str,
+        cgroups: &[(&str, u64)],
+    ) -> Pressure {
+        let mut p = Pressure::new(attach, dry_run);
+        p.system_pressure = tmp.join("pressure-memory");
+        p.meminfo = tmp.join("meminfo");
+        std::fs::write(&p.system_pressure, "").unwrap();
+        let dirs: Vec<_> = cgroups
+            .iter()
+            .map(|(path, id)| (*path, *id, cgroup(&tmp.join("cg"), path)))
+            .collect();
+        p.rearm(&config(text), dirs);
+        p
+    }
+
+    /// /proc/meminfo with swap and memory `swap_pct` and `mem_pct` used.
+    fn meminfo(p: &Pressure, mem_pct: u64, swap_pct: u64) {
+        std::fs::write(
+            &p.meminfo,
+            format!(
+                "MemTotal: 100000 kB\nMemFree: 1000 kB\nMemAvailable: {} kB\n\
+                 SwapTotal: 65536 kB\nSwapFree: {} kB\n",
+                1000 * (100 - mem_pct),
+                65536 * (100 - swap_pct) / 100
+            ),
+        )
+        .unwrap();
+    }
+
+    const SWAP: &str = "[swap]\nlimit = \"90%\"\n";
+
+    #[test]
+    fn the_swap_limit_declares_once_per_episode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut p = swap_pressure(tmp.path(), "/", false, SWAP, &[("/", 1)]);
+        assert_eq!(
+            p.fds().map(|(k, _)| k).collect::<Vec<_>>(),
+            [SWAP_KEY],
+            "armed on the system's pressure"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&p.system_pressure).unwrap(),
+            SWAP_WAKE
+        );
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // Stalls with swap full but memory to spare: nothing, and no wake-up.
+        meminfo(&p, 50, 99);
+        assert_eq!(p.fired(SWAP_KEY, t0), None);
+        assert_eq!(p.next_deadline(), None);
+
+        meminfo(&p, 95, 97);
+        let d = p.fired(SWAP_KEY, t0 + s(1)).expect("the limit holds");
+        assert_eq!(
+            (d.path.as_str(), d.cgroup_id, d.source),
+            ("/", 0, Source::Swap)
+        );
+        assert_eq!(
+            d.limit,
+            "swap 97% of 64MiB used, memory 95% used, limit 90%"
+        );
+        assert_eq!(p.trigger_name(d.trigger), Some(d.limit.clone()));
+        p.forget(d.trigger);
+        // Still over the limit, still stalling: back-off.
+        for i in 2..6 {
+            assert_eq!(p.fired(SWAP_KEY, t0 + s(i)), None);
+        }
+        assert_eq!(p.next_deadline(), Some(t0 + s(5) + s(2)));
+        // The kill freed swap: the episode ends at the next event...
+        meminfo(&p, 95, 60);
+        assert_eq!(p.fired(SWAP_KEY, t0 + s(6)), None);
+        assert_eq!(p.next_deadline(), None);
+        // ... and the next one declares again.
+        meminfo(&p, 95, 97);
+        assert!(p.fired(SWAP_KEY, t0 + s(7)).is_some());
+    }
+
+    #[test]
+    fn a_quiet_stall_ends_a_swap_episode_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut p = swap_pressure(tmp.path(), "/", false, SWAP, &[("/", 1)]);
+        let t0 = Instant::now();
+        meminfo(&p, 95, 97);
+        assert!(p.fired(SWAP_KEY, t0).is_some());
+        assert_eq!(p.fired(SWAP_KEY, t0 + Duration::from_secs(1)), None);
+        p.expire(t0 + Duration::from_secs(3));
+        assert!(p.fired(SWAP_KEY, t0 + Duration::from_secs(10)).is_some());
+    }
+
+    #[test]
+    fn the_swap_scope_is_the_tables_cgroup() {
+        let tmp = tempfile::tempdir().unwrap();
+        let text = "[swap]\ncgroup = \"/user.slice\"\n";
+        let mut p = swap_pressure(
+            tmp.path(),
+            "/",
+            false,
+            text,
+            &[("/", 1), ("/user.slice", 42)],
+        );
+        meminfo(&p, 95, 97);
+        let d = p.fired(SWAP_KEY, Instant::now()).unwrap();
+        assert_eq!((d.path.as_str(), d.cgroup_id), ("/user.slice", 42));
+
+        // Gone: the limit holds, nothing to declare, once per episode.
+        p.cgroup_removed("/user.slice");
+        p.expire(Instant::now() + Duration::from_secs(60));
+        assert_eq!(p.fired(SWAP_KEY, Instant::now()), None);
+        assert!(p.next_deadline().is_some(), "in back-off all the same");
+
+        // Outside the attached cgroup: not armed at all.
+        let p = swap_pressure(tmp.path(), "/system.slice", false, text, &[]);
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn a_dry_swap_run_registers_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut p = swap_pressure(tmp.path(), "/", true, SWAP, &[("/", 1)]);
+        meminfo(&p, 95, 97);
+        let d = p.fired(SWAP_KEY, Instant::now()).unwrap();
+        assert_eq!(
+            p.trigger_name(d.trigger).as_deref(),
+            Some("pressure (declaration #1)")
+        );
     }
 
     #[test]

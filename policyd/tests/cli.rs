@@ -164,6 +164,34 @@ fn check_shows_the_pressure_triggers_and_places_their_errors() {
 }
 
 #[test]
+fn check_shows_the_swap_limit_and_places_its_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policies.toml");
+    std::fs::write(&file, "[swap]\nlimit = \"85%\"\n").unwrap();
+    let o = policyd(&["check", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "ok: 0 rules, policy priority\n\
+         swap: declares an OOM of / when swap and memory used over 85% (checked at each PSI \
+         event \"some 10000 1000000\" of the system)\n"
+    );
+
+    std::fs::write(&file, "policy = \"priority\"\n[swap]\ncgroup = \"/a/**\"\n").unwrap();
+    let o = policyd(&["check", file.to_str().unwrap()]);
+    let f = file.display();
+    assert_fails_saying(
+        &o,
+        1,
+        &[&format!(
+            "{f}:3:10: the [swap] cgroup is the one cgroup whose OOM is declared, not a \
+             pattern: write a path without \"*\", like \"/\" or \"/user.slice\", got \
+             \"/a/**\"\n{f}: 1 error\n"
+        )],
+    );
+}
+
+#[test]
 fn check_missing_file_fails() {
     let o = policyd(&["check", "/nonexistent/policies.toml"]);
     assert_fails_saying(
