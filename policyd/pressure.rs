@@ -193,7 +193,7 @@ fn arm_file(file_path: &Path, spec: &str) -> io::Result<File> {
         .read(true)
         .write(true)
         .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
-        .open(&file_path)?;
+        .open(file_path)?;
     // One write, the whole trigger: the kernel parses each write as one.
     file.write_all(spec.as_bytes())?;
     Ok(file)

@@ -49,6 +49,7 @@ mod policyd_protect;
 mod policyd_reload;
 mod policyd_rule_matching;
 mod policyd_soak;
+mod policyd_swap;
 mod policyd_watch_config;
 mod policyd_xattrs;
 mod systemd_service;
@@ -94,6 +95,7 @@ pub fn all() -> Vec<Scenario> {
         policyd_pressure::global(),
         policyd_pressure::backoff(),
         policyd_pressure::dry_run(),
+        policyd_swap::scenario(),
         policyd_largest_badness::scenario(),
         policyd_lifecycle::scenario(),
         policyd_metrics::scenario(),
