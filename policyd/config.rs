@@ -830,7 +830,7 @@ protect = false
         );
         assert_eq!(
             error("policy = \"priority\"\npolcy = 1\n"),
-            "2:1: unknown field `polcy`, expected one of `policy`, `default_priority`, `rule`, `pressure`"
+            "2:1: unknown field `polcy`, expected one of `policy`, `default_priority`, `rule`, `pressure`, `swap`"
         );
     }
 

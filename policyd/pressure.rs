@@ -499,6 +499,10 @@ impl Pressure {
                 return None;
             }
             _ if !holds => {
+                tracing::debug!(
+                    "the system stalls on memory, under the swap limit: {}",
+                    swap.measured(&m)
+                );
                 t.state = State::Quiet;
                 return None;
             }
