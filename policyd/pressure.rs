@@ -22,8 +22,8 @@
 //! reclaim, and by the time swap and memory are both nearly full, tasks stall
 //! in direct reclaim and on swap-ins. Each event reads /proc/meminfo; when the
 //! limit holds, the episode declares an OOM of the table's cgroup, and its
-//! back-off ends when the limit no longer holds or the stall is quiet. An idle
-//! machine, however full its swap, never wakes the daemon.
+//! back-off ends when the stall is quiet. An idle machine, however full its
+//! swap, never wakes the daemon.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -464,8 +464,8 @@ impl Pressure {
     }
 
     /// The system stalled on memory: check the `[swap]` limit. It declares
-    /// once per episode; the episode ends when the limit no longer holds at
-    /// an event, or the stall is quiet ([`Pressure::expire`]).
+    /// once per episode; the episode ends when the stall has been quiet for
+    /// two windows ([`Pressure::expire`]), as for `[[pressure]]`.
     fn swap_fired(&mut self, now: Instant) -> Option<Declare> {
         let meminfo = MemInfo::read(&self.meminfo);
         let scope = self.swap_scope;
@@ -483,17 +483,8 @@ impl Pressure {
         };
         let holds = swap.holds(&m);
         match t.state {
-            State::BackOff { since, .. } if !holds => {
-                tracing::info!(
-                    cgroup = %swap.cgroup,
-                    limit = %swap.describe(),
-                    episode_s = format!("{:.1}", now.duration_since(since).as_secs_f64()),
-                    "swap limit relieved: {}; the next episode may declare again",
-                    swap.measured(&m)
-                );
-                t.state = State::Quiet;
-                return None;
-            }
+            // Even if the kill freed enough swap: while the stall goes on, a
+            // limit that holds again a moment later must not kill again.
             State::BackOff { since, .. } => {
                 t.state = State::BackOff { since, last: now };
                 return None;
@@ -863,13 +854,16 @@ mod tests {
             assert_eq!(p.fired(SWAP_KEY, t0 + s(i)), None);
         }
         assert_eq!(p.next_deadline(), Some(t0 + s(5) + s(2)));
-        // The kill freed swap: the episode ends at the next event...
+        // The kill freed swap, but the stall goes on: still the same
+        // episode, even when the limit holds again.
         meminfo(&p, 95, 60);
         assert_eq!(p.fired(SWAP_KEY, t0 + s(6)), None);
-        assert_eq!(p.next_deadline(), None);
-        // ... and the next one declares again.
         meminfo(&p, 95, 97);
-        assert!(p.fired(SWAP_KEY, t0 + s(7)).is_some());
+        assert_eq!(p.fired(SWAP_KEY, t0 + s(7)), None);
+        // Quiet for two windows: the next stall declares again.
+        p.expire(t0 + s(9));
+        assert_eq!(p.next_deadline(), None);
+        assert!(p.fired(SWAP_KEY, t0 + s(20)).is_some());
     }
 
     #[test]
