@@ -90,6 +90,28 @@ fn fill_memory() -> Result<u64> {
     Ok(mib)
 }
 
+/// The next decision, saying every 2 s how full swap and memory are meanwhile.
+fn wait_decision(pd: &mut Policyd, swap: &Cgroup) -> Result<pdutil::Decision> {
+    let started = Instant::now();
+    loop {
+        match pd.next_decision(Duration::from_secs(2)) {
+            Ok(d) => return Ok(d),
+            Err(e) if started.elapsed() > DECLARE_TIMEOUT => return Err(e),
+            Err(_) => {
+                let m = meminfo()?;
+                println!(
+                    "  waiting: {m:?}, /swap memory.current {} KiB, memory.swap.current {} \
+                     KiB, events {:?}, system some stall {} us",
+                    swap.read_u64("memory.current")? / 1024,
+                    swap.read_u64("memory.swap.current")? / 1024,
+                    swap.read("memory.events")?.replace('\n', " "),
+                    system_stall_us()?
+                );
+            }
+        }
+    }
+}
+
 fn run() -> Result<()> {
     pdutil::quiet_oom_reports()?;
     let zram = ZramSwap::on(SWAP_MIB)?;
@@ -135,11 +157,9 @@ limit = "{LIMIT}"
     let filled = fill_memory()?;
     let swap = Cgroup::create("swap")?;
     swap.set("memory.max", (16u64 << 20).to_string())?;
-    let mut service = Hog::start(
-        &swap.child("service")?,
-        &HogSpec::fixed(8),
-        pdutil::READY_TIMEOUT,
-    )?;
+    // Every Cgroup is kept: dropping one removes it, killing what runs in it.
+    let service_cg = swap.child("service")?;
+    let mut service = Hog::start(&service_cg, &HogSpec::fixed(8), pdutil::READY_TIMEOUT)?;
     let bystander_cg = swap.child("bystander")?;
     let mut bystander = Hog::start(&bystander_cg, &HogSpec::fixed(1), pdutil::READY_TIMEOUT)?;
     let before = swap.events()?;
@@ -148,10 +168,11 @@ limit = "{LIMIT}"
     // real OOM comes.
     let spec = HogSpec::growing(4).step_kib(256).delay_us(50_000).up_to(64);
     let started = Instant::now();
-    let mut job = Hog::start(&swap.child("job")?, &spec, pdutil::READY_TIMEOUT)?;
+    let job_cg = swap.child("job")?;
+    let mut job = Hog::start(&job_cg, &spec, pdutil::READY_TIMEOUT)?;
 
     // Episode 1: the bystander, lowest priority, dies, however little swap it holds.
-    let first = pd.next_decision(DECLARE_TIMEOUT)?;
+    let first = wait_decision(&mut pd, &swap)?;
     let took = started.elapsed();
     let trigger = first.get("trigger")?;
     ensure!(
@@ -219,8 +240,9 @@ limit = "{LIMIT}"
     // stalls.
     let mark2 = pd.mark();
     let late_spec = HogSpec::growing(1).step_kib(256).delay_us(20_000).up_to(12);
-    let mut late = Hog::start(&swap.child("late")?, &late_spec, pdutil::READY_TIMEOUT)?;
-    let second = pd.next_decision(DECLARE_TIMEOUT)?;
+    let late_cg = swap.child("late")?;
+    let mut late = Hog::start(&late_cg, &late_spec, pdutil::READY_TIMEOUT)?;
+    let second = wait_decision(&mut pd, &swap)?;
     ensure!(
         second.get("trigger")?.starts_with("swap "),
         "the second decision's trigger is not the swap limit: {second}"
