@@ -52,6 +52,7 @@ mod policyd_soak;
 mod policyd_swap;
 mod policyd_watch_config;
 mod policyd_xattrs;
+mod systemd_preferences;
 mod systemd_service;
 mod trace_kills;
 
@@ -109,6 +110,7 @@ pub fn all() -> Vec<Scenario> {
         trace_kills::kubelet_layout(),
         trace_kills::stock_kernel(),
         systemd_service::scenario(),
+        systemd_preferences::scenario(),
         demo::scenario(),
         policyd_pressure::demo(),
         bench_storm::scenario().bench(),

@@ -84,7 +84,7 @@ fn run() -> Result<()> {
 }
 
 /// Runs `program args`, prints it and what it said; fails unless it exits 0.
-fn command(program: &str, args: &[&str]) -> Result<String> {
+pub(super) fn command(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program)
         .args(args)
         .output()
@@ -106,7 +106,7 @@ fn command(program: &str, args: &[&str]) -> Result<String> {
 }
 
 /// `systemctl show -p PROPERTY --value UNIT`, without echo (polled).
-fn show(unit: &str, property: &str) -> Result<String> {
+pub(super) fn show(unit: &str, property: &str) -> Result<String> {
     let out = Command::new("systemctl")
         .args(["show", "-p", property, "--value", unit])
         .output()
@@ -119,14 +119,14 @@ fn show(unit: &str, property: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-fn show_u64(unit: &str, property: &str) -> Result<u64> {
+pub(super) fn show_u64(unit: &str, property: &str) -> Result<u64> {
     let v = show(unit, property)?;
     v.parse()
         .with_context(|| format!("{unit} {property}={v:?} is not a number"))
 }
 
 /// policyd.service's journal entries matching `filters` (journalctl's FIELD=VALUE).
-fn journal(filters: &[&str]) -> Result<Vec<Value>> {
+pub(super) fn journal(filters: &[&str]) -> Result<Vec<Value>> {
     let out = Command::new("journalctl")
         .args(["-u", "policyd.service", "-o", "json", "--no-pager"])
         .args(filters)
@@ -144,7 +144,7 @@ fn journal(filters: &[&str]) -> Result<Vec<Value>> {
         .collect()
 }
 
-fn field<'a>(entry: &'a Value, name: &str) -> &'a str {
+pub(super) fn field<'a>(entry: &'a Value, name: &str) -> &'a str {
     entry[name].as_str().unwrap_or("")
 }
 
@@ -201,7 +201,7 @@ fn status_text() -> Result<String> {
     show("policyd.service", "StatusText")
 }
 
-fn install() -> Result<()> {
+pub(super) fn install() -> Result<()> {
     command("dpkg", &["-i", "/run/vmtest/policyd.deb"])?;
     // dpkg returned: the postinst's start job is done, so the unit is up, or failed.
     let state = show("policyd.service", "ActiveState")?;
