@@ -16,8 +16,9 @@
 //!   `bpf_link_update`, never a moment unprotected); SIGINT/SIGTERM detach
 //!   and exit;
 //! * the link: if the kernel detaches it (the cgroup was removed), exit;
-//! * PSI triggers of `[[pressure]]` rules ([`crate::pressure`]): a limit
-//!   that held declares an OOM, once per pressure episode.
+//! * PSI triggers of `[[pressure]]` rules and of the `[swap]` limit
+//!   ([`crate::pressure`]): a limit that held declares an OOM, once per
+//!   pressure episode.
 //!
 //! It blocks in poll(2) with no timeout: an idle daemon never wakes up (once,
 //! a second after a run of awaits, to log how many there were; once at the end

@@ -22,6 +22,8 @@
 //!   Prometheus, [`notify`] tells systemd when the handler is attached;
 //! * [`pressure_rules`]: `[[pressure]]` tables, and [`pressure`]: their PSI
 //!   triggers, which declare an OOM when a pressure limit holds;
+//! * [`swap_limit`]: the `[swap]` table, which [`pressure`] checks at each
+//!   system-wide memory stall;
 //! * [`kills`]: every OOM kill, whoever decided it (`policyd trace`),
 //!   through its own tracer, which needs no BPF OOM patches, with
 //!   [`culprit`]: who grew most before it;
