@@ -164,9 +164,9 @@ limit = "{LIMIT}"
     let mut bystander = Hog::start(&bystander_cg, &HogSpec::fixed(1), pdutil::READY_TIMEOUT)?;
     let before = swap.events()?;
     let mark = pd.mark();
-    // 5 MiB/s up to 64 MiB: 57 MiB in swap at the end (89%), never all of it, so no
+    // 10 MiB/s up to 64 MiB: 57 MiB in swap at the end (89%), never all of it, so no
     // real OOM comes.
-    let spec = HogSpec::growing(4).step_kib(256).delay_us(50_000).up_to(64);
+    let spec = HogSpec::growing(4).step_kib(256).delay_us(25_000).up_to(64);
     let started = Instant::now();
     let job_cg = swap.child("job")?;
     let mut job = Hog::start(&job_cg, &spec, pdutil::READY_TIMEOUT)?;
