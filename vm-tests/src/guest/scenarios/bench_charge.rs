@@ -92,7 +92,7 @@ fn stats_block(cg: &Cgroup, rec: &mut ChargeCost) -> Result<()> {
 fn run() -> Result<()> {
     emit_env("bench-charge")?;
     let quick = util::quick();
-    let (pairs, per_block, rounds) = if quick { (8, 3, 1) } else { (16, 5, 2) };
+    let (pairs, per_block, rounds) = if quick { (4, 2, 1) } else { (16, 5, 2) };
     let cg = Cgroup::create("bench-charge")?;
     // Warm-up: page tables, the allocator's free lists, this binary's pages.
     Churn::run(&cg, CHURN_MIB, rounds)?;

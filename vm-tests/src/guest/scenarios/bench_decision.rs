@@ -88,7 +88,7 @@ fn plan(quick: bool) -> Plan {
             ],
             rounds: 1,
             per_block: 3,
-            cgroups_tasks: &[(10, 100), (10, 1000), (100, 1000)],
+            cgroups_tasks: &[(10, 100), (100, 1000)],
         }
     } else {
         Plan {

@@ -40,7 +40,7 @@ fn run() -> Result<()> {
     emit_env("bench-footprint")?;
     bc::quiet_kernel(false)?;
     let quick = util::quick();
-    let idle = Duration::from_secs(if quick { 10 } else { 60 });
+    let idle = Duration::from_secs(if quick { 5 } else { 60 });
     let ticks = clock_ticks();
     let watch = Stopwatch::load()?;
 

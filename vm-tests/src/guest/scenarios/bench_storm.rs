@@ -194,12 +194,8 @@ fn run() -> Result<()> {
     // The console stays quiet; OOM reports keep their task list (a user's default).
     bc::quiet_kernel(true)?;
     let quick = util::quick();
-    // Quick: two fast storms, one of each other kind per contender.
-    let trials = |variant: &str| match (quick, variant) {
-        (false, _) => 20,
-        (true, "fast") => 2,
-        (true, _) => 1,
-    };
+    // Quick: one storm of each kind per contender.
+    let trials = if quick { 1 } else { 20 };
 
     let parent = Cgroup::create("bench-storm")?;
     let service_cg = parent.child("service")?;
@@ -260,7 +256,7 @@ fn run() -> Result<()> {
             .collect(),
         trials_per_contender: VARIANTS
             .iter()
-            .map(|(name, _, _)| (name.to_string(), trials(name)))
+            .map(|(name, _, _)| (name.to_string(), trials))
             .collect(),
         earlyoom_args: EARLYOOM_ARGS.iter().map(|a| a.to_string()).collect(),
     }));
@@ -274,7 +270,7 @@ fn run() -> Result<()> {
         s.parent.set("memory.max", &limit)?;
         let mut by_contender: Vec<(Contender, Vec<StormTrial>)> =
             Contender::ALL.iter().map(|c| (*c, Vec::new())).collect();
-        for trial in 0..trials(variant) {
+        for trial in 0..trials {
             for (contender, out) in by_contender.iter_mut() {
                 let rec = run_trial(&mut s, *contender, storm, scope).with_context(|| {
                     format!("{variant} storm, {} trial {trial}", contender.name())
