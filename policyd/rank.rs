@@ -911,6 +911,29 @@ mod tests {
         assert_eq!(ex.victim.unwrap().cgroup, lo);
     }
 
+    /// The BPF walks from a cgroup it has no entry for up to its root, as
+    /// deep as the cgroup is (it once stopped after 32 levels and fell back
+    /// to the defaults): inheritance here has no depth cap either.
+    #[test]
+    fn inheritance_reaches_cgroups_deeper_than_32_levels() {
+        let leaf: String = (1..=40).map(|i| format!("/l{i}")).collect();
+        let leaf = format!("/deep{leaf}");
+        let f = Fixture::new(|cg, procs| {
+            cg.cgroup(&leaf, 10 * MIB, &[10])
+                .cgroup("/shallow", 200 * MIB, &[20]);
+            procs
+                .task(FakeTask::new(10, "deep", 10 * MIB))
+                .task(FakeTask::new(20, "shallow", 200 * MIB));
+        });
+        let level = f.tree.get(f.tree.find(&leaf).unwrap()).path.matches('/').count();
+        assert_eq!(level, 41);
+        let c = config("[[rule]]\ncgroup = \"/deep\"\npriority = 1\n");
+        let ex = f.explain(&c, PolicyName::Priority, "/");
+        let deep = ex.candidates.iter().find(|c| c.path == leaf).unwrap();
+        assert_eq!(deep.priority, 1);
+        assert_eq!(ex.victim.unwrap().cgroup, leaf);
+    }
+
     #[test]
     fn unkillable_tasks_are_spared_and_empty_candidates_skipped() {
         let f = Fixture::new(|cg, procs| {

@@ -30,9 +30,6 @@
 #define LONG_MIN (-9223372036854775807L - 1)
 #define LONG_MAX 9223372036854775807L
 
-/* Deepest cgroup nesting whose rule inheritance the handler resolves itself. */
-#define MAX_CGROUP_DEPTH 32
-
 /* Levels of a binary heap of POLICYD_MAX_CGROUPS (2^16) candidates. */
 #define HEAP_LEVELS 17
 
@@ -114,17 +111,23 @@ static __always_inline void *rules_map(void)
 /*
  * The resolved settings of @cgrp.  policyd writes an entry for every cgroup;
  * one created since then inherits from its nearest ancestor that has one.
+ * The walk is bounded by @cgrp's own level, not by a fixed depth, so that a
+ * whole new subtree deeper than any cap still inherits what `policyd
+ * explain` says it does.
  */
 static __always_inline struct policyd_rule rule_of(void *rmap, struct cgroup *cgrp)
 {
 	struct policyd_rule *rule;
 	__u64 key;
-	int i;
+	int i, level;
 
 	if (!rmap)
 		return builtin_defaults;
 
-	for (i = 0; i < MAX_CGROUP_DEPTH && cgrp; i++) {
+	level = BPF_CORE_READ(cgrp, level);
+	bpf_for(i, 0, level + 1) {
+		if (!cgrp)
+			break;
 		key = BPF_CORE_READ(cgrp, kn, id);
 		rule = bpf_map_lookup_elem(rmap, &key);
 		if (rule)

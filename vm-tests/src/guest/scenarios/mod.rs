@@ -35,6 +35,7 @@ mod memcg_selftests;
 mod oom_default_memcg;
 mod policyd_capacity;
 mod policyd_differential;
+mod policyd_deep_new_cgroup;
 mod policyd_dry_run;
 mod policyd_explain;
 mod policyd_kill_cgroup;
@@ -89,6 +90,7 @@ pub fn all() -> Vec<Scenario> {
         policyd_kill_cgroup::scenario(),
         policyd_kubelet::scenario(),
         policyd_rule_matching::scenario(),
+        policyd_deep_new_cgroup::scenario(),
         policyd_reload::scenario(),
         policyd_watch_config::scenario(),
         policyd_dry_run::scenario(),
