@@ -925,7 +925,12 @@ mod tests {
                 .task(FakeTask::new(10, "deep", 10 * MIB))
                 .task(FakeTask::new(20, "shallow", 200 * MIB));
         });
-        let level = f.tree.get(f.tree.find(&leaf).unwrap()).path.matches('/').count();
+        let level = f
+            .tree
+            .get(f.tree.find(&leaf).unwrap())
+            .path
+            .matches('/')
+            .count();
         assert_eq!(level, 41);
         let c = config("[[rule]]\ncgroup = \"/deep\"\npriority = 1\n");
         let ex = f.explain(&c, PolicyName::Priority, "/");

@@ -51,7 +51,11 @@ fn run() -> Result<()> {
     }
     let leaf = chain.last().context("no new levels")?;
     let level = leaf.path().matches('/').count();
-    ensure!(level == NEW_LEVELS + 2, "{} is at level {level}", leaf.path());
+    ensure!(
+        level == NEW_LEVELS + 2,
+        "{} is at level {level}",
+        leaf.path()
+    );
     let mut victim = start_hog("deep", leaf, HogMode::Fixed(8))?;
 
     let oom = watch.oom(&scope)?;
