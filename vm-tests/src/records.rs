@@ -212,6 +212,41 @@ pub struct Footprint {
     pub idle: FootprintIdle,
     pub burst: FootprintBurst,
     pub after_burst_idle: FootprintAfter,
+    /// Absent in records from before it was measured.
+    #[serde(default)]
+    pub new_cgroups: Option<FootprintNewCgroups>,
+    /// By number of cgroups; absent in records from before it was measured.
+    #[serde(default)]
+    pub startup: Vec<FootprintStartup>,
+}
+
+/// `policyd load priority` at a number of cgroups, and one SIGHUP reload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FootprintStartup {
+    pub cgroups: usize,
+    /// From the process's start to its "attached" line.
+    pub attach_s: f64,
+    /// Its CPU time (utime + stime) by then, and its RSS.
+    pub start_cpu_ms: f64,
+    pub rss_kib: u64,
+    /// SIGHUP to the "reloaded" line, and the CPU time it took.
+    pub reload_s: f64,
+    pub reload_cpu_ms: f64,
+    pub rss_after_reload_kib: u64,
+}
+
+/// A burst of mkdirs while policyd runs: how long each new cgroup waits for its own
+/// entry in the rules map (judged by its nearest ancestor's until then).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FootprintNewCgroups {
+    pub count: usize,
+    /// The mkdirs' wall time.
+    pub burst_s: f64,
+    /// Per cgroup: mkdir's return to its entry found, polled every millisecond.
+    pub delays_us: Vec<u64>,
+    pub poll_sweeps: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

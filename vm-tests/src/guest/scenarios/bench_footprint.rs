@@ -9,13 +9,27 @@
 //! /bench-fp/victims with 100 sleeping processes at priority 1. The burst is 100
 //! bpf_out_of_memory() calls on /bench-fp, back to back, each followed by the wait for its
 //! victim (one of the 100) to be reaped, so that every OOM has a victim to kill.
+//!
+//! Then the new-cgroup window: NEW_CGROUPS mkdirs in /bench-fp/new back to back, as a node
+//! starting pods makes them, while another thread looks each new cgroup's id up in the
+//! rules map the handler reads, every millisecond, until all have their own entry. Until
+//! then an OOM judges a new cgroup by its nearest ancestor that has one.
+//!
+//! Start-up and reload: `policyd load` to "attached", its CPU time and RSS by then, and
+//! one SIGHUP reload, with the 1012 cgroups above and (full bench only) with MANY more.
 
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use libbpf_rs::query::MapInfoIter;
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use crate::guest::bench::{
     self as bc, clock_ticks, emit_env, kill_reap, proc_usage, spawn_blockers, ProcUsage, Stopwatch,
@@ -23,7 +37,10 @@ use crate::guest::bench::{
 use crate::guest::pdutil::Policyd;
 use crate::guest::util::{self, spawn_in, Cgroup};
 use crate::guest::Scenario;
-use crate::records::{Footprint, FootprintAfter, FootprintBurst, FootprintIdle, Record};
+use crate::records::{
+    Footprint, FootprintAfter, FootprintBurst, FootprintIdle, FootprintNewCgroups,
+    FootprintStartup, Record,
+};
 
 pub fn scenario() -> Scenario {
     Scenario::new("bench-footprint", run)
@@ -35,6 +52,12 @@ pub fn scenario() -> Scenario {
 const GROUPS: usize = 10;
 const LEAVES_PER_GROUP: usize = 100;
 const BURST: usize = 100;
+/// A burst of new cgroups, as a node starting pods makes them.
+const NEW_CGROUPS: usize = 1000;
+/// How long the new cgroups may wait for their rules entries before the run fails.
+const NEW_CGROUPS_TIMEOUT: Duration = Duration::from_secs(60);
+/// Empty cgroups added for the start-up at scale (full bench only): about 10,000 in all.
+const MANY: usize = 9000;
 
 fn run() -> Result<()> {
     emit_env("bench-footprint")?;
@@ -133,6 +156,8 @@ fn run() -> Result<()> {
     // Idle again: the burst must leave nothing periodic behind.
     thread::sleep(Duration::from_secs(5));
     let u3 = proc_usage(pid)?;
+    let new_cgroups = new_cgroup_window(&parent)?;
+    let mut startup = vec![startup_and_reload(&mut daemon, cgroups, ticks, &u0)?];
     let handler_us: Vec<u64> = daemon
         .decisions_since(from)?
         .iter()
@@ -140,6 +165,9 @@ fn run() -> Result<()> {
         .collect();
     let start_s = daemon.attach_time().map_or(0.0, |t| t.as_secs_f64());
     daemon.stop().context("stopping policyd")?;
+    if !util::quick() {
+        startup.push(startup_with_many(&parent, cgroups, config, ticks)?);
+    }
 
     let ms =
         |a: &ProcUsage, b: &ProcUsage| (b.cpu_ticks - a.cpu_ticks) as f64 * 1000.0 / ticks as f64;
@@ -176,6 +204,8 @@ fn run() -> Result<()> {
             cpu_ms: ms(&u2, &u3),
             voluntary_switches: u3.voluntary_switches - u2.voluntary_switches,
         },
+        new_cgroups: Some(new_cgroups),
+        startup,
     }));
 
     let mut all: Vec<&Cgroup> = leaves.iter().collect();
@@ -187,4 +217,161 @@ fn run() -> Result<()> {
     drop(leaves);
     parent.remove()?;
     Ok(())
+}
+
+/// The rules map the handler reads now: the newest map of that name (a reload swaps in
+/// a new one).
+fn rules_map() -> Result<MapHandle> {
+    let id = MapInfoIter::default()
+        .filter(|m| m.name.as_bytes() == b"policyd_rules")
+        .map(|m| m.id)
+        .max()
+        .context("no BPF map named policyd_rules: policyd load has not installed its rules")?;
+    MapHandle::from_map_id(id).with_context(|| format!("opening BPF map {id} (policyd_rules)"))
+}
+
+/// NEW_CGROUPS mkdirs below `parent`, back to back; for each, the time from mkdir's
+/// return to its own entry in the rules map, polled every millisecond by a second thread.
+fn new_cgroup_window(parent: &Cgroup) -> Result<FootprintNewCgroups> {
+    let map = rules_map()?;
+    let dir = parent.child("new")?;
+    // Pods' cgroups have the memory controller.
+    dir.set("cgroup.subtree_control", "+memory")?;
+    let (tx, rx) = mpsc::channel::<(u64, Instant)>();
+    let poller = thread::spawn(move || -> Result<(Vec<u64>, u64)> {
+        let mut pending: Vec<(u64, Instant)> = Vec::new();
+        let mut delays_us = Vec::with_capacity(NEW_CGROUPS);
+        let mut sweeps = 0u64;
+        let deadline = Instant::now() + NEW_CGROUPS_TIMEOUT;
+        while delays_us.len() < NEW_CGROUPS {
+            pending.extend(rx.try_iter());
+            let mut i = 0;
+            while i < pending.len() {
+                let (id, made) = pending[i];
+                let entry = map
+                    .lookup(&id.to_ne_bytes(), MapFlags::ANY)
+                    .with_context(|| format!("looking up cgroup {id} in policyd_rules"))?;
+                if entry.is_some() {
+                    delays_us.push(made.elapsed().as_micros() as u64);
+                    pending.swap_remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+            sweeps += 1;
+            if Instant::now() > deadline {
+                bail!(
+                    "{} of {NEW_CGROUPS} new cgroups have no rules entry after {:?}",
+                    NEW_CGROUPS - delays_us.len(),
+                    NEW_CGROUPS_TIMEOUT
+                );
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        Ok((delays_us, sweeps))
+    });
+    let t = Instant::now();
+    let mut made = Vec::with_capacity(NEW_CGROUPS);
+    for i in 0..NEW_CGROUPS {
+        let path = dir.dir().join(format!("n{i:04}"));
+        fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        let at = Instant::now();
+        let id = fs::metadata(&path)
+            .with_context(|| format!("stat {}", path.display()))?
+            .ino();
+        made.push(path);
+        // Gone only when the poller gave up: its error says why.
+        if tx.send((id, at)).is_err() {
+            break;
+        }
+    }
+    let burst_s = t.elapsed().as_secs_f64();
+    drop(tx);
+    let (delays_us, sweeps) = poller
+        .join()
+        .map_err(|_| anyhow!("the rules map poller panicked"))??;
+    for path in made.iter().rev() {
+        fs::remove_dir(path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    dir.remove()?;
+    let ms = |p: f64| {
+        let v: Vec<f64> = delays_us.iter().map(|&us| us as f64 / 1000.0).collect();
+        crate::stats::percentile(&v, p).unwrap_or(f64::NAN)
+    };
+    println!(
+        "{NEW_CGROUPS} new cgroups in {burst_s:.2} s: own rules entry after p50 {:.1} ms, \
+         p99 {:.1} ms, max {:.1} ms ({sweeps} sweeps of the map)",
+        ms(50.0),
+        ms(99.0),
+        ms(100.0)
+    );
+    Ok(FootprintNewCgroups {
+        count: NEW_CGROUPS,
+        burst_s,
+        delays_us,
+        poll_sweeps: sweeps,
+    })
+}
+
+/// What policyd's start-up cost (`at_start`: its usage once attached and idle) and one
+/// SIGHUP reload of the same config.
+fn startup_and_reload(
+    daemon: &mut Policyd,
+    cgroups: usize,
+    ticks: u64,
+    at_start: &ProcUsage,
+) -> Result<FootprintStartup> {
+    let pid = daemon.pid() as u32;
+    let attach_s = daemon
+        .attach_time()
+        .context("policyd never logged that it attached")?
+        .as_secs_f64();
+    let before = proc_usage(pid)?;
+    let t = Instant::now();
+    ensure!(
+        daemon.reload()?,
+        "policyd rejected its unchanged config on SIGHUP"
+    );
+    let reload_s = t.elapsed().as_secs_f64();
+    let after = proc_usage(pid)?;
+    let ms = |ticks_used: u64| ticks_used as f64 * 1000.0 / ticks as f64;
+    let r = FootprintStartup {
+        cgroups,
+        attach_s,
+        start_cpu_ms: ms(at_start.cpu_ticks),
+        rss_kib: at_start.rss_kib,
+        reload_s,
+        reload_cpu_ms: ms(after.cpu_ticks - before.cpu_ticks),
+        rss_after_reload_kib: after.rss_kib,
+    };
+    println!("start-up and reload: {r:?}");
+    Ok(r)
+}
+
+/// [`startup_and_reload`] of a new `policyd load` with MANY more (empty) cgroups.
+fn startup_with_many(
+    parent: &Cgroup,
+    cgroups: usize,
+    config: &Path,
+    ticks: u64,
+) -> Result<FootprintStartup> {
+    let many = parent.child("many")?;
+    let t = Instant::now();
+    let mut dirs = Vec::with_capacity(MANY);
+    for i in 0..MANY {
+        let path = many.dir().join(format!("m{i:04}"));
+        fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        dirs.push(path);
+    }
+    println!("{MANY} more cgroups in {:.1} s", t.elapsed().as_secs_f64());
+    let mut daemon = Policyd::start(&["priority", "--config", &config.to_string_lossy()], false)?;
+    thread::sleep(Duration::from_secs(2));
+    let at_start = proc_usage(daemon.pid() as u32)?;
+    let r = startup_and_reload(&mut daemon, cgroups + MANY + 1, ticks, &at_start);
+    daemon.stop().context("stopping policyd")?;
+    for path in dirs.iter().rev() {
+        fs::remove_dir(path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    many.remove()?;
+    r
 }
