@@ -1,7 +1,7 @@
 //! What the tracer's culprit tracking costs the charge path: `guest churn` (map, touch and
-//! unmap CHURN_MIB MiB of 4 KiB pages, ROUNDS times: a page fault and a memcg charge per
-//! page, a page_counter_try_charge() per 64 pages) in /bench-charge, with `policyd trace`
-//! running and without, in the same boot.
+//! unmap CHURN_MIB MiB of 4 KiB pages, half in the quick bench, ROUNDS times: a page fault
+//! and a memcg charge per page, a page_counter_try_charge() per 64 pages) in
+//! /bench-charge, with `policyd trace` running and without, in the same boot.
 //!
 //! Blocks alternate, the order flipping from pair to pair so that a drift of the host
 //! favours neither side: each pair is one block without the tracer and one with it,
@@ -93,12 +93,13 @@ fn run() -> Result<()> {
     emit_env("bench-charge")?;
     let quick = util::quick();
     let (pairs, per_block, rounds) = if quick { (4, 2, 1) } else { (16, 5, 2) };
+    let churn_mib = if quick { CHURN_MIB / 2 } else { CHURN_MIB };
     let cg = Cgroup::create("bench-charge")?;
     // Warm-up: page tables, the allocator's free lists, this binary's pages.
-    Churn::run(&cg, CHURN_MIB, rounds)?;
+    Churn::run(&cg, churn_mib, rounds)?;
 
     let mut rec = ChargeCost {
-        churn_mib: CHURN_MIB,
+        churn_mib,
         rounds,
         pairs,
         per_block,
@@ -135,7 +136,7 @@ fn run() -> Result<()> {
                 None => None,
             };
             for _ in 0..per_block {
-                let c = Churn::run(&cg, CHURN_MIB, rounds)?;
+                let c = Churn::run(&cg, churn_mib, rounds)?;
                 let (cpu, wall) = if traced {
                     (&mut rec.on_cpu_ns, &mut rec.on_wall_ns)
                 } else {

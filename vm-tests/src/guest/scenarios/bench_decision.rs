@@ -87,7 +87,7 @@ fn plan(quick: bool) -> Plan {
                 Contender::Policy("badness"),
             ],
             rounds: 1,
-            per_block: 3,
+            per_block: 2,
             cgroups_tasks: &[(10, 100), (100, 1000)],
         }
     } else {

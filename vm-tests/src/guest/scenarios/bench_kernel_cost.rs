@@ -52,7 +52,7 @@ struct Sizes {
 fn sizes(quick: bool) -> Sizes {
     if quick {
         Sizes {
-            rounds: 4,
+            rounds: 3,
             forks: 300,
             mmaps: 2000,
         }
