@@ -396,9 +396,14 @@ impl Policyd {
     /// [`Policyd::load`], echoing its output or not (benchmarks: the serial console is
     /// slow under TCG, and its cost would land in what they measure).
     pub fn start(args: &[&str], echo: bool) -> Result<Policyd> {
+        Policyd::start_within(args, echo, ATTACH_TIMEOUT)
+    }
+
+    /// [`Policyd::start`] with its own time limit (start-up at scale).
+    pub fn start_within(args: &[&str], echo: bool, timeout: Duration) -> Result<Policyd> {
         let started = Instant::now();
         let mut pd = Policyd::spawn_echo(args, echo)?;
-        pd.wait_line(ATTACH_TIMEOUT, "policyd's \"attached\" line", |l| {
+        pd.wait_line(timeout, "policyd's \"attached\" line", |l| {
             l.is("INFO", "attached")
         })?;
         pd.attach_time = Some(started.elapsed());
@@ -601,15 +606,16 @@ impl Policyd {
 
     /// Waits for the outcome of a reload, however it was asked for: as [`Policyd::reload`].
     pub fn reload_outcome(&mut self) -> Result<bool> {
-        let line = self.wait_line(
-            Duration::from_secs(30),
-            "the outcome of the SIGHUP reload",
-            |l| {
-                l.is("INFO", "reloaded")
-                    || l.message.contains("is not valid: keeping")
-                    || l.message.contains("reload failed")
-            },
-        )?;
+        self.reload_outcome_within(Duration::from_secs(30))
+    }
+
+    /// [`Policyd::reload_outcome`] with its own time limit (reload at scale).
+    pub fn reload_outcome_within(&mut self, timeout: Duration) -> Result<bool> {
+        let line = self.wait_line(timeout, "the outcome of the SIGHUP reload", |l| {
+            l.is("INFO", "reloaded")
+                || l.message.contains("is not valid: keeping")
+                || l.message.contains("reload failed")
+        })?;
         Ok(line.is("INFO", "reloaded"))
     }
 

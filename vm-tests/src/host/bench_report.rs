@@ -1209,7 +1209,10 @@ fn opt_ms(v: Option<f64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{DecisionSamples, DecisionSetup, Env, KernelCost, StormTrial};
+    use crate::records::{
+        DecisionSamples, DecisionSetup, Env, FootprintAfter, FootprintBurst, FootprintIdle,
+        FootprintNewCgroups, FootprintStartup, KernelCost, StormTrial,
+    };
     use std::collections::BTreeMap;
 
     #[test]
@@ -1332,6 +1335,70 @@ mod tests {
             handler_us: handler_us.to_vec(),
             report_printed: printed.to_vec(),
             ok: vec![true, true],
+        }
+    }
+
+    #[test]
+    fn footprint_window_and_startup_report() {
+        let fp = Footprint {
+            cgroups: 1012,
+            populated_cgroups: 1001,
+            policyd_start_s: 2.0,
+            clock_ticks_per_s: 100,
+            idle: FootprintIdle {
+                seconds: 5.0,
+                rss_kib: 6000,
+                hwm_kib: 6000,
+                threads: 1,
+                cpu_ms: 0.0,
+                voluntary_switches: 0,
+                involuntary_switches: 0,
+            },
+            burst: FootprintBurst {
+                ooms: 1,
+                kills: 1,
+                decisions_logged: 1,
+                wall_s: 1.0,
+                all_logged_s: 1.0,
+                cpu_ms: 1.0,
+                voluntary_switches: 1,
+                involuntary_switches: 0,
+                rss_kib: 6000,
+                hwm_kib: 6000,
+                oom_ns: vec![1_000_000],
+                handler_us: vec![100],
+            },
+            after_burst_idle: FootprintAfter {
+                seconds: 5.0,
+                cpu_ms: 0.0,
+                voluntary_switches: 0,
+            },
+            // 1..=100 ms: p99 above the 50 ms target.
+            new_cgroups: Some(FootprintNewCgroups {
+                count: 100,
+                burst_s: 1.5,
+                delays_us: (1..=100).map(|ms| ms * 1000).collect(),
+                poll_sweeps: 500,
+            }),
+            startup: vec![FootprintStartup {
+                cgroups: 10013,
+                attach_s: 0.5,
+                start_cpu_ms: 400.0,
+                rss_kib: 10240,
+                reload_s: 0.25,
+                reload_cpu_ms: 200.0,
+                rss_after_reload_kib: 11264,
+            }],
+        };
+        let r = json!({ "summary": { "footprint": serde_json::to_value(&fp).unwrap() } });
+        let mut md = String::new();
+        footprint_md(&mut md, &r);
+        for want in [
+            "| 100 new cgroups in 1.50 s: mkdir to own rules entry, p50 / p99 / max | 50.5 / \
+             99.0 / 100.0 ms (100 samples) | p99 < 50 ms | **NO** |",
+            "| 10013 | 0.50 s | 400 ms | 10.0 MiB | 0.25 s | 200 ms | 11.0 MiB |",
+        ] {
+            assert!(md.contains(want), "{want:?} not in\n{md}");
         }
     }
 
