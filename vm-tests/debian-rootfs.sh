@@ -60,14 +60,18 @@ ExecStart=/bin/sh -c "mkdir -p /run/vmtest && tar -xf /dev/vdb -C /run/vmtest &&
 WantedBy=multi-user.target
 UNIT
 
-# procps: /bin/kill, which policyd.service reloads with. No udev: devtmpfs has every
+# procps: /bin/kill, which policyd.service reloads with. systemd-oomd, nohang and
+# earlyoom: bench-thrash's contenders, installed by Debian's packages but disabled, so
+# that only the contender a trial starts acts in it (and none in the systemd-* tests).
+# No udev: devtmpfs has every
 # device the guest uses, and without udev nothing waits for device units (the serial
 # getty would: masked, the console is the scenario's).
 mmdebstrap --mode=root --variant=minbase --format=directory \
-	--include=systemd,systemd-sysv,procps \
+	--include=systemd,systemd-sysv,procps,systemd-oomd,nohang,earlyoom \
 	--customize-hook='echo vmtest >"$1/etc/hostname"' \
 	--customize-hook="copy-in $tmp/vmtest.service /etc/systemd/system" \
 	--customize-hook='systemctl --root="$1" enable vmtest.service' \
+	--customize-hook='systemctl --root="$1" disable systemd-oomd.service systemd-oomd.socket nohang.service nohang-desktop.service earlyoom.service' \
 	--customize-hook='systemctl --root="$1" mask getty.target serial-getty@ttyS0.service console-getty.service apt-daily.timer apt-daily-upgrade.timer' \
 	--customize-hook='rm -rf "$1"/var/cache/apt/*.bin "$1"/var/lib/apt/lists/*' \
 	bookworm "$tmp/root" "$mirror" >&2
