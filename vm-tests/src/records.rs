@@ -20,6 +20,64 @@ pub enum Record {
     ChargeCost(ChargeCost),
     Metrics(MetricsText),
     KernelCost(KernelCost),
+    ThrashSetup(ThrashSetup),
+    Thrash(Thrash),
+}
+
+/// bench-thrash: the guest, the two processes and what each contender was told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrashSetup {
+    pub mem_total_mib: u64,
+    pub zram_mib: u64,
+    pub service_mib: u64,
+    /// The job's size when it starts, then its growth per step and the pause between.
+    pub job_start_mib: u64,
+    pub job_step_kib: u64,
+    pub job_delay_ms: u64,
+    /// The pressure limit systemd-oomd, nohang and policyd share: `full` stall of the
+    /// job's slice, as a percentage, held for `duration_s`.
+    pub limit_pct: u64,
+    pub duration_s: u64,
+    pub trial_timeout_s: u64,
+    pub trials_per_contender: usize,
+    /// Per contender, how it was configured.
+    pub contenders: BTreeMap<String, String>,
+}
+
+/// bench-thrash: every trial of one contender.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Thrash {
+    pub contender: String,
+    pub trials: Vec<ThrashTrial>,
+}
+
+/// One thrash episode. Times are from the job's start (its initial memory resident).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrashTrial {
+    pub service_survived: bool,
+    /// Every process that died: "service", "job", or "comm(pid)" from a kernel kill line.
+    pub victims: Vec<String>,
+    /// When the slice's `full` stall over the last `duration_s` first reached the limit.
+    pub limit_reached_ms: Option<f64>,
+    pub job_dead_ms: Option<f64>,
+    /// When that stall went under the limit for good (it stayed under until the trial
+    /// ended), or the job's death if it never reached the limit; None if the trial ended
+    /// above it or timed out.
+    pub relieved_ms: Option<f64>,
+    /// Nobody killed the job within the trial's timeout (then the bench did).
+    pub timed_out: bool,
+    /// The trial's length: from the job's start to the end of the watch after its death.
+    pub watched_ms: f64,
+    /// /proc/pressure/memory `full` total over the trial, and the slice's.
+    pub stall_full_us: u64,
+    pub slice_stall_full_us: u64,
+    /// /proc/vmstat oom_kill and pswpout over the trial.
+    pub kernel_oom_kills: u64,
+    pub pages_swapped_out: u64,
+    pub job_peak_rss_mib: u64,
 }
 
 /// bench-charge: `guest churn` with and without `policyd trace`, in alternating blocks.

@@ -161,6 +161,10 @@ pub enum GuestCmd {
         gated: bool,
         #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
         oom_score_adj: i32,
+        /// Compressible page contents, and every held page touched again before each
+        /// step (after the last one too, every --delay-us): a working set.
+        #[arg(long)]
+        working_set: bool,
     },
     /// bench-kernel-cost's loops, timed in a fresh process (whose fork copies only a
     /// small address space): FORKS fork+exit+wait, then MMAPS mmap+touch+munmap.
@@ -196,6 +200,7 @@ pub fn main(cmd: GuestCmd) -> Result<()> {
             max_mib,
             gated,
             oom_score_adj,
+            working_set,
         } => util::run_hog(&util::HogSpec {
             mib,
             grow,
@@ -204,6 +209,7 @@ pub fn main(cmd: GuestCmd) -> Result<()> {
             max_mib,
             gated,
             oom_score_adj,
+            working_set,
         }),
         GuestCmd::KernelLoops { forks, mmaps } => {
             scenarios::bench_kernel_cost::run_loops(forks, mmaps)

@@ -11,7 +11,9 @@ use std::time::SystemTime;
 use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 
-use crate::records::{ChargeCost, DecisionSize, Footprint, KernelCostRound, Record, Storm};
+use crate::records::{
+    ChargeCost, DecisionSize, Footprint, KernelCostRound, Record, Storm, Thrash, ThrashTrial,
+};
 use crate::stats::percentile;
 
 /// The host the benchmark ran on.
@@ -225,6 +227,57 @@ fn storm_summary(runs: &[ScenarioRun]) -> Vec<Value> {
     out
 }
 
+fn thrashes(runs: &[ScenarioRun]) -> impl Iterator<Item = &Thrash> {
+    records(runs).filter_map(|r| match r {
+        Record::Thrash(t) => Some(t),
+        _ => None,
+    })
+}
+
+/// The contender bench-thrash's ratios are to: the same limit, the same slice.
+const THRASH_REFERENCE: &str = "systemd-oomd";
+
+fn thrash_summary(runs: &[ScenarioRun]) -> Vec<Value> {
+    let secs = |trials: &[ThrashTrial], f: &dyn Fn(&ThrashTrial) -> Option<f64>| -> Vec<f64> {
+        trials.iter().filter_map(f).map(|ms| ms / 1000.0).collect()
+    };
+    let relief = |t: &ThrashTrial| t.relieved_ms;
+    let stall = |t: &ThrashTrial| Some(t.stall_full_us as f64 / 1000.0);
+    let reference = thrashes(runs).find(|t| t.contender == THRASH_REFERENCE);
+    let ref_median = |f: &dyn Fn(&ThrashTrial) -> Option<f64>| {
+        reference.and_then(|r| percentile(&secs(&r.trials, f), 50.0))
+    };
+    let ratio = |mine: Option<f64>, theirs: Option<f64>| match (mine, theirs) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    thrashes(runs)
+        .map(|rec| {
+            let t = &rec.trials;
+            let n = t.len();
+            let victims: Vec<f64> = t.iter().map(|t| t.victims.len() as f64).collect();
+            let relief_s = secs(t, &relief);
+            let stall_s = secs(t, &stall);
+            json!({
+                "contender": rec.contender,
+                "trials": n,
+                "service_survived": t.iter().filter(|t| t.service_survived).count(),
+                "timed_out": t.iter().filter(|t| t.timed_out).count(),
+                "exactly_one_victim": t.iter().filter(|t| t.victims.len() == 1).count(),
+                "victims_per_episode": spread(&victims),
+                "victims_per_episode_mean": (n > 0).then(|| victims.iter().sum::<f64>() / n as f64),
+                "limit_reached_s": spread(&secs(t, &|t| t.limit_reached_ms)),
+                "relieved_s": spread(&relief_s),
+                "not_relieved": n - relief_s.len(),
+                "stall_full_s": spread(&stall_s),
+                "kernel_oom_kills": t.iter().map(|t| t.kernel_oom_kills).sum::<u64>(),
+                "relieved_ratio_to_reference": ratio(percentile(&relief_s, 50.0), ref_median(&relief)),
+                "stall_ratio_to_reference": ratio(percentile(&stall_s, 50.0), ref_median(&stall)),
+            })
+        })
+        .collect()
+}
+
 fn decision_summary(runs: &[ScenarioRun]) -> Vec<Value> {
     let mut out = Vec::new();
     for rec in decision_sizes(runs) {
@@ -419,6 +472,11 @@ pub fn write(
                 _ => None,
             }),
             "kernel_cost": kernel_cost_summary(runs),
+            "thrash": thrash_summary(runs),
+            "thrash_setup": first_as_json(runs, |r| match r {
+                Record::ThrashSetup(s) => Some(s),
+                _ => None,
+            }),
         },
     });
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -601,6 +659,7 @@ pub fn markdown(r: &Value) -> String {
     footprint_md(&mut md, r);
     kernel_cost_md(&mut md, r);
     charge_md(&mut md, r);
+    thrash_md(&mut md, r);
     md
 }
 
@@ -748,6 +807,105 @@ fn kernel_cost_md(md: &mut String, r: &Value) {
                 },
             );
         }
+    }
+}
+
+fn thrash_md(md: &mut String, r: &Value) {
+    let rows = r["summary"]["thrash"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if rows.is_empty() {
+        return;
+    }
+    let s = &r["summary"]["thrash_setup"];
+    let _ = writeln!(md, "\n## 6. Thrash: acting on pressure\n");
+    let _ = writeln!(
+        md,
+        "bench-thrash, in the Debian guest (systemd as PID 1), {} MiB RAM, {} MiB of swap on \
+         zram. A \"service\" (a scope in service.slice, {} MiB, touching all of it every 250 ms) \
+         and a \"job\" (a scope in thrash.slice) that starts at {} MiB and grows {} KiB every {} \
+         ms, touching all it holds before each step (pages filled to compress about 3:1): its \
+         working set outgrows RAM and the guest thrashes. {} trial(s) per contender, round-robin, \
+         each contender's service started before and stopped after its trial; a trial ends {} s \
+         after the job died, or the bench kills the job after {} s. The shared limit: `full` \
+         stall of thrash.slice at {}% for {} s. Relief: from the job's start to the moment the \
+         slice's `full` stall over the last {} s went under the limit for good (the job's death, \
+         if it never reached it). Stall: the guest's `full` total (/proc/pressure/memory) over \
+         the trial. Median [p10–p90]; ratios of medians to {THRASH_REFERENCE}.\n",
+        s["mem_total_mib"],
+        s["zram_mib"],
+        s["service_mib"],
+        s["job_start_mib"],
+        s["job_step_kib"],
+        s["job_delay_ms"],
+        s["trials_per_contender"],
+        2 * s["duration_s"].as_u64().unwrap_or(0) + 1,
+        s["trial_timeout_s"],
+        s["limit_pct"],
+        s["duration_s"],
+        s["duration_s"],
+    );
+    let _ = writeln!(
+        md,
+        "| contender | service survived | victims per episode (mean, max) | exactly one victim | limit reached (s) | relieved (s) | ratio | stalled (s) | ratio | OOM-killer kills |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    for row in &rows {
+        let n = row["trials"].as_u64().unwrap_or(0);
+        let never = row["not_relieved"].as_u64().unwrap_or(0);
+        let timed_out = row["timed_out"].as_u64().unwrap_or(0);
+        let _ = writeln!(
+            md,
+            "| {} | **{}/{n}** | {}, {} | {}/{n} | {} | {}{} | {} | {} | {} | {} |",
+            row["contender"].as_str().unwrap_or("?"),
+            row["service_survived"],
+            opt(&row["victims_per_episode_mean"]),
+            opt(&row["victims_per_episode"]["max"]),
+            row["exactly_one_victim"],
+            med_range(&row["limit_reached_s"]),
+            med_range(&row["relieved_s"]),
+            match (never, timed_out) {
+                (0, _) => String::new(),
+                (_, 0) => format!(" ({never} never)"),
+                _ => format!(" ({never} never, {timed_out} timed out)"),
+            },
+            opt(&row["relieved_ratio_to_reference"]),
+            med_range(&row["stall_full_s"]),
+            opt(&row["stall_ratio_to_reference"]),
+            row["kernel_oom_kills"],
+        );
+    }
+    let _ = writeln!(md, "\nConfigured:\n");
+    for (name, how) in s["contenders"].as_object().into_iter().flatten() {
+        let _ = writeln!(md, "- {name}: {}", how.as_str().unwrap_or("?"));
+    }
+    let find = |name: &str| rows.iter().find(|r| r["contender"] == name);
+    if let (Some(pd), Some(reference)) = (find("policyd"), find(THRASH_REFERENCE)) {
+        let n = pd["trials"].as_u64().unwrap_or(0);
+        let alive = pd["service_survived"].as_u64() == Some(n);
+        let one = pd["exactly_one_victim"].as_u64() == Some(n);
+        let sooner = match (
+            pd["relieved_s"]["median"].as_f64(),
+            reference["relieved_s"]["median"].as_f64(),
+        ) {
+            (Some(a), Some(b)) => Some(a <= b),
+            (Some(_), None) => Some(true),
+            _ => None,
+        };
+        let said = |met: Option<bool>| match met {
+            Some(true) => "met",
+            Some(false) => "**not met**",
+            None => "not measured",
+        };
+        let _ = writeln!(
+            md,
+            "\nTargets (policyd): service alive in every trial: {}; exactly one victim per \
+             episode: {}; relief no later than {THRASH_REFERENCE} (medians): {}.",
+            said(Some(alive)),
+            said(Some(one)),
+            said(sooner)
+        );
     }
 }
 
@@ -1211,7 +1369,7 @@ mod tests {
     use super::*;
     use crate::records::{
         DecisionSamples, DecisionSetup, Env, FootprintAfter, FootprintBurst, FootprintIdle,
-        FootprintNewCgroups, FootprintStartup, KernelCost, StormTrial,
+        FootprintNewCgroups, FootprintStartup, KernelCost, StormTrial, ThrashSetup,
     };
     use std::collections::BTreeMap;
 
@@ -1432,6 +1590,89 @@ mod tests {
             "| BPF run time / churn CPU time (bpf_stats block) | 0.050% | ≤ 1% | yes |",
             "| BPF runs: pages charged per run, ns per run | 64.0 pages, 1953 ns |",
             "while charging (60.0 s) | 0 | 0 | yes |",
+        ] {
+            assert!(md.contains(want), "{want:?} not in\n{md}");
+        }
+    }
+
+    fn thrash_trial(victims: &[&str], relieved_ms: Option<f64>, stall_ms: u64) -> ThrashTrial {
+        ThrashTrial {
+            service_survived: !victims.contains(&"service"),
+            victims: victims.iter().map(|v| v.to_string()).collect(),
+            limit_reached_ms: Some(1000.0),
+            job_dead_ms: relieved_ms.map(|r| r - 500.0),
+            relieved_ms,
+            timed_out: relieved_ms.is_none(),
+            watched_ms: 9000.0,
+            stall_full_us: stall_ms * 1000,
+            slice_stall_full_us: stall_ms * 1000,
+            kernel_oom_kills: 0,
+            pages_swapped_out: 10,
+            job_peak_rss_mib: 300,
+        }
+    }
+
+    #[test]
+    fn thrash_report_ratios_and_targets() {
+        let thrash = |contender: &str, trials| {
+            Record::Thrash(Thrash {
+                contender: contender.into(),
+                trials,
+            })
+        };
+        let mut contenders = BTreeMap::new();
+        contenders.insert("policyd".to_string(), "a pressure rule".to_string());
+        let runs = vec![run_with(vec![
+            Record::ThrashSetup(ThrashSetup {
+                mem_total_mib: 480,
+                zram_mib: 384,
+                service_mib: 48,
+                job_start_mib: 300,
+                job_step_kib: 1024,
+                job_delay_ms: 100,
+                limit_pct: 20,
+                duration_s: 2,
+                trial_timeout_s: 60,
+                trials_per_contender: 2,
+                contenders,
+            }),
+            thrash("kernel", vec![thrash_trial(&[], None, 50_000); 2]),
+            thrash(
+                "systemd-oomd",
+                vec![
+                    thrash_trial(&["job"], Some(8000.0), 6000),
+                    thrash_trial(&["job"], Some(8000.0), 6000),
+                ],
+            ),
+            thrash(
+                "policyd",
+                vec![
+                    thrash_trial(&["job"], Some(4000.0), 3000),
+                    thrash_trial(&["job", "service"], Some(4000.0), 3000),
+                ],
+            ),
+        ])];
+        let sum = thrash_summary(&runs);
+        assert_eq!(sum[0]["not_relieved"], 2);
+        assert_eq!(sum[0]["timed_out"], 2);
+        assert_eq!(sum[0]["relieved_ratio_to_reference"], Value::Null);
+        assert_eq!(sum[0]["stall_ratio_to_reference"], 50_000.0 / 6000.0);
+        assert_eq!(sum[2]["relieved_ratio_to_reference"], 0.5);
+        assert_eq!(sum[2]["exactly_one_victim"], 1);
+        assert_eq!(sum[2]["service_survived"], 1);
+        let md = markdown(&json!({"summary": {
+            "thrash": sum,
+            "thrash_setup": serde_json::to_value(match &runs[0].records[0] {
+                Record::ThrashSetup(s) => s,
+                _ => unreachable!(),
+            }).unwrap(),
+        }}));
+        for want in [
+            "| kernel | **2/2** | 0.00, 0.00 | 0/2 | 1.00 [1.00–1.00] | – (2 never, 2 timed out) | – |",
+            "| policyd | **1/2** | 1.50, 2.00 | 1/2 | 1.00 [1.00–1.00] | 4.00 [4.00–4.00] | 0.50 |",
+            "- policyd: a pressure rule",
+            "service alive in every trial: **not met**; exactly one victim per episode: **not met**; \
+             relief no later than systemd-oomd (medians): met.",
         ] {
             assert!(md.contains(want), "{want:?} not in\n{md}");
         }

@@ -334,7 +334,10 @@ pub fn bench(filter: &str, quick: bool) -> Result<bool> {
     }
     let bench_started = Instant::now();
     let machine = bench_report::Machine::probe(&top());
-    let vm = prepare_vm()?;
+    let mut vm = prepare_vm()?;
+    if scenarios.iter().any(|s| s.debian) {
+        vm.with_debian(debian::prepare(&top()).context("preparing the Debian guest")?);
+    }
     let extra: &[&str] = if quick {
         &[crate::protocol::QUICK_ARG]
     } else {

@@ -11,6 +11,7 @@ mod bench_decision;
 mod bench_footprint;
 pub mod bench_kernel_cost;
 mod bench_storm;
+mod bench_thrash;
 mod demo;
 mod kernel_alloc_under_oom;
 mod kernel_attach_lifecycle;
@@ -120,5 +121,6 @@ pub fn all() -> Vec<Scenario> {
         bench_footprint::scenario().bench(),
         bench_kernel_cost::scenario().bench(),
         bench_charge::scenario().bench(),
+        bench_thrash::scenario().bench(),
     ]
 }

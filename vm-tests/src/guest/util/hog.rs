@@ -30,6 +30,11 @@ pub struct HogSpec {
     pub gated: bool,
     /// The hog's /proc/self/oom_score_adj (default 0; the runner itself is -1000).
     pub oom_score_adj: i32,
+    /// Pages hold data zram compresses about 3:1 (a page of zeroes would cost it
+    /// nothing), and every page held is touched again before each step, and every
+    /// `delay_us` once grown: a working set that must come back from swap, as a real
+    /// job's does, so that a machine short of memory thrashes.
+    pub working_set: bool,
 }
 
 impl HogSpec {
@@ -78,7 +83,12 @@ impl HogSpec {
         self
     }
 
-    fn args(&self) -> Vec<String> {
+    pub fn working_set(mut self) -> HogSpec {
+        self.working_set = true;
+        self
+    }
+
+    pub fn args(&self) -> Vec<String> {
         let mut args = vec![
             "guest".into(),
             "hog".into(),
@@ -101,6 +111,9 @@ impl HogSpec {
             args.push("--gated".into());
         }
         args.push(format!("--oom-score-adj={}", self.oom_score_adj));
+        if self.working_set {
+            args.push("--working-set".into());
+        }
         args
     }
 }
@@ -243,6 +256,9 @@ pub const HOG_READY: &str = "hog ready";
 /// The body of `vm-tests guest hog`: never returns unless setup fails.
 pub fn run_hog(spec: &HogSpec) -> Result<()> {
     write_file("/proc/self/oom_score_adj", spec.oom_score_adj.to_string())?;
+    if spec.working_set {
+        return run_working_set(spec);
+    }
     touch_mib(spec.mib)?;
     println!("{HOG_READY}");
     std::io::stdout().flush().ok();
@@ -264,6 +280,81 @@ pub fn run_hog(spec: &HogSpec) -> Result<()> {
     }
     loop {
         thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// [`run_hog`] with [`HogSpec::working_set`].
+fn run_working_set(spec: &HogSpec) -> Result<()> {
+    let mut set = WorkingSet::default();
+    for _ in 0..spec.mib {
+        set.grow(1 << 20)?;
+    }
+    println!("{HOG_READY}");
+    std::io::stdout().flush().ok();
+    if spec.gated {
+        let mut go = String::new();
+        std::io::stdin()
+            .read_line(&mut go)
+            .context("waiting at the gate")?;
+    }
+    let step = spec.step_kib.unwrap_or(1024).max(4) * 1024;
+    let max = spec.max_mib.map_or(u64::MAX, |m| m << 20);
+    let delay = Duration::from_micros(spec.delay_us.unwrap_or(0));
+    loop {
+        set.touch_all();
+        if spec.grow && set.bytes < max {
+            set.grow(step as usize)?;
+        } else if delay.is_zero() {
+            // Nothing left to do: never spin.
+            thread::sleep(Duration::from_secs(3600));
+        }
+        thread::sleep(delay);
+    }
+}
+
+/// The pages of a working-set hog.
+#[derive(Default)]
+struct WorkingSet {
+    regions: Vec<(std::ptr::NonNull<std::ffi::c_void>, usize)>,
+    bytes: u64,
+    seed: u64,
+}
+
+impl WorkingSet {
+    /// Bytes of each page filled with pseudo-random data; the rest stays zero.
+    const FILLED: usize = 1024;
+
+    fn grow(&mut self, len: usize) -> Result<()> {
+        let ptr = map_touched(len, true)?;
+        let base = ptr.as_ptr().cast::<u64>();
+        for page in (0..len).step_by(4096) {
+            for word in 0..Self::FILLED / 8 {
+                // xorshift64: cheap, and lzo-rle finds nothing to repeat in it.
+                self.seed ^= self.seed << 13;
+                self.seed ^= self.seed >> 7;
+                self.seed ^= self.seed << 17;
+                self.seed = self.seed.max(1);
+                // SAFETY: within the `len` bytes just mapped.
+                unsafe { base.add(page / 8 + word).write_volatile(self.seed) };
+            }
+        }
+        self.regions.push((ptr, len));
+        self.bytes += len as u64;
+        Ok(())
+    }
+
+    /// Writes one byte of every page: each comes back from swap if it was out.
+    fn touch_all(&self) {
+        for (ptr, len) in &self.regions {
+            let base = ptr.as_ptr().cast::<u8>();
+            for off in (0..*len).step_by(4096) {
+                // SAFETY: within a mapping of `len` bytes this hog never unmaps.
+                unsafe {
+                    let p = base.add(off);
+                    p.write_volatile(p.read_volatile().wrapping_add(1));
+                }
+            }
+        }
     }
 }
 
