@@ -53,7 +53,7 @@ pub struct Thrash {
     pub trials: Vec<ThrashTrial>,
 }
 
-/// One thrash episode. Times are from the job's start (its initial memory resident).
+/// One thrash episode. Times are from the job's start (systemd-run spawned for it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThrashTrial {

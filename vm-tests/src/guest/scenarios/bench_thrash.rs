@@ -135,7 +135,7 @@ fn run() -> Result<()> {
     bc::quiet_kernel(false)?;
     let quick = util::quick();
     let trials = if quick { 1 } else { 10 };
-    let trial_timeout = Duration::from_secs(if quick { 30 } else { 60 });
+    let trial_timeout = Duration::from_secs(if quick { 20 } else { 60 });
 
     let _swap = ZramSwap::on(ZRAM_MIB)?;
     configure()?;
@@ -363,10 +363,10 @@ struct Units {
 }
 
 impl Units {
-    /// `spec` as `comm` in a new scope of `slice`, once its initial memory is resident.
+    /// `spec` as `comm` in a new scope of `slice`.
     fn spawn(&mut self, slice: &str, comm: &str, spec: &HogSpec) -> Result<Child> {
         self.next += 1;
-        let mut child = Command::new("systemd-run")
+        Command::new("systemd-run")
             .args(["--scope", "--quiet", "--collect"])
             .arg(format!("--slice={slice}"))
             .arg(format!("--unit=bench-{comm}-{}", self.next))
@@ -376,26 +376,29 @@ impl Units {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
-            .context("running systemd-run --scope")?;
+            .context("running systemd-run --scope")
+    }
+
+    /// The service, once its memory is resident.
+    fn service(&mut self) -> Result<Child> {
+        let spec = HogSpec::fixed(SERVICE_MIB).working_set().delay_us(250_000);
+        let mut child = self.spawn(SERVICE_SLICE, "service", &spec)?;
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("piped stdout"))
             .read_line(&mut line)
-            .with_context(|| format!("reading {comm}'s ready line"))?;
+            .context("reading the service's ready line")?;
         if line.trim() != HOG_READY {
             let status = child.wait()?;
             bail!(
-                "{comm} in {slice} ended before it was ready: {}",
+                "the service ended before it was ready: {}",
                 describe_status(status)
             );
         }
         Ok(child)
     }
 
-    fn service(&mut self) -> Result<Child> {
-        let spec = HogSpec::fixed(SERVICE_MIB).working_set().delay_us(250_000);
-        self.spawn(SERVICE_SLICE, "service", &spec)
-    }
-
+    /// The job, at once: its episode starts with its first page, and a contender may
+    /// end it before its initial memory is resident.
     fn job(&mut self, start_mib: u64) -> Result<Child> {
         let spec = HogSpec::growing(start_mib)
             .working_set()
