@@ -306,18 +306,6 @@ fn start(contender: Contender) -> Result<()> {
         Some(m) => journal_count(unit, m)?,
         None => 0,
     };
-    if contender == Contender::SystemdOomd {
-        command(
-            "systemctl",
-            &[
-                "set-property",
-                "--runtime",
-                JOB_SLICE,
-                "ManagedOOMMemoryPressure=kill",
-                &format!("ManagedOOMMemoryPressureLimit={LIMIT_PCT}%"),
-            ],
-        )?;
-    }
     command("systemctl", &["start", unit])?;
     if let Some(m) = marker {
         let waited = util::wait_until(START_TIMEOUT, &format!("{unit}: {m:?}"), || {
@@ -333,6 +321,29 @@ fn start(contender: Contender) -> Result<()> {
     }
     if contender == Contender::Nohang {
         thread::sleep(Duration::from_secs(NOHANG_ARMED_S));
+    }
+    if contender == Contender::SystemdOomd {
+        // After the start: systemd sends the slice's settings to systemd-oomd's socket
+        // when they change, and a change with nothing listening is lost.
+        command(
+            "systemctl",
+            &[
+                "set-property",
+                "--runtime",
+                JOB_SLICE,
+                "ManagedOOMMemoryPressure=kill",
+                &format!("ManagedOOMMemoryPressureLimit={LIMIT_PCT}%"),
+            ],
+        )?;
+        let watched = util::wait_until(START_TIMEOUT, "systemd-oomd to monitor the slice", || {
+            command("oomctl", &["dump"]).is_ok_and(|d| d.contains(&format!("/{JOB_SLICE}")))
+        });
+        if let Err(e) = watched {
+            bail!(
+                "{e:#}; oomctl dump:\n{}",
+                command("oomctl", &["dump"]).unwrap_or_else(|e| format!("{e:#}"))
+            );
+        }
     }
     Ok(())
 }
