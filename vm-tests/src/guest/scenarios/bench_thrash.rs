@@ -135,7 +135,7 @@ fn run() -> Result<()> {
     bc::quiet_kernel(false)?;
     let quick = util::quick();
     let trials = if quick { 1 } else { 10 };
-    let trial_timeout = Duration::from_secs(if quick { 20 } else { 60 });
+    let trial_timeout = Duration::from_secs(if quick { 20 } else { 45 });
 
     let _swap = ZramSwap::on(ZRAM_MIB)?;
     configure()?;
