@@ -63,8 +63,9 @@ UNIT
 # procps: /bin/kill, which policyd.service reloads with. systemd-oomd, nohang and
 # earlyoom: bench-thrash's contenders, installed by Debian's packages but disabled, so
 # that only the contender a trial starts acts in it (and none in the systemd-* tests);
-# dbus for systemd-oomd and oomctl. No udev: devtmpfs has every device the guest uses, and without udev nothing waits for device units (the serial
-# getty would: masked, the console is the scenario's).
+# dbus for systemd-oomd and oomctl. No udev: devtmpfs has every device the guest uses,
+# and without udev nothing waits for device units (the serial getty would: masked, the
+# console is the scenario's).
 mmdebstrap --mode=root --variant=minbase --format=directory \
 	--include=systemd,systemd-sysv,procps,dbus,systemd-oomd,nohang,earlyoom \
 	--customize-hook='echo vmtest >"$1/etc/hostname"' \
