@@ -1,7 +1,7 @@
 //! systemd-oomd-preferences: `ManagedOOMPreference=` as systemd 252 itself writes it,
 //! honoured by policyd run as the packaged service. In the Debian guest, systemd as PID 1,
-//! without the systemd-oomd package (the scenario checks it is absent: systemd writes
-//! the xattrs whether or not systemd-oomd runs):
+//! with systemd-oomd installed but not running (the scenario checks it stays inactive:
+//! systemd writes the xattrs whether or not systemd-oomd runs):
 //!
 //! 1. `dpkg -i` the package; policyd.service runs the shipped config, in which no rule
 //!    matches /prefs.slice: its units all get the default priority;
@@ -86,13 +86,20 @@ fn decision(n: usize) -> Result<serde_json::Value> {
     )
 }
 
-fn run() -> Result<()> {
-    let oomd = ["/lib/systemd/systemd-oomd", "/usr/lib/systemd/systemd-oomd"];
+/// systemd-oomd is installed (bench-thrash runs it) but must not run here: the scenario
+/// shows that systemd writes the xattrs without it.
+fn expect_oomd_inactive(when: &str) -> Result<()> {
+    let state = show("systemd-oomd.service", "ActiveState")?;
     ensure!(
-        oomd.iter().all(|p| !Path::new(p).exists()),
-        "systemd-oomd is installed in this guest: the scenario shows systemd writes the \
+        state == "inactive",
+        "systemd-oomd.service is {state} {when}: the scenario shows systemd writes the \
          xattrs without it"
     );
+    Ok(())
+}
+
+fn run() -> Result<()> {
+    expect_oomd_inactive("at boot")?;
     install()?;
     command("systemctl", &["--version"])?;
 
@@ -144,6 +151,7 @@ fn run() -> Result<()> {
         "systemd did not set user.oomd_omit=1 for ManagedOOMPreference=omit"
     );
     println!("prefs-omit.service: user.oomd_omit=1 once started");
+    expect_oomd_inactive("with the three units started")?;
 
     // explain, before the OOM: the settings' source is systemd's xattr.
     let text = command(
