@@ -167,6 +167,9 @@ pub struct Pressure {
     /// The system's memory.pressure and meminfo (elsewhere in tests).
     system_pressure: std::path::PathBuf,
     meminfo: std::path::PathBuf,
+    /// Set by [`Pressure::arm_all`] when no trigger may be armed (the log
+    /// said why): cgroups created later get none either.
+    disarmed: bool,
 }
 
 /// Whether `path` is `attach` or below it.
@@ -209,6 +212,21 @@ fn kernel_can_declare() -> Option<bool> {
     Some(found)
 }
 
+/// linux/capability.h: what makes a PSI trigger privileged.
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Whether this process has capability `cap` in effect; `None`: cannot tell.
+fn process_has_cap(cap: u32) -> Option<bool> {
+    cap_in_status(&std::fs::read_to_string("/proc/self/status").ok()?, cap)
+}
+
+/// Capability `cap` in the `CapEff:` mask of a /proc/PID/status text.
+fn cap_in_status(status: &str, cap: u32) -> Option<bool> {
+    let mask = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    let mask = u64::from_str_radix(mask.trim(), 16).ok()?;
+    Some(mask & (1u64 << cap) != 0)
+}
+
 /// What to do about a trigger that cannot be armed, for the log.
 fn arm_error(e: &io::Error, path: &str, spec: &str) -> String {
     let what = match e.raw_os_error() {
@@ -242,6 +260,7 @@ impl Pressure {
             swap_scope: None,
             system_pressure: PROC_PRESSURE.into(),
             meminfo: PROC_MEMINFO.into(),
+            disarmed: false,
         }
     }
 
@@ -253,7 +272,9 @@ impl Pressure {
         };
         if !within(&self.attach, &swap.cgroup) {
             tracing::warn!(
-                "the [swap] table of line {} declares OOMs of {}, outside {} where the policy                  is attached: they would not reach the policy, so it is not armed (attach the                  policy to a cgroup above it, e.g. policyd load --cgroup /)",
+                "the [swap] table of line {} declares OOMs of {}, outside {} where the policy \
+                 is attached: they would not reach the policy, so it is not armed (attach the \
+                 policy to a cgroup above it, e.g. policyd load --cgroup /)",
                 swap.line,
                 swap.cgroup,
                 self.attach
@@ -290,6 +311,9 @@ impl Pressure {
     pub fn cgroup_added(&mut self, config: &Config, path: &str, id: u64, dir: &Path) {
         if config.swap.as_ref().is_some_and(|s| s.cgroup == path) {
             self.swap_scope = Some(if path == "/" { 0 } else { id });
+        }
+        if self.disarmed {
+            return;
         }
         let Some(rule) = config.pressure.iter().find(|r| r.pattern.matches(path)) else {
             return;
@@ -352,17 +376,19 @@ impl Pressure {
         }
     }
 
-    /// At start and on reload: [`Pressure::rearm`], unless the kernel could
-    /// not act on the triggers (no `bpf_out_of_memory()`): then none is
-    /// armed, and the log says why.
+    /// At start and on reload: [`Pressure::rearm`], unless the triggers
+    /// could not be trusted to act (no `bpf_out_of_memory()` in the kernel,
+    /// no CAP_SYS_RESOURCE): then none is armed, now or for cgroups created
+    /// later, and the log says why.
     pub fn arm_all<'a>(
         &mut self,
         config: &Config,
         cgroups: impl IntoIterator<Item = (&'a str, u64, std::path::PathBuf)>,
     ) {
         let tables = config.pressure.len() + usize::from(config.swap.is_some());
+        self.disarmed = false;
         if tables > 0 && !self.dry_run && kernel_can_declare() == Some(false) {
-            self.triggers.clear();
+            self.disarm();
             tracing::error!(
                 "the running kernel ({}) has no bpf_out_of_memory() kfunc (policyd's kernel \
                  patches, kernel-patches/v7.3/0008): its {tables} [[pressure]] and [swap] \
@@ -372,7 +398,26 @@ impl Pressure {
             );
             return;
         }
+        if tables > 0 && process_has_cap(CAP_SYS_RESOURCE) == Some(false) {
+            self.disarm();
+            tracing::error!(
+                "policyd lacks CAP_SYS_RESOURCE: its {tables} [[pressure]] and [swap] table(s) \
+                 are not armed. Without it the kernel's PSI triggers are unprivileged: \
+                 aggregated every 2 s, and on Linux 7.3 a new one fires on its cgroup's past \
+                 stall (psi_trigger_create() starts its window from total[PSI_POLL], \
+                 update_triggers() reads total[PSI_AVGS]), which would declare an OOM with no \
+                 pressure. Give policyd CAP_SYS_RESOURCE (the shipped unit keeps it in \
+                 CapabilityBoundingSet=); real OOMs are handled either way"
+            );
+            return;
+        }
         self.rearm(config, cgroups);
+    }
+
+    /// No trigger now, none for cgroups created later.
+    fn disarm(&mut self) {
+        self.triggers.clear();
+        self.disarmed = true;
     }
 
     /// Every trigger armed again from `config` (episodes start over).
@@ -696,6 +741,36 @@ mod tests {
         );
         p.cgroup_removed("/batch/j1");
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn a_disarmed_pressure_arms_no_new_cgroup() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = cgroup(tmp.path(), "/batch/j1");
+        let mut p = Pressure::new("/", false);
+        p.rearm(&config(TEN_S), [("/batch/j1", 7, dir.clone())]);
+        assert!(!p.is_empty());
+        p.disarm();
+        assert!(p.is_empty());
+        let later = cgroup(tmp.path(), "/batch/j2");
+        p.cgroup_added(&config(TEN_S), "/batch/j2", 9, &later);
+        assert!(p.is_empty());
+        assert_eq!(
+            std::fs::read_to_string(later.join("memory.pressure")).unwrap(),
+            ""
+        );
+    }
+
+    #[test]
+    fn capabilities_from_proc_status() {
+        // CAP_SYS_ADMIN (21) alone, then with CAP_SYS_RESOURCE (24).
+        let admin = "Name:\tpolicyd\nCapPrm:\t0000000000200000\nCapEff:\t0000000000200000\n";
+        assert_eq!(cap_in_status(admin, CAP_SYS_RESOURCE), Some(false));
+        assert_eq!(cap_in_status(admin, 21), Some(true));
+        let both = "CapEff:\t0000000001200000\n";
+        assert_eq!(cap_in_status(both, CAP_SYS_RESOURCE), Some(true));
+        assert_eq!(cap_in_status("Name:\tx\n", CAP_SYS_RESOURCE), None);
+        assert_eq!(cap_in_status("CapEff:\tzz\n", CAP_SYS_RESOURCE), None);
     }
 
     #[test]

@@ -22,7 +22,7 @@
 
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -418,7 +418,7 @@ impl Policyd {
     /// Starts `policyd trace` and waits until it traces.
     pub fn trace() -> Result<Policyd> {
         let started = Instant::now();
-        let mut pd = Policyd::spawn_command("trace", &[], true)?;
+        let mut pd = Policyd::spawn_command("trace", &[], true, &[])?;
         pd.wait_line(
             ATTACH_TIMEOUT,
             "policyd trace's \"tracing OOM kills\" line",
@@ -428,17 +428,47 @@ impl Policyd {
         Ok(pd)
     }
 
-    fn spawn_echo(args: &[&str], echo: bool) -> Result<Policyd> {
-        Policyd::spawn_command("load", args, echo)
+    /// Starts `policyd load ARGS...` without the capabilities `caps` (dropped from its
+    /// bounding set: root keeps the others) and waits for its "attached" line.
+    pub fn load_without_caps(args: &[&str], caps: &[u32]) -> Result<Policyd> {
+        let mut pd = Policyd::spawn_command("load", args, true, caps)?;
+        pd.wait_line(ATTACH_TIMEOUT, "policyd's \"attached\" line", |l| {
+            l.is("INFO", "attached")
+        })?;
+        Ok(pd)
     }
 
-    fn spawn_command(command: &str, args: &[&str], echo: bool) -> Result<Policyd> {
+    fn spawn_echo(args: &[&str], echo: bool) -> Result<Policyd> {
+        Policyd::spawn_command("load", args, echo, &[])
+    }
+
+    fn spawn_command(
+        command: &str,
+        args: &[&str],
+        echo: bool,
+        drop_caps: &[u32],
+    ) -> Result<Policyd> {
         let mut cmd = Command::new(POLICYD);
         cmd.args([command, "--log-format", "json"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if !drop_caps.is_empty() {
+            let caps = drop_caps.to_vec();
+            // SAFETY: prctl(2) is async-signal-safe and touches only this process.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for &cap in &caps {
+                        let cap = nix::libc::c_ulong::from(cap);
+                        if nix::libc::prctl(nix::libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut child = util::spawn_in(&Cgroup::root(), &mut cmd, Some(0))
             .with_context(|| format!("starting {POLICYD} {command} {}", args.join(" ")))?;
         let pid = child.id() as i32;

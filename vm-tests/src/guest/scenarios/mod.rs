@@ -99,6 +99,7 @@ pub fn all() -> Vec<Scenario> {
         policyd_pressure::global(),
         policyd_pressure::backoff(),
         policyd_pressure::dry_run(),
+        policyd_pressure::needs_cap(),
         policyd_swap::scenario(),
         policyd_largest_badness::scenario(),
         policyd_lifecycle::scenario(),

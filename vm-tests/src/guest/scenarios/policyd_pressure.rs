@@ -62,6 +62,12 @@ pub fn dry_run() -> Scenario {
         .timeout_s(150)
 }
 
+pub fn needs_cap() -> Scenario {
+    Scenario::new("policyd-pressure-needs-cap", run_needs_cap)
+        .needs_policyd()
+        .timeout_s(120)
+}
+
 pub fn demo() -> Scenario {
     Scenario::new("demo-pressure", run_demo)
         .needs_policyd()
@@ -379,6 +385,42 @@ fn run_dry_run() -> Result<()> {
     })?;
     pd.stop()?;
     println!("{}", line.message);
+    Ok(())
+}
+
+/// linux/capability.h.
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Without CAP_SYS_RESOURCE a PSI trigger is unprivileged, and Linux 7.3 fires a new
+/// one on its cgroup's past stall: policyd arms none and says why, and still attaches.
+fn run_needs_cap() -> Result<()> {
+    let l = Press::create("pressure-needs-cap", "/press")?;
+    let mut pd =
+        Policyd::load_without_caps(&["priority", "--config", &l.config], &[CAP_SYS_RESOURCE])?;
+    let log = pd.log();
+    let error = log
+        .iter()
+        .find(|line| line.is("ERROR", "lacks CAP_SYS_RESOURCE"))
+        .context("policyd without CAP_SYS_RESOURCE did not say its pressure rule is not armed")?
+        .message
+        .clone();
+    ensure!(
+        !log.iter()
+            .any(|line| line.message == "pressure trigger armed"),
+        "policyd without CAP_SYS_RESOURCE armed a pressure trigger"
+    );
+    println!("{error}");
+    // A cgroup created later gets no trigger either.
+    let later = l.press.child("later")?;
+    sleep(Duration::from_secs(2));
+    ensure!(
+        !pd.log()
+            .iter()
+            .any(|line| line.message == "pressure trigger armed"),
+        "policyd without CAP_SYS_RESOURCE armed a trigger on {}",
+        later.path()
+    );
+    pd.stop()?;
     Ok(())
 }
 
