@@ -429,7 +429,9 @@ impl Policyd {
     }
 
     /// Starts `policyd load ARGS...` without the capabilities `caps` (dropped from its
-    /// bounding set: root keeps the others) and waits for its "attached" line.
+    /// bounding set: root keeps the others) and waits for its "attached" line. Its
+    /// oom_score_adj is -1000 already, as the unit's OOMScoreAdjust= sets it: policyd
+    /// could not lower it without CAP_SYS_RESOURCE.
     pub fn load_without_caps(args: &[&str], caps: &[u32]) -> Result<Policyd> {
         let mut pd = Policyd::spawn_command("load", args, true, caps)?;
         pd.wait_line(ATTACH_TIMEOUT, "policyd's \"attached\" line", |l| {
@@ -469,7 +471,8 @@ impl Policyd {
                 });
             }
         }
-        let mut child = util::spawn_in(&Cgroup::root(), &mut cmd, Some(0))
+        let adj = if drop_caps.is_empty() { 0 } else { -1000 };
+        let mut child = util::spawn_in(&Cgroup::root(), &mut cmd, Some(adj))
             .with_context(|| format!("starting {POLICYD} {command} {}", args.join(" ")))?;
         let pid = child.id() as i32;
         println!("started policyd {command} {} (pid {pid})", args.join(" "));

@@ -397,15 +397,16 @@ fn run_needs_cap() -> Result<()> {
     let l = Press::create("pressure-needs-cap", "/press")?;
     let mut pd =
         Policyd::load_without_caps(&["priority", "--config", &l.config], &[CAP_SYS_RESOURCE])?;
-    let log = pd.log();
-    let error = log
-        .iter()
-        .find(|line| line.is("ERROR", "lacks CAP_SYS_RESOURCE"))
-        .context("policyd without CAP_SYS_RESOURCE did not say its pressure rule is not armed")?
-        .message
-        .clone();
+    let error = pd
+        .wait_line(
+            Duration::from_secs(10),
+            "the error that pressure rules need CAP_SYS_RESOURCE",
+            |line| line.is("ERROR", "lacks CAP_SYS_RESOURCE"),
+        )?
+        .message;
     ensure!(
-        !log.iter()
+        !pd.log()
+            .iter()
             .any(|line| line.message == "pressure trigger armed"),
         "policyd without CAP_SYS_RESOURCE armed a pressure trigger"
     );
