@@ -260,16 +260,7 @@ pub fn run_hog(spec: &HogSpec) -> Result<()> {
         return run_working_set(spec);
     }
     touch_mib(spec.mib)?;
-    println!("{HOG_READY}");
-    std::io::stdout().flush().ok();
-    if spec.gated {
-        let mut go = String::new();
-        std::io::stdin()
-            .read_line(&mut go)
-            .context("waiting at the gate")?;
-    }
-    let step = spec.step_kib.unwrap_or(1024).max(4) * 1024;
-    let max = spec.max_mib.map_or(u64::MAX, |m| m << 20);
+    let (step, max) = ready_then_growth(spec)?;
     let mut held = spec.mib << 20;
     while spec.grow && held < max {
         touch_bytes(step as usize)?;
@@ -283,12 +274,9 @@ pub fn run_hog(spec: &HogSpec) -> Result<()> {
     }
 }
 
-/// [`run_hog`] with [`HogSpec::working_set`].
-fn run_working_set(spec: &HogSpec) -> Result<()> {
-    let mut set = WorkingSet::default();
-    for _ in 0..spec.mib {
-        set.grow(1 << 20)?;
-    }
+/// Says the hog is ready, waits at the gate if it has one; then how it grows: bytes per
+/// step, and the most it holds.
+fn ready_then_growth(spec: &HogSpec) -> Result<(u64, u64)> {
     println!("{HOG_READY}");
     std::io::stdout().flush().ok();
     if spec.gated {
@@ -299,6 +287,16 @@ fn run_working_set(spec: &HogSpec) -> Result<()> {
     }
     let step = spec.step_kib.unwrap_or(1024).max(4) * 1024;
     let max = spec.max_mib.map_or(u64::MAX, |m| m << 20);
+    Ok((step, max))
+}
+
+/// [`run_hog`] with [`HogSpec::working_set`].
+fn run_working_set(spec: &HogSpec) -> Result<()> {
+    let mut set = WorkingSet::default();
+    for _ in 0..spec.mib {
+        set.grow(1 << 20)?;
+    }
+    let (step, max) = ready_then_growth(spec)?;
     let delay = Duration::from_micros(spec.delay_us.unwrap_or(0));
     loop {
         set.touch_all();
