@@ -738,6 +738,15 @@ fn forward(from: impl Read + Send + 'static, tx: mpsc::Sender<LogLine>, echo: Op
     });
 }
 
+/// Decisions, kills or anything printable for an error message, one per line.
+pub fn one_per_line<T: fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Lines for an error message, one per line.
 pub fn lines_text(lines: &[LogLine]) -> String {
     lines

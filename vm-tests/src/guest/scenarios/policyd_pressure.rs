@@ -298,11 +298,7 @@ fn run_backoff() -> Result<()> {
         decisions.len(),
         stalled.as_secs_f64(),
         watched.as_secs_f64(),
-        decisions
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
+        pdutil::one_per_line(&decisions)
     );
     expect_alive(&mut job, "job (the episode's one kill was the bystander)")?;
 

@@ -215,11 +215,7 @@ limit = "{LIMIT}"
         decisions.len() == 1,
         "{} decisions in one swap episode, expected 1: {}",
         decisions.len(),
-        decisions
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
+        pdutil::one_per_line(&decisions)
     );
     expect_alive(&mut job, "job (the episode's one kill was the bystander)")?;
 

@@ -249,11 +249,7 @@ fn run_oom_group() -> Result<()> {
         chosen.len() == 1 && chosen[0].pid == grower.pid() as u32,
         "expected one `chosen` kill, the grower {}: {}",
         grower.pid(),
-        kills
-            .iter()
-            .map(|k| k.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
+        pdutil::one_per_line(&kills)
     );
     let mut others: Vec<u32> = kills
         .iter()
