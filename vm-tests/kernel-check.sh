@@ -13,8 +13,19 @@
 # target/vm-tests/kernel-check/result.txt; the build logs sit next to it.
 #
 #   vm-tests/kernel-check.sh             everything above
+#   vm-tests/kernel-check.sh prefixes    checkpatch and the prefix builds only (after a
+#                                        series change that a full run already covered)
 #   KERNEL_SRC=/path/to/linux-7.3 ...    a tree of your own, as for vm-tests/kernel.sh
 set -euo pipefail
+
+what=${1:-all}
+case $what in
+all | prefixes) ;;
+*)
+	echo "usage: vm-tests/kernel-check.sh [prefixes]" >&2
+	exit 2
+	;;
+esac
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 top=$(dirname "$here")
@@ -140,10 +151,12 @@ for p in "${patches[@]}"; do
 		die "$(basename "$p") does not apply on top of the patches before it"
 done
 n=${#patches[@]}
-build_one "patches 1-$n" test
-for variant in BPF_OOM=n MEMCG=n CGROUPS=n; do
-	build_one "patches 1-$n" "$variant"
-done
+if [ "$what" = all ]; then
+	build_one "patches 1-$n" test
+	for variant in BPF_OOM=n MEMCG=n CGROUPS=n; do
+		build_one "patches 1-$n" "$variant"
+	done
+fi
 for ((i = n - 1; i >= 1; i--)); do
 	last=${patches[i]}
 	(cd "$src" && patch -p1 -R -s --no-backup-if-mismatch <"$last") ||
@@ -156,7 +169,7 @@ for ((i = n - 1; i >= 1; i--)); do
 done
 
 {
-	echo "kernel-check of kernel-patches/v7.3 ($(date -u '+%Y-%m-%d %H:%M UTC'), source $pristine)"
+	echo "kernel-check ($what) of kernel-patches/v7.3 ($(date -u '+%Y-%m-%d %H:%M UTC'), source $pristine)"
 	printf '%s\n' "${summary[@]}"
 } | tee "$result"
 [ $failed -eq 0 ] || die "some builds failed (see above)"
