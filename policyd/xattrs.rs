@@ -105,11 +105,20 @@ pub struct Raw {
 /// Read the xattrs of the cgroup directory `dir` (cgroup `path`), with the
 /// owner check and a warning for each one ignored.
 pub fn read(dir: &Path, path: &str) -> Xattrs {
+    // Nearly every cgroup has none of them: one listxattr(2) says so, where
+    // four getxattr(2) would each walk the path.
+    let listed = list(dir);
+    let has = |name: &str| {
+        listed
+            .as_ref()
+            .is_none_or(|names| names.split(|&b| b == 0).any(|n| n == name.as_bytes()))
+    };
+    let get_listed = |name: &str| if has(name) { get(dir, path, name) } else { None };
     let raw = Raw {
-        omit: get(dir, path, OMIT),
-        avoid: get(dir, path, AVOID),
-        prefer: get(dir, path, PREFER),
-        priority: get(dir, path, PRIORITY),
+        omit: get_listed(OMIT),
+        avoid: get_listed(AVOID),
+        prefer: get_listed(PREFER),
+        priority: get_listed(PRIORITY),
     };
     if raw == Raw::default() {
         return Xattrs::default();
@@ -121,6 +130,15 @@ pub fn read(dir: &Path, path: &str) -> Xattrs {
             Xattrs::default()
         }
     }
+}
+
+/// The NUL-separated names of `dir`'s xattrs, or `None` when they cannot be
+/// listed (more than fit, or an error): then each one is asked for.
+fn list(dir: &Path) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 1024];
+    let n = rustix::fs::listxattr(dir, &mut buf[..]).ok()?;
+    buf.truncate(n);
+    Some(buf)
 }
 
 fn get(dir: &Path, path: &str, name: &str) -> Option<Vec<u8>> {
