@@ -43,7 +43,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::abi::{Pod, PolicydEvent, PolicydRule};
 use crate::cgroup_names::CgroupNames;
-use crate::cgroupfs::CgroupTree;
+use crate::cgroupfs::{CgroupTree, Detail};
 use crate::config::{Config, Ownership};
 use crate::config_watch::ConfigWatcher;
 use crate::events::{Awaits, Decision};
@@ -189,21 +189,67 @@ fn new_rules_map(obj: &PolicyObject, entries: &[(u64, PolicydRule)]) -> Result<M
     Ok(map)
 }
 
-/// Read the cgroup tree, resolve `config` over it and make the result
+/// Read the cgroup tree (calling `before_listing` for each cgroup, see
+/// [`CgroupTree::read_with`]), resolve `config` over it and make the result
 /// `obj`'s rules (one store into `rules[0]`); what the daemon keeps of it.
 fn install_tree_rules(
     obj: &PolicyObject,
     config: &Config,
     req: &LoadRequest,
+    phases: &mut Phases,
+    before_listing: &mut dyn FnMut(&str),
 ) -> Result<(CgroupTree, Vec<Effective>, MapHandle)> {
-    let tree = CgroupTree::read(&req.cgroup_root)
+    let tree = CgroupTree::read_with(&req.cgroup_root, Detail::Rules, before_listing)
         .with_context(|| format!("reading the cgroup tree at {}", req.cgroup_root.display()))?;
+    phases.done("tree read, watches");
     let effective = resolve_tree(config, &tree);
     let entries = entries_for(config, &effective, req.own_cgroup.as_ref());
+    phases.done("resolve");
     let map = new_rules_map(obj, &entries)?;
+    phases.done("rules map");
     oom_group::apply(config, &req.cgroup_root, &effective);
+    phases.done("memory.oom.group");
     obj.install_rules(&map)?;
     Ok((tree, effective, map))
+}
+
+/// Where the time of a start-up or reload went, for one debug line: at
+/// 10,000 cgroups it is seconds, and which step grows is what to fix.
+struct Phases {
+    started: Instant,
+    last: Instant,
+    steps: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        let now = Instant::now();
+        Phases {
+            started: now,
+            last: now,
+            steps: Vec::new(),
+        }
+    }
+
+    /// `step` ended now; it began where the previous one ended.
+    fn done(&mut self, step: &'static str) {
+        let now = Instant::now();
+        self.steps.push((step, now - self.last));
+        self.last = now;
+    }
+
+    fn log(&self, what: &str, cgroups: usize) {
+        let steps: Vec<String> = self
+            .steps
+            .iter()
+            .map(|(step, d)| format!("{step} {:.3} s", d.as_secs_f64()))
+            .collect();
+        tracing::debug!(
+            "{what} with {cgroups} cgroups took {:.3} s: {}",
+            self.started.elapsed().as_secs_f64(),
+            steps.join(", ")
+        );
+    }
 }
 
 /// The cgroups the daemon knows, with their resolved settings.
@@ -358,9 +404,11 @@ impl Daemon {
             );
         }
 
-        // Watch first, read second: a cgroup created in between is reported
-        // by the watch (applying it twice is harmless).
-        let watcher = match CgroupWatcher::new(&req.cgroup_root) {
+        let mut phases = Phases::start();
+        // Each cgroup is watched just before its children are listed (in
+        // install_tree_rules): a cgroup created in between is reported by
+        // the watch too (applying it twice is harmless).
+        let mut watcher = match CgroupWatcher::new(&req.cgroup_root) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(
@@ -381,13 +429,20 @@ impl Daemon {
             .then(|| ConfigWatcher::new(&req.config_path))
             .transpose()?;
         let per_cpu = PerCpu::discover();
+        phases.done("per-CPU offsets");
         let obj = PolicyObject::open_load(&Settings {
             policy: req.policy,
             dry_run: req.dry_run,
             per_cpu,
             max_cgroups: req.max_cgroups,
         })?;
-        let (tree, effective, rules_map) = install_tree_rules(&obj, &req.config, &req)?;
+        phases.done("policy load");
+        let (tree, effective, rules_map) =
+            install_tree_rules(&obj, &req.config, &req, &mut phases, &mut |path| {
+                if let Some(w) = watcher.as_mut() {
+                    w.watch(path);
+                }
+            })?;
         let (ring, pending) = event_ring(&obj)?;
         let kills = match KillStream::start(per_cpu) {
             Ok(k) => Some(k),
@@ -396,9 +451,11 @@ impl Daemon {
                 None
             }
         };
+        phases.done("kill tracer");
         obj.prepare_ops(&oom_ops)?;
 
         let link = HandlerLink::attach(obj.ops_map()?.as_fd(), &cgroup_dir, &req.cgroup)?;
+        phases.done("attach");
         let link_id = link.id().unwrap_or(0);
         tracing::info!(
             policy = %req.policy,
@@ -413,6 +470,8 @@ impl Daemon {
         let cgroups = Cgroups::from_tree(&req.cgroup_root, &tree, effective);
         let mut pressure = Pressure::new(&req.cgroup, req.dry_run);
         pressure.arm_all(&req.config, cgroups.dirs());
+        phases.done("names, pressure triggers");
+        phases.log("start-up", cgroups.effective.len());
         let mut daemon = Daemon {
             link,
             link_id,
@@ -969,10 +1028,14 @@ impl Daemon {
     /// Resolve the whole tree under `config` and swap in a new rules map.
     /// Returns the new effective settings' snapshot.
     fn replace_rules(&mut self, config: &Config) -> Result<()> {
-        let (tree, effective, map) = install_tree_rules(&self.obj, config, &self.req)?;
+        let mut phases = Phases::start();
+        let (tree, effective, map) =
+            install_tree_rules(&self.obj, config, &self.req, &mut phases, &mut |_| {})?;
         self.rules = map;
         self.rules_full = false;
         self.cgroups.refresh(&tree, effective);
+        phases.done("names");
+        phases.log("new rules", self.cgroups.effective.len());
         Ok(())
     }
 
@@ -1041,7 +1104,9 @@ impl Daemon {
             per_cpu: self.per_cpu,
             max_cgroups: self.req.max_cgroups,
         })?;
-        let (tree, effective, map) = install_tree_rules(&obj, config, &self.req)?;
+        let mut phases = Phases::start();
+        let (tree, effective, map) =
+            install_tree_rules(&obj, config, &self.req, &mut phases, &mut |_| {})?;
         let (ring, pending) = event_ring(&obj)?;
         obj.prepare_ops(&self.oom_ops)?;
         self.link
@@ -1057,6 +1122,8 @@ impl Daemon {
         self.rules = map;
         self.rules_full = false;
         self.cgroups.refresh(&tree, effective);
+        phases.done("swap, names");
+        phases.log("policy switch", self.cgroups.effective.len());
         Ok(())
     }
 }

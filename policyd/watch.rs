@@ -43,18 +43,37 @@ pub struct CgroupWatcher {
 use crate::cgroupfs::child_cgroup_path;
 
 impl CgroupWatcher {
-    /// Watch the hierarchy mounted at `root`, all of it.
+    /// A watcher of the hierarchy mounted at `root` that watches nothing
+    /// yet: [`watch`](Self::watch) each cgroup as the tree is read (see
+    /// [`crate::cgroupfs::CgroupTree::read_with`]), one walk for both.
     pub fn new(root: &Path) -> io::Result<Self> {
-        let mut w = CgroupWatcher {
+        Ok(CgroupWatcher {
             inotify: Inotify::init()?,
             root: root.to_owned(),
             dirs: HashMap::new(),
             buf: vec![0; 64 * 1024],
             warned_limit: false,
-        };
-        w.add_watch("/")?;
-        w.add_tree("/");
-        Ok(w)
+        })
+    }
+
+    /// Watch the cgroup at `path` (not the cgroups below it). False if it
+    /// has gone; a watch the kernel refuses (the watch limit) is logged once.
+    pub fn watch(&mut self, path: &str) -> bool {
+        match self.add_watch(path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => {
+                if !self.warned_limit {
+                    tracing::warn!(
+                        "cannot watch {path} for new cgroups ({e}; see \
+                         /proc/sys/fs/inotify/max_user_watches): cgroups created below \
+                         it inherit their parent's settings until the next reload"
+                    );
+                    self.warned_limit = true;
+                }
+                true
+            }
+        }
     }
 
     fn dir(&self, path: &str) -> PathBuf {
@@ -97,21 +116,9 @@ impl CgroupWatcher {
                 .collect();
             children.sort();
             for c in children.into_iter().rev() {
-                match self.add_watch(&c) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => {
-                        if !self.warned_limit {
-                            tracing::warn!(
-                                "cannot watch {c} for new cgroups ({e}; see \
-                                 /proc/sys/fs/inotify/max_user_watches): cgroups created below \
-                                 it inherit their parent's settings until the next reload"
-                            );
-                            self.warned_limit = true;
-                        }
-                    }
+                if self.watch(&c) {
+                    stack.push(c);
                 }
-                stack.push(c);
             }
             if p != path {
                 found.push(p);
@@ -173,11 +180,8 @@ impl CgroupWatcher {
                     continue;
                 };
                 if mask.contains(EventMask::CREATE) {
-                    match self.add_watch(&path) {
-                        Ok(()) => {}
-                        // Already gone again.
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                        Err(e) => tracing::debug!("cannot watch {path}: {e}"),
+                    if !self.watch(&path) {
+                        continue; // already gone again
                     }
                     let below = self.add_tree(&path);
                     changes.push(Change::Created(path));
@@ -208,6 +212,17 @@ impl AsFd for CgroupWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cgroupfs::{CgroupTree, Detail};
+
+    /// A watcher of everything below `root`, set up as the daemon does.
+    fn watch_all(root: &Path) -> CgroupWatcher {
+        let mut w = CgroupWatcher::new(root).unwrap();
+        CgroupTree::read_with(root, Detail::Rules, &mut |path| {
+            w.watch(path);
+        })
+        .unwrap();
+        w
+    }
 
     /// inotify works on any directory tree, so a temporary one stands in
     /// for cgroupfs.
@@ -216,7 +231,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         fs::create_dir_all(root.join("a/b")).unwrap();
-        let mut w = CgroupWatcher::new(root).unwrap();
+        let mut w = watch_all(root);
         assert_eq!(w.len(), 3);
         assert_eq!(w.read().unwrap(), []);
 
