@@ -17,6 +17,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
@@ -183,7 +184,14 @@ impl CgroupWatcher {
                     if !self.watch(&path) {
                         continue; // already gone again
                     }
-                    let below = self.add_tree(&path);
+                    // Children made before the watch: a directory's link
+                    // count is 2 + its subdirectories (kernfs, like tmpfs),
+                    // so a new leaf, the common case, need not be listed.
+                    let below = match fs::symlink_metadata(self.dir(&path)) {
+                        Ok(m) if m.nlink() <= 2 => Vec::new(),
+                        Ok(_) => self.add_tree(&path),
+                        Err(_) => continue, // gone again
+                    };
                     changes.push(Change::Created(path));
                     changes.extend(below.into_iter().map(Change::Created));
                 } else if mask.contains(EventMask::DELETE) {
