@@ -231,6 +231,17 @@ pub(super) fn install() -> Result<()> {
         field(&attached, "SYSLOG_IDENTIFIER") == "policyd",
         "no SYSLOG_IDENTIFIER=policyd: {attached}"
     );
+    // The packaged unit gives policyd all it needs: a sandbox that took some of it
+    // away shows as a warning (the per-CPU counters' address needs CAP_SYSLOG).
+    let warnings: Vec<String> = journal(&["-p", "warning"])?
+        .iter()
+        .map(|e| field(e, "MESSAGE").to_owned())
+        .collect();
+    ensure!(
+        warnings.is_empty(),
+        "policyd.service started with warnings:\n{}",
+        warnings.join("\n")
+    );
     let main_pid = show_u64("policyd.service", "MainPID")?;
     the_handler_of(main_pid)?;
     let adj = util::read_file(format!("/proc/{main_pid}/oom_score_adj"))?;
@@ -261,6 +272,17 @@ fn active_only_once_attached() -> Result<()> {
     )?;
     ensure!(state == "active", "policyd.service is {state}, not active");
     // Before anything else: the handler must already be there.
+    // The packaged unit gives policyd all it needs: a sandbox that took some of it
+    // away shows as a warning (the per-CPU counters' address needs CAP_SYSLOG).
+    let warnings: Vec<String> = journal(&["-p", "warning"])?
+        .iter()
+        .map(|e| field(e, "MESSAGE").to_owned())
+        .collect();
+    ensure!(
+        warnings.is_empty(),
+        "policyd.service started with warnings:\n{}",
+        warnings.join("\n")
+    );
     let main_pid = show_u64("policyd.service", "MainPID")?;
     the_handler_of(main_pid)?;
     ensure!(
