@@ -46,8 +46,11 @@ impl CgroupNames {
         for id in gone {
             self.forget_later(id);
         }
+        // Most are unchanged: keep their strings rather than churn the heap.
         for (id, path) in live {
-            self.names.insert(id, path.to_owned());
+            if self.names.get(&id).map(String::as_str) != Some(path) {
+                self.names.insert(id, path.to_owned());
+            }
         }
     }
 
