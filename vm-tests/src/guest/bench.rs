@@ -276,6 +276,146 @@ pub fn spawn_blockers(groups: &[(PathBuf, usize)]) -> Result<Child> {
     Ok(shell)
 }
 
+/// At most this many sleepers share one `guest sleepers` process's address space: the
+/// kernel's oom_badness() gives each of them that space's RSS (its binary and their
+/// stacks), which must stay far below a benchmark victim's (2048 stacks: 1 MiB).
+const SLEEPERS_PER_SPAWNER: usize = 2048;
+/// A sleeper's user stack: clone()'s trampoline and one syscall use a few dozen bytes.
+const SLEEPER_STACK: usize = 512;
+/// What a `guest sleepers` process prints once all its children exist.
+const SLEEPERS_READY: &str = "sleepers ready";
+
+/// Starts `count` sleeping processes in each (cgroup directory, count) of `groups`, with
+/// oom_score_adj 0: the cheapest task the kernel's OOM scan evaluates in full. Each is
+/// its own process (thread group), which `for_each_process()`, a memcg's task scan and
+/// policyd's task iterators all visit, and whose `oom_badness()` is computed as for any
+/// process (threads are not: the scans visit processes). They are clone(CLONE_VM)
+/// children of a `guest sleepers` process and share its address space: no page tables or
+/// memory map of their own, about 30 KiB of kernel memory each, where a forked busybox
+/// subshell costs 90 KiB. Each `guest sleepers` process starts in the root cgroup (outside
+/// every bench scope), moves itself into each of its cgroups in turn, clones its share
+/// there (they inherit the cgroup: one migration per cgroup, not per process) and moves
+/// back. Returns those processes once every sleeper exists.
+pub fn spawn_sleepers(groups: &[(PathBuf, usize)]) -> Result<Vec<Child>> {
+    let mut chunks: Vec<Vec<(PathBuf, usize)>> = vec![Vec::new()];
+    let mut in_chunk = 0;
+    for (dir, count) in groups {
+        let mut left = *count;
+        while left > 0 {
+            if in_chunk == SLEEPERS_PER_SPAWNER {
+                chunks.push(Vec::new());
+                in_chunk = 0;
+            }
+            let k = left.min(SLEEPERS_PER_SPAWNER - in_chunk);
+            chunks.last_mut().expect("one chunk at least").push((dir.clone(), k));
+            in_chunk += k;
+            left -= k;
+        }
+    }
+    let mut spawners = Vec::new();
+    for chunk in chunks.iter().filter(|c| !c.is_empty()) {
+        let mut cmd = Command::new(named_exe("sleepers")?);
+        cmd.args(["guest", "sleepers"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (dir, k) in chunk {
+            cmd.arg(dir).arg(k.to_string());
+        }
+        let mut child = spawn_in(&Cgroup::root(), &mut cmd, Some(0))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut line)
+            .context("reading a sleepers process's ready line")?;
+        if line.trim() != SLEEPERS_READY {
+            let st = child.wait()?;
+            for mut s in spawners {
+                kill_reap(&mut s);
+            }
+            bail!(
+                "a sleepers process for {} cgroups ended before it was ready: {}",
+                chunk.len(),
+                util::describe_status(st)
+            );
+        }
+        spawners.push(child);
+    }
+    Ok(spawners)
+}
+
+extern "C" fn sleep_forever(_: *mut nix::libc::c_void) -> nix::libc::c_int {
+    loop {
+        // SAFETY: pause(2) touches no memory; the raw call keeps glibc's cancellation
+        // machinery (and its stack use) out of a 512-byte stack.
+        unsafe {
+            nix::libc::syscall(nix::libc::SYS_pause);
+        }
+    }
+}
+
+/// The `guest sleepers DIR COUNT...` subcommand: see [`spawn_sleepers`].
+pub fn run_sleepers(args: &[String]) -> Result<()> {
+    if args.is_empty() || args.len() % 2 != 0 {
+        bail!("guest sleepers wants pairs of CGROUP-DIR COUNT, got {args:?}");
+    }
+    let mut groups = Vec::new();
+    for pair in args.chunks(2) {
+        let count: usize = pair[1]
+            .parse()
+            .with_context(|| format!("sleeper count {:?} for {}", pair[1], pair[0]))?;
+        groups.push((PathBuf::from(&pair[0]), count));
+    }
+    let total: usize = groups.iter().map(|(_, k)| k).sum();
+    // Touched here, in the root cgroup: the stacks are charged there, not to a bench
+    // cgroup whose usage a policy ranks. u128: 16-byte aligned stack tops.
+    let stacks: &'static mut [u128] =
+        Box::leak(vec![1u128; total * SLEEPER_STACK / 16].into_boxed_slice());
+    let home = Cgroup::root().dir().join("cgroup.procs");
+    // Killed sleepers are reaped by the kernel, never left as zombies in the task list.
+    // SAFETY: SIG_IGN installs no handler.
+    unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGCHLD,
+            nix::sys::signal::SigHandler::SigIgn,
+        )
+    }
+    .context("ignoring SIGCHLD")?;
+    let flags = nix::libc::CLONE_VM
+        | nix::libc::CLONE_FS
+        | nix::libc::CLONE_FILES
+        | nix::libc::CLONE_SIGHAND
+        | nix::libc::CLONE_SYSVSEM
+        | nix::libc::SIGCHLD;
+    let mut next = 0usize;
+    for (dir, count) in &groups {
+        let procs = dir.join("cgroup.procs");
+        fs::write(&procs, "0").with_context(|| format!("moving into {}", procs.display()))?;
+        for _ in 0..*count {
+            next += 1;
+            let top = stacks[..next * SLEEPER_STACK / 16].as_mut_ptr_range().end;
+            // SAFETY: the child runs sleep_forever on its own 512 bytes of a leaked,
+            // never freed buffer, and touches nothing else of the shared memory.
+            let pid = unsafe {
+                nix::libc::clone(sleep_forever, top.cast(), flags, std::ptr::null_mut())
+            };
+            if pid < 0 {
+                return Err(std::io::Error::last_os_error()).with_context(|| {
+                    format!(
+                        "clone() of sleeper {next} of {total} in {} (kernel.threads-max, \
+                         kernel.pid_max, pids.max?)",
+                        dir.display()
+                    )
+                });
+            }
+        }
+    }
+    fs::write(&home, "0").with_context(|| format!("moving back into {}", home.display()))?;
+    println!("{SLEEPERS_READY}");
+    loop {
+        nix::unistd::pause();
+    }
+}
+
 /// Kills the processes of `cgs` a few hundred at a time, waiting for each batch to be
 /// gone. Thousands of processes that map the same binary, killed at once, queue up on its
 /// i_mmap_rwsem while they unmap it; under TCG with lockdep the last ones wait longer than

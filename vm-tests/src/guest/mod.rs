@@ -174,6 +174,13 @@ pub enum GuestCmd {
         #[arg(long)]
         mmaps: usize,
     },
+    /// bench-decision's sleeping processes: COUNT in each CGROUP-DIR (see
+    /// bench::spawn_sleepers).
+    Sleepers {
+        /// CGROUP-DIR COUNT pairs.
+        #[arg(required = true)]
+        groups: Vec<String>,
+    },
     /// Map, touch and unmap MIB MiB of 4 KiB pages, ROUNDS times; print the time it took.
     Churn {
         #[arg(long)]
@@ -215,6 +222,7 @@ pub fn main(cmd: GuestCmd) -> Result<()> {
             scenarios::bench_kernel_cost::run_loops(forks, mmaps)
         }
         GuestCmd::Churn { mib, rounds } => util::run_churn(mib, rounds),
+        GuestCmd::Sleepers { groups } => bench::run_sleepers(&groups),
     }
 }
 
