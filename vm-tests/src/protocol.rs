@@ -5,6 +5,8 @@
 pub const NAME_ARG: &str = "vmtest=";
 /// Kernel command line argument asking scenarios for a shortened run (`bench --quick`).
 pub const QUICK_ARG: &str = "vmtest_quick=1";
+/// Only these sizes of bench-decision ("10000x10000,10000x50000"), from VMTEST_DECISION_ONLY.
+pub const DECISION_ONLY_ARG: &str = "vmtest_decision_only=";
 /// The scenario that only boots: used to probe KVM and to measure boot time.
 pub const PROBE: &str = "probe";
 

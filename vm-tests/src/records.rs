@@ -220,6 +220,12 @@ pub struct DecisionSetup {
     pub tasks: Vec<usize>,
     /// When not empty: only these (cgroups, tasks) pairs of the grid.
     pub only: Vec<(usize, usize)>,
+    /// Sizes measured under a global OOM too (absent before it was).
+    #[serde(default)]
+    pub global: Vec<(usize, usize)>,
+    /// The rounds of those sizes.
+    #[serde(default)]
+    pub global_rounds: usize,
     pub contenders: Vec<String>,
 }
 
@@ -229,6 +235,12 @@ pub struct DecisionSetup {
 pub struct DecisionSize {
     pub cgroups: usize,
     pub tasks: usize,
+    /// A global OOM (the root's handler); otherwise a memcg OOM of the bench's parent.
+    #[serde(default)]
+    pub global: bool,
+    /// Blocks per contender (absent before sizes had their own).
+    #[serde(default)]
+    pub rounds: usize,
     /// By contender name ("kernel", "priority", ...).
     pub results: BTreeMap<String, DecisionSamples>,
     pub policyd_start_s: Vec<f64>,

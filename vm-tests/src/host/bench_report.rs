@@ -326,6 +326,8 @@ fn decision_summary(runs: &[ScenarioRun]) -> Vec<Value> {
         out.push(json!({
             "cgroups": rec.cgroups,
             "tasks": rec.tasks,
+            "scope": if rec.global { "global" } else { "memcg" },
+            "rounds": rec.rounds,
             "contenders": per,
             "problems": rec.problems,
             "policyd_start_s": spread(&rec.policyd_start_s),
@@ -1043,6 +1045,11 @@ fn storm_md(md: &mut String, r: &Value) {
     }
 }
 
+/// A decision row's OOM: "memcg" (also for rows from before global ones were measured).
+fn scope_of(row: &Value) -> &str {
+    row["scope"].as_str().unwrap_or("memcg")
+}
+
 fn decision_md(md: &mut String, r: &Value) {
     let rows = r["summary"]["decision"]
         .as_array()
@@ -1062,7 +1069,7 @@ fn decision_md(md: &mut String, r: &Value) {
         .unwrap_or_default();
     let _ = writeln!(
         md,
-        "\n## 2. Decision cost (memcg OOM declared with bpf_out_of_memory())\n"
+        "\n## 2. Decision cost (memcg and global OOMs declared with bpf_out_of_memory())\n"
     );
     let _ = writeln!(
         md,
@@ -1083,13 +1090,34 @@ fn decision_md(md: &mut String, r: &Value) {
         setup["samples_per_contender"],
         setup["per_block"],
     );
+    let global: Vec<String> = setup["global"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| format!("{}×{}", p[0], p[1]))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !global.is_empty() {
+        let rounds = setup["global_rounds"].as_u64().unwrap_or(0);
+        let _ = writeln!(
+            md,
+            "At {} (cgroups×tasks), a global OOM too (declared for the whole guest: the \
+             root's handler, the kernel's `for_each_process()`), alternating with the memcg \
+             OOMs in the same blocks; these sizes take {rounds} round(s), {} OOMs per \
+             contender and OOM kind (policyd starts once per contender and round, and \
+             takes a minute or more to start there under TCG).\n",
+            global.join(", "),
+            rounds * setup["per_block"].as_u64().unwrap_or(0),
+        );
+    }
     let header = |md: &mut String, cols: &[&String]| {
-        let _ = write!(md, "| cgroups | tasks |");
+        let _ = write!(md, "| OOM | cgroups | tasks |");
         for n in cols {
             let _ = write!(md, " {n} |");
         }
         let _ = writeln!(md);
-        let _ = write!(md, "|---|---|");
+        let _ = write!(md, "|---|---|---|");
         for _ in cols {
             let _ = write!(md, "---|");
         }
@@ -1100,7 +1128,13 @@ fn decision_md(md: &mut String, r: &Value) {
         let _ = writeln!(md, "{title}\n");
         header(md, &all);
         for row in &rows {
-            let _ = write!(md, "| {} | {} |", row["cgroups"], row["tasks"]);
+            let _ = write!(
+                md,
+                "| {} | {} | {} |",
+                scope_of(row),
+                row["cgroups"],
+                row["tasks"]
+            );
             for n in &names {
                 let c = &row["contenders"][n];
                 let r = match ratio.and_then(|k| c[k].as_f64()) {
@@ -1142,18 +1176,24 @@ fn decision_md(md: &mut String, r: &Value) {
             "The policies' own time in their handler (handler_us of policyd's decision lines: \
              ranking, then `bpf_oom_kill_process()`, whose OOM report is inside), µs:\n"
         );
-        let _ = write!(md, "| cgroups | tasks |");
+        let _ = write!(md, "| OOM | cgroups | tasks |");
         for n in &policies {
             let _ = write!(md, " {n} |");
         }
         let _ = writeln!(md);
-        let _ = write!(md, "|---|---|");
+        let _ = write!(md, "|---|---|---|");
         for _ in &policies {
             let _ = write!(md, "---|");
         }
         let _ = writeln!(md);
         for row in &rows {
-            let _ = write!(md, "| {} | {} |", row["cgroups"], row["tasks"]);
+            let _ = write!(
+                md,
+                "| {} | {} | {} |",
+                scope_of(row),
+                row["cgroups"],
+                row["tasks"]
+            );
             for n in &policies {
                 let _ = write!(
                     md,
@@ -1176,7 +1216,8 @@ fn decision_md(md: &mut String, r: &Value) {
             );
             if ok < s {
                 notes.push(format!(
-                    "{}×{} {n}: {} of {s} OOMs did not kill exactly the victim",
+                    "{} {}×{} {n}: {} of {s} OOMs did not kill exactly the victim",
+                    scope_of(row),
                     row["cgroups"],
                     row["tasks"],
                     s - ok
@@ -1184,7 +1225,8 @@ fn decision_md(md: &mut String, r: &Value) {
             }
             if printed < s {
                 notes.push(format!(
-                    "{}×{} {n}: the OOM report was rate-limited in {} of {s} OOMs",
+                    "{} {}×{} {n}: the OOM report was rate-limited in {} of {s} OOMs",
+                    scope_of(row),
                     row["cgroups"],
                     row["tasks"],
                     s - printed
@@ -1709,11 +1751,15 @@ mod tests {
                 cgroups: vec![10],
                 tasks: vec![100],
                 only: vec![],
+                global: vec![],
+                global_rounds: 1,
                 contenders: vec!["kernel".into(), "priority".into()],
             }),
             Record::Decision(DecisionSize {
                 cgroups: 10,
                 tasks: 100,
+                global: false,
+                rounds: 1,
                 results: BTreeMap::from([
                     ("kernel".into(), samples([2, 4], [None, None], [true, true])),
                     (

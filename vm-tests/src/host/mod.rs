@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::guest::{self, Boots, Kind, Scenario};
 use qemu::{Verdict, Vm};
@@ -338,11 +338,23 @@ pub fn bench(filter: &str, quick: bool) -> Result<bool> {
     if scenarios.iter().any(|s| s.debian) {
         vm.with_debian(debian::prepare(&top()).context("preparing the Debian guest")?);
     }
-    let extra: &[&str] = if quick {
-        &[crate::protocol::QUICK_ARG]
-    } else {
-        &[]
-    };
+    let mut extra: Vec<String> = Vec::new();
+    if quick {
+        extra.push(crate::protocol::QUICK_ARG.to_string());
+    }
+    // Only these sizes of bench-decision's plan ("10000x10000,10000x50000"): the guest
+    // checks them against its plan.
+    if let Some(only) = std::env::var_os("VMTEST_DECISION_ONLY") {
+        let only = only
+            .into_string()
+            .map_err(|v| anyhow::anyhow!("VMTEST_DECISION_ONLY is not UTF-8: {v:?}"))?;
+        ensure!(
+            !only.is_empty() && !only.contains(char::is_whitespace),
+            "VMTEST_DECISION_ONLY={only:?}: want CGROUPSxTASKS[,CGROUPSxTASKS...], no spaces"
+        );
+        extra.push(format!("{}{only}", crate::protocol::DECISION_ONLY_ARG));
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let mut runs = Vec::new();
     let mut ok = true;
     for s in &scenarios {
@@ -372,7 +384,7 @@ pub fn bench(filter: &str, quick: bool) -> Result<bool> {
         let mut verdicts = Vec::new();
         let mut log = String::new();
         for boot in boots {
-            let run = boot.run_scenario(s, extra, |line| {
+            let run = boot.run_scenario(s, &extra, |line| {
                 if let Some(json) = qemu::after_marker(line, crate::protocol::JSON) {
                     println!("  {}", bench_report::short(json, 160));
                 }

@@ -8,12 +8,17 @@
 //! by the same code around the whole of out_of_memory(): the handler (if attached) or
 //! select_bad_process(), then oom_kill_process().
 //!
-//! Layout: /bench-dc/c0000 ... c{N-1}; M-1 sleeping processes (forked busybox subshells,
-//! oom_score_adj 0, see bench::spawn_blockers) spread round-robin over them, and one
-//! "victim" of VICTIM_MIB MiB in c0000. The victim is everyone's choice: the largest task
+//! Layout: /bench-dc/c0000 ... c{N-1}; M-1 sleeping processes (clone(CLONE_VM) children
+//! of a small process, oom_score_adj 0, see bench::spawn_sleepers) spread round-robin over
+//! them, and one "victim" of VICTIM_MIB MiB in c0000. The victim is everyone's choice: the largest task
 //! (kernel, badness), in the largest cgroup (largest), which the config gives priority 1
 //! against the default 100 (priority). Each OOM kills it; it is started again before the
-//! next one.
+//! next one. At 10,000 cgroups a second stopwatch declares a global OOM (the root's
+//! handler, `for_each_process()` for the kernel) in the same blocks, alternating with the
+//! memcg OOMs: the victim is then the largest task and cgroup of the whole guest.
+//!
+//! `vmtest_decision_only=10000x10000,10000x50000` on the kernel command line (the host's
+//! VMTEST_DECISION_ONLY) measures only those sizes of the plan.
 //!
 //! Every OOM prints the kernel's OOM report (dump_header(): a stack dump and the memcg's
 //! memory.stat) unless the report is rate limited (10 per 5 s). To time every contender
@@ -41,14 +46,17 @@ use crate::stats::percentile;
 
 pub fn scenario() -> Scenario {
     Scenario::new("bench-decision", run)
-        .mem_mb(2048)
-        .timeout_s(7200)
+        // 50,000 sleepers take about 1.5 GiB of kernel memory.
+        .mem_mb(4096)
+        .timeout_s(10800)
         .needs_policyd()
 }
 
 const VICTIM_MIB: u64 = 8;
 /// Keeps every OOM report out of the rate limit (10 per 5 s).
 const OOM_SPACING: Duration = Duration::from_millis(550);
+/// policyd's start-up grows with cgroups: about 80 s at 10,000 under TCG on a loaded host.
+const START_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Contender {
@@ -69,10 +77,59 @@ struct Plan {
     cgroups: &'static [usize],
     tasks: &'static [usize],
     /// When not empty: only these (cgroups, tasks) pairs of the grid.
-    cgroups_tasks: &'static [(usize, usize)],
+    cgroups_tasks: Vec<(usize, usize)>,
+    /// Sizes measured under a global OOM too, in `global_rounds` rounds (policyd takes a
+    /// minute or more to start there, once per contender and round).
+    global: &'static [(usize, usize)],
+    global_rounds: usize,
     contenders: Vec<Contender>,
     rounds: usize,
     per_block: usize,
+}
+
+impl Plan {
+    fn wants(&self, cgroups: usize, tasks: usize) -> bool {
+        self.cgroups_tasks.is_empty() || self.cgroups_tasks.contains(&(cgroups, tasks))
+    }
+
+    fn scopes(&self, cgroups: usize, tasks: usize) -> (&'static [Scope], usize) {
+        if self.global.contains(&(cgroups, tasks)) {
+            (&[Scope::Memcg, Scope::Global], self.global_rounds)
+        } else {
+            (&[Scope::Memcg], self.rounds)
+        }
+    }
+
+    /// Keeps only the sizes `only` names ("CGROUPSxTASKS,..."), each of which must be one
+    /// of the plan's.
+    fn restrict(&mut self, only: &str) -> Result<()> {
+        let mut keep = Vec::new();
+        for item in only.split(',') {
+            let arg = crate::protocol::DECISION_ONLY_ARG;
+            let size = item
+                .split_once('x')
+                .and_then(|(c, t)| Some((c.parse().ok()?, t.parse().ok()?)))
+                .with_context(|| {
+                    format!("{arg}{only}: {item:?} is not CGROUPSxTASKS (e.g. 10000x50000)")
+                })?;
+            let in_grid = self.cgroups.contains(&size.0) && self.tasks.contains(&size.1);
+            ensure!(
+                in_grid && self.wants(size.0, size.1),
+                "{arg}{only}: {}x{} is not a size of this plan",
+                size.0,
+                size.1
+            );
+            keep.push(size);
+        }
+        self.cgroups_tasks = keep;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scope {
+    Memcg,
+    Global,
 }
 
 fn plan(quick: bool) -> Plan {
@@ -88,12 +145,14 @@ fn plan(quick: bool) -> Plan {
             ],
             rounds: 1,
             per_block: 2,
-            cgroups_tasks: &[(10, 100), (100, 1000)],
+            cgroups_tasks: vec![(10, 100), (100, 1000)],
+            global: &[],
+            global_rounds: 1,
         }
     } else {
         Plan {
-            cgroups: &[10, 100, 1000],
-            tasks: &[100, 1000, 10000],
+            cgroups: &[10, 100, 1000, 10000],
+            tasks: &[100, 1000, 10000, 50000],
             contenders: vec![
                 Contender::Kernel,
                 Contender::Policy("priority"),
@@ -103,7 +162,21 @@ fn plan(quick: bool) -> Plan {
             ],
             rounds: 4,
             per_block: 5,
-            cgroups_tasks: &[],
+            cgroups_tasks: vec![
+                (10, 100),
+                (10, 1000),
+                (10, 10000),
+                (100, 100),
+                (100, 1000),
+                (100, 10000),
+                (1000, 100),
+                (1000, 1000),
+                (1000, 10000),
+                (10000, 10000),
+                (10000, 50000),
+            ],
+            global: &[(10000, 10000), (10000, 50000)],
+            global_rounds: 1,
         }
     }
 }
@@ -111,11 +184,20 @@ fn plan(quick: bool) -> Plan {
 fn run() -> Result<()> {
     emit_env("bench-decision")?;
     bc::quiet_kernel(false)?;
-    // 10000 tasks and their parents need room below the kernel's defaults.
-    util::write_file("/proc/sys/kernel/threads-max", "65536")?;
-    util::write_file("/proc/sys/kernel/pid_max", "65536")?;
+    // 50,000 sleepers need room above the kernel's defaults (32768 pids; threads-max
+    // from the guest's RAM).
+    util::write_file("/proc/sys/kernel/threads-max", "131072")?;
+    util::write_file("/proc/sys/kernel/pid_max", "131072")?;
     let quick = util::quick();
-    let plan = plan(quick);
+    let mut plan = plan(quick);
+    let cmdline = util::read_file("/proc/cmdline")?;
+    if let Some(only) = cmdline
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix(crate::protocol::DECISION_ONLY_ARG))
+    {
+        plan.restrict(only)?;
+        println!("only the sizes {only}");
+    }
     let watch = Stopwatch::load()?;
     let config = Path::new("/run/bench-decision.toml");
     util::write_file(
@@ -131,7 +213,9 @@ fn run() -> Result<()> {
         samples_per_contender: plan.rounds * plan.per_block,
         cgroups: plan.cgroups.to_vec(),
         tasks: plan.tasks.to_vec(),
-        only: plan.cgroups_tasks.to_vec(),
+        only: plan.cgroups_tasks.clone(),
+        global: plan.global.to_vec(),
+        global_rounds: plan.global_rounds,
         contenders: plan
             .contenders
             .iter()
@@ -141,6 +225,9 @@ fn run() -> Result<()> {
 
     let started = Instant::now();
     for &ncg in plan.cgroups {
+        if !plan.tasks.iter().any(|&t| plan.wants(ncg, t)) {
+            continue;
+        }
         let parent = Cgroup::create("bench-dc")?;
         let t = Instant::now();
         let cgs = bc::make_children(&parent, (0..ncg).map(|i| format!("c{i:04}")))?;
@@ -149,7 +236,7 @@ fn run() -> Result<()> {
         let mut placed = vec![0usize; ncg];
         let mut have = 0usize;
         for &ntasks in plan.tasks {
-            if !plan.cgroups_tasks.is_empty() && !plan.cgroups_tasks.contains(&(ncg, ntasks)) {
+            if !plan.wants(ncg, ntasks) {
                 continue;
             }
             // ntasks - 1 sleepers and the victim.
@@ -169,21 +256,26 @@ fn run() -> Result<()> {
                 after_kib / 1024,
                 started.elapsed().as_secs_f64()
             );
-            let measured = measure(&watch, &plan, &parent, &cgs[0], config)
+            let (scopes, rounds) = plan.scopes(ncg, ntasks);
+            let measured = measure(&watch, &plan, scopes, rounds, &parent, &cgs[0], config)
                 .with_context(|| format!("{ncg} cgroups, {ntasks} tasks"))?;
-            util::emit_json(&Record::Decision(DecisionSize {
-                cgroups: ncg,
-                tasks: ntasks,
-                results: measured.results,
-                policyd_start_s: measured.policyd_start_s,
-                problems: measured.problems,
-                sleepers_in_scope: in_scope,
-                spawn_s,
-                added_tasks: added,
-                mem_per_added_task_kib: before_kib.saturating_sub(after_kib) as f64
-                    / added.max(1) as f64,
-                mem_available_mib: after_kib / 1024,
-            }));
+            for (scope, m) in scopes.iter().zip(measured) {
+                util::emit_json(&Record::Decision(DecisionSize {
+                    cgroups: ncg,
+                    tasks: ntasks,
+                    global: *scope == Scope::Global,
+                    rounds,
+                    results: m.results,
+                    policyd_start_s: m.policyd_start_s,
+                    problems: m.problems,
+                    sleepers_in_scope: in_scope,
+                    spawn_s,
+                    added_tasks: added,
+                    mem_per_added_task_kib: before_kib.saturating_sub(after_kib) as f64
+                        / added.max(1) as f64,
+                    mem_available_mib: after_kib / 1024,
+                }));
+            }
         }
         bc::kill_in_batches(&cgs.iter().collect::<Vec<_>>(), 300)?;
         for mut s in spawners {
@@ -213,7 +305,7 @@ fn add_sleepers(
         .zip(&add)
         .map(|(cg, k)| (cg.dir().to_path_buf(), *k))
         .collect();
-    spawners.push(bc::spawn_blockers(&groups)?);
+    spawners.extend(bc::spawn_sleepers(&groups)?);
     for (p, k) in placed.iter_mut().zip(add) {
         *p += k;
     }
@@ -236,111 +328,145 @@ struct Measured {
     problems: Vec<String>,
 }
 
+/// Measures `scopes` in the same blocks: each of a block's OOMs declares them in turn.
 fn measure(
     watch: &Stopwatch,
     plan: &Plan,
-    scope: &Cgroup,
+    scopes: &[Scope],
+    rounds: usize,
+    memcg_scope: &Cgroup,
     victim_cg: &Cgroup,
     config: &Path,
-) -> Result<Measured> {
-    let mut samples: Vec<(Contender, Vec<Sample>)> =
-        plan.contenders.iter().map(|c| (*c, Vec::new())).collect();
+) -> Result<Vec<Measured>> {
+    let root = Cgroup::root();
+    // samples[scope][contender]
+    let mut samples: Vec<Vec<(Contender, Vec<Sample>)>> = scopes
+        .iter()
+        .map(|_| plan.contenders.iter().map(|c| (*c, Vec::new())).collect())
+        .collect();
     let mut policyd_start_s = Vec::new();
-    let mut problems: Vec<String> = Vec::new();
+    let mut problems: Vec<Vec<String>> = scopes.iter().map(|_| Vec::new()).collect();
     let mut last_oom = Instant::now() - OOM_SPACING;
-    let n_contenders = samples.len();
-    for round in 0..plan.rounds {
+    let n_contenders = plan.contenders.len();
+    for round in 0..rounds {
         // Each round starts with the next contender: none is always first after a change.
         for k in 0..n_contenders {
-            let (contender, out) = &mut samples[(round + k) % n_contenders];
+            let ci = (round + k) % n_contenders;
+            let contender = plan.contenders[ci];
             let mut daemon = match contender {
                 Contender::Kernel => None,
                 Contender::Policy(p) => {
-                    let d = Policyd::start(&[p, "--config", &config.to_string_lossy()], false)?;
+                    let d = Policyd::start_within(
+                        &[p, "--config", &config.to_string_lossy()],
+                        false,
+                        START_TIMEOUT,
+                    )?;
                     policyd_start_s.push(d.attach_time().map_or(0.0, |t| t.as_secs_f64()));
                     Some(d)
                 }
             };
             let from = daemon.as_mut().map_or(0, Policyd::mark);
-            // One warm-up OOM per block, not recorded: the first OOM after a change
-            // (new tasks, a new handler) runs on cold caches.
+            // Which scope's sample each OOM gave, in order (None: a warm-up).
+            let mut taken: Vec<(usize, Option<usize>)> = Vec::new();
+            // One warm-up OOM per block and scope, not recorded: the first OOM after a
+            // change (new tasks, a new handler) runs on cold caches.
             for i in 0..=plan.per_block {
-                let warmup = i == 0;
-                let mut victim = start_hog("victim", victim_cg, HogMode::Fixed(VICTIM_MIB))?;
-                let vpid = victim.id();
-                let wait = OOM_SPACING.saturating_sub(last_oom.elapsed());
-                thread::sleep(wait);
-                let kills = vmstat("oom_kill")?;
-                let mut kmsg = KmsgTs::mark()?;
-                last_oom = Instant::now();
-                let t = watch.oom(scope)?;
-                let st = bc::wait_exit(&mut victim, Duration::from_secs(20))?;
-                let log = kmsg.since()?;
-                let phases = OomPhases::from_log(&log, &t);
-                let dumped = log.iter().any(|r| r.text.contains("invoked oom-killer"));
-                let killed: Vec<(String, u32, String)> = log
-                    .iter()
-                    .filter_map(|r| parse_kill_line(&r.text))
-                    .collect();
-                let kill_delta = vmstat("oom_kill")? - kills;
-                let expect_killer = match contender {
-                    Contender::Kernel | Contender::Policy("observe") => "kernel",
-                    _ => "policyd",
-                };
-                let ok = st.is_some()
-                    && t.ret == 1
-                    && kill_delta == 1
-                    && killed.len() == 1
-                    && killed[0].1 == vpid
-                    && killed[0].0.starts_with(expect_killer);
-                if !ok {
-                    problems.push(format!(
-                        "{} round {round} #{i}: ret {} oom_kill +{kill_delta}, victim {vpid} {}, \
-                         kills {killed:?}",
-                        contender.name(),
-                        t.ret,
-                        if st.is_some() { "dead" } else { "alive" }
-                    ));
-                    println!("PROBLEM {}", problems.last().unwrap());
+                for (si, scope) in scopes.iter().enumerate() {
+                    let warmup = i == 0;
+                    let mut victim = start_hog("victim", victim_cg, HogMode::Fixed(VICTIM_MIB))?;
+                    let vpid = victim.id();
+                    let wait = OOM_SPACING.saturating_sub(last_oom.elapsed());
+                    thread::sleep(wait);
+                    let kills = vmstat("oom_kill")?;
+                    let mut kmsg = KmsgTs::mark()?;
+                    last_oom = Instant::now();
+                    let t = watch.oom(match scope {
+                        Scope::Memcg => memcg_scope,
+                        Scope::Global => &root,
+                    })?;
+                    let st = bc::wait_exit(&mut victim, Duration::from_secs(20))?;
+                    let log = kmsg.since()?;
+                    let phases = OomPhases::from_log(&log, &t);
+                    let dumped = log.iter().any(|r| r.text.contains("invoked oom-killer"));
+                    let killed: Vec<(String, u32, String)> = log
+                        .iter()
+                        .filter_map(|r| parse_kill_line(&r.text))
+                        .collect();
+                    let kill_delta = vmstat("oom_kill")? - kills;
+                    let expect_killer = match contender {
+                        Contender::Kernel | Contender::Policy("observe") => "kernel",
+                        _ => "policyd",
+                    };
+                    let ok = st.is_some()
+                        && t.ret == 1
+                        && kill_delta == 1
+                        && killed.len() == 1
+                        && killed[0].1 == vpid
+                        && killed[0].0.starts_with(expect_killer);
+                    if !ok {
+                        problems[si].push(format!(
+                            "{} {scope:?} round {round} #{i}: ret {} oom_kill +{kill_delta}, \
+                             victim {vpid} {}, kills {killed:?}",
+                            contender.name(),
+                            t.ret,
+                            if st.is_some() { "dead" } else { "alive" }
+                        ));
+                        println!("PROBLEM {}", problems[si].last().unwrap());
+                    }
+                    kill_reap(&mut victim);
+                    if warmup {
+                        taken.push((si, None));
+                        continue;
+                    }
+                    let out = &mut samples[si][ci].1;
+                    taken.push((si, Some(out.len())));
+                    out.push(Sample {
+                        ns: t.ns,
+                        phases,
+                        handler_us: None,
+                        dumped,
+                        ok,
+                    });
                 }
-                kill_reap(&mut victim);
-                if warmup {
-                    continue;
-                }
-                out.push(Sample {
-                    ns: t.ns,
-                    phases,
-                    handler_us: None,
-                    dumped,
-                    ok,
-                });
             }
             if let Some(mut d) = daemon {
-                // Each OOM gives one decision line; attach its handler time to the sample
-                // (the first line is the warm-up's).
-                let n = plan.per_block;
-                d.wait_decisions(from, n + 1, Duration::from_secs(20));
-                let times: Vec<Option<u64>> = d
-                    .decisions_since(from)?
-                    .iter()
-                    .skip(1)
-                    .map(|d| Some(d.handler_us))
-                    .collect();
-                if times.len() != n {
-                    problems.push(format!(
-                        "{}: {} decision lines for {n} OOMs",
+                // Each OOM gives one decision line, in order: attach its handler time to
+                // the OOM's sample.
+                d.wait_decisions(from, taken.len(), Duration::from_secs(20));
+                let lines = d.decisions_since(from)?;
+                if lines.len() != taken.len() {
+                    problems[0].push(format!(
+                        "{}: {} decision lines for {} OOMs",
                         contender.name(),
-                        times.len()
+                        lines.len(),
+                        taken.len()
                     ));
                 }
-                let first = out.len() - n;
-                for (s, us) in out[first..].iter_mut().zip(times) {
-                    s.handler_us = us;
+                for (line, (si, at)) in lines.iter().zip(&taken) {
+                    if let Some(j) = at {
+                        samples[*si][ci].1[*j].handler_us = Some(line.handler_us);
+                    }
                 }
                 d.stop()?;
             }
         }
     }
+    scopes
+        .iter()
+        .zip(samples)
+        .zip(problems)
+        .map(|((scope, samples), problems)| {
+            println!("  {scope:?} OOM:");
+            summarize(samples, policyd_start_s.clone(), problems)
+        })
+        .collect()
+}
+
+fn summarize(
+    samples: Vec<(Contender, Vec<Sample>)>,
+    policyd_start_s: Vec<f64>,
+    problems: Vec<String>,
+) -> Result<Measured> {
     let mut results = BTreeMap::new();
     for (c, v) in &samples {
         results.insert(
@@ -366,15 +492,22 @@ fn measure(
             .filter_map(|s| s.phases.report_ns())
             .map(|n| n as f64 / 1e6)
             .collect();
+        let handler: Vec<f64> = v
+            .iter()
+            .filter_map(|s| s.handler_us)
+            .map(|us| us as f64 / 1e3)
+            .collect();
         let ms_at = |v: &[f64], p: f64| percentile(v, p).map_or("-".into(), |x| format!("{x:.2}"));
         println!(
-            "  {:>8}: median {} ms (p10 {}, p90 {}), to kill {}, report {}, {} samples",
+            "  {:>8}: median {} ms (p10 {}, p90 {}), to kill {}, report {}, handler {}, \
+             {} samples",
             c.name(),
             ms_at(&ms, 50.0),
             ms_at(&ms, 10.0),
             ms_at(&ms, 90.0),
             ms_at(&kill, 50.0),
             ms_at(&report, 50.0),
+            ms_at(&handler, 50.0),
             ms.len()
         );
     }
@@ -387,4 +520,33 @@ fn measure(
         policyd_start_s,
         problems,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_keeps_named_sizes_of_the_plan() {
+        let mut p = plan(false);
+        p.restrict("10000x10000,10000x50000").unwrap();
+        assert_eq!(p.cgroups_tasks, vec![(10000, 10000), (10000, 50000)]);
+        assert!(!p.wants(1000, 10000));
+        assert_eq!(p.scopes(10000, 50000).0, &[Scope::Memcg, Scope::Global]);
+        assert_eq!(p.scopes(10, 100), (&[Scope::Memcg][..], p.rounds));
+    }
+
+    #[test]
+    fn only_rejects_what_the_plan_does_not_measure() {
+        let err = |only: &str| plan(false).restrict(only).unwrap_err().to_string();
+        assert!(err("10000x100").contains("not a size of this plan"));
+        assert!(err("10000*100").contains("is not CGROUPSxTASKS"));
+        assert!(err("").contains("is not CGROUPSxTASKS"));
+        // The quick plan has none of the large sizes.
+        assert!(plan(true)
+            .restrict("10000x10000")
+            .unwrap_err()
+            .to_string()
+            .contains("not a size of this plan"));
+    }
 }
