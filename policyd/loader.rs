@@ -252,6 +252,10 @@ const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policyd.bpf.o"))
 /// The handler program's name in [`OBJECT`].
 const HANDLER_PROG: &str = "policyd_handle_oom";
 
+/// The tp_btf/mark_victim program of [`OBJECT`]: keeps the handler's list of
+/// OOM victims, so that it need not walk every process to find one exiting.
+const VICTIMS_PROG: &str = "policyd_mark_victim";
+
 /// The SEC("syscall") program of [`OBJECT`] that declares an OOM.
 const DECLARE_PROG: &str = "declare_oom";
 
@@ -265,6 +269,8 @@ pub struct PolicyObject {
     inner: InnerSpec,
     /// The handler program's fd (owned by the object).
     handler_fd: RawFd,
+    /// [`VICTIMS_PROG`], attached for as long as the object lives.
+    _victims: libbpf_rs::Link,
 }
 
 fn load_error(e: libbpf_rs::Error) -> anyhow::Error {
@@ -447,7 +453,9 @@ pub fn set_rodata(open: &mut OpenObject, fields: &[(usize, &[u8])]) -> Result<()
 
 impl PolicyObject {
     /// Open and load the handler with `settings`. Verifies the program and
-    /// creates the maps; attaches nothing.
+    /// creates the maps; attaches the victim list's tracepoint program (before
+    /// any handler can run: the handler's first walk then finds every victim
+    /// marked before it), not the handler.
     pub fn open_load(settings: &Settings) -> Result<Self> {
         Self::open_load_inner(settings).with_context(|| format!("policy {}", settings.policy))
     }
@@ -488,11 +496,21 @@ impl PolicyObject {
             .find(|p| p.name() == HANDLER_PROG)
             .map(|p| p.as_fd().as_raw_fd())
             .with_context(|| format!("the BPF object has no program {HANDLER_PROG}"))?;
+        let victims = object
+            .progs_mut()
+            .find(|p| p.name() == VICTIMS_PROG)
+            .with_context(|| format!("the BPF object has no program {VICTIMS_PROG}"))?
+            .attach()
+            .context(
+                "attaching the OOM victim tracer (tp_btf/mark_victim): this kernel needs \
+                 CONFIG_TRACEPOINTS and BTF",
+            )?;
         Ok(PolicyObject {
             policy: settings.policy,
             object,
             inner,
             handler_fd,
+            _victims: victims,
         })
     }
 

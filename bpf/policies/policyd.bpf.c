@@ -395,11 +395,129 @@ static __always_inline void record_victim(struct task_struct *task)
 }
 
 /*
+ * OOM victims, by tgid, as the kernel marks them (mark_oom_victim(): every
+ * kill, the kernel's, ours, memory.oom.group's, and a task that was exiting
+ * anyway).  Marking and handlers both run under oom_lock: no two at once.
+ * The handler looks for a victim still exiting among these rather than
+ * through every process, so that an OOM costs the same with 10 or 50,000
+ * tasks outside the victim's cgroup.  Complete only once a walk of every
+ * process has added the victims marked before this object was loaded
+ * (victims_complete), and again whenever marking overflows the list; until
+ * then each OOM walks every process, as the kernel's own selection does.
+ */
+#define POLICYD_MAX_VICTIMS 128
+__s32 victim_tgids[POLICYD_MAX_VICTIMS];
+__u32 nr_victims;
+bool victims_complete;
+
+SEC("tp_btf/mark_victim")
+int BPF_PROG(policyd_mark_victim, struct task_struct *task, uid_t uid)
+{
+	__u32 n = nr_victims;
+
+	if (n >= POLICYD_MAX_VICTIMS) {
+		victims_complete = false;
+		return 0;
+	}
+	victim_tgids[n] = task->tgid;
+	nr_victims = n + 1;
+	return 0;
+}
+
+/* Adds @tgid to the list; false if it is full. */
+static __always_inline bool remember_victim(__s32 tgid)
+{
+	__u32 n = nr_victims;
+
+	if (n >= POLICYD_MAX_VICTIMS)
+		return false;
+	victim_tgids[n] = tgid;
+	nr_victims = n + 1;
+	return true;
+}
+
+/*
+ * Whether @task, an OOM victim, resolves this OOM by waiting for it: in
+ * scope and its memory not given up on.  Sets oc->bpf_memory_freed if so.
+ * Return: 0 to wait for it; -ESRCH (done, forget it); other errors: not now.
+ */
+static __always_inline int await_victim(struct oom_control *oc, struct cgroup *scope,
+					struct task_struct *task)
+{
+	if (oc->memcg && !bpf_task_under_cgroup(task, scope))
+		return -18; /* -EXDEV */
+	return bpf_oom_await_victim(oc, task);
+}
+
+/*
+ * The victim to wait for, once found, and the list being refilled: globals,
+ * like `scan`, so that the loops below carry no values and converge at once.
+ */
+struct {
+	__s32 pid;
+	__u32 kept;
+	bool complete;
+} awaiting;
+
+/* The walk of every process: finds a victim to wait for and refills the list. */
+static __noinline void await_victim_walk(struct oom_control *oc, struct cgroup *scope)
+{
+	struct task_struct *task;
+
+	nr_victims = 0;
+	awaiting.complete = true;
+	bpf_rcu_read_lock();
+	bpf_for_each(task, task, NULL, BPF_TASK_ITER_ALL_PROCS) {
+		if (!bpf_task_is_oom_victim(task))
+			continue;
+		if (!awaiting.pid && !await_victim(oc, scope, task))
+			awaiting.pid = task->tgid;
+		if (!remember_victim(task->tgid))
+			awaiting.complete = false;
+	}
+	bpf_rcu_read_unlock();
+	victims_complete = awaiting.complete;
+}
+
+/* The victims of the list: finds one to wait for and drops the finished. */
+static __noinline void await_victim_listed(struct oom_control *oc, struct cgroup *scope)
+{
+	struct task_struct *task;
+	__u32 i, n = nr_victims;
+	__s32 tgid;
+	int err;
+
+	awaiting.kept = 0;
+	bpf_for(i, 0, POLICYD_MAX_VICTIMS) {
+		if (i >= n)
+			break;
+		tgid = victim_tgids[i];
+		task = bpf_task_from_pid(tgid);
+		if (!task)
+			continue;
+		if (!bpf_task_is_oom_victim(task)) {
+			/* Its pid, reused. */
+			bpf_task_release(task);
+			continue;
+		}
+		err = await_victim(oc, scope, task);
+		bpf_task_release(task);
+		if (err == -3) /* -ESRCH: its memory is gone or given up on. */
+			continue;
+		if (!err && !awaiting.pid)
+			awaiting.pid = tgid;
+		if (awaiting.kept < POLICYD_MAX_VICTIMS)
+			victim_tgids[awaiting.kept++] = tgid;
+	}
+	nr_victims = awaiting.kept;
+}
+
+/*
  * An earlier OOM victim anywhere in the OOM's scope that is still releasing
  * its memory: wait for it, as the kernel's select_bad_process() does, rather
  * than kill a second task.  Looked for across the whole scope before any
  * ranking: the victim's cgroup need not rank first any more (under `largest`
- * it shrinks as the memory comes back).  Walks every process, as badness does.
+ * it shrinks as the memory comes back).
  *
  * Return: true if the OOM is resolved by waiting; the event says for whom.
  */
@@ -407,20 +525,14 @@ static __noinline bool await_victim_in_scope(struct oom_control *oc, struct cgro
 {
 	struct task_struct *task;
 	struct cgroup *cgrp;
-	__s32 pid = 0;
+	__s32 pid;
 
-	bpf_rcu_read_lock();
-	bpf_for_each(task, task, NULL, BPF_TASK_ITER_ALL_PROCS) {
-		if (!bpf_task_is_oom_victim(task))
-			continue;
-		if (oc->memcg && !bpf_task_under_cgroup(task, scope))
-			continue;
-		if (!bpf_oom_await_victim(oc, task)) {
-			pid = task->tgid;
-			break;
-		}
-	}
-	bpf_rcu_read_unlock();
+	awaiting.pid = 0;
+	if (victims_complete)
+		await_victim_listed(oc, scope);
+	else
+		await_victim_walk(oc, scope);
+	pid = awaiting.pid;
 	if (!pid)
 		return false;
 
