@@ -74,6 +74,12 @@ pub struct ThrashTrial {
     /// /proc/pressure/memory `full` total over the trial, and the slice's.
     pub stall_full_us: u64,
     pub slice_stall_full_us: u64,
+    /// At the trial's first death the bench did not cause (job or service): the slice's
+    /// `full` stall since the job's start, and the highest share of a sampled window
+    /// before it, in percent (None if no window was complete). The host judges from
+    /// them whether the kill came on pressure at all.
+    pub slice_stall_at_kill_us: Option<u64>,
+    pub slice_peak_pct_before_kill: Option<f64>,
     /// /proc/vmstat oom_kill and pswpout over the trial.
     pub kernel_oom_kills: u64,
     pub pages_swapped_out: u64,

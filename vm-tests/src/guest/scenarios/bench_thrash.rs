@@ -16,7 +16,9 @@
 //! come back, and the job's slice stalls. Trials go round-robin over the contenders.
 //! Measured per trial: service alive, victims, when the slice's `full` stall over the
 //! last `DURATION_S` first reached the limit and when it went under it for good (relief),
-//! and the guest's whole `full` stall (/proc/pressure/memory) over the trial.
+//! and the guest's whole `full` stall (/proc/pressure/memory) over the trial; and at the
+//! first kill, the slice's stall so far, from which the host tells a kill on pressure
+//! from one that came before it (premature).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader};
@@ -501,9 +503,13 @@ fn run_trial(
     let mut timed_out = false;
     let mut peak_rss_kib = 0;
     let mut watch_until = None;
+    let mut peak_share: Option<f64> = None;
+    let mut at_kill = None;
     loop {
         let now = Instant::now();
-        if let Some(share) = window.push(now, full_total(&slice_pressure)?) {
+        let slice_total = full_total(&slice_pressure)?;
+        if let Some(share) = window.push(now, slice_total) {
+            peak_share = Some(peak_share.map_or(share, |p| p.max(share)));
             if share >= limit {
                 limit_reached.get_or_insert(now);
                 above = true;
@@ -529,6 +535,9 @@ fn run_trial(
         }
         if !service_dead && service.try_wait()?.is_some() {
             service_dead = true;
+        }
+        if at_kill.is_none() && (service_dead || (job_dead.is_some() && !timed_out)) {
+            at_kill = Some((slice_total - slice_before, peak_share));
         }
         if watch_until.is_some_and(|w| now >= w) {
             break;
@@ -574,6 +583,8 @@ fn run_trial(
         watched_ms: ms(watched),
         stall_full_us,
         slice_stall_full_us,
+        slice_stall_at_kill_us: at_kill.map(|(us, _)| us),
+        slice_peak_pct_before_kill: at_kill.and_then(|(_, share)| share).map(|s| s * 100.0),
         kernel_oom_kills: vmstat("oom_kill")? - oom_kills_before,
         pages_swapped_out: ZramSwap::pages_out()? - swapped_before,
         job_peak_rss_mib: peak_rss_kib / 1024,
