@@ -438,12 +438,18 @@ fn kernel_cost_summary(runs: &[ScenarioRun]) -> Value {
 // Writing
 // ---------------------------------------------------------------------------------------
 
-/// Writes bench.json and bench.md into `out`; returns their paths.
+/// Why `bench --quick` leaves out the benchmarks in the Debian guest.
+pub const QUICK_LEAVES_OUT_WHY: &str =
+    "its Debian guest's boot alone takes 30-45 s under load, and the quick bench stays under 5 minutes";
+
+/// Writes bench.json and bench.md into `out`; returns their paths. `left_out`: the
+/// benchmarks the filter selected that a quick run does not run.
 pub fn write(
     out: &Path,
     machine: &Machine,
     accel: &str,
     quick: bool,
+    left_out: &[String],
     total_wall_s: f64,
     runs: &[ScenarioRun],
 ) -> Result<(PathBuf, PathBuf)> {
@@ -469,6 +475,7 @@ pub fn write(
             "clocksource": guest.map(|g| &g.clocksource),
         },
         "total_wall_s": total_wall_s,
+        "left_out": left_out,
         "scenarios": runs.iter().map(|r| json!({
             "name": r.name,
             "mem_mb": r.mem_mb,
@@ -563,11 +570,18 @@ pub fn rerender(out: &Path) -> Result<PathBuf> {
         date_utc: old["date_utc"].as_str().unwrap_or("?").to_string(),
         source: old["source"].as_str().unwrap_or("?").to_string(),
     };
+    // Reports from before quick runs left anything out have no list.
+    let left_out: Vec<String> = match &old["left_out"] {
+        Value::Null => Vec::new(),
+        v => serde_json::from_value(v.clone())
+            .with_context(|| format!("{}: left_out is not a list of names", json_path.display()))?,
+    };
     let (_, md) = write(
         out,
         &machine,
         old["accel"].as_str().unwrap_or("?"),
         old["mode"] == "quick",
+        &left_out,
         old["total_wall_s"].as_f64().unwrap_or(0.0),
         &runs,
     )?;
@@ -622,6 +636,14 @@ pub fn markdown(r: &Value) -> String {
             "**Quick run** (`./vm-tests/run bench --quick`): fewer trials and sizes than the \
              full benchmark; indicative only.\n"
         );
+        for name in r["left_out"].as_array().into_iter().flatten() {
+            let name = name.as_str().unwrap_or("?");
+            let _ = writeln!(
+                md,
+                "**Left out: {name}** ({QUICK_LEAVES_OUT_WHY}); run it with \
+                 `./vm-tests/run bench {name}`.\n"
+            );
+        }
     }
     let _ = writeln!(
         md,
@@ -1922,9 +1944,15 @@ mod tests {
             date_utc: "2026-01-01T00:00:00Z".into(),
             source: "abc".into(),
         };
-        let (j, md) = write(&dir, &m, "TCG", true, 60.0, &runs).unwrap();
+        let (j, md) = write(&dir, &m, "TCG", true, &["bench-thrash".into()], 60.0, &runs).unwrap();
         let text = fs::read_to_string(md).unwrap();
         assert!(text.contains("QUICK"), "{text}");
+        assert!(
+            text.contains(
+                "**Left out: bench-thrash** (its Debian guest's boot alone takes 30-45 s"
+            ) && text.contains("run it with `./vm-tests/run bench bench-thrash`"),
+            "{text}"
+        );
         assert!(
             text.contains("| fast | policyd | **1/2** (50%) | 1.50, 2.00 | 1.50 |"),
             "{text}"

@@ -325,13 +325,29 @@ pub fn demo(name: Option<&str>) -> Result<bool> {
 }
 
 pub fn bench(filter: &str, quick: bool) -> Result<bool> {
-    let scenarios: Vec<Scenario> = guest::scenarios::all()
+    let (scenarios, left_out): (Vec<Scenario>, Vec<Scenario>) = guest::scenarios::all()
         .into_iter()
         .filter(|s| s.kind == Kind::Bench && s.name.contains(filter))
-        .collect();
-    if scenarios.is_empty() {
-        bail!("no benchmark scenario name contains {filter:?}");
+        .partition(|s| !(quick && s.debian));
+    for s in &left_out {
+        println!(
+            "bench --quick leaves out {} ({}): run it with ./vm-tests/run bench {}",
+            s.name,
+            bench_report::QUICK_LEAVES_OUT_WHY,
+            s.name
+        );
     }
+    if scenarios.is_empty() {
+        bail!(
+            "no benchmark scenario name contains {filter:?}{}",
+            if left_out.is_empty() {
+                ""
+            } else {
+                " that --quick runs"
+            }
+        );
+    }
+    let left_out: Vec<String> = left_out.iter().map(|s| s.name.to_string()).collect();
     let bench_started = Instant::now();
     let machine = bench_report::Machine::probe(&top());
     let mut vm = prepare_vm()?;
@@ -436,6 +452,7 @@ pub fn bench(filter: &str, quick: bool) -> Result<bool> {
         &machine,
         &vm.accel().to_string(),
         quick,
+        &left_out,
         bench_started.elapsed().as_secs_f64(),
         &runs,
     )?;
