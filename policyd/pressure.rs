@@ -213,10 +213,10 @@ fn kernel_can_declare() -> Option<bool> {
 }
 
 /// linux/capability.h: what makes a PSI trigger privileged.
-const CAP_SYS_RESOURCE: u32 = 24;
+pub const CAP_SYS_RESOURCE: u32 = 24;
 
 /// Whether this process has capability `cap` in effect; `None`: cannot tell.
-fn process_has_cap(cap: u32) -> Option<bool> {
+pub fn process_has_cap(cap: u32) -> Option<bool> {
     cap_in_status(&std::fs::read_to_string("/proc/self/status").ok()?, cap)
 }
 

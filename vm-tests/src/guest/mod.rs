@@ -188,6 +188,9 @@ pub enum GuestCmd {
         #[arg(long)]
         rounds: u32,
     },
+    /// Write TRIGGER to the pressure file PATH, say whether with CAP_SYS_RESOURCE, then
+    /// print "fired" at each event until stdin closes.
+    PsiTrigger { path: String, trigger: String },
 }
 
 pub fn main(cmd: GuestCmd) -> Result<()> {
@@ -223,6 +226,9 @@ pub fn main(cmd: GuestCmd) -> Result<()> {
         }
         GuestCmd::Churn { mib, rounds } => util::run_churn(mib, rounds),
         GuestCmd::Sleepers { groups } => bench::run_sleepers(&groups),
+        GuestCmd::PsiTrigger { path, trigger } => {
+            scenarios::kernel_psi_unprivileged_trigger::run_trigger(&path, &trigger)
+        }
     }
 }
 

@@ -31,6 +31,7 @@ mod kernel_hierarchy;
 mod kernel_kill_refused;
 mod kernel_one_kill;
 mod kernel_oom_storm;
+pub mod kernel_psi_unprivileged_trigger;
 mod kernel_selftests_bpf_oom;
 mod memcg_selftests;
 mod oom_default_memcg;
@@ -83,6 +84,7 @@ pub fn all() -> Vec<Scenario> {
         kernel_alloc_under_oom::scenario(),
         kernel_handler_denied::scenario(),
         kernel_selftests_bpf_oom::scenario(),
+        kernel_psi_unprivileged_trigger::scenario(),
         policyd_priority::memcg(),
         policyd_priority::global(),
         policyd_protect::scenario(),
