@@ -28,6 +28,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use policyd::pressure::CAP_SYS_RESOURCE;
 
 use crate::guest::pdutil::{self, expect_alive, Policyd};
 use crate::guest::util::{story, Cgroup, Hog, HogSpec, ZramSwap};
@@ -383,9 +384,6 @@ fn run_dry_run() -> Result<()> {
     println!("{}", line.message);
     Ok(())
 }
-
-/// linux/capability.h.
-const CAP_SYS_RESOURCE: u32 = 24;
 
 /// Without CAP_SYS_RESOURCE a PSI trigger is unprivileged, and Linux 7.3 fires a new
 /// one on its cgroup's past stall: policyd arms none and says why, and still attaches.
