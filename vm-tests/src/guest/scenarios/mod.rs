@@ -103,6 +103,7 @@ pub fn all() -> Vec<Scenario> {
         policyd_pressure::dry_run(),
         policyd_pressure::needs_cap(),
         policyd_swap::scenario(),
+        policyd_swap::dry_run(),
         policyd_largest_badness::scenario(),
         policyd_lifecycle::scenario(),
         policyd_metrics::scenario(),

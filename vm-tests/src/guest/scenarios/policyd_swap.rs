@@ -112,11 +112,12 @@ fn wait_decision(pd: &mut Policyd, swap: &Cgroup) -> Result<pdutil::Decision> {
     }
 }
 
-fn run() -> Result<()> {
+/// zram swap on, the config written, and policyd started with `extra` and armed.
+fn start(name: &str, extra: &[&str]) -> Result<(ZramSwap, Policyd)> {
     pdutil::quiet_oom_reports()?;
     let zram = ZramSwap::on(SWAP_MIB)?;
     let config = pdutil::write_config(
-        "swap-limit",
+        name,
         &format!(
             r#"
 policy = "priority"
@@ -142,7 +143,9 @@ limit = "{LIMIT}"
 "#
         ),
     )?;
-    let mut pd = Policyd::load(&["priority", "--config", &config])?;
+    let mut args = vec!["priority", "--config", &config];
+    args.extend(extra);
+    let mut pd = Policyd::load(&args)?;
     pd.wait_line(Duration::from_secs(10), "the swap limit armed", |l| {
         l.is(
             "INFO",
@@ -153,6 +156,11 @@ limit = "{LIMIT}"
         "swap limit armed",
         &[("cgroup", "/"), ("trigger", "some 10000 1000000")],
     )?;
+    Ok((zram, pd))
+}
+
+fn run() -> Result<()> {
+    let (zram, mut pd) = start("swap-limit", &[])?;
 
     let filled = fill_memory()?;
     let swap = Cgroup::create("swap")?;
@@ -280,5 +288,69 @@ limit = "{LIMIT}"
         stalled.as_secs_f64(),
         watched.as_secs_f64()
     );
+    Ok(())
+}
+
+pub fn dry_run() -> Scenario {
+    Scenario::new("policyd-swap-dry-run", run_dry_run)
+        .needs_policyd()
+        .timeout_s(150)
+}
+
+/// `policyd-swap-dry-run`: the first episode of `policyd-swap-limit` under `--dry-run`:
+/// one line says the OOM policyd would declare and the bystander the policy would kill;
+/// nothing is declared and nobody dies.
+fn run_dry_run() -> Result<()> {
+    let (_zram, mut pd) = start("swap-dry-run", &["--dry-run"])?;
+    fill_memory()?;
+    let swap = Cgroup::create("swap")?;
+    swap.set("memory.max", (16u64 << 20).to_string())?;
+    let service_cg = swap.child("service")?;
+    let mut service = Hog::start(&service_cg, &HogSpec::fixed(8), pdutil::READY_TIMEOUT)?;
+    let bystander_cg = swap.child("bystander")?;
+    let mut bystander = Hog::start(&bystander_cg, &HogSpec::fixed(1), pdutil::READY_TIMEOUT)?;
+    let before = swap.events()?;
+    let mark = pd.mark();
+    let spec = HogSpec::growing(4).step_kib(256).delay_us(25_000).up_to(64);
+    let job_cg = swap.child("job")?;
+    let mut job = Hog::start(&job_cg, &spec, pdutil::READY_TIMEOUT)?;
+
+    let line = pd.wait_line(DECLARE_TIMEOUT, "the dry run's swap line", |l| {
+        l.is("INFO", "dry run: swap limit held")
+    })?;
+    line.expect("dry run", &[("cgroup", "/")])?;
+    let limit = line.field("limit").unwrap_or_default();
+    ensure!(
+        limit.starts_with("swap ") && limit.ends_with(&format!("limit {LIMIT}")),
+        "the dry run's limit is not the swap limit: {line}"
+    );
+    let said = format!("kill one task in /swap/bystander: pid {}", bystander.pid());
+    ensure!(
+        line.message.contains("would declare an OOM (system-wide)") && line.message.contains(&said),
+        "the dry run does not say it would declare a system-wide OOM and {said}: {line}"
+    );
+    // The job grows on into swap: still no decision, nobody killed.
+    sleep(Duration::from_secs(4));
+    ensure!(
+        pd.decisions_since(mark)?.is_empty(),
+        "a dry run made decisions: {}",
+        pdutil::one_per_line(&pd.decisions_since(mark)?)
+    );
+    expect_alive(&mut bystander, "bystander (dry run)")?;
+    expect_alive(&mut job, "job (dry run)")?;
+    expect_alive(&mut service, "service")?;
+    let after = swap.events()?;
+    ensure!(
+        after.oom == before.oom && after.oom_kill == before.oom_kill,
+        "a dry run declared an OOM: /swap memory.events oom {} -> {}, oom_kill {} -> {}",
+        before.oom,
+        after.oom,
+        before.oom_kill,
+        after.oom_kill
+    );
+    drop(job);
+    pd.stop()?;
+    std::fs::remove_file(format!("{FILL_DIR}/fill"))?;
+    println!("{}", line.message);
     Ok(())
 }
