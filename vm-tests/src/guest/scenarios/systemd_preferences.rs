@@ -5,9 +5,9 @@
 //!
 //! 1. `dpkg -i` the package; policyd.service runs the shipped config, in which no rule
 //!    matches /prefs.slice: its units all get the default priority;
-//! 2. three transient units in prefs.slice (MemoryMax=64M): `prefs-avoid`
-//!    (`ManagedOOMPreference=avoid`, 16 MiB), `prefs-plain` (4 MiB) and `prefs-omit`
-//!    (`=omit`), which grows. Once each unit is started its cgroup carries
+//! 2. three units in prefs.slice (MemoryMax=64M): `prefs-avoid`
+//!    (`ManagedOOMPreference=avoid` in a unit file, 16 MiB), and transient `prefs-plain`
+//!    (4 MiB) and `prefs-omit` (`=omit`), which grows. Once each unit is started its cgroup carries
 //!    user.oomd_avoid=1 / user.oomd_omit=1 (and the plain one neither), and `policyd
 //!    explain` names them as the source of the settings;
 //! 3. the slice's OOM, the omit unit the largest by far: policyd kills prefs-plain
@@ -62,6 +62,22 @@ fn start(unit: &str, props: &[&str], hog: &[&str]) -> Result<()> {
     .map(drop)
 }
 
+/// Starts `unit` from a unit file in /run/systemd/system, as an operator's unit with
+/// `props` in its [Service] section would run, `guest hog ARGS` in prefs.slice.
+fn start_from_file(unit: &str, props: &[&str], hog: &[&str]) -> Result<()> {
+    let mut text = format!(
+        "[Service]\nSlice=prefs.slice\nExecStart=/run/vmtest/vm-tests guest hog {}\n",
+        hog.join(" ")
+    );
+    for p in props {
+        text.push_str(p);
+        text.push('\n');
+    }
+    util::write_file(format!("/run/systemd/system/{unit}.service"), text)?;
+    command("systemctl", &["daemon-reload"])?;
+    command("systemctl", &["start", unit]).map(drop)
+}
+
 /// Waits until `unit`'s cgroup holds at least `mib` MiB.
 fn resident(unit: &str, mib: u64) -> Result<()> {
     let file = format!("{SLICE}/{unit}.service/memory.current");
@@ -107,7 +123,8 @@ fn run() -> Result<()> {
         "systemctl",
         &["set-property", "--runtime", "prefs.slice", "MemoryMax=64M"],
     )?;
-    start(
+    // From a unit file, as operators set it; the others are transient.
+    start_from_file(
         "prefs-avoid",
         &["ManagedOOMPreference=avoid"],
         &["--mib", "16"],
