@@ -113,7 +113,13 @@ pub fn read(dir: &Path, path: &str) -> Xattrs {
             .as_ref()
             .is_none_or(|names| names.split(|&b| b == 0).any(|n| n == name.as_bytes()))
     };
-    let get_listed = |name: &str| if has(name) { get(dir, path, name) } else { None };
+    let get_listed = |name: &str| {
+        if has(name) {
+            get(dir, path, name)
+        } else {
+            None
+        }
+    };
     let raw = Raw {
         omit: get_listed(OMIT),
         avoid: get_listed(AVOID),

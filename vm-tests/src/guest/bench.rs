@@ -307,7 +307,10 @@ pub fn spawn_sleepers(groups: &[(PathBuf, usize)]) -> Result<Vec<Child>> {
                 in_chunk = 0;
             }
             let k = left.min(SLEEPERS_PER_SPAWNER - in_chunk);
-            chunks.last_mut().expect("one chunk at least").push((dir.clone(), k));
+            chunks
+                .last_mut()
+                .expect("one chunk at least")
+                .push((dir.clone(), k));
             in_chunk += k;
             left -= k;
         }
@@ -395,9 +398,8 @@ pub fn run_sleepers(args: &[String]) -> Result<()> {
             let top = stacks[..next * SLEEPER_STACK / 16].as_mut_ptr_range().end;
             // SAFETY: the child runs sleep_forever on its own 512 bytes of a leaked,
             // never freed buffer, and touches nothing else of the shared memory.
-            let pid = unsafe {
-                nix::libc::clone(sleep_forever, top.cast(), flags, std::ptr::null_mut())
-            };
+            let pid =
+                unsafe { nix::libc::clone(sleep_forever, top.cast(), flags, std::ptr::null_mut()) };
             if pid < 0 {
                 return Err(std::io::Error::last_os_error()).with_context(|| {
                     format!(

@@ -1154,11 +1154,7 @@ fn decision_md(md: &mut String, r: &Value) {
     );
     let global: Vec<String> = setup["global"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|p| format!("{}×{}", p[0], p[1]))
-                .collect()
-        })
+        .map(|a| a.iter().map(|p| format!("{}×{}", p[0], p[1])).collect())
         .unwrap_or_default();
     if !global.is_empty() {
         let rounds = setup["global_rounds"].as_u64().unwrap_or(0);
