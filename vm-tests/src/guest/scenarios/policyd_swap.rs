@@ -159,22 +159,53 @@ limit = "{LIMIT}"
     Ok((zram, pd))
 }
 
+/// What both runs put in /swap (memory.max 16 MiB) before the job starts. Every Cgroup
+/// is kept: dropping one removes it, killing what runs in it.
+struct Layout {
+    swap: Cgroup,
+    _service_cg: Cgroup,
+    service: Hog,
+    _bystander_cg: Cgroup,
+    bystander: Hog,
+}
+
+/// /swap with a service (8 MiB) and a bystander (1 MiB, priority 10) running.
+fn layout() -> Result<Layout> {
+    let swap = Cgroup::create("swap")?;
+    swap.set("memory.max", (16u64 << 20).to_string())?;
+    let service_cg = swap.child("service")?;
+    let service = Hog::start(&service_cg, &HogSpec::fixed(8), pdutil::READY_TIMEOUT)?;
+    let bystander_cg = swap.child("bystander")?;
+    let bystander = Hog::start(&bystander_cg, &HogSpec::fixed(1), pdutil::READY_TIMEOUT)?;
+    Ok(Layout {
+        swap,
+        _service_cg: service_cg,
+        service,
+        _bystander_cg: bystander_cg,
+        bystander,
+    })
+}
+
+/// The job: 10 MiB/s up to 64 MiB, 57 MiB in swap at the end (89%), never all of it, so
+/// no real OOM comes.
+fn job_spec() -> HogSpec {
+    HogSpec::growing(4).step_kib(256).delay_us(25_000).up_to(64)
+}
+
 fn run() -> Result<()> {
     let (zram, mut pd) = start("swap-limit", &[])?;
 
     let filled = fill_memory()?;
-    let swap = Cgroup::create("swap")?;
-    swap.set("memory.max", (16u64 << 20).to_string())?;
-    // Every Cgroup is kept: dropping one removes it, killing what runs in it.
-    let service_cg = swap.child("service")?;
-    let mut service = Hog::start(&service_cg, &HogSpec::fixed(8), pdutil::READY_TIMEOUT)?;
-    let bystander_cg = swap.child("bystander")?;
-    let mut bystander = Hog::start(&bystander_cg, &HogSpec::fixed(1), pdutil::READY_TIMEOUT)?;
+    let Layout {
+        swap,
+        _service_cg,
+        mut service,
+        _bystander_cg,
+        mut bystander,
+    } = layout()?;
     let before = swap.events()?;
     let mark = pd.mark();
-    // 10 MiB/s up to 64 MiB: 57 MiB in swap at the end (89%), never all of it, so no
-    // real OOM comes.
-    let spec = HogSpec::growing(4).step_kib(256).delay_us(25_000).up_to(64);
+    let spec = job_spec();
     let started = Instant::now();
     let job_cg = swap.child("job")?;
     let mut job = Hog::start(&job_cg, &spec, pdutil::READY_TIMEOUT)?;
@@ -303,15 +334,16 @@ pub fn dry_run() -> Scenario {
 fn run_dry_run() -> Result<()> {
     let (_zram, mut pd) = start("swap-dry-run", &["--dry-run"])?;
     fill_memory()?;
-    let swap = Cgroup::create("swap")?;
-    swap.set("memory.max", (16u64 << 20).to_string())?;
-    let service_cg = swap.child("service")?;
-    let mut service = Hog::start(&service_cg, &HogSpec::fixed(8), pdutil::READY_TIMEOUT)?;
-    let bystander_cg = swap.child("bystander")?;
-    let mut bystander = Hog::start(&bystander_cg, &HogSpec::fixed(1), pdutil::READY_TIMEOUT)?;
+    let Layout {
+        swap,
+        _service_cg,
+        mut service,
+        _bystander_cg,
+        mut bystander,
+    } = layout()?;
     let before = swap.events()?;
     let mark = pd.mark();
-    let spec = HogSpec::growing(4).step_kib(256).delay_us(25_000).up_to(64);
+    let spec = job_spec();
     let job_cg = swap.child("job")?;
     let mut job = Hog::start(&job_cg, &spec, pdutil::READY_TIMEOUT)?;
 
