@@ -862,11 +862,13 @@ fn kernel_cost_md(md: &mut String, r: &Value) {
     }
 }
 
+/// The rows of the summary's `key` section; none when the run had no such scenario.
+fn summary_rows(r: &Value, key: &str) -> Vec<Value> {
+    r["summary"][key].as_array().cloned().unwrap_or_default()
+}
+
 fn thrash_md(md: &mut String, r: &Value) {
-    let rows = r["summary"]["thrash"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let rows = summary_rows(r, "thrash");
     if rows.is_empty() {
         return;
     }
@@ -1000,10 +1002,7 @@ fn storms_text(setup: &Value) -> String {
 }
 
 fn storm_md(md: &mut String, r: &Value) {
-    let rows = r["summary"]["storm"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let rows = summary_rows(r, "storm");
     if rows.is_empty() {
         return;
     }
@@ -1113,10 +1112,7 @@ fn scope_of(row: &Value) -> &str {
 }
 
 fn decision_md(md: &mut String, r: &Value) {
-    let rows = r["summary"]["decision"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let rows = summary_rows(r, "decision");
     if rows.is_empty() {
         return;
     }
