@@ -47,6 +47,11 @@ pub const HANDLER_BUCKETS: usize = policyd_limits::POLICYD_HANDLER_BUCKETS.0 as 
 /// `1 << HANDLER_BUCKET0_SHIFT` ns.
 pub const HANDLER_BUCKET0_SHIFT: u32 = policyd_limits::POLICYD_HANDLER_BUCKET0_SHIFT.0;
 
+/// `POLICYD_AWAIT_RUN_SEQ_SHIFT`: the handler's `await_run` holds the seq of
+/// the event that began a run of awaits above this bit, the run's count of
+/// unpublished awaits below it.
+pub const AWAIT_RUN_SEQ_SHIFT: u32 = policyd_limits::POLICYD_AWAIT_RUN_SEQ_SHIFT.0;
+
 /// `KILLS_GROWTH_CGROUPS`: cgroups the tracer's `growth` map follows.
 pub const GROWTH_CGROUPS: u32 = kills_limits::KILLS_GROWTH_CGROUPS.0;
 /// `KILLS_GROWTH_HALF_WINDOW_MS`: how often a cgroup's oldest growth sample
@@ -432,7 +437,7 @@ mod tests {
         // The numbers policyd.h implies on x86_64 (checked against BTF below).
         assert_eq!(size_of::<PolicydRule>(), 8);
         assert_eq!(size_of::<PolicydCandidate>(), 24);
-        assert_eq!(size_of::<PolicydEvent>(), 240);
+        assert_eq!(size_of::<PolicydEvent>(), 256);
         assert_eq!(size_of::<PolicydDeclare>(), 24);
         assert_eq!(size_of::<PolicydStats>(), 72);
         assert_eq!(size_of::<PolicydMetrics>(), (HANDLER_BUCKETS + 1) * 8);

@@ -678,7 +678,7 @@ impl Daemon {
             self.consume_events();
         } else {
             self.log_held_kills(false);
-            self.awaits.flush();
+            self.flush_awaits();
         }
         if watch_ready {
             self.apply_cgroup_changes();
@@ -693,7 +693,7 @@ impl Daemon {
         if link_gone {
             self.consume_events();
             self.log_held_kills(true);
-            self.awaits.flush();
+            self.flush_awaits();
             anyhow::bail!(
                 "the handler on {} was detached by the kernel (was the cgroup removed?)",
                 self.req.cgroup
@@ -814,7 +814,7 @@ impl Daemon {
                     tracing::info!("{sig}: detaching from {}", self.req.cgroup);
                     self.consume_events();
                     self.log_held_kills(true);
-                    self.awaits.flush();
+                    self.flush_awaits();
                     round = Round::Stop;
                 }
                 _ => tracing::debug!("ignoring signal {signo}"),
@@ -855,6 +855,8 @@ impl Daemon {
                 Entry::Decision(d) => {
                     let trigger = self.pressure.trigger_name(d.trigger);
                     self.awaits.log(
+                        d.seq,
+                        d.repeats_before,
                         Decision::new(&d, |id| self.cgroups.names.name(id)).with_trigger(trigger),
                     )
                 }
@@ -880,6 +882,25 @@ impl Daemon {
         self.write_metrics();
     }
 
+    /// Logs the awaits the handler counted and policyd did not log yet.
+    /// Its counters moved without an event meanwhile: the metrics file
+    /// follows them.
+    fn flush_awaits(&mut self) {
+        if self.awaits.pending() {
+            self.write_metrics();
+            match self.obj.await_run() {
+                Ok(Some(word)) => self.awaits.update(word),
+                // Changing: read again after the next quiet second.
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("reading the handler's count of awaits: {e:#}");
+                    self.awaits.end_run();
+                }
+            }
+        }
+        self.awaits.flush();
+    }
+
     /// Kills that waited for a decision which did not come in time (or
     /// `anyway`): logged without it.
     fn log_held_kills(&mut self, anyway: bool) {
@@ -898,7 +919,7 @@ impl Daemon {
     fn log_kill(&mut self, k: &Traced, handler: &str) {
         let kill = Kill::new(k, &mut self.cgroups.names);
         if !kill.chosen_by(handler) {
-            self.awaits.flush();
+            self.flush_awaits();
             kill.log(self.req.log_format);
         }
     }
@@ -1134,6 +1155,8 @@ impl Daemon {
         // The old handler is out: log what it still reported, then drop it.
         // The new one counts its lost events from zero.
         self.consume_events();
+        self.flush_awaits();
+        self.awaits.end_run();
         self.dropped = 0;
         self.ring = ring;
         self.pending = pending;

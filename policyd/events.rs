@@ -22,9 +22,10 @@
 //! before the victim was passed over.
 //!
 //! An OOM that loops while its victim exits (a memory.max write retries until
-//! the usage fits) asks the handler again and again, hundreds of times under
-//! TCG; each time it awaits the same victim. [`Awaits`] logs the first such
-//! decision and then one `awaited again` line with the count.
+//! the usage fits) asks the handler again and again, thousands of times under
+//! TCG; each time it awaits the same victim. The handler publishes the first
+//! such decision and counts the rest; [`Awaits`] logs the decision and then
+//! `awaited again` lines with the count.
 
 use std::fmt;
 use std::io::Write as _;
@@ -385,14 +386,29 @@ impl Decision {
     }
 }
 
-/// Logs decisions, collapsing repeated awaits of one victim into one line.
+/// Logs decisions, and a run of awaits of one victim as its first decision
+/// plus `awaited again` lines with counts. The handler publishes only the
+/// first await of a run and counts the others (policyd.h, `await_run`); the
+/// counts come with the next event, or from the handler's word when the OOM
+/// has been quiet.
 #[derive(Debug, Default)]
 pub struct Awaits {
     format: LogFormat,
-    /// The victim the last logged decision awaited, and what it said.
-    last: Option<Decision>,
-    /// Awaits of that victim since, not logged.
-    repeats: u64,
+    /// The run going on: the seq of the event that began it, and its decision.
+    run: Option<(u64, Decision)>,
+    /// Awaits of the run after its first, as far as known, and how many of
+    /// them are logged.
+    counted: u64,
+    logged: u64,
+    /// The count may have grown since it was last read.
+    stale: bool,
+}
+
+/// The run an `await_run` word names (the seq of its first event), and its
+/// count of awaits after that first one.
+pub fn split_await_run(word: u64) -> (u64, u64) {
+    let shift = crate::abi::AWAIT_RUN_SEQ_SHIFT;
+    (word >> shift, word & ((1 << shift) - 1))
 }
 
 impl Awaits {
@@ -403,31 +419,52 @@ impl Awaits {
         }
     }
 
-    /// Logs `d` unless it awaits the same victim as the decision logged last;
-    /// before any other line, says how many were left out.
-    pub fn log(&mut self, d: Decision) {
-        if d.outcome == Outcome::Awaited
-            && self
-                .last
-                .as_ref()
-                .is_some_and(|l| l.pid == d.pid && l.victim_cgroup == d.victim_cgroup)
-        {
-            self.repeats += 1;
-            return;
-        }
+    /// Logs `d`, published as event `seq`; `repeats_before` is the final
+    /// count of the run before it, which is logged first.
+    pub fn log(&mut self, seq: u64, repeats_before: u64, d: Decision) {
+        self.counted = self.counted.max(repeats_before);
         self.flush();
         d.log(self.format);
-        self.last = (d.outcome == Outcome::Awaited).then_some(d);
+        self.run = (d.outcome == Outcome::Awaited).then_some((seq, d));
+        self.counted = 0;
+        self.logged = 0;
+        self.stale = self.run.is_some();
     }
 
-    /// Whether awaits are counted but not yet logged.
+    /// Whether a run may have counts not yet read: worth a look at the
+    /// handler's word once the OOM is quiet.
     pub fn pending(&self) -> bool {
-        self.repeats > 0
+        self.stale
     }
 
-    /// Logs the count of awaits left out, if any.
+    /// Takes the count from the handler's `await_run` word if it names the
+    /// run going on. Once the count stops growing, nothing is pending.
+    pub fn update(&mut self, await_run: u64) {
+        let (seq, count) = split_await_run(await_run);
+        // The word keeps the seq's low bits only.
+        let seq_bits = u64::MAX >> crate::abi::AWAIT_RUN_SEQ_SHIFT;
+        if self.run.as_ref().is_some_and(|(s, _)| s & seq_bits == seq) {
+            self.stale = count > self.counted;
+            self.counted = self.counted.max(count);
+        } else {
+            // Another run began, or the word was torn: its event tells.
+            self.stale = false;
+        }
+    }
+
+    /// Forgets the run going on: its handler is gone, or its count cannot
+    /// be read. Its count so far must be flushed first.
+    pub fn end_run(&mut self) {
+        self.run = None;
+        self.stale = false;
+        self.counted = 0;
+        self.logged = 0;
+    }
+
+    /// Logs the awaits counted and not logged yet, if any.
     pub fn flush(&mut self) {
-        if let (Some(d), n @ 1..) = (&self.last, self.repeats) {
+        let n = self.counted.saturating_sub(self.logged);
+        if let (Some((_, d)), 1..) = (&self.run, n) {
             tracing::info!(
                 policy = %d.policy,
                 scope = %d.scope,
@@ -441,7 +478,7 @@ impl Awaits {
                 "awaited again"
             );
         }
-        self.repeats = 0;
+        self.logged = self.counted;
     }
 }
 
@@ -763,7 +800,7 @@ mod tests {
     }
 
     #[test]
-    fn repeated_awaits_of_one_victim_become_one_count() {
+    fn a_run_of_awaits_is_its_first_decision_and_counts() {
         let mut awaited = killed_event();
         awaited.outcome = 1;
         awaited.reason = 5;
@@ -773,19 +810,30 @@ mod tests {
             ..awaited
         };
         let decision = |ev: &PolicydEvent| Decision::new(ev, names);
+        let word = |seq: u64, n: u64| seq << crate::abi::AWAIT_RUN_SEQ_SHIFT | n;
         let mut awaits = Awaits::new(LogFormat::Text);
         let out = logged_by(LogFormat::Text, || {
-            awaits.log(decision(&killed_event()));
-            for _ in 0..500 {
-                awaits.log(decision(&awaited));
-            }
+            awaits.log(1, 0, decision(&killed_event()));
+            assert!(!awaits.pending(), "a kill begins no run");
+            // Event 2 begins a run; the handler counts 300 more while the
+            // OOM is quiet for policyd, then 199 after policyd looked.
+            awaits.log(2, 0, decision(&awaited));
             assert!(awaits.pending());
-            awaits.log(decision(&other));
-            awaits.log(decision(&awaited));
-            awaits.log(decision(&awaited));
+            awaits.update(word(2, 300));
+            assert!(awaits.pending(), "the count grew");
             awaits.flush();
+            awaits.update(word(2, 300));
+            assert!(!awaits.pending(), "the count stopped growing");
+            awaits.flush();
+            // The next event carries the run's final count: 499.
+            awaits.log(3, 499, decision(&other));
+            // A word of another run (or a torn one) counts for nothing.
+            awaits.update(word(2, 7_000));
             assert!(!awaits.pending());
+            awaits.log(4, 0, decision(&awaited));
+            awaits.update(word(4, 1));
             awaits.flush();
+            awaits.log(5, 1, decision(&killed_event()));
         });
         let lines: Vec<&str> = out.lines().collect();
         let outcome = |l: &str| {
@@ -793,18 +841,20 @@ mod tests {
                 .find_map(|w| w.strip_prefix("outcome="))
                 .map(str::to_owned)
         };
-        assert_eq!(lines.len(), 6, "{out}");
+        assert_eq!(lines.len(), 8, "{out}");
         assert_eq!(outcome(lines[0]).as_deref(), Some("killed"), "{out}");
         assert_eq!(outcome(lines[1]).as_deref(), Some("awaited"), "{out}");
         assert_eq!(
             lines[2],
             " INFO awaited again policy=priority scope=global victim_cgroup=/demo/batch/j2 \
-             pid=310 times=499 summary=\"the OOM retried 499 more time(s) while pid 310 (job2) \
+             pid=310 times=300 summary=\"the OOM retried 300 more time(s) while pid 310 (job2) \
              exited; killed nothing more\""
         );
-        assert!(lines[3].contains(" pid=311 ") && lines[3].contains("outcome=awaited"));
-        assert!(lines[4].contains(" pid=310 ") && lines[4].contains("outcome=awaited"));
-        assert!(lines[5].contains("awaited again") && lines[5].contains(" times=1 "));
+        assert!(lines[3].contains("awaited again") && lines[3].contains(" times=199 "));
+        assert!(lines[4].contains(" pid=311 ") && lines[4].contains("outcome=awaited"));
+        assert!(lines[5].contains(" pid=310 ") && lines[5].contains("outcome=awaited"));
+        assert!(lines[6].contains("awaited again") && lines[6].contains(" times=1 "));
+        assert_eq!(outcome(lines[7]).as_deref(), Some("killed"), "{out}");
     }
 
     #[test]

@@ -568,6 +568,22 @@ impl PolicyObject {
             .context("the handler's .bss is shorter than its skeleton says")
     }
 
+    /// The handler's `await_run` word (policyd.h), or `None` while it
+    /// changes: the map read copies the .bss bytewise under some CPUs (TCG),
+    /// so only two reads that agree are taken.
+    pub fn await_run(&self) -> Result<Option<u64>> {
+        let word = || -> Result<u64> {
+            let at = offset_of!(skel::types::bss, await_run);
+            self.bss()?
+                .get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_ne_bytes)
+                .context("the handler's .bss is shorter than its skeleton says")
+        };
+        let first = word()?;
+        Ok((word()? == first).then_some(first))
+    }
+
     /// Everything `policyd metrics` shows of this handler: `stats` and
     /// `metrics` from one read of its `.bss`, and its `decisions` map.
     pub fn counters(&self) -> Result<RawCounters> {

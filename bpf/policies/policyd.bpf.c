@@ -73,14 +73,12 @@ struct {
 } rules SEC(".maps");
 
 /*
- * While an earlier victim exits, a memcg retries its OOM as fast as the
- * handler answers, each an "awaited" event: with the victim list that is some
- * 16 us under TCG, and one slow exit made 2,094 OOMs, 472 more than 256 KiB
- * held before policyd drained them.
+ * About 1,000 events.  The retries of an OOM while its victim exits, thousands
+ * at some 16 us each under TCG, publish one (publish_event()).
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1024 * 1024);
+	__uint(max_entries, 256 * 1024);
 } events SEC(".maps");
 
 /*
@@ -942,6 +940,37 @@ static __always_inline void count_decision(void)
 		metrics.decisions_untracked++;
 }
 
+/* Events published so far, and the run of awaits (policyd.h) going on. */
+__u64 event_seq;
+__u64 await_run;
+struct {
+	__s32 pid;
+	__u64 cgroup_id;
+} run_victim;
+
+/*
+ * Publish the event, unless it awaits the victim the last published one
+ * awaited: then count it in the run.  Return: 0 if the ring was full.
+ */
+static __always_inline bool publish_event(void)
+{
+	const __u64 repeats_mask = (1ULL << POLICYD_AWAIT_RUN_SEQ_SHIFT) - 1;
+	bool awaited = event.outcome == POLICYD_OUTCOME_AWAITED;
+
+	if (awaited && run_victim.pid && event.victim_pid == run_victim.pid &&
+	    event.victim_cgroup_id == run_victim.cgroup_id) {
+		/* One store: policyd reads the word while handlers run. */
+		await_run = await_run + 1;
+		return true;
+	}
+	event.seq = ++event_seq;
+	event.repeats_before = await_run & repeats_mask;
+	await_run = event.seq << POLICYD_AWAIT_RUN_SEQ_SHIFT;
+	run_victim.pid = awaited ? event.victim_pid : 0;
+	run_victim.cgroup_id = awaited ? event.victim_cgroup_id : 0;
+	return !bpf_ringbuf_output(&events, &event, sizeof(event), 0);
+}
+
 /* Account and publish the event; the handler's return value follows from it. */
 static __always_inline int finish_event(void)
 {
@@ -976,7 +1005,7 @@ static __always_inline int finish_event(void)
 		break;
 	}
 
-	if (bpf_ringbuf_output(&events, &event, sizeof(event), 0))
+	if (!publish_event())
 		stats.events_dropped++;
 
 	return event.outcome == POLICYD_OUTCOME_KILLED ||

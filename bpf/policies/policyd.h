@@ -45,6 +45,17 @@ enum policyd_limits {
 	POLICYD_HANDLER_BUCKETS = 24,
 	/* Bucket 0 holds handler runs shorter than 1 << this many ns (~1 us). */
 	POLICYD_HANDLER_BUCKET0_SHIFT = 10,
+
+	/*
+	 * An OOM that loops while its victim exits (a memory.max write, a
+	 * retried charge) asks the handler again each time, thousands of times
+	 * under TCG, faster than policyd reads; each time the answer is to await
+	 * that victim.  Only the first of such a run is published.  The handler
+	 * counts the others in `await_run` in its .bss: the seq of the event
+	 * that began the run above this bit, the count below it.  The next
+	 * published event carries the run's final count (repeats_before).
+	 */
+	POLICYD_AWAIT_RUN_SEQ_SHIFT = 40,
 };
 
 enum policyd_kill {
@@ -114,6 +125,9 @@ struct policyd_candidate {
 /* One per OOM the handler sees, through the `events` ring buffer. */
 struct policyd_event {
 	__u64 timestamp_ns;		/* CLOCK_MONOTONIC (bpf_ktime_get_ns) */
+	__u64 seq;			/* 1, 2, ...: this object's events, in order */
+	/* Awaits not published after the previous event (AWAIT_RUN above). */
+	__u64 repeats_before;
 	__u64 handler_ns;		/* time spent in the handler */
 	__u64 oom_cgroup_id;		/* the OOMing memcg's cgroup, 0: global */
 	__u64 victim_cgroup_id;		/* 0: none */
