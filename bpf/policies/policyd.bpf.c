@@ -128,15 +128,15 @@ static __always_inline struct policyd_rule rule_of(void *rmap, struct cgroup *cg
 	if (!rmap)
 		return builtin_defaults;
 
-	level = BPF_CORE_READ(cgrp, level);
+	level = cgrp->level;
 	bpf_for(i, 0, level + 1) {
 		if (!cgrp)
 			break;
-		key = BPF_CORE_READ(cgrp, kn, id);
+		key = cgrp->kn->id;
 		rule = bpf_map_lookup_elem(rmap, &key);
 		if (rule)
 			return *rule;
-		cgrp = BPF_CORE_READ(cgrp, self.parent, cgroup);
+		cgrp = cgrp->self.parent->cgroup;
 	}
 
 	key = POLICYD_DEFAULTS_KEY;
@@ -150,11 +150,11 @@ static __always_inline __u64 cgroup_usage(struct cgroup *cgrp)
 	struct cgroup_subsys_state *css;
 	struct mem_cgroup *memcg;
 
-	css = BPF_CORE_READ(cgrp, subsys[memory_cgrp_id]);
+	css = cgrp->subsys[memory_cgrp_id];
 	if (!css)
 		return 0;
-	memcg = container_of(css, struct mem_cgroup, css);
-	return BPF_CORE_READ(memcg, memory.usage.counter) * PAGE_SIZE;
+	memcg = bpf_core_cast(css, struct mem_cgroup);
+	return memcg->memory.usage.counter * PAGE_SIZE;
 }
 
 /*
