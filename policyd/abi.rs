@@ -440,7 +440,7 @@ mod tests {
         assert_eq!(size_of::<PolicydEvent>(), 256);
         assert_eq!(size_of::<PolicydDeclare>(), 24);
         assert_eq!(size_of::<PolicydStats>(), 72);
-        assert_eq!(size_of::<PolicydMetrics>(), (HANDLER_BUCKETS + 1) * 8);
+        assert_eq!(size_of::<PolicydMetrics>(), (HANDLER_BUCKETS + 2) * 8);
         assert_eq!(size_of::<PolicydDecisionKey>(), 16);
         assert_eq!(PolicydEvent::default().ranked.len(), EVENT_CANDIDATES);
     }

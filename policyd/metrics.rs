@@ -123,6 +123,12 @@ const COUNTERS: &[(&str, &str, CounterOf)] = &[
         "OOM decisions missing from policyd_decisions_total: its table was full.",
         |c| c.metrics.decisions_untracked,
     ),
+    (
+        "policyd_victim_walks_total",
+        "Walks of every process for an exiting victim: at the first OOM, and while more \
+         victims were pending than the handler's list of 128 holds.",
+        |c| c.metrics.victim_walks,
+    ),
 ];
 
 /// The exposition of `handlers`; `cgroup_path` names a victim cgroup by id.

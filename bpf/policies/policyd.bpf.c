@@ -468,6 +468,7 @@ static __noinline void await_victim_walk(struct oom_control *oc, struct cgroup *
 {
 	struct task_struct *task;
 
+	metrics.victim_walks++;
 	nr_victims = 0;
 	awaiting.complete = true;
 	bpf_rcu_read_lock();

@@ -203,6 +203,11 @@ struct policyd_stats {
 struct policyd_metrics {
 	__u64 handler_ns_log2[POLICYD_HANDLER_BUCKETS];
 	__u64 decisions_untracked;	/* the `decisions` map was full */
+	/*
+	 * Walks of every process for an exiting victim: at the first OOM after
+	 * load, and while more victims were pending than the list holds.
+	 */
+	__u64 victim_walks;
 };
 
 /* Key of the `decisions` map (value: __u64 count): OOM decisions by victim. */

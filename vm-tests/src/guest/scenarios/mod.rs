@@ -53,6 +53,7 @@ mod policyd_reload;
 mod policyd_rule_matching;
 mod policyd_soak;
 mod policyd_swap;
+mod policyd_victim_list;
 mod policyd_watch_config;
 mod policyd_xattrs;
 mod systemd_preferences;
@@ -107,6 +108,7 @@ pub fn all() -> Vec<Scenario> {
         policyd_largest_badness::scenario(),
         policyd_lifecycle::scenario(),
         policyd_metrics::scenario(),
+        policyd_victim_list::scenario(),
         policyd_explain::scenario(),
         policyd_differential::scenario(),
         policyd_xattrs::scenario(),
