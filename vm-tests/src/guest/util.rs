@@ -24,7 +24,7 @@ use anyhow::{bail, Context, Result};
 pub use cgroup::{Cgroup, MemoryEvents};
 pub use hog::{run_churn, run_hog, Churn, Hog, HogSpec, HOG_READY};
 pub use kmsg::{KillLog, Kmsg, KmsgRecord};
-pub use process::{describe_status, spawn_in};
+pub use process::{describe_status, spawn_in, spawn_sleep};
 pub use zram::ZramSwap;
 
 /// Writes `value` to `path` in a single write(2), as sysfs, cgroupfs and procfs expect.

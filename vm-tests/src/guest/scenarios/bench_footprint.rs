@@ -22,7 +22,7 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -36,7 +36,7 @@ use crate::guest::bench::{
     self as bc, clock_ticks, emit_env, kill_reap, proc_usage, spawn_blockers, ProcUsage, Stopwatch,
 };
 use crate::guest::pdutil::Policyd;
-use crate::guest::util::{self, spawn_in, Cgroup};
+use crate::guest::util::{self, spawn_sleep, Cgroup};
 use crate::guest::Scenario;
 use crate::records::{
     Footprint, FootprintAfter, FootprintBurst, FootprintIdle, FootprintNewCgroups,
@@ -84,14 +84,7 @@ fn run() -> Result<()> {
     // The victims are our children, so that we reap each as it dies.
     let victims_cg = parent.child("victims")?;
     let mut victims: Vec<Child> = (0..BURST)
-        .map(|_| {
-            let mut cmd = Command::new("/bin/busybox");
-            cmd.args(["sleep", "1000000"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            spawn_in(&victims_cg, &mut cmd, Some(0))
-        })
+        .map(|_| spawn_sleep(&victims_cg))
         .collect::<Result<_>>()?;
     let cgroups = GROUPS * LEAVES_PER_GROUP + GROUPS + 2;
     println!(

@@ -13,13 +13,13 @@
 //!    or in OOM 2 (walks >= 2): the overflow is not forgotten. a's hog dies, b's lives.
 //! 3. OOM 3, the same: the list is whole again, with at most one victim pending: no walk.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 
 use crate::guest::pdutil::{self, expect_alive, Policyd};
-use crate::guest::util::{self, spawn_in, Cgroup, Hog, HogSpec};
+use crate::guest::util::{self, spawn_sleep, Cgroup, Hog, HogSpec};
 use crate::guest::Scenario;
 
 pub fn scenario() -> Scenario {
@@ -84,14 +84,7 @@ fn run() -> Result<()> {
 
     // Our children, so that each is reaped as it dies and leaves no zombie.
     let mut sleepers: Vec<Child> = (0..SLEEPERS)
-        .map(|_| {
-            let mut cmd = Command::new("/bin/busybox");
-            cmd.args(["sleep", "1000000"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            spawn_in(&a_cg, &mut cmd, Some(0))
-        })
+        .map(|_| spawn_sleep(&a_cg))
         .collect::<Result<_>>()?;
     let mut b = Hog::start(&b_cg, &HogSpec::fixed(52), pdutil::READY_TIMEOUT)?;
 

@@ -5,7 +5,7 @@ use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
 
 use anyhow::{Context, Result};
 
@@ -52,6 +52,17 @@ pub fn spawn_in(cgroup: &Cgroup, cmd: &mut Command, adj: Option<i32>) -> Result<
         .with_context(|| format!("starting {cmd:?} in {}", cgroup.path()))?;
     drop(procs);
     Ok(child)
+}
+
+/// A `busybox sleep` in `cgroup` with oom_score_adj 0: a small process of its own (own
+/// memory map), killable like any other. Reap it once killed, or it stays a zombie.
+pub fn spawn_sleep(cgroup: &Cgroup) -> Result<Child> {
+    let mut cmd = Command::new("/bin/busybox");
+    cmd.args(["sleep", "1000000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    spawn_in(cgroup, &mut cmd, Some(0))
 }
 
 /// "exit code 3", "signal 9 (SIGKILL)".
