@@ -1139,19 +1139,17 @@ fn decision_md(md: &mut String, r: &Value) {
          (sleeping processes spread round-robin, plus one {} MiB victim that every contender \
          picks: largest task, in the largest cgroup, the only one at priority 1). \
          oom_dump_tasks=0, console log level 1; every OOM prints its report (OOMs are spaced \
-         {} ms apart to stay clear of its rate limit). {} OOMs per contender and size (after one \
-         unrecorded warm-up per block of {}), contenders in turn. `observe` ranks the cgroups and \
+         {} ms apart to stay clear of its rate limit). Blocks of {} OOMs per contender (after \
+         one unrecorded warm-up each), contenders in turn. `observe` ranks the cgroups and \
          then defers to the kernel's killer. Cells: median [p10–p90] in ms, and the ratio of \
          medians to the kernel default.\n",
-        setup["victim_mib"],
-        setup["oom_spacing_ms"],
-        setup["samples_per_contender"],
-        setup["per_block"],
+        setup["victim_mib"], setup["oom_spacing_ms"], setup["per_block"],
     );
     let global: Vec<String> = setup["global"]
         .as_array()
         .map(|a| a.iter().map(|p| format!("{}×{}", p[0], p[1])).collect())
         .unwrap_or_default();
+
     if !global.is_empty() {
         let rounds = setup["global_rounds"].as_u64().unwrap_or(0);
         let _ = writeln!(
@@ -1163,6 +1161,22 @@ fn decision_md(md: &mut String, r: &Value) {
              takes a minute or more to start there under TCG).\n",
             global.join(", "),
             rounds * setup["per_block"].as_u64().unwrap_or(0),
+        );
+    }
+    // A run restricted to global sizes (VMTEST_DECISION_ONLY) has no other.
+    let memcg_only = rows
+        .iter()
+        .any(|row| !global.contains(&format!("{}×{}", row["cgroups"], row["tasks"])));
+    if memcg_only {
+        let _ = writeln!(
+            md,
+            "{}{} OOMs per contender and size.\n",
+            if global.is_empty() {
+                ""
+            } else {
+                "At the other sizes, a memcg OOM only: "
+            },
+            setup["samples_per_contender"],
         );
     }
     let header = |md: &mut String, cols: &[&String]| {
@@ -1956,6 +1970,11 @@ mod tests {
         );
         assert!(text.contains("1.50 [1.10–1.90] ×0.50"), "{text}");
         assert!(text.contains("rate-limited in 1 of 2"), "{text}");
+        assert!(
+            text.contains("Blocks of 2 OOMs per contender (after one unrecorded warm-up each)")
+                && text.contains("\n2 OOMs per contender and size.\n"),
+            "{text}"
+        );
         // A record is kept as sent, and read back typed.
         assert_eq!(
             serde_json::from_str::<Record>(&serde_json::to_string(&runs[0].records[3]).unwrap())
