@@ -125,6 +125,70 @@ impl CgroupPattern {
     }
 }
 
+/// Which of the cgroups that may ever appear below a cgroup a pattern
+/// matches (any depth, any names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Below {
+    NoPath,
+    EveryPath,
+    /// Some and not others, or not provably every one (`/a/*` below `/a`
+    /// matches the children and none of the grandchildren).
+    SomePaths,
+}
+
+impl CgroupPattern {
+    /// What this pattern matches among the strict descendants of `path`.
+    /// The elements run over `path`'s segments as an NFA: the states left
+    /// are the element suffixes a descendant's own segments must match.
+    pub fn below(&self, path: &str) -> Below {
+        let n = self.elements.len();
+        let close = |states: &mut Vec<bool>| {
+            // `**` may match nothing: the element after it is reachable too.
+            for i in 0..n {
+                if states[i] && self.elements[i] == Element::AnyDepth {
+                    states[i + 1] = true;
+                }
+            }
+        };
+        let mut states = vec![false; n + 1];
+        states[0] = true;
+        close(&mut states);
+        for segment in path.split('/').filter(|s| !s.is_empty()) {
+            let mut next = vec![false; n + 1];
+            for i in (0..n).filter(|&i| states[i]) {
+                match &self.elements[i] {
+                    Element::AnyDepth => next[i] = true,
+                    Element::Name(parts) if match_name(parts, segment) => next[i + 1] = true,
+                    Element::Name(_) => {}
+                }
+            }
+            close(&mut next);
+            states = next;
+        }
+        let reachable: Vec<&[Element]> = (0..n)
+            .filter(|&i| states[i])
+            .map(|i| &self.elements[i..])
+            .collect();
+        // Every element matches some name, so any suffix left matches a descendant.
+        if reachable.is_empty() {
+            return Below::NoPath;
+        }
+        let any_name = |e: &Element| matches!(e, Element::Name(p) if p.len() == 2 && p.iter().all(String::is_empty));
+        let matches_every_path = |suffix: &[Element]| {
+            suffix
+                .iter()
+                .all(|e| *e == Element::AnyDepth || any_name(e))
+                && suffix.iter().filter(|e| any_name(e)).count() <= 1
+                && suffix.contains(&Element::AnyDepth)
+        };
+        if reachable.into_iter().any(matches_every_path) {
+            Below::EveryPath
+        } else {
+            Below::SomePaths
+        }
+    }
+}
+
 impl fmt::Display for CgroupPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
@@ -316,6 +380,66 @@ mod tests {
             proptest::prop_assert_eq!(pattern.matches(&path), want);
             let bound = (pattern.elements.len() as u64 + 1) * (segs.len() as u64 + 1);
             proptest::prop_assert!(new <= bound);
+        }
+    }
+
+    proptest::proptest! {
+        /// `below` against every descendant path up to four levels deep
+        /// over the names that can tell the elements apart: `NoPath` matches
+        /// none of them, `EveryPath` all of them.
+        #[test]
+        fn below_agrees_with_the_descendants(
+            elements in proptest::collection::vec("\\*\\*|\\*|[ab*]{1,2}", 0..6),
+            segments in proptest::collection::vec("[ab]{1,2}", 0..4),
+        ) {
+            let elements: Vec<String> = elements
+                .into_iter()
+                .map(|e| if e == "**" { e } else { e.replace("**", "*") })
+                .collect();
+            let pattern = CgroupPattern::parse(&format!("/{}", elements.join("/"))).unwrap();
+            let path = format!("/{}", segments.join("/"));
+            let names = ["a", "b", "ab", "ba", "c"];
+            let mut level: Vec<String> = vec![path.trim_end_matches('/').to_owned()];
+            let (mut matched, mut total) = (0, 0);
+            for _ in 0..4 {
+                level = level
+                    .iter()
+                    .flat_map(|p| names.iter().map(move |n| format!("{p}/{n}")))
+                    .collect();
+                total += level.len();
+                matched += level.iter().filter(|p| pattern.matches(p)).count();
+            }
+            match pattern.below(&path) {
+                Below::NoPath => proptest::prop_assert_eq!(matched, 0, "{} below {}", pattern, path),
+                Below::EveryPath => proptest::prop_assert_eq!(matched, total, "{} below {}", pattern, path),
+                Below::SomePaths => {}
+            }
+        }
+    }
+
+    #[test]
+    fn below_table() {
+        use Below::*;
+        for (pattern, path, expected) in [
+            ("/batch/**", "/batch", EveryPath),
+            ("/batch/**", "/batch/j1", EveryPath),
+            ("/batch/**", "/", SomePaths),
+            ("/batch/**", "/web", NoPath),
+            ("/batch/*/**", "/batch", EveryPath),
+            ("/batch/**/*", "/batch", EveryPath),
+            // Children only, not grandchildren.
+            ("/batch/*", "/batch", SomePaths),
+            ("/batch/*", "/batch/j1", NoPath),
+            ("/batch/*/*/**", "/batch", SomePaths),
+            ("/**/*.scope", "/user.slice", SomePaths),
+            ("/**", "/", EveryPath),
+            ("/", "/", NoPath),
+            ("/a", "/", SomePaths),
+            ("/a", "/a", NoPath),
+            ("/**/a", "/a", SomePaths),
+        ] {
+            let p = CgroupPattern::parse(pattern).unwrap();
+            assert_eq!(p.below(path), expected, "{pattern} below {path}");
         }
     }
 

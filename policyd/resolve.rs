@@ -34,6 +34,7 @@ use serde::Serialize;
 
 use crate::cgroupfs::CgroupTree;
 use crate::config::{Config, KillMode};
+use crate::matcher::Below;
 use crate::xattrs::{self, Pref, Xattrs};
 
 /// Where a cgroup's effective settings came from.
@@ -176,6 +177,27 @@ impl<'a> Resolver<'a> {
         e
     }
 
+    /// What every cgroup created below `parent` (any depth, any names,
+    /// no xattrs of its own) resolves to, when that does not depend on the
+    /// names: the first rule that matches any path below it matches every
+    /// one (applied again one level down, it gives the same), or no rule
+    /// does (it inherits `parent`'s settings as they are). `None` when it
+    /// depends on them.
+    pub fn below(&self, parent: &Effective) -> Option<Effective> {
+        let first = (self.config.rules.iter())
+            .map(|r| r.pattern.below(&parent.path))
+            .find(|b| *b != Below::NoPath);
+        if first == Some(Below::SomePaths) {
+            return None;
+        }
+        // Any name stands for all of them here.
+        let child = match parent.path.as_str() {
+            "/" => "/new".to_owned(),
+            p => format!("{p}/new"),
+        };
+        Some(self.resolve(&child, 0, Some(parent), &Xattrs::default()))
+    }
+
     fn resolve_rules(&self, path: &str, id: u64, parent: Option<&Effective>) -> Effective {
         let (priority, protect, kill, origins) = match parent {
             Some(p) => (p.by_rules.0, p.by_rules.1, p.kill, p.origins.clone()),
@@ -309,7 +331,9 @@ pub fn resolve_tree(config: &Config, tree: &CgroupTree) -> Vec<Effective> {
 mod tests {
     use super::*;
     use crate::cgroupfs::CgroupTree;
+    use crate::matcher::CgroupPattern;
     use crate::testing::FakeCgroupfs;
+    use std::collections::BTreeMap;
 
     const RULES: &str = r#"
 default_priority = 100
@@ -558,6 +582,181 @@ priority = 3
         let web2 = r.resolve("/demo/web", 3, Some(&demo2), &none);
         let w2 = r.resolve("/demo/web/w", 4, Some(&web2), &none);
         assert_eq!((w2.priority, w2.pref), (500, Pref::None));
+    }
+
+    /// A config of generated rules: (pattern elements, priority, protect, kill).
+    type GenRule = (Vec<String>, Option<u32>, Option<bool>, Option<bool>);
+
+    fn generated_config(default_priority: u32, rules: &[GenRule]) -> Config {
+        let mut text = format!("default_priority = {default_priority}\n");
+        let mut seen = std::collections::BTreeSet::new();
+        for (elements, priority, protect, kill) in rules {
+            let elements: Vec<String> = (elements.iter())
+                .map(|e| {
+                    if e == "**" {
+                        e.clone()
+                    } else {
+                        e.replace("**", "*")
+                    }
+                })
+                .collect();
+            // What the config rejects: a pattern twice, a protected rule with
+            // a priority or kill, a rule that sets nothing.
+            let pattern = CgroupPattern::parse(&format!("/{}", elements.join("/"))).unwrap();
+            if !seen.insert(pattern.to_string()) {
+                continue;
+            }
+            text += &format!("[[rule]]\ncgroup = \"{pattern}\"\n");
+            let (priority, kill) = match (priority, protect, kill) {
+                (_, Some(true), _) => (&None, &None),
+                (None, None, None) => (&Some(0), kill),
+                _ => (priority, kill),
+            };
+            if let Some(p) = priority {
+                text += &format!("priority = {p}\n");
+            }
+            if let Some(p) = protect {
+                text += &format!("protect = {p}\n");
+            }
+            if let Some(k) = kill {
+                text += &format!("kill = \"{}\"\n", if *k { "cgroup" } else { "task" });
+            }
+        }
+        Config::parse(&text, "generated.toml").unwrap()
+    }
+
+    fn settings(e: &Effective) -> (u32, bool, KillMode, Pref) {
+        (e.priority, e.protect, e.kill, e.pref)
+    }
+
+    proptest::proptest! {
+        /// Whenever `below` gives a template, a cgroup created below the
+        /// nearest resolved ancestor (with new cgroups between them, none
+        /// with xattrs yet) resolves to exactly it.
+        #[test]
+        fn the_template_is_what_a_new_cgroup_resolves_to(
+            default_priority in 0u32..3,
+            rules in proptest::collection::vec(
+                (
+                    proptest::collection::vec("\\*\\*|\\*|[ab]|a\\*", 0..4),
+                    proptest::option::of(0u32..4),
+                    proptest::option::of(proptest::bool::ANY),
+                    proptest::option::of(proptest::bool::ANY),
+                ),
+                0..5,
+            ),
+            // Existing cgroups (with their parents) and the xattrs of each.
+            tree in proptest::collection::vec(
+                (proptest::collection::vec("[ab]", 1..4), 0u8..16, proptest::option::of(0u32..4)),
+                0..6,
+            ),
+            existing in proptest::collection::vec("[ab]", 0..3),
+            new in proptest::collection::vec("[abc]|ab", 1..4),
+        ) {
+            let config = generated_config(default_priority, &rules);
+            let r = Resolver::new(&config);
+            let mut xattrs: BTreeMap<String, Xattrs> = BTreeMap::new();
+            for (segments, bits, priority) in &tree {
+                for depth in 1..=segments.len() {
+                    xattrs.entry(format!("/{}", segments[..depth].join("/"))).or_default();
+                }
+                let x = Xattrs {
+                    omit: bits & 1 != 0,
+                    avoid: bits & 2 != 0,
+                    prefer: bits & 4 != 0,
+                    priority: if bits & 8 != 0 { *priority } else { None },
+                };
+                xattrs.insert(format!("/{}", segments.join("/")), x);
+            }
+            // Resolved the way policyd does it, parents first.
+            let mut eff: BTreeMap<String, Effective> = BTreeMap::new();
+            let root = r.resolve("/", 1, None, &Xattrs::default());
+            eff.insert("/".to_owned(), root);
+            for (path, x) in &xattrs {
+                let parent = &eff[parent_of(path)];
+                let e = r.resolve(path, 2, Some(parent), x);
+                eff.insert(path.clone(), e);
+            }
+            // The nearest resolved ancestor of the new cgroups.
+            let mut at = "/".to_owned();
+            for s in &existing {
+                let next = join(&at, s);
+                if !eff.contains_key(&next) {
+                    break;
+                }
+                at = next;
+            }
+            let Some(template) = r.below(&eff[&at]) else {
+                return Ok(());
+            };
+            let mut parent = eff[&at].clone();
+            let mut path = at;
+            for s in &new {
+                path = join(&path, s);
+                if eff.contains_key(&path) {
+                    break; // not new: it has its own entry
+                }
+                let e = r.resolve(&path, 3, Some(&parent), &Xattrs::default());
+                proptest::prop_assert_eq!(settings(&e), settings(&template), "{}", path);
+                parent = e;
+            }
+        }
+    }
+
+    fn parent_of(path: &str) -> &str {
+        match path.rfind('/') {
+            Some(0) => "/",
+            Some(i) => &path[..i],
+            None => unreachable!("paths are absolute"),
+        }
+    }
+
+    fn join(parent: &str, name: &str) -> String {
+        if parent == "/" {
+            format!("/{name}")
+        } else {
+            format!("{parent}/{name}")
+        }
+    }
+
+    #[test]
+    fn templates_where_the_names_do_not_matter() {
+        let config = Config::parse(
+            "default_priority = 100\n\
+             [[rule]]\ncgroup = \"/batch/*/**\"\npriority = 1\nkill = \"cgroup\"\n\
+             [[rule]]\ncgroup = \"/web/*.scope\"\npriority = 7\n\
+             [[rule]]\ncgroup = \"/prot/**\"\nprotect = true\n",
+            "t.toml",
+        )
+        .unwrap();
+        let r = Resolver::new(&config);
+        let none = Xattrs::default();
+        let root = r.resolve("/", 1, None, &none);
+        let batch = r.resolve("/batch", 2, Some(&root), &none);
+        let web = r.resolve("/web", 3, Some(&root), &none);
+        let free = r.resolve("/free", 4, Some(&root), &none);
+        let avoid = Xattrs {
+            avoid: true,
+            priority: Some(9),
+            ..Xattrs::default()
+        };
+        let prot = r.resolve("/prot", 5, Some(&root), &avoid);
+        // /batch itself is plain; anything below it is the rule's.
+        assert_eq!(settings(&batch), (100, false, KillMode::Task, Pref::None));
+        let t = r.below(&batch).unwrap();
+        assert_eq!(settings(&t), (1, false, KillMode::Cgroup, Pref::None));
+        assert_eq!(t.source.to_string(), "rule /batch/*/** (line 3)");
+        // Some names below /web match, others not: no template.
+        assert_eq!(r.below(&web), None);
+        // Nothing can match below /free: its own settings.
+        assert_eq!(settings(&r.below(&free).unwrap()), settings(&free));
+        // The rules' protect, the xattrs in force from /prot.
+        assert_eq!(
+            settings(&r.below(&prot).unwrap()),
+            (9, true, KillMode::Task, Pref::Avoid)
+        );
+        // The root: "/batch/*/**" matches some cgroups below it only.
+        assert_eq!(r.below(&root), None);
     }
 
     #[test]
