@@ -435,9 +435,9 @@ mod tests {
     #[test]
     fn sizes_match_the_header() {
         // The numbers policyd.h implies on x86_64 (checked against BTF below).
-        assert_eq!(size_of::<PolicydRule>(), 8);
+        assert_eq!(size_of::<PolicydRule>(), 16);
         assert_eq!(size_of::<PolicydCandidate>(), 24);
-        assert_eq!(size_of::<PolicydEvent>(), 256);
+        assert_eq!(size_of::<PolicydEvent>(), 264);
         assert_eq!(size_of::<PolicydDeclare>(), 24);
         assert_eq!(size_of::<PolicydStats>(), 72);
         assert_eq!(size_of::<PolicydMetrics>(), (HANDLER_BUCKETS + 2) * 8);
@@ -452,11 +452,17 @@ mod tests {
             protect: 1,
             kill: KillMode::Cgroup.abi(),
             pref: crate::xattrs::Pref::Avoid.abi(),
-            pad: [0; 1],
+            below_known: 1,
+            below_priority: 3,
+            below_kill: KillMode::Cgroup.abi(),
+            ..Default::default()
         };
-        assert_eq!(rule.as_bytes(), &[10, 0, 0, 0, 1, 1, 2, 0]);
+        assert_eq!(
+            rule.as_bytes(),
+            &[10, 0, 0, 0, 1, 1, 2, 1, 3, 0, 0, 0, 0, 1, 0, 0]
+        );
         assert_eq!(PolicydRule::from_bytes(rule.as_bytes()), Some(rule));
-        assert_eq!(PolicydRule::from_bytes(&[0; 7]), None);
+        assert_eq!(PolicydRule::from_bytes(&[0; 15]), None);
 
         let mut ev = PolicydEvent {
             victim_pid: 42,

@@ -302,7 +302,7 @@ impl Cgroups {
     fn snapshot(&self) -> rules::Snapshot {
         self.effective
             .values()
-            .map(|e| (e.path.clone(), rules::rule_of(e)))
+            .map(|e| (e.path.clone(), rules::own_rule(e)))
             .collect()
     }
 
@@ -948,7 +948,7 @@ impl Daemon {
                         e.id,
                         &self.cgroups.dir(&path),
                     );
-                    let rule = rules::rule_of(&e);
+                    let rule = rules::rule_of(&self.req.config, &e);
                     match self
                         .rules
                         .update(&e.id.to_ne_bytes(), rule.as_bytes(), MapFlags::ANY)
@@ -1027,7 +1027,11 @@ impl Daemon {
             let Some(after) = self.cgroups.resolve(&self.req.config, &p) else {
                 continue; // gone meanwhile
             };
-            let (mut rb, mut ra) = (rules::rule_of(&before), rules::rule_of(&after));
+            let config = &self.req.config;
+            let (mut rb, mut ra) = (
+                rules::rule_of(config, &before),
+                rules::rule_of(config, &after),
+            );
             if Some(after.id) == own {
                 (rb.protect, ra.protect) = (1, 1);
             }

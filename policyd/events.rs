@@ -7,7 +7,7 @@
 //! ```text
 //! INFO decision policy=priority scope=global victim_cgroup=/demo/batch/j2 pid=310 comm=job2
 //!   priority=10 usage=300MiB rss=290MiB reason=larger-usage outcome=killed killed=1
-//!   handler_us=41 candidates=3 tried=1 unkillable=0 exiting=0 empty=0 refused=0
+//!   handler_us=41 candidates=3 tried=1 unkillable=0 exiting=0 empty=0 refused=0 unresolved=0
 //!   runner_up=/demo/batch/j1 runner_up_priority=10 runner_up_usage=100MiB kill_err=0
 //!   summary="killed pid 310 (job2) of /demo/batch/j2: ..."
 //! ```
@@ -19,7 +19,10 @@
 //!
 //! `tried` counts the candidates the handler looked into, the victim's
 //! included; `unkillable`, `exiting`, `empty` and `refused` say why each one
-//! before the victim was passed over.
+//! before the victim was passed over. `unresolved` counts the cgroups
+//! created since policyd last resolved the tree whose settings depend on
+//! their names ([`crate::resolve::Resolver::below`]): the handler judged
+//! them by their nearest resolved ancestor's own settings.
 //!
 //! An OOM that loops while its victim exits (a memory.max write retries until
 //! the usage fits) asks the handler again and again, thousands of times under
@@ -75,6 +78,9 @@ pub struct Decision {
     pub passed: PassedOver,
     /// Eligible cgroups the handler had no room for.
     pub over_cap: u32,
+    /// Cgroups judged by an ancestor's own settings: new, not resolved yet,
+    /// and what their rules give depends on their names.
+    pub unresolved: u32,
     /// The candidate ranked after the victim.
     pub runner_up: Option<String>,
     pub runner_up_priority: Option<u32>,
@@ -188,6 +194,7 @@ impl Decision {
                 refused: ev.passed_refused,
             },
             over_cap: ev.over_cap,
+            unresolved: ev.unresolved,
             runner_up: runner_up.map(|c| name(c.cgroup_id)),
             runner_up_priority: runner_up.map(|c| c.priority),
             runner_up_usage_bytes: runner_up.map(|c| c.usage),
@@ -342,6 +349,7 @@ impl Decision {
                 exiting = self.passed.exiting,
                 empty = self.passed.empty,
                 refused = self.passed.refused,
+                unresolved = self.unresolved,
                 runner_up = %or_dash(self.runner_up.as_ref()),
                 runner_up_priority = %or_dash(self.runner_up_priority),
                 runner_up_usage = %or_dash(self.runner_up_usage_bytes.map(size)),
@@ -369,6 +377,7 @@ impl Decision {
                 handler_us = self.handler_us,
                 candidates = self.candidates,
                 tried = self.tried,
+                unresolved = self.unresolved,
                 runner_up = self.runner_up.as_deref(),
                 kill_err = self.kill_err,
                 "decision: {}",
@@ -572,8 +581,8 @@ mod tests {
              owner=- pid=310 \
              comm=job2 priority=10 usage=300MiB rss=290MiB reason=larger-usage outcome=killed \
              killed=1 handler_us=41 candidates=3 tried=1 unkillable=0 exiting=0 empty=0 \
-             refused=0 runner_up=/demo/batch/j1 runner_up_priority=10 runner_up_usage=100MiB \
-             kill_err=0 summary=\"killed pid 310 (job2) of /demo/batch/j2: lowest priority \
+             refused=0 unresolved=0 runner_up=/demo/batch/j1 runner_up_priority=10 \
+             runner_up_usage=100MiB kill_err=0 summary=\"killed pid 310 (job2) of /demo/batch/j2: lowest priority \
              (10), tie broken by larger usage (300MiB)\"\n"
         );
     }
@@ -655,6 +664,7 @@ mod tests {
         ev.passed_unkillable = 2;
         ev.passed_exiting = 1;
         ev.passed_refused = 1;
+        ev.unresolved = 2;
         let d = Decision::new(&ev, names);
         assert_eq!(
             d.summary(),
@@ -663,7 +673,7 @@ mod tests {
         );
         let line = logged(&d);
         assert!(
-            line.contains(" tried=5 unkillable=2 exiting=1 empty=0 refused=1 "),
+            line.contains(" tried=5 unkillable=2 exiting=1 empty=0 refused=1 unresolved=2 "),
             "{line}"
         );
 

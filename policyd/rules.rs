@@ -11,28 +11,43 @@ use std::fmt::Write as _;
 
 use crate::abi::{self, PolicydRule};
 use crate::config::{Config, KillMode};
-use crate::resolve::Effective;
+use crate::resolve::{Effective, Resolver};
 use crate::xattrs::Pref;
 
-/// The map value for a cgroup with these settings.
-pub fn rule_of(e: &Effective) -> PolicydRule {
+/// A cgroup's own settings as a map value, without a template for new
+/// cgroups below it.
+pub fn own_rule(e: &Effective) -> PolicydRule {
     PolicydRule {
         priority: e.priority,
         protect: u8::from(e.protect),
         kill: e.kill.abi(),
         pref: e.pref.abi(),
-        pad: [0; 1],
+        ..Default::default()
     }
+}
+
+/// The map value for a cgroup with these settings: its own, and what a
+/// cgroup created below it gets until policyd resolves that one
+/// ([`Resolver::below`]).
+pub fn rule_of(config: &Config, e: &Effective) -> PolicydRule {
+    let mut rule = own_rule(e);
+    if let Some(t) = Resolver::new(config).below(e) {
+        rule.below_known = 1;
+        rule.below_priority = t.priority;
+        rule.below_protect = u8::from(t.protect);
+        rule.below_kill = t.kill.abi();
+        rule.below_pref = t.pref.abi();
+    }
+    rule
 }
 
 /// The defaults entry: what a cgroup no rule reaches gets.
 pub fn defaults_rule(config: &Config) -> PolicydRule {
     PolicydRule {
         priority: config.default_priority,
-        protect: 0,
         kill: KillMode::Task.abi(),
         pref: Pref::None.abi(),
-        pad: [0; 1],
+        ..Default::default()
     }
 }
 
@@ -41,7 +56,7 @@ pub fn defaults_rule(config: &Config) -> PolicydRule {
 pub fn rule_entries(config: &Config, effective: &[Effective]) -> Vec<(u64, PolicydRule)> {
     let mut out = Vec::with_capacity(effective.len() + 1);
     out.push((abi::DEFAULTS_KEY, defaults_rule(config)));
-    out.extend(effective.iter().map(|e| (e.id, rule_of(e))));
+    out.extend(effective.iter().map(|e| (e.id, rule_of(config, e))));
     out
 }
 
@@ -68,7 +83,7 @@ pub type Snapshot = BTreeMap<String, PolicydRule>;
 pub fn snapshot(effective: &[Effective]) -> Snapshot {
     effective
         .iter()
-        .map(|e| (e.path.clone(), rule_of(e)))
+        .map(|e| (e.path.clone(), own_rule(e)))
         .collect()
 }
 
@@ -146,20 +161,28 @@ mod tests {
                     protect: 0,
                     kill: KillMode::Task.abi(),
                     pref: 0,
-                    pad: [0; 1]
+                    ..Default::default()
                 }
             )
         );
         let by_path = |p: &str| {
             let id = tree.get(tree.find(p).unwrap()).id;
-            entries.iter().find(|(k, _)| *k == id).unwrap().1
+            let r = entries.iter().find(|(k, _)| *k == id).unwrap().1;
+            // The cgroup's own settings; templates have tests of their own.
+            PolicydRule {
+                priority: r.priority,
+                protect: r.protect,
+                kill: r.kill,
+                pref: r.pref,
+                ..Default::default()
+            }
         };
         let rule = |priority, protect, kill: KillMode| PolicydRule {
             priority,
             protect,
             kill: kill.abi(),
             pref: 0,
-            pad: [0; 1],
+            ..Default::default()
         };
         assert_eq!(by_path("/demo/db"), rule(100, 1, KillMode::Task));
         assert_eq!(by_path("/demo/web"), rule(500, 0, KillMode::Task));
@@ -230,7 +253,7 @@ mod tests {
             protect,
             kill,
             pref: 0,
-            pad: [0; 1],
+            ..Default::default()
         };
         let old: Snapshot = [
             ("/a".to_owned(), r(10, 0, 0)),

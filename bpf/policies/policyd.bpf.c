@@ -114,14 +114,15 @@ static __always_inline void *rules_map(void)
 
 /*
  * The resolved settings of @cgrp.  policyd writes an entry for every cgroup;
- * one created since then inherits from its nearest ancestor that has one.
- * The walk is bounded by @cgrp's own level, not by a fixed depth, so that a
- * whole new subtree deeper than any cap still inherits what `policyd
- * explain` says it does.
+ * one created since then takes its nearest ancestor's template for cgroups
+ * below it, or, where that depends on names, the ancestor's own settings
+ * (counted in event.unresolved).  The walk is bounded by @cgrp's own level,
+ * not by a fixed depth, so that a whole new subtree deeper than any cap is
+ * still judged as `policyd explain` says.
  */
 static __always_inline struct policyd_rule rule_of(void *rmap, struct cgroup *cgrp)
 {
-	struct policyd_rule *rule;
+	struct policyd_rule *rule, below = {};
 	__u64 key;
 	int i, level;
 
@@ -134,8 +135,19 @@ static __always_inline struct policyd_rule rule_of(void *rmap, struct cgroup *cg
 			break;
 		key = cgrp->kn->id;
 		rule = bpf_map_lookup_elem(rmap, &key);
-		if (rule)
+		if (rule && !i)
 			return *rule;
+		if (rule && rule->below_known) {
+			below.priority = rule->below_priority;
+			below.protect = rule->below_protect;
+			below.kill = rule->below_kill;
+			below.pref = rule->below_pref;
+			return below;
+		}
+		if (rule) {
+			event.unresolved++;
+			return *rule;
+		}
 		cgrp = cgrp->self.parent->cgroup;
 	}
 

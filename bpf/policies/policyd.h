@@ -75,12 +75,23 @@ enum policyd_pref {
 	POLICYD_PREF_AVOID = 2,
 };
 
-/* Value of the rules map, keyed by cgroup id: the resolved settings. */
+/*
+ * Value of the rules map, keyed by cgroup id: the resolved settings, and
+ * what a cgroup created anywhere below this one resolves to until policyd
+ * writes its own entry.  When that depends on the new cgroup's names (a
+ * rule matches some paths below and not others), below_known is 0 and the
+ * handler takes this entry's own settings meanwhile.
+ */
 struct policyd_rule {
 	__u32 priority;
 	__u8 protect;
 	__u8 kill;			/* enum policyd_kill */
 	__u8 pref;			/* enum policyd_pref */
+	__u8 below_known;
+	__u32 below_priority;
+	__u8 below_protect;
+	__u8 below_kill;
+	__u8 below_pref;
 	__u8 pad[1];
 };
 
@@ -154,6 +165,12 @@ struct policyd_event {
 	__u32 passed_refused;		/* the kernel refused every kill in it */
 	/* Eligible cgroups beyond POLICYD_MAX_CGROUPS, never considered. */
 	__u32 over_cap;
+	/*
+	 * Cgroups judged by an ancestor's own settings: created since policyd
+	 * last wrote the rules, and their settings depend on their names.
+	 */
+	__u32 unresolved;
+	__u32 pad;
 	__u8 policy;			/* enum policyd_policy */
 	__u8 scope_global;		/* 1: system-wide OOM */
 	__u8 reason;			/* enum policyd_reason */

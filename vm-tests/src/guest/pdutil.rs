@@ -828,7 +828,7 @@ mod tests {
 
     #[test]
     fn reads_decisions_as_policyd_writes_them() {
-        let line = r#"{"level":"INFO","message":"decision","policy":"priority","scope":"/app","trigger":"oom","victim_cgroup":"/app/hog","pid":212,"comm":"vm-tests","priority":10,"usage_bytes":41943040,"rss_bytes":40894464,"reason":"lowest-priority","outcome":"killed","killed":1,"handler_us":41,"candidates":2,"tried":1,"unkillable":0,"exiting":0,"empty":0,"refused":0,"over_cap":0,"runner_up":"/app/service","runner_up_priority":500,"runner_up_usage_bytes":58720256,"top":null,"kill_err":0,"summary":"killed pid 212 (vm-tests) of /app/hog: lowest priority (10)"}"#;
+        let line = r#"{"level":"INFO","message":"decision","policy":"priority","scope":"/app","trigger":"oom","victim_cgroup":"/app/hog","pid":212,"comm":"vm-tests","priority":10,"usage_bytes":41943040,"rss_bytes":40894464,"reason":"lowest-priority","outcome":"killed","killed":1,"handler_us":41,"candidates":2,"tried":1,"unkillable":0,"exiting":0,"empty":0,"refused":0,"over_cap":0,"unresolved":0,"runner_up":"/app/service","runner_up_priority":500,"runner_up_usage_bytes":58720256,"top":null,"kill_err":0,"summary":"killed pid 212 (vm-tests) of /app/hog: lowest priority (10)"}"#;
         let d = Decision::from_line(&LogLine::parse(line)).unwrap().unwrap();
         assert_eq!(d.victim_cgroup(), "/app/hog");
         assert_eq!(d.pid, 212);
