@@ -45,6 +45,7 @@ mod policyd_kubelet;
 mod policyd_largest_badness;
 mod policyd_lifecycle;
 mod policyd_metrics;
+mod policyd_new_cgroup_template;
 mod policyd_passes_over;
 mod policyd_pressure;
 mod policyd_priority;
@@ -95,6 +96,7 @@ pub fn all() -> Vec<Scenario> {
         policyd_kubelet::scenario(),
         policyd_rule_matching::scenario(),
         policyd_deep_new_cgroup::scenario(),
+        policyd_new_cgroup_template::scenario(),
         policyd_reload::scenario(),
         policyd_watch_config::scenario(),
         policyd_dry_run::scenario(),
