@@ -322,6 +322,9 @@ pub struct FootprintNewCgroups {
     pub burst_s: f64,
     /// Per cgroup: mkdir's return to its entry found, polled every millisecond.
     pub delays_us: Vec<u64>,
+    /// Cgroups judged exactly from mkdir on: right after mkdir, their nearest
+    /// ancestor with an entry had a known template for cgroups below it.
+    pub exact_at_mkdir: usize,
     pub poll_sweeps: u64,
 }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-pub use cgroup::{Cgroup, MemoryEvents};
+pub use cgroup::{Cgroup, MemoryEvents, CGROUP_ROOT};
 pub use hog::{run_churn, run_hog, Churn, Hog, HogSpec, HOG_READY};
 pub use kmsg::{KillLog, Kmsg, KmsgRecord};
 pub use process::{describe_status, spawn_in, spawn_sleep};

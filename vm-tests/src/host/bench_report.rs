@@ -1431,8 +1431,16 @@ fn footprint_md(md: &mut String, r: &Value) {
         );
         let _ = writeln!(
             md,
+            "| of them judged exactly from mkdir on (a known template above them) | {} of {} | \
+             - | - |",
+            n.exact_at_mkdir, n.count
+        );
+        let _ = writeln!(
+            md,
             "\nUntil its entry is written, an OOM judges a new cgroup by its nearest ancestor \
-             that has one (its parent here): the parent's priority, protection and kill mode."
+             with one: by that ancestor's template for new cgroups below it, exact, where the \
+             rules give every such cgroup the same settings (the bench's rules do below \
+             /bench-fp/new, once policyd has its entry); else by the ancestor's own settings."
         );
     }
     startup_md(md, &fp);
@@ -1646,6 +1654,7 @@ mod tests {
                 count: 100,
                 burst_s: 1.5,
                 delays_us: (1..=100).map(|ms| ms * 1000).collect(),
+                exact_at_mkdir: 97,
                 poll_sweeps: 500,
             }),
             startup: vec![FootprintStartup {
@@ -1664,6 +1673,8 @@ mod tests {
         for want in [
             "| 100 new cgroups in 1.50 s: mkdir to own rules entry, p50 / p99 / max | 50.5 / \
              99.0 / 100.0 ms (100 samples) | p99 < 50 ms | **NO** |",
+            "| of them judged exactly from mkdir on (a known template above them) | 97 of 100 | \
+             - | - |",
             "| 10013 | 0.50 s | 400 ms | 10.0 MiB | 0.25 s | 200 ms | 11.0 MiB |",
         ] {
             assert!(md.contains(want), "{want:?} not in\n{md}");

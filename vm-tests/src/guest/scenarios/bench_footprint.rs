@@ -13,7 +13,9 @@
 //! Then the new-cgroup window: NEW_CGROUPS mkdirs in /bench-fp/new back to back, as a node
 //! starting pods makes them, while another thread looks each new cgroup's id up in the
 //! rules map the handler reads, every millisecond, until all have their own entry. Until
-//! then an OOM judges a new cgroup by its nearest ancestor that has one.
+//! then an OOM judges a new cgroup by its nearest ancestor's template for cgroups below
+//! it, exact wherever the rules give all of them the same settings: the run counts the
+//! new cgroups for which that held right after their mkdir.
 //!
 //! Start-up and reload: `policyd load` to "attached", its CPU time and RSS by then, and
 //! one SIGHUP reload, with the 1012 cgroups above and (full bench only) with MANY more.
@@ -31,6 +33,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use libbpf_rs::query::MapInfoIter;
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use nix::sys::signal::Signal;
+use policyd::abi::{Pod, PolicydRule};
 
 use crate::guest::bench::{
     self as bc, clock_ticks, emit_env, kill_reap, proc_usage, spawn_blockers, ProcUsage, Stopwatch,
@@ -226,10 +229,35 @@ fn rules_map() -> Result<MapHandle> {
     MapHandle::from_map_id(id).with_context(|| format!("opening BPF map {id} (policyd_rules)"))
 }
 
+/// Whether the handler would judge the cgroup at `dir` exactly now: it has its own entry,
+/// or its nearest ancestor with one has a known template for cgroups below it (the walk
+/// of the handler's rule_of()).
+fn exact_template(map: &MapHandle, dir: &Path) -> Result<bool> {
+    let mut at = Some(dir);
+    let mut own = true;
+    while let Some(d) = at.filter(|d| d.starts_with(util::CGROUP_ROOT)) {
+        let id = fs::metadata(d)
+            .with_context(|| format!("stat {}", d.display()))?
+            .ino();
+        let entry = map
+            .lookup(&id.to_ne_bytes(), MapFlags::ANY)
+            .with_context(|| format!("looking up cgroup {id} in policyd_rules"))?;
+        if let Some(bytes) = entry {
+            let rule = PolicydRule::from_bytes(&bytes)
+                .with_context(|| format!("policyd_rules value of {} bytes", bytes.len()))?;
+            return Ok(own || rule.below_known != 0);
+        }
+        own = false;
+        at = d.parent();
+    }
+    Ok(false)
+}
+
 /// NEW_CGROUPS mkdirs below `parent`, back to back; for each, the time from mkdir's
 /// return to its own entry in the rules map, polled every millisecond by a second thread.
 fn new_cgroup_window(parent: &Cgroup) -> Result<FootprintNewCgroups> {
     let map = rules_map()?;
+    let poll_map = rules_map()?;
     let dir = parent.child("new")?;
     // Pods' cgroups have the memory controller.
     dir.set("cgroup.subtree_control", "+memory")?;
@@ -244,7 +272,7 @@ fn new_cgroup_window(parent: &Cgroup) -> Result<FootprintNewCgroups> {
             let mut i = 0;
             while i < pending.len() {
                 let (id, made) = pending[i];
-                let entry = map
+                let entry = poll_map
                     .lookup(&id.to_ne_bytes(), MapFlags::ANY)
                     .with_context(|| format!("looking up cgroup {id} in policyd_rules"))?;
                 if entry.is_some() {
@@ -268,6 +296,7 @@ fn new_cgroup_window(parent: &Cgroup) -> Result<FootprintNewCgroups> {
     });
     let t = Instant::now();
     let mut made = Vec::with_capacity(NEW_CGROUPS);
+    let mut exact = 0;
     for i in 0..NEW_CGROUPS {
         let path = dir.dir().join(format!("n{i:04}"));
         fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
@@ -275,6 +304,9 @@ fn new_cgroup_window(parent: &Cgroup) -> Result<FootprintNewCgroups> {
         let id = fs::metadata(&path)
             .with_context(|| format!("stat {}", path.display()))?
             .ino();
+        if exact_template(&map, &path)? {
+            exact += 1;
+        }
         made.push(path);
         // Gone only when the poller gave up: its error says why.
         if tx.send((id, at)).is_err() {
@@ -296,7 +328,8 @@ fn new_cgroup_window(parent: &Cgroup) -> Result<FootprintNewCgroups> {
     };
     println!(
         "{NEW_CGROUPS} new cgroups in {burst_s:.2} s: own rules entry after p50 {:.1} ms, \
-         p99 {:.1} ms, max {:.1} ms ({sweeps} sweeps of the map)",
+         p99 {:.1} ms, max {:.1} ms ({sweeps} sweeps of the map); {exact} judged exactly \
+         from mkdir on (a known template above them)",
         ms(50.0),
         ms(99.0),
         ms(100.0)
@@ -305,6 +338,7 @@ fn new_cgroup_window(parent: &Cgroup) -> Result<FootprintNewCgroups> {
         count: NEW_CGROUPS,
         burst_s,
         delays_us,
+        exact_at_mkdir: exact,
         poll_sweeps: sweeps,
     })
 }

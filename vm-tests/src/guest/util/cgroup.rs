@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use super::{read_file, wait_until, write_file};
 
 /// Where cgroup v2 is mounted in the guest.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// The counters of a cgroup's memory.events file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
