@@ -20,7 +20,8 @@ use crate::logging::LogFormat;
 use crate::policy::POLICIES;
 use crate::procfs::ProcFs;
 use crate::rank::{self, Explanation};
-use crate::resolve::resolve_tree;
+use crate::resolve::{resolve_tree, Effective, Resolver};
+use crate::rules;
 use crate::sizes::format_bytes;
 
 /// `policyd list`.
@@ -235,7 +236,26 @@ pub fn explain(args: &ExplainArgs, cgroup_root: Option<&Path>, proc_root: &Path)
         s.push('\n');
         Ok(s)
     } else {
-        Ok(render_explanation(&ex, &config))
+        let new_below = new_cgroups_line(&config, &effective[scope]);
+        Ok(render_explanation(&ex, &config, &new_below))
+    }
+}
+
+/// How the handler judges a cgroup created below `e` until policyd has
+/// resolved it.
+fn new_cgroups_line(config: &Config, e: &Effective) -> String {
+    match Resolver::new(config).below(e) {
+        Ok(t) => format!(
+            "new:    cgroups created below {} are judged as {} from their mkdir on ({})",
+            e.path,
+            rules::describe(&rules::own_rule(&t)),
+            t.source
+        ),
+        Err(rule) => format!(
+            "new:    cgroups created below {} are judged by its own settings until policyd \
+             resolves them (some ms): rule {} (line {}) matches some of their paths only",
+            e.path, rule.pattern, rule.line
+        ),
     }
 }
 
@@ -284,7 +304,7 @@ fn table(rows: &[Vec<String>]) -> String {
 }
 
 /// The human-readable form of an [`Explanation`].
-pub fn render_explanation(ex: &Explanation, config: &Config) -> String {
+pub fn render_explanation(ex: &Explanation, config: &Config, new_below: &str) -> String {
     let mut out = String::new();
     let n = config.rules.len();
     let _ = writeln!(
@@ -311,6 +331,7 @@ pub fn render_explanation(ex: &Explanation, config: &Config) -> String {
             ex.scope.path, ex.scope.id
         ),
     };
+    let _ = writeln!(out, "{new_below}");
 
     if !ex.candidates.is_empty() {
         let _ = writeln!(out, "\ncandidates (victim first):");

@@ -33,7 +33,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::cgroupfs::CgroupTree;
-use crate::config::{Config, KillMode};
+use crate::config::{Config, KillMode, Rule};
 use crate::matcher::Below;
 use crate::xattrs::{self, Pref, Xattrs};
 
@@ -182,20 +182,21 @@ impl<'a> Resolver<'a> {
     /// names: the first rule that matches any path below it matches every
     /// one (applied again one level down, it gives the same), or no rule
     /// does (it inherits `parent`'s settings as they are). `None` when it
-    /// depends on them.
-    pub fn below(&self, parent: &Effective) -> Option<Effective> {
+    /// depends on them: `Err` with the first rule that matches some of
+    /// them only.
+    pub fn below(&self, parent: &Effective) -> Result<Effective, &'a Rule> {
         let first = (self.config.rules.iter())
-            .map(|r| r.pattern.below(&parent.path))
-            .find(|b| *b != Below::NoPath);
-        if first == Some(Below::SomePaths) {
-            return None;
+            .map(|r| (r, r.pattern.below(&parent.path)))
+            .find(|(_, b)| *b != Below::NoPath);
+        if let Some((rule, Below::SomePaths)) = first {
+            return Err(rule);
         }
         // Any name stands for all of them here.
         let child = match parent.path.as_str() {
             "/" => "/new".to_owned(),
             p => format!("{p}/new"),
         };
-        Some(self.resolve(&child, 0, Some(parent), &Xattrs::default()))
+        Ok(self.resolve(&child, 0, Some(parent), &Xattrs::default()))
     }
 
     fn resolve_rules(&self, path: &str, id: u64, parent: Option<&Effective>) -> Effective {
@@ -686,7 +687,7 @@ priority = 3
                 }
                 at = next;
             }
-            let Some(template) = r.below(&eff[&at]) else {
+            let Ok(template) = r.below(&eff[&at]) else {
                 return Ok(());
             };
             let mut parent = eff[&at].clone();
@@ -747,7 +748,7 @@ priority = 3
         assert_eq!(settings(&t), (1, false, KillMode::Cgroup, Pref::None));
         assert_eq!(t.source.to_string(), "rule /batch/*/** (line 3)");
         // Some names below /web match, others not: no template.
-        assert_eq!(r.below(&web), None);
+        assert_eq!(r.below(&web).unwrap_err().pattern.as_str(), "/web/*.scope");
         // Nothing can match below /free: its own settings.
         assert_eq!(settings(&r.below(&free).unwrap()), settings(&free));
         // The rules' protect, the xattrs in force from /prot.
@@ -756,7 +757,7 @@ priority = 3
             (9, true, KillMode::Task, Pref::Avoid)
         );
         // The root: "/batch/*/**" matches some cgroups below it only.
-        assert_eq!(r.below(&root), None);
+        assert_eq!(r.below(&root).unwrap_err().line, 3);
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub fn own_rule(e: &Effective) -> PolicydRule {
 /// ([`Resolver::below`]).
 pub fn rule_of(config: &Config, e: &Effective) -> PolicydRule {
     let mut rule = own_rule(e);
-    if let Some(t) = Resolver::new(config).below(e) {
+    if let Ok(t) = Resolver::new(config).below(e) {
         rule.below_known = 1;
         rule.below_priority = t.priority;
         rule.below_protect = u8::from(t.protect);

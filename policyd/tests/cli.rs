@@ -246,7 +246,23 @@ fn explain_predicts_the_demo_victim() {
         text.contains("model:  the handler's ranking, in user space (vm-tests hold the two equal)"),
         "{text}"
     );
+    assert!(
+        text.contains(
+            "new:    cgroups created below /demo/web are judged as priority 500 kill task from \
+             their mkdir on (inherited from /demo/web)\n"
+        ),
+        "{text}"
+    );
     assert!(text.contains("victim: /demo/web (cgroup id "), "{text}");
+    let o = policyd(&[&base[..], &["--cgroup", "/demo"]].concat());
+    assert!(
+        stdout(&o).contains(
+            "new:    cgroups created below /demo are judged by its own settings until policyd \
+             resolves them (some ms): rule /demo/db (line 10) matches some of their paths only\n"
+        ),
+        "{}",
+        stdout(&o)
+    );
     assert!(
         text.contains("  kill  pid 201 (nginx), RSS 140 MiB\n"),
         "{text}"
