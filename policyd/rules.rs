@@ -3,8 +3,10 @@
 //! (key [`abi::DEFAULTS_KEY`]) the handler falls back to.
 //!
 //! Patterns and inheritance stay in user space ([`crate::resolve`]); the
-//! policy only looks ids up (walking to the nearest ancestor with an entry
-//! for a cgroup policyd has not seen yet).
+//! policy only looks ids up. For a cgroup policyd has not seen yet it walks
+//! to the nearest ancestor with an entry and takes that entry's template for
+//! new cgroups below it, or, where none is known, the ancestor's own
+//! settings.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
