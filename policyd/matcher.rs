@@ -142,7 +142,7 @@ impl CgroupPattern {
     /// are the element suffixes a descendant's own segments must match.
     pub fn below(&self, path: &str) -> Below {
         let n = self.elements.len();
-        let close = |states: &mut Vec<bool>| {
+        let close = |states: &mut [bool]| {
             // `**` may match nothing: the element after it is reachable too.
             for i in 0..n {
                 if states[i] && self.elements[i] == Element::AnyDepth {
@@ -151,10 +151,11 @@ impl CgroupPattern {
             }
         };
         let mut states = vec![false; n + 1];
+        let mut next = vec![false; n + 1];
         states[0] = true;
         close(&mut states);
         for segment in path.split('/').filter(|s| !s.is_empty()) {
-            let mut next = vec![false; n + 1];
+            next.fill(false);
             for i in (0..n).filter(|&i| states[i]) {
                 match &self.elements[i] {
                     Element::AnyDepth => next[i] = true,
@@ -163,15 +164,10 @@ impl CgroupPattern {
                 }
             }
             close(&mut next);
-            states = next;
-        }
-        let reachable: Vec<&[Element]> = (0..n)
-            .filter(|&i| states[i])
-            .map(|i| &self.elements[i..])
-            .collect();
-        // Every element matches some name, so any suffix left matches a descendant.
-        if reachable.is_empty() {
-            return Below::NoPath;
+            std::mem::swap(&mut states, &mut next);
+            if !states.contains(&true) {
+                return Below::NoPath;
+            }
         }
         let any_name = |e: &Element| matches!(e, Element::Name(p) if p.len() == 2 && p.iter().all(String::is_empty));
         let matches_every_path = |suffix: &[Element]| {
@@ -181,10 +177,13 @@ impl CgroupPattern {
                 && suffix.iter().filter(|e| any_name(e)).count() <= 1
                 && suffix.contains(&Element::AnyDepth)
         };
-        if reachable.into_iter().any(matches_every_path) {
-            Below::EveryPath
-        } else {
-            Below::SomePaths
+        // Every element matches some name, so any suffix left matches a descendant.
+        let mut reachable = (0..n).filter(|&i| states[i]).map(|i| &self.elements[i..]);
+        match reachable.next() {
+            None => Below::NoPath,
+            Some(first) if matches_every_path(first) => Below::EveryPath,
+            Some(_) if reachable.any(matches_every_path) => Below::EveryPath,
+            Some(_) => Below::SomePaths,
         }
     }
 }

@@ -171,7 +171,19 @@ impl<'a> Resolver<'a> {
         parent: Option<&Effective>,
         own: &Xattrs,
     ) -> Effective {
-        let mut e = self.resolve_rules(path, id, parent);
+        self.resolve_by(self.config.first_match(path), path, id, parent, own)
+    }
+
+    /// [`Resolver::resolve`] where `rule` is known to be `path`'s first match.
+    fn resolve_by(
+        &self,
+        rule: Option<&Rule>,
+        path: &str,
+        id: u64,
+        parent: Option<&Effective>,
+        own: &Xattrs,
+    ) -> Effective {
+        let mut e = self.resolve_rules(rule, path, id, parent);
         e.by_rules = (e.priority, e.protect);
         apply_xattrs(&mut e, parent, own);
         e
@@ -188,18 +200,26 @@ impl<'a> Resolver<'a> {
         let first = (self.config.rules.iter())
             .map(|r| (r, r.pattern.below(&parent.path)))
             .find(|(_, b)| *b != Below::NoPath);
-        if let Some((rule, Below::SomePaths)) = first {
-            return Err(rule);
-        }
+        let rule = match first {
+            Some((rule, Below::SomePaths)) => return Err(rule),
+            Some((rule, _)) => Some(rule),
+            None => None,
+        };
         // Any name stands for all of them here.
         let child = match parent.path.as_str() {
             "/" => "/new".to_owned(),
             p => format!("{p}/new"),
         };
-        Ok(self.resolve(&child, 0, Some(parent), &Xattrs::default()))
+        Ok(self.resolve_by(rule, &child, 0, Some(parent), &Xattrs::default()))
     }
 
-    fn resolve_rules(&self, path: &str, id: u64, parent: Option<&Effective>) -> Effective {
+    fn resolve_rules(
+        &self,
+        rule: Option<&Rule>,
+        path: &str,
+        id: u64,
+        parent: Option<&Effective>,
+    ) -> Effective {
         let (priority, protect, kill, origins) = match parent {
             Some(p) => (p.by_rules.0, p.by_rules.1, p.kill, p.origins.clone()),
             None => (
@@ -209,7 +229,7 @@ impl<'a> Resolver<'a> {
                 FieldOrigins::default(),
             ),
         };
-        let Some(rule) = self.config.first_match(path) else {
+        let Some(rule) = rule else {
             let source = match parent.and_then(Effective::rule_origin) {
                 Some(from) => Source::Inherited {
                     from: from.to_owned(),
