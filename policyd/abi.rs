@@ -58,8 +58,10 @@ pub const GROWTH_CGROUPS: u32 = kills_limits::KILLS_GROWTH_CGROUPS.0;
 /// moves on.
 pub const GROWTH_HALF_WINDOW_MS: u32 = kills_limits::KILLS_GROWTH_HALF_WINDOW_MS.0;
 
-/// `struct policyd_rule`: the rules map value, keyed by cgroup id. `kill`
-/// holds a [`crate::KillMode::abi`] number.
+/// `struct policyd_rule`: the rules map value, keyed by cgroup id: a
+/// cgroup's settings and, `below_known` set, its template for new cgroups
+/// below it ([`crate::resolve::Resolver::below`]). `kill` and `below_kill`
+/// hold [`crate::KillMode::abi`] numbers.
 pub type PolicydRule = types::policyd_rule;
 
 /// `struct policyd_candidate`: a ranked cgroup; `usage` is the bytes charged
