@@ -194,6 +194,30 @@ mod tests {
             rule(1000, 0, KillMode::Task)
         );
         assert_eq!(by_path("/"), rule(100, 0, KillMode::Task));
+        // Templates: the rule's below /demo/batch, the own settings below a
+        // cgroup no rule reaches into, none where names decide.
+        let entry = |p: &str| {
+            let id = tree.get(tree.find(p).unwrap()).id;
+            entries.iter().find(|(k, _)| *k == id).unwrap().1
+        };
+        let below = |r: PolicydRule| {
+            (
+                r.below_known,
+                r.below_priority,
+                r.below_protect,
+                r.below_kill,
+            )
+        };
+        let cgroup = KillMode::Cgroup.abi();
+        assert_eq!(below(entry("/demo/batch")), (1, 10, 0, cgroup));
+        assert_eq!(below(entry("/demo/web")), (1, 500, 0, KillMode::Task.abi()));
+        assert_eq!(below(entry("/demo/db")), (1, 100, 1, KillMode::Task.abi()));
+        assert_eq!(
+            below(entry("/demo")).0,
+            0,
+            "/demo/db and /demo/web are names"
+        );
+        assert_eq!(below(entry("/")).0, 0);
         // No cgroup has id 0: the defaults key never collides.
         assert!(entries[1..].iter().all(|(k, _)| *k != abi::DEFAULTS_KEY));
     }
