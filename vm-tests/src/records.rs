@@ -323,8 +323,10 @@ pub struct FootprintNewCgroups {
     /// Per cgroup: mkdir's return to its entry found, polled every millisecond.
     pub delays_us: Vec<u64>,
     /// Cgroups judged exactly from mkdir on: right after mkdir, their nearest
-    /// ancestor with an entry had a known template for cgroups below it.
-    pub exact_at_mkdir: usize,
+    /// ancestor with an entry had a known template for cgroups below it (absent in
+    /// records from before templates).
+    #[serde(default)]
+    pub exact_at_mkdir: Option<usize>,
     pub poll_sweeps: u64,
 }
 

@@ -1429,12 +1429,14 @@ fn footprint_md(md: &mut String, r: &Value) {
             ms.len(),
             check(ms.len() == n.count && at(99.0).is_some_and(|p| p < 50.0))
         );
-        let _ = writeln!(
-            md,
-            "| of them judged exactly from mkdir on (a known template above them) | {} of {} | \
-             - | - |",
-            n.exact_at_mkdir, n.count
-        );
+        if let Some(exact) = n.exact_at_mkdir {
+            let _ = writeln!(
+                md,
+                "| of them judged exactly from mkdir on (a known template above them) | {} of \
+                 {} | - | - |",
+                exact, n.count
+            );
+        }
         let _ = writeln!(
             md,
             "\nUntil its entry is written, an OOM judges a new cgroup by its nearest ancestor \
@@ -1654,7 +1656,7 @@ mod tests {
                 count: 100,
                 burst_s: 1.5,
                 delays_us: (1..=100).map(|ms| ms * 1000).collect(),
-                exact_at_mkdir: 97,
+                exact_at_mkdir: Some(97),
                 poll_sweeps: 500,
             }),
             startup: vec![FootprintStartup {

@@ -338,7 +338,7 @@ fn new_cgroup_window(parent: &Cgroup) -> Result<FootprintNewCgroups> {
         count: NEW_CGROUPS,
         burst_s,
         delays_us,
-        exact_at_mkdir: exact,
+        exact_at_mkdir: Some(exact),
         poll_sweeps: sweeps,
     })
 }
