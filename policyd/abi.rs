@@ -79,6 +79,10 @@ pub type PolicydEvent = types::policyd_event;
 /// which policyd declares an OOM when a pressure limit held.
 pub type PolicydDeclare = types::policyd_declare;
 
+/// `struct policyd_tree_record`: one cgroup of the tree walk
+/// ([`crate::tree_walk`]); only its header and name_len bytes of name are sent.
+pub type PolicydTreeRecord = types::policyd_tree_record;
+
 /// `struct policyd_stats`: the handler's counters in its `.bss` (variable
 /// `stats`).
 pub type PolicydStats = types::policyd_stats;
@@ -152,6 +156,7 @@ shared_structs!(
     PolicydMetrics,
     PolicydDecisionKey,
     PolicydDeclare,
+    PolicydTreeRecord,
     KillsEvent,
     KillsGrowth,
 );
@@ -535,6 +540,7 @@ mod tests {
                 ("policyd_declare", size_of::<PolicydDeclare>()),
                 ("policyd_metrics", size_of::<PolicydMetrics>()),
                 ("policyd_decision_key", size_of::<PolicydDecisionKey>()),
+                ("policyd_tree_record", size_of::<PolicydTreeRecord>()),
             ],
         );
         no_padding_in(

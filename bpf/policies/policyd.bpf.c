@@ -1093,6 +1093,70 @@ int declare_oom(struct policyd_declare *args)
 	return 0;
 }
 
+/*
+ * The cgroup tree for policyd's start-up and reloads, one record per live
+ * cgroup, parents first: one read(2) of this iterator instead of a listing
+ * and a listxattr(2) per cgroup directory.  The records go to a ring buffer,
+ * not to the iterator's seq_file: a cgroup iterator cannot go on once its
+ * 32 KiB of seq_file buffer are full (cgroup_mutex is dropped between
+ * reads), a few hundred cgroups' worth.  policyd sizes `tree` before load.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 * 1024);
+} tree SEC(".maps");
+
+/* Records of the walk under way that found `tree` full. */
+static __u32 tree_dropped;
+
+/* struct simple_xattr_limits' user.* count misses trusted.*: look at the list. */
+static __always_inline __u8 kn_has_xattrs(struct kernfs_node *kn)
+{
+	struct kernfs_iattrs *attrs = BPF_CORE_READ(kn, iattr);
+	unsigned long head, first;
+
+	if (!attrs)
+		return 0;
+	head = (unsigned long)attrs + bpf_core_field_offset(struct kernfs_iattrs, xattrs);
+	first = (unsigned long)BPF_CORE_READ(attrs, xattrs.next);
+	return first != head;
+}
+
+SEC("iter/cgroup")
+int read_tree(struct bpf_iter__cgroup *ctx)
+{
+	struct cgroup *cgrp = ctx->cgroup;
+	struct policyd_tree_record rec = {};
+	struct kernfs_node *kn;
+	long len;
+
+	if (!cgrp) {
+		/* Past the last cgroup: end the walk, saying whether it all fit. */
+		rec.dropped = tree_dropped;
+		tree_dropped = 0;
+		/* No room for it either: policyd sees a walk without an end. */
+		bpf_ringbuf_output(&tree, &rec, sizeof(rec) - sizeof(rec.name), 0);
+		return 0;
+	}
+	/* Removed (rmdir) but not freed yet: no directory, no entry. */
+	if (!(BPF_CORE_READ(cgrp, self.flags) & CSS_ONLINE))
+		return 0;
+	kn = BPF_CORE_READ(cgrp, kn);
+	rec.id = BPF_CORE_READ(kn, id);
+	rec.parent_id = BPF_CORE_READ(kn, __parent, id);
+	rec.level = BPF_CORE_READ(cgrp, level);
+	rec.has_xattrs = kn_has_xattrs(kn);
+	len = bpf_probe_read_kernel_str(rec.name, sizeof(rec.name), BPF_CORE_READ(kn, name));
+	if (len < 1)
+		len = 1;
+	rec.name_len = len - 1;
+	if (bpf_ringbuf_output(&tree, &rec,
+			       sizeof(rec) - sizeof(rec.name) + (rec.name_len & (POLICYD_TREE_NAME_MAX - 1)),
+			       0))
+		tree_dropped++;
+	return 0;
+}
+
 /* policyd writes the handler's name ("policyd_<policy>") when it attaches. */
 SEC(".struct_ops.link")
 struct bpf_oom_ops policyd_ops = {
@@ -1101,10 +1165,11 @@ struct bpf_oom_ops policyd_ops = {
 };
 
 /*
- * Not used by the handler: puts every enum of policyd.h into this object's
- * BTF, which otherwise holds only the types the code refers to.  The skeleton
- * generates Rust for them from there (policyd/abi.rs takes its constants and
- * enum values from it).  24 bytes of .rodata, never read.
+ * Not used by the handler: puts every enum of policyd.h, and the tree
+ * record read_tree only fills on its stack, into this object's BTF, which
+ * otherwise holds only the types the code refers to.  The skeleton generates
+ * Rust for them from there (policyd/abi.rs takes its constants and enum
+ * values from it).  312 bytes of .rodata, never read.
  */
 struct policyd_abi {
 	enum policyd_limits limits;
@@ -1113,6 +1178,7 @@ struct policyd_abi {
 	enum policyd_reason reason;
 	enum policyd_outcome outcome;
 	enum policyd_pref pref;
+	struct policyd_tree_record tree_record;
 };
 
 const volatile struct policyd_abi policyd_abi;

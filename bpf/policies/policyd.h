@@ -56,6 +56,9 @@ enum policyd_limits {
 	 * published event carries the run's final count (repeats_before).
 	 */
 	POLICYD_AWAIT_RUN_SEQ_SHIFT = 40,
+
+	/* Room for a cgroup's name in a tree record: NAME_MAX and a NUL. */
+	POLICYD_TREE_NAME_MAX = 256,
 };
 
 enum policyd_kill {
@@ -232,6 +235,22 @@ struct policyd_decision_key {
 	__u64 cgroup_id;		/* the victim's cgroup */
 	__u8 outcome;			/* enum policyd_outcome */
 	__u8 pad[7];
+};
+
+/*
+ * One live cgroup of a tree walk (the read_tree iterator), through the
+ * `tree` ring buffer: the header, then name_len bytes of the name (no NUL).
+ * A record with id 0 ends the walk.
+ */
+struct policyd_tree_record {
+	__u64 id;			/* kernfs node id: the cgroup id and inode number */
+	__u64 parent_id;		/* 0: the walk's first cgroup has no parent in it */
+	__u32 level;			/* depth in the hierarchy (root: 0) */
+	__u32 dropped;			/* end record: records the ring had no room for */
+	__u16 name_len;
+	__u8 has_xattrs;		/* any xattr at all, of any namespace */
+	__u8 pad[5];
+	char name[POLICYD_TREE_NAME_MAX];
 };
 
 #endif /* __POLICYD_H */
