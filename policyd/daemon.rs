@@ -59,6 +59,7 @@ use crate::policy::PolicyName;
 use crate::pressure::{Declared, Pressure};
 use crate::resolve::{resolve_tree, Effective, Resolver};
 use crate::rules;
+use crate::tree_walk;
 use crate::watch::{CgroupWatcher, Change};
 
 /// Everything `policyd load` decided before touching the kernel.
@@ -199,8 +200,7 @@ fn install_tree_rules(
     phases: &mut Phases,
     before_listing: &mut dyn FnMut(&str),
 ) -> Result<(CgroupTree, Vec<Effective>, MapHandle)> {
-    let tree = CgroupTree::read_with(&req.cgroup_root, Detail::Rules, before_listing)
-        .with_context(|| format!("reading the cgroup tree at {}", req.cgroup_root.display()))?;
+    let tree = read_tree(obj, &req.cgroup_root, before_listing)?;
     phases.done("tree read, watches");
     let effective = resolve_tree(config, &tree);
     let entries = entries_for(config, &effective, req.own_cgroup.as_ref());
@@ -211,6 +211,71 @@ fn install_tree_rules(
     phases.done("memory.oom.group");
     obj.install_rules(&map)?;
     Ok((tree, effective, map))
+}
+
+/// The cgroup tree below `root` as `obj`'s BPF iterator walks it, or where
+/// it has none (not a cgroup2 mount, a kernel without cgroup iterators) or
+/// the walk fails (a warning says why), as the file system lists it.
+fn read_tree(
+    obj: &PolicyObject,
+    root: &Path,
+    before_listing: &mut dyn FnMut(&str),
+) -> Result<CgroupTree> {
+    if let Some(walk) = obj.walk_tree() {
+        let tree = walk.and_then(|records| {
+            CgroupTree::from_walk(root, &records, before_listing).map_err(anyhow::Error::from)
+        });
+        match tree {
+            Ok(tree) => return Ok(tree),
+            Err(e) => tracing::warn!(
+                "walking the cgroup tree: {e:#}; reading it from the file system instead"
+            ),
+        }
+    }
+    CgroupTree::read_with(root, Detail::Rules, before_listing)
+        .with_context(|| format!("reading the cgroup tree at {}", root.display()))
+}
+
+/// What a walk of the tree, made after every cgroup of `tree` is watched,
+/// finds that no watch will report: cgroups made under a cgroup of `tree`
+/// after the walk passed it but before its watch (with their own children),
+/// and xattrs that changed in that time.
+fn missed_by_watches(
+    obj: &PolicyObject,
+    root: &Path,
+    tree: &CgroupTree,
+    watcher: &mut CgroupWatcher,
+) -> Vec<Change> {
+    let Some(walk) = obj.walk_tree() else {
+        return Vec::new(); // the file system read watched before listing
+    };
+    let again = match walk.and_then(|records| {
+        CgroupTree::from_walk(root, &records, &mut |_| {}).map_err(anyhow::Error::from)
+    }) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(
+                "walking the cgroup tree after watching it: {e:#}; re-reading it from the file \
+                 system"
+            );
+            return vec![Change::Overflow];
+        }
+    };
+    let before: HashMap<u64, &crate::cgroupfs::Cgroup> =
+        tree.nodes().iter().map(|n| (n.id, n)).collect();
+    let mut changes = Vec::new();
+    for node in again.nodes() {
+        match before.get(&node.id) {
+            Some(old) if old.xattrs != node.xattrs => {
+                changes.push(Change::Attrib(node.path.clone()));
+            }
+            Some(_) => {}
+            // New below a new parent: adopting the parent covered it.
+            None if node.parent.is_some_and(|p| !before.contains_key(&again.get(p).id)) => {}
+            None => changes.extend(watcher.adopt(node.path.clone())),
+        }
+    }
+    changes
 }
 
 /// A tree read allocates a few hundred bytes per cgroup, all freed once its
@@ -442,12 +507,14 @@ impl Daemon {
             .transpose()?;
         let per_cpu = PerCpu::discover();
         phases.done("per-CPU offsets");
-        let obj = PolicyObject::open_load(&Settings {
+        let mut obj = PolicyObject::open_load(&Settings {
             policy: req.policy,
             dry_run: req.dry_run,
             per_cpu,
             max_cgroups: req.max_cgroups,
+            tree_cgroups: tree_walk::cgroups_below(&req.cgroup_root),
         })?;
+        obj.attach_tree_walker(&req.cgroup_root);
         phases.done("policy load");
         let (tree, effective, rules_map) =
             install_tree_rules(&obj, &req.config, &req, &mut phases, &mut |path| {
@@ -484,6 +551,10 @@ impl Daemon {
         pressure.arm_all(&req.config, cgroups.dirs());
         phases.done("names, pressure triggers");
         phases.log("start-up", cgroups.effective.len());
+        let missed = match watcher.as_mut() {
+            Some(w) => missed_by_watches(&obj, &req.cgroup_root, &tree, w),
+            None => Vec::new(),
+        };
         drop(tree);
         release_freed_memory();
         let mut daemon = Daemon {
@@ -509,6 +580,7 @@ impl Daemon {
             notifier: Notifier::from_env(),
             pressure,
         };
+        daemon.apply_changes(missed);
         daemon.write_metrics();
         if let Some(file) = &daemon.metrics_file {
             tracing::info!("metrics in {}", file.path().display());
@@ -935,6 +1007,10 @@ impl Daemon {
                 return;
             }
         };
+        self.apply_changes(changes);
+    }
+
+    fn apply_changes(&mut self, changes: Vec<Change>) {
         for change in changes {
             match change {
                 Change::Created(path) => {
@@ -1142,12 +1218,14 @@ impl Daemon {
     }
 
     fn switch_policy(&mut self, policy: PolicyName, config: &Config) -> Result<()> {
-        let obj = PolicyObject::open_load(&Settings {
+        let mut obj = PolicyObject::open_load(&Settings {
             policy,
             dry_run: self.req.dry_run,
             per_cpu: self.per_cpu,
             max_cgroups: self.req.max_cgroups,
+            tree_cgroups: tree_walk::cgroups_below(&self.req.cgroup_root),
         })?;
+        obj.attach_tree_walker(&self.req.cgroup_root);
         let mut phases = Phases::start();
         let (tree, effective, map) =
             install_tree_rules(&obj, config, &self.req, &mut phases, &mut |_| {})?;

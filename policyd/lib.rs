@@ -66,6 +66,7 @@ pub mod sizes;
 pub mod status;
 pub mod swap_limit;
 pub mod testing;
+pub mod tree_walk;
 pub mod watch;
 pub mod xattrs;
 

@@ -40,6 +40,7 @@ use crate::abi::{
 };
 use crate::bpf::skel;
 use crate::policy::PolicyName;
+use crate::tree_walk::{self, TreeRecord, TreeWalker};
 
 /// `BPF_F_CGROUP_FD` (uapi/linux/bpf.h): `link_create.target_fd` is a cgroup.
 /// Our kernel patches add it; libbpf-sys 1.7's bindings predate it.
@@ -265,6 +266,10 @@ const OPS_MAP: &str = "policyd_ops";
 /// One loaded policy object (programs verified, maps created), not attached.
 pub struct PolicyObject {
     policy: PolicyName,
+    /// [`tree_walk::PROG`] is loaded.
+    tree_walk: bool,
+    /// It is attached to the cgroup2 mount ([`Self::attach_tree_walker`]).
+    walker: Option<TreeWalker>,
     object: Object,
     inner: InnerSpec,
     /// The handler program's fd (owned by the object).
@@ -388,6 +393,10 @@ pub struct Settings {
     /// Room in the rules map and the candidates' heap (`--max-cgroups`, at
     /// most [`abi::MAX_CGROUPS`]).
     pub max_cgroups: u32,
+    /// Cgroups in the tree to walk ([`tree_walk::cgroups_below`]), which size
+    /// the walk's ring buffer; `None`: no walk, the tree is read from the
+    /// file system (not a cgroup2 mount).
+    pub tree_cgroups: Option<u64>,
 }
 
 /// Apply `settings` to the opened object: `.rodata` (the verifier then drops
@@ -399,6 +408,15 @@ fn configure(open: &mut OpenObject, settings: &Settings) -> Result<()> {
         .context("the BPF object has no `heap` map")?
         .set_max_entries(max)
         .context("sizing the handler's candidate heap")?;
+    open.maps_mut()
+        .find(|m| m.name() == tree_walk::RING)
+        .with_context(|| format!("the BPF object has no `{}` map", tree_walk::RING))?
+        .set_max_entries(tree_walk::ring_bytes(settings.tree_cgroups.unwrap_or(0)))
+        .context("sizing the tree walk's ring buffer")?;
+    open.progs_mut()
+        .find(|p| p.name() == tree_walk::PROG)
+        .with_context(|| format!("the BPF object has no program {}", tree_walk::PROG))?
+        .set_autoload(settings.tree_cgroups.is_some());
     let per_cpu = settings.per_cpu.unwrap_or(PerCpu {
         offsets_addr: 0,
         nr_cpus: 0,
@@ -457,7 +475,24 @@ impl PolicyObject {
     /// any handler can run: the handler's first walk then finds every victim
     /// marked before it), not the handler.
     pub fn open_load(settings: &Settings) -> Result<Self> {
-        Self::open_load_inner(settings).with_context(|| format!("policy {}", settings.policy))
+        let loaded = match Self::open_load_inner(settings) {
+            // A kernel without cgroup iterators still runs every policy.
+            Err(e) if settings.tree_cgroups.is_some() => {
+                let without = Settings {
+                    tree_cgroups: None,
+                    ..*settings
+                };
+                Self::open_load_inner(&without).inspect(|_| {
+                    tracing::warn!(
+                        "the cgroup tree iterator ({}) did not load ({e:#}): the tree is read \
+                         from the file system, a listing per cgroup",
+                        tree_walk::PROG
+                    )
+                })
+            }
+            loaded => loaded,
+        };
+        loaded.with_context(|| format!("policy {}", settings.policy))
     }
 
     fn open_load_inner(settings: &Settings) -> Result<Self> {
@@ -507,6 +542,8 @@ impl PolicyObject {
             )?;
         Ok(PolicyObject {
             policy: settings.policy,
+            tree_walk: settings.tree_cgroups.is_some(),
+            walker: None,
             object,
             inner,
             handler_fd,
@@ -516,6 +553,30 @@ impl PolicyObject {
 
     pub fn policy(&self) -> PolicyName {
         self.policy
+    }
+
+    /// Make [`Self::walk_tree`] walk the cgroup2 hierarchy mounted at `root`.
+    /// Where the walk cannot be set up the tree is read from the file system:
+    /// a warning says why.
+    pub fn attach_tree_walker(&mut self, root: &Path) {
+        if !self.tree_walk {
+            return;
+        }
+        match TreeWalker::attach(&mut self.object, root) {
+            Ok(walker) => self.walker = walker,
+            Err(e) => tracing::warn!(
+                "{e:#}: the cgroup tree is read from the file system, a listing per cgroup"
+            ),
+        }
+    }
+
+    /// One walk of the tree, or `None` when there is no walker.
+    pub fn walk_tree(&self) -> Option<Result<Vec<TreeRecord>>> {
+        let walker = self.walker.as_ref()?;
+        Some(
+            self.map(tree_walk::RING)
+                .and_then(|ring| walker.walk(&ring)),
+        )
     }
 
     pub fn object(&self) -> &Object {
@@ -919,10 +980,32 @@ mod tests {
                 nr_cpus: 3,
             }),
             max_cgroups: 16,
+            tree_cgroups: Some(10_013),
         };
         configure(&mut open, &settings).unwrap();
         let heap = open.maps().find(|m| m.name() == "heap").unwrap();
         assert_eq!(heap.max_entries(), 16);
+        let ring = open.maps().find(|m| m.name() == "tree").unwrap();
+        assert_eq!(ring.max_entries(), 2 * 1024 * 1024);
+        let walk = |open: &OpenObject| {
+            open.progs()
+                .find(|p| p.name() == tree_walk::PROG)
+                .unwrap()
+                .autoload()
+        };
+        assert!(walk(&open));
+        // Not a cgroup2 mount: no walk, and the smallest ring.
+        configure(
+            &mut open,
+            &Settings {
+                tree_cgroups: None,
+                ..settings
+            },
+        )
+        .unwrap();
+        assert!(!walk(&open));
+        let ring = open.maps().find(|m| m.name() == "tree").unwrap();
+        assert_eq!(ring.max_entries(), 64 * 1024);
         let rodata = open
             .maps()
             .find(|m| m.name().to_string_lossy().ends_with(".rodata"))

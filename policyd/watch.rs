@@ -131,6 +131,25 @@ impl CgroupWatcher {
         found
     }
 
+    /// Watch the new cgroup at `path` and return it, and the cgroups made
+    /// below it before the watch, as created (parents first); nothing if it
+    /// has gone again.
+    pub fn adopt(&mut self, path: String) -> Vec<Change> {
+        if !self.watch(&path) {
+            return Vec::new();
+        }
+        // A directory's link count is 2 + its subdirectories (kernfs, like
+        // tmpfs), so a new leaf, the common case, need not be listed.
+        let below = match fs::symlink_metadata(self.dir(&path)) {
+            Ok(m) if m.nlink() <= 2 => Vec::new(),
+            Ok(_) => self.add_tree(&path),
+            Err(_) => return Vec::new(),
+        };
+        let mut changes = vec![Change::Created(path)];
+        changes.extend(below.into_iter().map(Change::Created));
+        changes
+    }
+
     /// The changes queued so far (non-blocking). New cgroups are watched
     /// before they are returned; a new cgroup's existing children (created
     /// before its watch) are returned too.
@@ -181,19 +200,7 @@ impl CgroupWatcher {
                     continue;
                 };
                 if mask.contains(EventMask::CREATE) {
-                    if !self.watch(&path) {
-                        continue; // already gone again
-                    }
-                    // Children made before the watch: a directory's link
-                    // count is 2 + its subdirectories (kernfs, like tmpfs),
-                    // so a new leaf, the common case, need not be listed.
-                    let below = match fs::symlink_metadata(self.dir(&path)) {
-                        Ok(m) if m.nlink() <= 2 => Vec::new(),
-                        Ok(_) => self.add_tree(&path),
-                        Err(_) => continue, // gone again
-                    };
-                    changes.push(Change::Created(path));
-                    changes.extend(below.into_iter().map(Change::Created));
+                    changes.extend(self.adopt(path));
                 } else if mask.contains(EventMask::DELETE) {
                     changes.push(Change::Removed(path));
                 }
