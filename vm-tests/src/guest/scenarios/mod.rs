@@ -54,6 +54,7 @@ mod policyd_reload;
 mod policyd_rule_matching;
 mod policyd_soak;
 mod policyd_swap;
+mod policyd_tree_walk;
 mod policyd_victim_list;
 mod policyd_watch_config;
 mod policyd_xattrs;
@@ -114,6 +115,7 @@ pub fn all() -> Vec<Scenario> {
         policyd_explain::scenario(),
         policyd_differential::scenario(),
         policyd_xattrs::scenario(),
+        policyd_tree_walk::scenario(),
         policyd_soak::scenario(),
         memcg_selftests::scenario(),
         trace_kills::kernel_kill(),
