@@ -337,13 +337,14 @@ impl CgroupTree {
             path: root_dir.to_owned(),
             error,
         })?;
-        let root = records.first().filter(|r| r.id == meta.ino()).ok_or_else(|| {
-            CgroupfsError::WalkMismatch {
+        let root = records
+            .first()
+            .filter(|r| r.id == meta.ino())
+            .ok_or_else(|| CgroupfsError::WalkMismatch {
                 path: root_dir.to_owned(),
                 ino: meta.ino(),
                 walked: records.first().map(|r| r.id),
-            }
-        })?;
+            })?;
         let mut children: HashMap<u64, Vec<(OsString, u64)>> = HashMap::new();
         for r in &records[1..] {
             children
@@ -380,7 +381,14 @@ impl CgroupTree {
         // Root must be readable; below it, vanished cgroups are skipped.
         let mut problems = Vec::new();
         let root = self
-            .read_node(None, "/".to_owned(), root_id, detail, listing, &mut problems)?
+            .read_node(
+                None,
+                "/".to_owned(),
+                root_id,
+                detail,
+                listing,
+                &mut problems,
+            )?
             .ok_or_else(|| CgroupfsError::NotADirectory {
                 path: self.root_dir.clone(),
             })?;
@@ -426,8 +434,7 @@ impl CgroupTree {
                     continue;
                 }
             };
-            let Some(node) = self.read_node(Some(idx), path, id, detail, listing, problems)?
-            else {
+            let Some(node) = self.read_node(Some(idx), path, id, detail, listing, problems)? else {
                 continue;
             };
             let child = self.nodes.len();

@@ -271,7 +271,9 @@ fn missed_by_watches(
             }
             Some(_) => {}
             // New below a new parent: adopting the parent covered it.
-            None if node.parent.is_some_and(|p| !before.contains_key(&again.get(p).id)) => {}
+            None if node
+                .parent
+                .is_some_and(|p| !before.contains_key(&again.get(p).id)) => {}
             None => changes.extend(watcher.adopt(node.path.clone())),
         }
     }

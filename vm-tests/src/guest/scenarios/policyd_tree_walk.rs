@@ -37,14 +37,26 @@ const ROOT: &str = "/sys/fs/cgroup";
 /// (path below /tw, xattrs set on it).
 const ODD: &[(&str, &[(&str, &str)])] = &[
     (r"system.slice", &[]),
-    (r"system.slice/getty@tty1.service", &[("user.oomd_omit", "1")]),
-    (r"system.slice/systemd-journald\x2dvarlink.socket", &[("user.oomd_avoid", "1")]),
-    (r"system.slice/foo\x2dbar.mount", &[("user.oomd_prefer", "1")]),
+    (
+        r"system.slice/getty@tty1.service",
+        &[("user.oomd_omit", "1")],
+    ),
+    (
+        r"system.slice/systemd-journald\x2dvarlink.socket",
+        &[("user.oomd_avoid", "1")],
+    ),
+    (
+        r"system.slice/foo\x2dbar.mount",
+        &[("user.oomd_prefer", "1")],
+    ),
     ("ünïcödé 日本", &[("trusted.policyd.priority", "5")]),
     ("with space", &[("user.not-policyd", "x")]),
     (" leading", &[]),
     ("trailing ", &[]),
-    ("a.b-c_d@1.service", &[("trusted.policyd.priority", "7"), ("user.oomd_avoid", "1")]),
+    (
+        "a.b-c_d@1.service",
+        &[("trusted.policyd.priority", "7"), ("user.oomd_avoid", "1")],
+    ),
     ("dom", &[]),
     ("dom/t1", &[]),
     ("dom/t1/t2", &[("user.oomd_prefer", "1")]),
@@ -126,9 +138,15 @@ fn run() -> Result<()> {
         walked.find("/tw/dom/t1/t2").is_some() && walked.find(&format!("/tw/{chain}")).is_some(),
         "the walk misses the threaded subtree or the end of the chain"
     );
-    ensure!(walked.find("/tw/gone").is_none(), "the walk has a removed cgroup");
     ensure!(
-        walked.problems().iter().any(|p| p.path == "/tw/bad\u{fffd}"),
+        walked.find("/tw/gone").is_none(),
+        "the walk has a removed cgroup"
+    );
+    ensure!(
+        walked
+            .problems()
+            .iter()
+            .any(|p| p.path == "/tw/bad\u{fffd}"),
         "the walk does not report the name that is not UTF-8: {:?}",
         walked.problems()
     );
