@@ -957,6 +957,60 @@ mod tests {
         );
     }
 
+    /// The records a BPF walk would give for the tree at `root`: parents
+    /// first, children in an order other than their names'.
+    fn walk_of(root: &Path) -> Vec<TreeRecord> {
+        let mut out = Vec::new();
+        let mut stack = vec![(root.to_owned(), 0u64)];
+        while let Some((dir, parent_id)) = stack.pop() {
+            let id = fs::metadata(&dir).unwrap().ino();
+            out.push(TreeRecord {
+                id,
+                parent_id,
+                level: 0,
+                name: dir.file_name().unwrap_or_default().to_owned(),
+                has_xattrs: false,
+            });
+            for e in fs::read_dir(&dir).unwrap().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    stack.push((e.path(), id));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_walk_gives_the_tree_the_file_system_read_gives() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cg");
+        let fake = FakeCgroupfs::new(&root);
+        fake.cgroup("/b/y", MIB, &[])
+            .cgroup("/a", 0, &[])
+            .cgroup("/b/x", 0, &[])
+            .cgroup("/c d/\\x2d", 0, &[]);
+        fs::create_dir_all(root.join("a").join(OsStr::from_bytes(b"bad\xff/child"))).unwrap();
+
+        let mut seen = Vec::new();
+        let walked =
+            CgroupTree::from_walk(&root, &walk_of(&root), &mut |p| seen.push(p.to_owned()))
+                .unwrap();
+        let listed = CgroupTree::read_with(&root, Detail::Rules, &mut |_| {}).unwrap();
+        assert_eq!(walked.nodes(), listed.nodes());
+        assert_eq!(walked.problems(), listed.problems());
+        assert_eq!(walked.problems().len(), 1);
+        let paths: Vec<&str> = walked.nodes().iter().map(|n| n.path.as_str()).collect();
+        assert_eq!(seen, paths, "one call per cgroup, parents first");
+
+        // A walk of another cgroup than the root is refused.
+        let err = CgroupTree::from_walk(&root, &walk_of(&root.join("b")), &mut |_| {});
+        assert!(
+            matches!(err, Err(CgroupfsError::WalkMismatch { .. })),
+            "{err:?}"
+        );
+    }
+
     #[test]
     fn normalises_paths() {
         assert_eq!(normalise_path(""), "/");
