@@ -167,26 +167,37 @@ fn event_ring(obj: &PolicyObject) -> Result<(RingBuffer<'static>, Pending)> {
     Ok((ring, pending))
 }
 
-/// A rules map holding `entries`. When the map is full the remaining
-/// cgroups are left out: the policy gives them their nearest ancestor's
-/// entry (or the defaults).
+/// A rules map holding `entries`, written in one BPF_MAP_UPDATE_BATCH (one
+/// syscall per entry took half a second at 10,000 cgroups under TCG). When
+/// the map is too small the remaining cgroups are left out: the policy gives
+/// them their nearest ancestor's entry (or the defaults).
 fn new_rules_map(obj: &PolicyObject, entries: &[(u64, PolicydRule)]) -> Result<MapHandle> {
     let map = obj.inner_spec().create()?;
-    for (i, (id, rule)) in entries.iter().enumerate() {
-        match map.update(&id.to_ne_bytes(), rule.as_bytes(), MapFlags::ANY) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::TooBig => {
-                tracing::warn!(
-                    "more cgroups than the rules map holds ({}): {} cgroups inherit from their \
-                     nearest ancestor with an entry",
-                    obj.inner_spec().max_entries,
-                    entries.len() - i
-                );
-                break;
-            }
-            Err(e) => return Err(e).context("filling the rules map"),
-        }
+    let room = obj.inner_spec().max_entries as usize;
+    if entries.len() > room {
+        tracing::warn!(
+            "more cgroups than the rules map holds ({room}): {} cgroups inherit from their \
+             nearest ancestor with an entry",
+            entries.len() - room
+        );
     }
+    let fit = &entries[..entries.len().min(room)];
+    if fit.is_empty() {
+        return Ok(map);
+    }
+    let keys: Vec<u8> = fit.iter().flat_map(|(id, _)| id.to_ne_bytes()).collect();
+    let values: Vec<u8> = fit
+        .iter()
+        .flat_map(|(_, rule)| rule.as_bytes().iter().copied())
+        .collect();
+    map.update_batch(
+        &keys,
+        &values,
+        fit.len() as u32,
+        MapFlags::ANY,
+        MapFlags::ANY,
+    )
+    .context("filling the rules map")?;
     Ok(map)
 }
 
