@@ -211,7 +211,7 @@ fn install_tree_rules(
     phases: &mut Phases,
     before_listing: &mut dyn FnMut(&str),
 ) -> Result<(CgroupTree, Vec<Effective>, MapHandle)> {
-    let tree = read_tree(obj, &req.cgroup_root, before_listing)?;
+    let tree = read_tree(obj, &req.cgroup_root, phases, before_listing)?;
     phases.done("tree read, watches");
     let effective = resolve_tree(config, &tree);
     let entries = entries_for(config, &effective, req.own_cgroup.as_ref());
@@ -230,9 +230,11 @@ fn install_tree_rules(
 fn read_tree(
     obj: &PolicyObject,
     root: &Path,
+    phases: &mut Phases,
     before_listing: &mut dyn FnMut(&str),
 ) -> Result<CgroupTree> {
     if let Some(walk) = obj.walk_tree() {
+        phases.done("tree walk");
         let tree = walk.and_then(|records| {
             CgroupTree::from_walk(root, &records, before_listing).map_err(anyhow::Error::from)
         });
