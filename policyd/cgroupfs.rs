@@ -33,6 +33,7 @@
 //! no rules entry; the BPF policy gives it the entry of its nearest
 //! ancestor that has one.
 
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -265,7 +266,7 @@ enum Listing {
     /// In a BPF walk of the tree: (name, id) by parent id, and the ids of
     /// the cgroups with any xattr, the only ones whose xattrs are read.
     Walk {
-        children: HashMap<u64, Vec<(OsString, u64)>>,
+        children: RefCell<HashMap<u64, Vec<(OsString, u64)>>>,
         with_xattrs: HashSet<u64>,
     },
 }
@@ -330,43 +331,46 @@ impl CgroupTree {
     /// where the walk saw any. `root_dir` must be the cgroup the walk began at.
     pub fn from_walk(
         root_dir: &Path,
-        records: &[TreeRecord],
+        records: Vec<TreeRecord>,
         before_listing: &mut dyn FnMut(&str),
     ) -> Result<CgroupTree, CgroupfsError> {
         let meta = fs::metadata(root_dir).map_err(|error| CgroupfsError::Io {
             path: root_dir.to_owned(),
             error,
         })?;
-        let root = records
+        let root_id = records
             .first()
-            .filter(|r| r.id == meta.ino())
+            .map(|r| r.id)
+            .filter(|&id| id == meta.ino())
             .ok_or_else(|| CgroupfsError::WalkMismatch {
                 path: root_dir.to_owned(),
                 ino: meta.ino(),
                 walked: records.first().map(|r| r.id),
             })?;
-        let mut children: HashMap<u64, Vec<(OsString, u64)>> = HashMap::new();
-        for r in &records[1..] {
-            children
-                .entry(r.parent_id)
-                .or_default()
-                .push((r.name.clone(), r.id));
-        }
         let with_xattrs = records
             .iter()
             .filter(|r| r.has_xattrs)
             .map(|r| r.id)
             .collect();
+        // Names move from the records into the listing, and from there into
+        // the paths: at 10,000 cgroups every copy shows in the RSS.
+        let mut children: HashMap<u64, Vec<(OsString, u64)>> = HashMap::new();
+        for r in records.into_iter().skip(1) {
+            children
+                .entry(r.parent_id)
+                .or_default()
+                .push((r.name, r.id));
+        }
         let mut tree = CgroupTree {
             root_dir: root_dir.to_owned(),
             nodes: Vec::new(),
             problems: Vec::new(),
         };
         let listing = Listing::Walk {
-            children,
+            children: RefCell::new(children),
             with_xattrs,
         };
-        tree.read_all(root.id, Detail::Rules, &listing, before_listing)?;
+        tree.read_all(root_id, Detail::Rules, &listing, before_listing)?;
         Ok(tree)
     }
 
@@ -456,9 +460,10 @@ impl CgroupTree {
         problems: &mut Vec<Problem>,
     ) -> Vec<(OsString, u64)> {
         if let Listing::Walk { children, .. } = listing {
+            // Each cgroup is listed once.
             let mut names = children
-                .get(&self.nodes[idx].id)
-                .cloned()
+                .borrow_mut()
+                .remove(&self.nodes[idx].id)
                 .unwrap_or_default();
             names.sort_by(|a, b| b.cmp(a));
             return names;
@@ -994,8 +999,7 @@ mod tests {
 
         let mut seen = Vec::new();
         let walked =
-            CgroupTree::from_walk(&root, &walk_of(&root), &mut |p| seen.push(p.to_owned()))
-                .unwrap();
+            CgroupTree::from_walk(&root, walk_of(&root), &mut |p| seen.push(p.to_owned())).unwrap();
         let listed = CgroupTree::read_with(&root, Detail::Rules, &mut |_| {}).unwrap();
         assert_eq!(walked.nodes(), listed.nodes());
         assert_eq!(walked.problems(), listed.problems());
@@ -1004,7 +1008,7 @@ mod tests {
         assert_eq!(seen, paths, "one call per cgroup, parents first");
 
         // A walk of another cgroup than the root is refused.
-        let err = CgroupTree::from_walk(&root, &walk_of(&root.join("b")), &mut |_| {});
+        let err = CgroupTree::from_walk(&root, walk_of(&root.join("b")), &mut |_| {});
         assert!(
             matches!(err, Err(CgroupfsError::WalkMismatch { .. })),
             "{err:?}"

@@ -236,7 +236,7 @@ fn read_tree(
     if let Some(walk) = obj.walk_tree() {
         phases.done("tree walk");
         let tree = walk.and_then(|records| {
-            CgroupTree::from_walk(root, &records, before_listing).map_err(anyhow::Error::from)
+            CgroupTree::from_walk(root, records, before_listing).map_err(anyhow::Error::from)
         });
         match tree {
             Ok(tree) => return Ok(tree),
@@ -263,7 +263,7 @@ fn missed_by_watches(
         return Vec::new(); // the file system read watched before listing
     };
     let again = match walk.and_then(|records| {
-        CgroupTree::from_walk(root, &records, &mut |_| {}).map_err(anyhow::Error::from)
+        CgroupTree::from_walk(root, records, &mut |_| {}).map_err(anyhow::Error::from)
     }) {
         Ok(t) => t,
         Err(e) => {
