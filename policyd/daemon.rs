@@ -203,15 +203,16 @@ fn new_rules_map(obj: &PolicyObject, entries: &[(u64, PolicydRule)]) -> Result<M
 
 /// Read the cgroup tree (calling `before_listing` for each cgroup, see
 /// [`CgroupTree::read_with`]), resolve `config` over it and make the result
-/// `obj`'s rules (one store into `rules[0]`); what the daemon keeps of it.
+/// `obj`'s rules (one store into `rules[0]`); what the daemon keeps of it,
+/// and whether the tree came from a walk.
 fn install_tree_rules(
     obj: &PolicyObject,
     config: &Config,
     req: &LoadRequest,
     phases: &mut Phases,
     before_listing: &mut dyn FnMut(&str),
-) -> Result<(CgroupTree, Vec<Effective>, MapHandle)> {
-    let tree = read_tree(obj, &req.cgroup_root, phases, before_listing)?;
+) -> Result<(CgroupTree, Vec<Effective>, MapHandle, bool)> {
+    let (tree, walked) = read_tree(obj, &req.cgroup_root, phases, before_listing)?;
     phases.done("tree read, watches");
     let effective = resolve_tree(config, &tree);
     let entries = entries_for(config, &effective, req.own_cgroup.as_ref());
@@ -221,32 +222,34 @@ fn install_tree_rules(
     oom_group::apply(config, &req.cgroup_root, &effective);
     phases.done("memory.oom.group");
     obj.install_rules(&map)?;
-    Ok((tree, effective, map))
+    Ok((tree, effective, map, walked))
 }
 
 /// The cgroup tree below `root` as `obj`'s BPF iterator walks it, or where
 /// it has none (not a cgroup2 mount, a kernel without cgroup iterators) or
-/// the walk fails (a warning says why), as the file system lists it.
+/// the walk fails (a warning says why), as the file system lists it; true
+/// for a walk.
 fn read_tree(
     obj: &PolicyObject,
     root: &Path,
     phases: &mut Phases,
     before_listing: &mut dyn FnMut(&str),
-) -> Result<CgroupTree> {
+) -> Result<(CgroupTree, bool)> {
     if let Some(walk) = obj.walk_tree() {
         phases.done("tree walk");
         let tree = walk.and_then(|records| {
             CgroupTree::from_walk(root, records, before_listing).map_err(anyhow::Error::from)
         });
         match tree {
-            Ok(tree) => return Ok(tree),
+            Ok(tree) => return Ok((tree, true)),
             Err(e) => tracing::warn!(
                 "walking the cgroup tree: {e:#}; reading it from the file system instead"
             ),
         }
     }
-    CgroupTree::read_with(root, Detail::Rules, before_listing)
-        .with_context(|| format!("reading the cgroup tree at {}", root.display()))
+    let tree = CgroupTree::read_with(root, Detail::Rules, before_listing)
+        .with_context(|| format!("reading the cgroup tree at {}", root.display()))?;
+    Ok((tree, false))
 }
 
 /// What a walk of the tree, made after every cgroup of `tree` is watched,
@@ -260,7 +263,7 @@ fn missed_by_watches(
     watcher: &mut CgroupWatcher,
 ) -> Vec<Change> {
     let Some(walk) = obj.walk_tree() else {
-        return Vec::new(); // the file system read watched before listing
+        return Vec::new(); // no walker, no walked tree to compare with
     };
     let again = match walk.and_then(|records| {
         CgroupTree::from_walk(root, records, &mut |_| {}).map_err(anyhow::Error::from)
@@ -531,7 +534,7 @@ impl Daemon {
         })?;
         obj.attach_tree_walker(&req.cgroup_root);
         phases.done("policy load");
-        let (tree, effective, rules_map) =
+        let (tree, effective, rules_map, walked) =
             install_tree_rules(&obj, &req.config, &req, &mut phases, &mut |path| {
                 if let Some(w) = watcher.as_mut() {
                     w.watch(path);
@@ -566,9 +569,10 @@ impl Daemon {
         pressure.arm_all(&req.config, cgroups.dirs());
         phases.done("names, pressure triggers");
         phases.log("start-up", cgroups.effective.len());
+        // The file system read watches each cgroup before listing it.
         let missed = match watcher.as_mut() {
-            Some(w) => missed_by_watches(&obj, &req.cgroup_root, &tree, w),
-            None => Vec::new(),
+            Some(w) if walked => missed_by_watches(&obj, &req.cgroup_root, &tree, w),
+            _ => Vec::new(),
         };
         drop(tree);
         release_freed_memory();
@@ -1160,7 +1164,7 @@ impl Daemon {
     /// Returns the new effective settings' snapshot.
     fn replace_rules(&mut self, config: &Config) -> Result<()> {
         let mut phases = Phases::start();
-        let (tree, effective, map) =
+        let (tree, effective, map, _) =
             install_tree_rules(&self.obj, config, &self.req, &mut phases, &mut |_| {})?;
         self.rules = map;
         self.rules_full = false;
@@ -1242,7 +1246,7 @@ impl Daemon {
         })?;
         obj.attach_tree_walker(&self.req.cgroup_root);
         let mut phases = Phases::start();
-        let (tree, effective, map) =
+        let (tree, effective, map, _) =
             install_tree_rules(&obj, config, &self.req, &mut phases, &mut |_| {})?;
         let (ring, pending) = event_ring(&obj)?;
         obj.prepare_ops(&self.oom_ops)?;
