@@ -292,6 +292,15 @@ pub struct CgroupTree {
     problems: Vec<Problem>,
 }
 
+/// The tree's root directory must be there: below it, a vanished cgroup is
+/// skipped, but without the root there is no tree.
+fn root_metadata(root_dir: &Path) -> Result<fs::Metadata, CgroupfsError> {
+    fs::metadata(root_dir).map_err(|error| CgroupfsError::Io {
+        path: root_dir.to_owned(),
+        error,
+    })
+}
+
 impl CgroupTree {
     /// Read the whole hierarchy below `root_dir` (the cgroup2 mount).
     pub fn read(root_dir: &Path) -> Result<CgroupTree, CgroupfsError> {
@@ -306,10 +315,7 @@ impl CgroupTree {
         detail: Detail,
         before_listing: &mut dyn FnMut(&str),
     ) -> Result<CgroupTree, CgroupfsError> {
-        let meta = fs::metadata(root_dir).map_err(|error| CgroupfsError::Io {
-            path: root_dir.to_owned(),
-            error,
-        })?;
+        let meta = root_metadata(root_dir)?;
         if !meta.is_dir() {
             return Err(CgroupfsError::NotADirectory {
                 path: root_dir.to_owned(),
@@ -334,10 +340,7 @@ impl CgroupTree {
         records: Vec<TreeRecord>,
         before_listing: &mut dyn FnMut(&str),
     ) -> Result<CgroupTree, CgroupfsError> {
-        let meta = fs::metadata(root_dir).map_err(|error| CgroupfsError::Io {
-            path: root_dir.to_owned(),
-            error,
-        })?;
+        let meta = root_metadata(root_dir)?;
         let root_id = records
             .first()
             .map(|r| r.id)
