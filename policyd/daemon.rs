@@ -252,6 +252,24 @@ fn read_tree(
     Ok((tree, false))
 }
 
+/// `policy`'s object, loaded for `req` (its ring for tree walks sized to the
+/// tree below the cgroup2 mount) with its tree walker attached there.
+fn open_policy(
+    req: &LoadRequest,
+    policy: PolicyName,
+    per_cpu: Option<PerCpu>,
+) -> Result<PolicyObject> {
+    let mut obj = PolicyObject::open_load(&Settings {
+        policy,
+        dry_run: req.dry_run,
+        per_cpu,
+        max_cgroups: req.max_cgroups,
+        tree_cgroups: tree_walk::cgroups_below(&req.cgroup_root),
+    })?;
+    obj.attach_tree_walker(&req.cgroup_root);
+    Ok(obj)
+}
+
 /// What a walk of the tree, made after every cgroup of `tree` is watched,
 /// finds that no watch will report: cgroups made under a cgroup of `tree`
 /// after the walk passed it but before its watch (with their own children),
@@ -525,14 +543,7 @@ impl Daemon {
             .transpose()?;
         let per_cpu = PerCpu::discover();
         phases.done("per-CPU offsets");
-        let mut obj = PolicyObject::open_load(&Settings {
-            policy: req.policy,
-            dry_run: req.dry_run,
-            per_cpu,
-            max_cgroups: req.max_cgroups,
-            tree_cgroups: tree_walk::cgroups_below(&req.cgroup_root),
-        })?;
-        obj.attach_tree_walker(&req.cgroup_root);
+        let obj = open_policy(&req, req.policy, per_cpu)?;
         phases.done("policy load");
         let (tree, effective, rules_map, walked) =
             install_tree_rules(&obj, &req.config, &req, &mut phases, &mut |path| {
@@ -1237,14 +1248,7 @@ impl Daemon {
     }
 
     fn switch_policy(&mut self, policy: PolicyName, config: &Config) -> Result<()> {
-        let mut obj = PolicyObject::open_load(&Settings {
-            policy,
-            dry_run: self.req.dry_run,
-            per_cpu: self.per_cpu,
-            max_cgroups: self.req.max_cgroups,
-            tree_cgroups: tree_walk::cgroups_below(&self.req.cgroup_root),
-        })?;
-        obj.attach_tree_walker(&self.req.cgroup_root);
+        let obj = open_policy(&self.req, policy, self.per_cpu)?;
         let mut phases = Phases::start();
         let (tree, effective, map, _) =
             install_tree_rules(&obj, config, &self.req, &mut phases, &mut |_| {})?;
