@@ -507,7 +507,9 @@ impl Daemon {
     /// one line saying so. Nothing is attached if this fails.
     pub fn start(req: LoadRequest) -> Result<Daemon> {
         loader::route_libbpf_log();
+        let mut phases = Phases::start();
         let oom_ops = OomOpsLayout::of_running_kernel()?;
+        phases.done("kernel BTF");
         let cgroup_dir = req.cgroup_root.join(req.cgroup.trim_start_matches('/'));
         if !cgroup_dir.is_dir() {
             anyhow::bail!(
@@ -517,7 +519,6 @@ impl Daemon {
             );
         }
 
-        let mut phases = Phases::start();
         // Each cgroup is watched just before its children are listed (in
         // install_tree_rules): a cgroup created in between is reported by
         // the watch too (applying it twice is harmless).

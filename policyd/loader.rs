@@ -496,6 +496,7 @@ impl PolicyObject {
     }
 
     fn open_load_inner(settings: &Settings) -> Result<Self> {
+        let started = std::time::Instant::now();
         let mut open = ObjectBuilder::default()
             .name("policyd")
             .and_then(|b| b.open_memory(OBJECT))
@@ -524,7 +525,9 @@ impl PolicyObject {
                 io::Error::from_raw_os_error(-ret)
             );
         }
+        let opened = started.elapsed();
         let object = open.load().map_err(load_error)?;
+        let loaded = started.elapsed();
         drop(template);
         let handler_fd = object
             .progs()
@@ -540,6 +543,12 @@ impl PolicyObject {
                 "attaching the OOM victim tracer (tp_btf/mark_victim): this kernel needs \
                  CONFIG_TRACEPOINTS and BTF",
             )?;
+        tracing::debug!(
+            "policy object: open {:.3} s, load {:.3} s, victim tracer {:.3} s",
+            opened.as_secs_f64(),
+            (loaded - opened).as_secs_f64(),
+            (started.elapsed() - loaded).as_secs_f64()
+        );
         Ok(PolicyObject {
             policy: settings.policy,
             tree_walk: settings.tree_cgroups.is_some(),
