@@ -1991,6 +1991,13 @@ enum {
 };
 
 enum {
+	FAN_EVENT_INIT = 0,
+	FAN_EVENT_REPORTED = 1,
+	FAN_EVENT_ANSWERED = 2,
+	FAN_EVENT_CANCELED = 3,
+};
+
+enum {
 	FGRAPH_TYPE_RESERVED = 0,
 	FGRAPH_TYPE_BITMAP = 1,
 	FGRAPH_TYPE_DATA = 2,
@@ -9566,6 +9573,17 @@ enum fallback_result {
 	FALLBACK_NOCLAIM = 2,
 };
 
+enum fanotify_event_type {
+	FANOTIFY_EVENT_TYPE_FID = 0,
+	FANOTIFY_EVENT_TYPE_FID_NAME = 1,
+	FANOTIFY_EVENT_TYPE_PATH = 2,
+	FANOTIFY_EVENT_TYPE_PATH_PERM = 3,
+	FANOTIFY_EVENT_TYPE_OVERFLOW = 4,
+	FANOTIFY_EVENT_TYPE_FS_ERROR = 5,
+	FANOTIFY_EVENT_TYPE_MNT = 6,
+	__FANOTIFY_EVENT_TYPE_NUM = 7,
+};
+
 enum fault_flag {
 	FAULT_FLAG_WRITE = 1,
 	FAULT_FLAG_MKWRITE = 2,
@@ -15060,8 +15078,10 @@ enum ucount_type {
 	UCOUNT_TIME_NAMESPACES = 7,
 	UCOUNT_INOTIFY_INSTANCES = 8,
 	UCOUNT_INOTIFY_WATCHES = 9,
-	UCOUNT_BINFMT_MISC_INTERPRETERS = 10,
-	UCOUNT_COUNTS = 11,
+	UCOUNT_FANOTIFY_GROUPS = 10,
+	UCOUNT_FANOTIFY_MARKS = 11,
+	UCOUNT_BINFMT_MISC_INTERPRETERS = 12,
+	UCOUNT_COUNTS = 13,
 };
 
 enum udp_parsable_tunnel_type {
@@ -40807,6 +40827,189 @@ struct f_owner_ex {
 	__kernel_pid_t pid;
 };
 
+struct fan_fsid {
+	struct super_block *sb;
+	__kernel_fsid_t id;
+	bool weak;
+};
+
+struct fsnotify_event {
+	struct list_head list;
+};
+
+struct fanotify_event {
+	struct fsnotify_event fse;
+	struct hlist_node merge_list;
+	u32 mask;
+	struct {
+		unsigned int type: 3;
+		unsigned int hash: 29;
+	};
+	struct pid *pid;
+};
+
+struct fanotify_fh {
+	u8 type;
+	u8 len;
+	u8 flags;
+	u8 pad;
+};
+
+struct fanotify_error_event {
+	struct fanotify_event fae;
+	s32 error;
+	u32 err_count;
+	__kernel_fsid_t fsid;
+	struct {
+		struct fanotify_fh object_fh;
+		unsigned char _inline_fh_buf[128];
+	};
+};
+
+struct fanotify_event_info_header {
+	__u8 info_type;
+	__u8 pad;
+	__u16 len;
+};
+
+struct fanotify_event_info_error {
+	struct fanotify_event_info_header hdr;
+	__s32 error;
+	__u32 error_count;
+};
+
+struct fanotify_event_info_fid {
+	struct fanotify_event_info_header hdr;
+	__kernel_fsid_t fsid;
+	unsigned char handle[0];
+};
+
+struct fanotify_event_info_mnt {
+	struct fanotify_event_info_header hdr;
+	__u64 mnt_id;
+};
+
+struct fanotify_event_info_pidfd {
+	struct fanotify_event_info_header hdr;
+	__s32 pidfd;
+};
+
+struct fanotify_event_info_range {
+	struct fanotify_event_info_header hdr;
+	__u32 pad;
+	__u64 offset;
+	__u64 count;
+};
+
+struct fanotify_event_metadata {
+	__u32 event_len;
+	__u8 vers;
+	__u8 reserved;
+	__u16 metadata_len;
+	__u64 mask;
+	__s32 fd;
+	__s32 pid;
+};
+
+struct fanotify_fid_event {
+	struct fanotify_event fae;
+	__kernel_fsid_t fsid;
+	struct {
+		struct fanotify_fh object_fh;
+		unsigned char _inline_fh_buf[12];
+	};
+};
+
+struct fanotify_group_private_data {
+	struct hlist_head *merge_hash;
+	struct list_head access_list;
+	wait_queue_head_t access_waitq;
+	int flags;
+	int f_flags;
+	struct ucounts *ucounts;
+	mempool_t error_events_pool;
+	struct list_head perm_grp_list;
+};
+
+struct fanotify_info {
+	u8 dir_fh_totlen;
+	u8 dir2_fh_totlen;
+	u8 file_fh_totlen;
+	u8 pad;
+	u16 name_len;
+	u16 name2_len;
+	unsigned char buf[0];
+};
+
+struct fsnotify_group;
+
+struct fsnotify_mark {
+	__u32 mask;
+	refcount_t refcnt;
+	struct fsnotify_group *group;
+	struct list_head g_list;
+	spinlock_t lock;
+	struct hlist_node obj_list;
+	struct fsnotify_mark_connector *connector;
+	__u32 ignore_mask;
+	unsigned int flags;
+};
+
+struct fanotify_mark {
+	struct fsnotify_mark fsn_mark;
+	__kernel_fsid_t fsid;
+};
+
+struct fanotify_mnt_event {
+	struct fanotify_event fae;
+	u64 mnt_id;
+};
+
+struct fanotify_name_event {
+	struct fanotify_event fae;
+	__kernel_fsid_t fsid;
+	struct fanotify_info info;
+};
+
+struct fanotify_path_event {
+	struct fanotify_event fae;
+	struct path path;
+};
+
+struct fanotify_response_info_header {
+	__u8 type;
+	__u8 pad;
+	__u16 len;
+};
+
+struct fanotify_response_info_audit_rule {
+	struct fanotify_response_info_header hdr;
+	__u32 rule_number;
+	__u32 subj_trust;
+	__u32 obj_trust;
+};
+
+struct fanotify_perm_event {
+	struct fanotify_event fae;
+	struct path path;
+	loff_t pos;
+	size_t count;
+	u32 response;
+	short unsigned int state;
+	short unsigned int watchdog_cnt;
+	int fd;
+	pid_t recv_pid;
+	union {
+		struct fanotify_response_info_header hdr;
+		struct fanotify_response_info_audit_rule audit_rule;
+	};
+};
+
+struct fanotify_response {
+	__s32 fd;
+	__u32 response;
+};
+
 struct fast_pool {
 	long unsigned int pool[4];
 	long unsigned int last;
@@ -42943,9 +43146,7 @@ struct fsmap_head {
 	struct fsmap fmh_recs[0];
 };
 
-struct fsnotify_event {
-	struct list_head list;
-};
+typedef struct fsnotify_group *class_fsnotify_group_t;
 
 struct inotify_group_private_data {
 	spinlock_t idr_lock;
@@ -42977,6 +43178,7 @@ struct fsnotify_group {
 	union {
 		void *private;
 		struct inotify_group_private_data inotify_data;
+		struct fanotify_group_private_data fanotify_data;
 	};
 };
 
@@ -42997,25 +43199,11 @@ struct fsnotify_inode_mark_connector {
 	struct list_head conns_list;
 };
 
-struct fsnotify_mark;
-
 struct fsnotify_iter_info {
 	struct fsnotify_mark *marks[6];
 	struct fsnotify_group *current_group;
 	unsigned int report_mask;
 	int srcu_idx;
-};
-
-struct fsnotify_mark {
-	__u32 mask;
-	refcount_t refcnt;
-	struct fsnotify_group *group;
-	struct list_head g_list;
-	spinlock_t lock;
-	struct hlist_node obj_list;
-	struct fsnotify_mark_connector *connector;
-	__u32 ignore_mask;
-	unsigned int flags;
 };
 
 typedef struct fsnotify_mark_connector *fsnotify_connp_t;
@@ -73152,7 +73340,7 @@ struct ucounts {
 	kuid_t uid;
 	struct callback_head rcu;
 	rcuref_t count;
-	atomic_long_t ucount[11];
+	atomic_long_t ucount[13];
 	atomic_long_t rlimit[4];
 };
 
@@ -73718,11 +73906,9 @@ struct user_namespace {
 	struct ctl_table_set set;
 	struct ctl_table_header *sysctls;
 	struct ucounts *ucounts;
-	long int ucount_max[11];
+	long int ucount_max[13];
 	long int rlimit_max[4];
 	struct binfmt_misc *binfmt_misc;
-	long: 64;
-	long: 64;
 	long: 64;
 	long: 64;
 	long: 64;
