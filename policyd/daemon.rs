@@ -519,9 +519,10 @@ impl Daemon {
             );
         }
 
-        // Each cgroup is watched just before its children are listed (in
-        // install_tree_rules): a cgroup created in between is reported by
-        // the watch too (applying it twice is harmless).
+        // Before the tree is read: a fanotify mark reports every cgroup made
+        // from now on; inotify watches each cgroup just before its children
+        // are listed (in install_tree_rules). Either way a cgroup created in
+        // between is both read and reported (applying it twice is harmless).
         let mut watcher = match CgroupWatcher::new(&req.cgroup_root) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -574,16 +575,23 @@ impl Daemon {
             dry_run = req.dry_run,
             handler = %obj.handler_name(),
             link_id,
+            cgroup_watch = watcher.as_ref().map_or("none", |w| w.kind()),
             "attached"
         );
+        if let Some(w) = watcher.as_mut() {
+            w.learn(&tree);
+        }
         let cgroups = Cgroups::from_tree(&req.cgroup_root, &tree, effective);
         let mut pressure = Pressure::new(&req.cgroup, req.dry_run);
         pressure.arm_all(&req.config, cgroups.dirs());
         phases.done("names, pressure triggers");
         phases.log("start-up", cgroups.effective.len());
-        // The file system read watches each cgroup before listing it.
+        // The file system read watches each cgroup before listing it, and a
+        // fanotify mark was there before the walk.
         let missed = match watcher.as_mut() {
-            Some(w) if walked => missed_by_watches(&obj, &req.cgroup_root, &tree, w),
+            Some(w) if walked && w.watches_after_reading() => {
+                missed_by_watches(&obj, &req.cgroup_root, &tree, w)
+            }
             _ => Vec::new(),
         };
         drop(tree);
@@ -1099,7 +1107,9 @@ impl Daemon {
                 }
                 Change::Attrib(path) => self.apply_xattr_change(&path),
                 Change::Overflow => {
-                    tracing::warn!("missed cgroup changes (inotify overflow): re-reading the tree");
+                    tracing::warn!(
+                        "missed cgroup changes (the event queue overflowed): re-reading the tree"
+                    );
                     let config = self.req.config.clone();
                     if let Err(e) = self.replace_rules(&config) {
                         tracing::error!("re-reading the cgroup tree: {e:#}");
@@ -1180,6 +1190,9 @@ impl Daemon {
             install_tree_rules(&self.obj, config, &self.req, &mut phases, &mut |_| {})?;
         self.rules = map;
         self.rules_full = false;
+        if let Some(w) = self.watcher.as_mut() {
+            w.learn(&tree);
+        }
         self.cgroups.refresh(&tree, effective);
         phases.done("names");
         phases.log("new rules", self.cgroups.effective.len());
@@ -1269,6 +1282,9 @@ impl Daemon {
         self.obj = obj;
         self.rules = map;
         self.rules_full = false;
+        if let Some(w) = self.watcher.as_mut() {
+            w.learn(&tree);
+        }
         self.cgroups.refresh(&tree, effective);
         phases.done("swap, names");
         phases.log("policy switch", self.cgroups.effective.len());

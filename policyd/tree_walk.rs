@@ -67,7 +67,7 @@ pub fn cgroups_below(root: &Path) -> Option<u64> {
         .map(|n| n + 1)
 }
 
-fn is_cgroup2(root: &Path) -> bool {
+pub fn is_cgroup2(root: &Path) -> bool {
     use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC};
     statfs(root).is_ok_and(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC)
 }

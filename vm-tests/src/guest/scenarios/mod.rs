@@ -36,6 +36,7 @@ mod kernel_selftests_bpf_oom;
 mod memcg_selftests;
 mod oom_default_memcg;
 mod policyd_capacity;
+mod policyd_cgroup_watch;
 mod policyd_deep_new_cgroup;
 mod policyd_differential;
 mod policyd_dry_run;
@@ -116,6 +117,7 @@ pub fn all() -> Vec<Scenario> {
         policyd_differential::scenario(),
         policyd_xattrs::scenario(),
         policyd_tree_walk::scenario(),
+        policyd_cgroup_watch::scenario(),
         policyd_soak::scenario(),
         memcg_selftests::scenario(),
         trace_kills::kernel_kill(),

@@ -231,6 +231,13 @@ pub(super) fn install() -> Result<()> {
         field(&attached, "SYSLOG_IDENTIFIER") == "policyd",
         "no SYSLOG_IDENTIFIER=policyd: {attached}"
     );
+    // The unit's system call filter lets policyd mark the cgroup file system: it does
+    // not fall back to a watch per cgroup.
+    ensure!(
+        field(&attached, "POLICYD_CGROUP_WATCH") == "fanotify",
+        "policyd.service watches cgroups with {:?}, not fanotify: {attached}",
+        field(&attached, "POLICYD_CGROUP_WATCH")
+    );
     // The packaged unit gives policyd all it needs: a sandbox that took some of it
     // away shows as a warning (the per-CPU counters' address needs CAP_SYSLOG).
     let warnings: Vec<String> = journal(&["-p", "warning"])?
