@@ -48,7 +48,7 @@ use crate::config::{Config, Ownership};
 use crate::config_watch::ConfigWatcher;
 use crate::events::{Awaits, Decision};
 use crate::guard::OwnCgroup;
-use crate::kills::{Kill, KillStream, Traced};
+use crate::kills::{Kill, KillStream, KillTracer, Traced};
 use crate::loader::{self, HandlerLink, OomOpsLayout, PerCpu, PolicyObject, Settings};
 use crate::logging::LogFormat;
 use crate::metrics::{self, MetricsFile};
@@ -545,6 +545,9 @@ impl Daemon {
             .transpose()?;
         let per_cpu = PerCpu::discover();
         phases.done("per-CPU offsets");
+        // Another BPF object: the kernel verifies it while it verifies the
+        // policy's (the verifier runs in the loading thread).
+        let tracer = std::thread::spawn(move || KillTracer::attach(per_cpu));
         let obj = open_policy(&req, req.policy, per_cpu)?;
         phases.done("policy load");
         let (tree, effective, rules_map, walked) =
@@ -554,7 +557,12 @@ impl Daemon {
                 }
             })?;
         let (ring, pending) = event_ring(&obj)?;
-        let kills = match KillStream::start(per_cpu) {
+        let kills = match tracer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread loading it panicked"))
+            .and_then(|attached| attached)
+            .and_then(KillStream::of)
+        {
             Ok(k) => Some(k),
             Err(e) => {
                 tracing::warn!("kills the handler did not decide will not be logged: {e:#}");

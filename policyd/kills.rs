@@ -218,7 +218,11 @@ pub struct KillStream {
 
 impl KillStream {
     pub fn start(per_cpu: Option<PerCpu>) -> Result<KillStream> {
-        let tracer = KillTracer::attach(per_cpu)?;
+        KillStream::of(KillTracer::attach(per_cpu)?)
+    }
+
+    /// The events of `tracer`, attached already.
+    pub fn of(tracer: KillTracer) -> Result<KillStream> {
         let pending: Rc<RefCell<Vec<KillsEvent>>> = Rc::default();
         let sink = pending.clone();
         let map = tracer
