@@ -68,6 +68,11 @@ impl CgroupNames {
         }
     }
 
+    /// The path of cgroup `id`, if known (removed ones a while).
+    pub fn get(&self, id: u64) -> Option<&str> {
+        self.names.get(&id).map(String::as_str)
+    }
+
     /// The path of cgroup `id`; re-reads the tree once on a miss.
     pub fn name(&mut self, id: u64) -> String {
         if let Some(p) = self.names.get(&id) {

@@ -586,9 +586,6 @@ impl Daemon {
             cgroup_watch = watcher.as_ref().map_or("none", |w| w.kind()),
             "attached"
         );
-        if let Some(w) = watcher.as_mut() {
-            w.learn(&tree);
-        }
         let cgroups = Cgroups::from_tree(&req.cgroup_root, &tree, effective);
         let mut pressure = Pressure::new(&req.cgroup, req.dry_run);
         pressure.arm_all(&req.config, cgroups.dirs());
@@ -1047,7 +1044,8 @@ impl Daemon {
         let Some(watcher) = self.watcher.as_mut() else {
             return;
         };
-        let changes = match watcher.read() {
+        let names = &self.cgroups.names;
+        let changes = match watcher.read(&|id| names.get(id).map(str::to_owned)) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("reading cgroup changes: {e}");
@@ -1198,9 +1196,6 @@ impl Daemon {
             install_tree_rules(&self.obj, config, &self.req, &mut phases, &mut |_| {})?;
         self.rules = map;
         self.rules_full = false;
-        if let Some(w) = self.watcher.as_mut() {
-            w.learn(&tree);
-        }
         self.cgroups.refresh(&tree, effective);
         phases.done("names");
         phases.log("new rules", self.cgroups.effective.len());
@@ -1290,9 +1285,6 @@ impl Daemon {
         self.obj = obj;
         self.rules = map;
         self.rules_full = false;
-        if let Some(w) = self.watcher.as_mut() {
-            w.learn(&tree);
-        }
         self.cgroups.refresh(&tree, effective);
         phases.done("swap, names");
         phases.log("policy switch", self.cgroups.effective.len());

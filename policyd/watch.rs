@@ -4,7 +4,8 @@
 //! On cgroup2 one fanotify mark on the superblock reports every cgroup: a
 //! mkdir or rmdir as its parent's file handle and the name, an attribute
 //! change as the cgroup's own handle. A kernfs handle is the node's id,
-//! which is the cgroup id, so no path is opened to map it back. The mark is
+//! which is the cgroup id: the caller's id → path map names it, no path is
+//! opened and no second map is kept. The mark is
 //! placed before the tree is read, so nothing made meanwhile is missed, and
 //! it costs the same at ten cgroups as at ten thousand. Elsewhere (a test's
 //! directory tree) or where fanotify is refused (no CAP_SYS_ADMIN, a kernel
@@ -29,12 +30,11 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use nix::libc;
 
-use crate::cgroupfs::{child_cgroup_path, CgroupTree};
+use crate::cgroupfs::child_cgroup_path;
 
 /// A change in the cgroup tree; paths are relative to the mount ("/a/b").
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,75 +55,42 @@ pub struct CgroupWatcher {
 }
 
 enum How {
-    Fanotify(Marked),
+    /// The fanotify group with its one mark.
+    Fanotify(OwnedFd),
     Inotify {
         inotify: Inotify,
         dirs: HashMap<WatchDescriptor, String>,
     },
 }
 
-/// The fanotify group with its one mark, and the cgroups it can name: by
-/// id (what events carry) and by path (what a removal names).
-struct Marked {
-    fd: OwnedFd,
-    paths: HashMap<u64, Rc<str>>,
-    ids: HashMap<Rc<str>, u64>,
-}
-
-impl Marked {
-    /// A group with one mark on the file system mounted at `root`, for
-    /// mkdir, rmdir and attribute changes of directories.
-    fn new(root: &Path) -> io::Result<Self> {
-        let flags = libc::FAN_CLASS_NOTIF
-            | libc::FAN_CLOEXEC
-            | libc::FAN_NONBLOCK
-            | libc::FAN_REPORT_DFID_NAME;
-        // SAFETY: plain syscall; a valid fd it returns is ours to own.
-        let fd = unsafe { libc::fanotify_init(flags, (libc::O_RDONLY | libc::O_CLOEXEC) as u32) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fanotify_init returned a new fd.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let path = std::ffi::CString::new(root.as_os_str().as_bytes())?;
-        let mask = libc::FAN_CREATE | libc::FAN_DELETE | libc::FAN_ATTRIB | libc::FAN_ONDIR;
-        // SAFETY: fd is a fanotify group, path a NUL-terminated string.
-        let ret = unsafe {
-            libc::fanotify_mark(
-                fd.as_raw_fd(),
-                libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM,
-                mask,
-                libc::AT_FDCWD,
-                path.as_ptr(),
-            )
-        };
-        if ret < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Marked {
-            fd,
-            paths: HashMap::new(),
-            ids: HashMap::new(),
-        })
+/// A fanotify group with one mark on the file system mounted at `root`, for
+/// mkdir, rmdir and attribute changes of directories.
+fn fanotify_mark(root: &Path) -> io::Result<OwnedFd> {
+    let flags =
+        libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK | libc::FAN_REPORT_DFID_NAME;
+    // SAFETY: plain syscall; a valid fd it returns is ours to own.
+    let fd = unsafe { libc::fanotify_init(flags, (libc::O_RDONLY | libc::O_CLOEXEC) as u32) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
     }
-
-    fn know(&mut self, id: u64, path: &str) {
-        let path: Rc<str> = path.into();
-        if let Some(old) = self.paths.insert(id, path.clone()) {
-            self.ids.remove(&old);
-        }
-        if let Some(old) = self.ids.insert(path, id) {
-            if old != id {
-                self.paths.remove(&old);
-            }
-        }
+    // SAFETY: fanotify_init returned a new fd.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let path = std::ffi::CString::new(root.as_os_str().as_bytes())?;
+    let mask = libc::FAN_CREATE | libc::FAN_DELETE | libc::FAN_ATTRIB | libc::FAN_ONDIR;
+    // SAFETY: fd is a fanotify group, path a NUL-terminated string.
+    let ret = unsafe {
+        libc::fanotify_mark(
+            fd.as_raw_fd(),
+            libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM,
+            mask,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
     }
-
-    fn forget(&mut self, path: &str) {
-        if let Some(id) = self.ids.remove(path) {
-            self.paths.remove(&id);
-        }
-    }
+    Ok(fd)
 }
 
 /// What one fanotify event says, as far as policyd reads it: the mask, the
@@ -201,12 +168,11 @@ impl CgroupWatcher {
     /// A watcher of the hierarchy mounted at `root`. On cgroup2 it watches
     /// every cgroup from now on; elsewhere it watches nothing yet:
     /// [`watch`](Self::watch) each cgroup as the tree is read (see
-    /// [`crate::cgroupfs::CgroupTree::read_with`]), one walk for both. Either
-    /// way, [`learn`](Self::learn) the tree once read.
+    /// [`crate::cgroupfs::CgroupTree::read_with`]), one walk for both.
     pub fn new(root: &Path) -> io::Result<Self> {
         let how = if crate::tree_walk::is_cgroup2(root) {
-            match Marked::new(root) {
-                Ok(marked) => Some(How::Fanotify(marked)),
+            match fanotify_mark(root) {
+                Ok(fd) => Some(How::Fanotify(fd)),
                 Err(e) => {
                     tracing::info!(
                         "fanotify refused a mark on {} ({e}): watching each cgroup with                          inotify instead (slower to start; see                          /proc/sys/fs/inotify/max_user_watches)",
@@ -255,18 +221,6 @@ impl CgroupWatcher {
     /// missed (inotify: each watch comes after its cgroup was listed).
     pub fn watches_after_reading(&self) -> bool {
         matches!(self.how, How::Inotify { .. })
-    }
-
-    /// Take the cgroups of `tree` as the ones events name (fanotify): after
-    /// every read of the tree, which is the truth from then on.
-    pub fn learn(&mut self, tree: &CgroupTree) {
-        if let How::Fanotify(marked) = &mut self.how {
-            marked.paths.clear();
-            marked.ids.clear();
-            for node in tree.nodes() {
-                marked.know(node.id, &node.path);
-            }
-        }
     }
 
     /// Watch the cgroup at `path` (not the cgroups below it): inotify only,
@@ -348,42 +302,37 @@ impl CgroupWatcher {
         found
     }
 
-    /// The new cgroup at `path`, watched, and (inotify) the cgroups made
-    /// below it before its watch, as created (parents first); nothing if it
-    /// has gone again. Under the mark, the cgroups below it have events of
-    /// their own.
+    /// Watch the new cgroup at `path` (inotify) and return it, and the
+    /// cgroups made below it before the watch, as created (parents first);
+    /// nothing if it has gone again.
     pub fn adopt(&mut self, path: String) -> Vec<Change> {
-        let meta = match fs::symlink_metadata(self.dir(&path)) {
-            Ok(m) if m.is_dir() => m,
-            _ => return Vec::new(),
-        };
-        if let How::Fanotify(marked) = &mut self.how {
-            marked.know(meta.ino(), &path);
-            return vec![Change::Created(path)];
-        }
         if !self.watch(&path) {
             return Vec::new();
         }
         // A directory's link count is 2 + its subdirectories (kernfs, like
         // tmpfs), so a new leaf, the common case, need not be listed.
-        let below = if meta.nlink() <= 2 {
-            Vec::new()
-        } else {
-            self.add_tree(&path)
+        let below = match fs::symlink_metadata(self.dir(&path)) {
+            Ok(m) if m.nlink() <= 2 => Vec::new(),
+            Ok(_) => self.add_tree(&path),
+            Err(_) => return Vec::new(),
         };
         let mut changes = vec![Change::Created(path)];
         changes.extend(below.into_iter().map(Change::Created));
         changes
     }
 
-    /// The changes queued so far (non-blocking). New cgroups are watched
-    /// before they are returned; (inotify) a new cgroup's existing children
-    /// (created before its watch) are returned too.
-    pub fn read(&mut self) -> io::Result<Vec<Change>> {
+    /// The changes queued so far (non-blocking). `path_of` names a cgroup
+    /// by id as of the changes applied before (fanotify events carry ids).
+    /// (inotify) New cgroups are watched before they are returned, and a new
+    /// cgroup's existing children (created before its watch) are returned
+    /// too.
+    pub fn read(&mut self, path_of: &dyn Fn(u64) -> Option<String>) -> io::Result<Vec<Change>> {
         let mut changes = Vec::new();
+        // Cgroups made in this read, not applied yet: parents of later events.
+        let mut made = HashMap::new();
         loop {
             let read = match self.how {
-                How::Fanotify(_) => self.read_fanotify(),
+                How::Fanotify(_) => self.read_fanotify(path_of, &mut made),
                 How::Inotify { .. } => self.read_inotify(),
             };
             let batch = match read {
@@ -398,7 +347,11 @@ impl CgroupWatcher {
         }
     }
 
-    fn read_fanotify(&mut self) -> io::Result<Vec<Change>> {
+    fn read_fanotify(
+        &mut self,
+        path_of: &dyn Fn(u64) -> Option<String>,
+        made: &mut HashMap<u64, String>,
+    ) -> io::Result<Vec<Change>> {
         let n = nix::unistd::read(self.as_fd().as_raw_fd(), &mut self.buf)?;
         let events = fan_events(&self.buf[..n]);
         let mut changes = Vec::new();
@@ -411,17 +364,17 @@ impl CgroupWatcher {
             if ev.mask & libc::FAN_ONDIR == 0 {
                 continue;
             }
-            let How::Fanotify(marked) = &self.how else {
-                unreachable!("read_fanotify reads a fanotify group");
-            };
-            let Some(dir) = ev.dir.and_then(|id| marked.paths.get(&id).cloned()) else {
+            let dir = ev
+                .dir
+                .and_then(|id| made.get(&id).cloned().or_else(|| path_of(id)));
+            let Some(dir) = dir else {
                 // Under a cgroup the tree read left out (its name), or gone.
                 continue;
             };
             // An event on a directory itself names it ".".
             let Some(name) = ev.name.filter(|n| n.as_bytes() != b".") else {
                 if ev.mask & libc::FAN_ATTRIB != 0 {
-                    changes.push(Change::Attrib(dir.to_string()));
+                    changes.push(Change::Attrib(dir));
                 }
                 continue;
             };
@@ -432,13 +385,15 @@ impl CgroupWatcher {
             // as one, in an order it does not tell. Removed, then created if
             // it is there now, is right whatever happened.
             if ev.mask & libc::FAN_DELETE != 0 {
-                if let How::Fanotify(marked) = &mut self.how {
-                    marked.forget(&path);
-                }
+                made.retain(|_, p| *p != path);
                 changes.push(Change::Removed(path.clone()));
             }
             if ev.mask & libc::FAN_CREATE != 0 {
-                changes.extend(self.adopt(path));
+                // Its id, for the events of cgroups made below it.
+                if let Ok(m) = fs::symlink_metadata(self.dir(&path)) {
+                    made.insert(m.ino(), path.clone());
+                    changes.push(Change::Created(path));
+                }
             }
         }
         Ok(changes)
@@ -498,10 +453,10 @@ impl CgroupWatcher {
         Ok(changes)
     }
 
-    /// Number of cgroups it can name (fanotify) or directories it watches.
+    /// Number of directories it watches (inotify; the mark is one).
     pub fn len(&self) -> usize {
         match &self.how {
-            How::Fanotify(marked) => marked.paths.len(),
+            How::Fanotify(_) => 1,
             How::Inotify { dirs, .. } => dirs.len(),
         }
     }
@@ -514,7 +469,7 @@ impl CgroupWatcher {
 impl AsFd for CgroupWatcher {
     fn as_fd(&self) -> BorrowedFd<'_> {
         match &self.how {
-            How::Fanotify(marked) => marked.fd.as_fd(),
+            How::Fanotify(fd) => fd.as_fd(),
             How::Inotify { inotify, .. } => inotify.as_fd(),
         }
     }
@@ -629,13 +584,13 @@ mod tests {
         fs::create_dir_all(root.join("a/b")).unwrap();
         let mut w = watch_all(root);
         assert_eq!(w.len(), 3);
-        assert_eq!(w.read().unwrap(), []);
+        assert_eq!(w.read(&|_| None).unwrap(), []);
 
         fs::create_dir(root.join("a/c")).unwrap();
         fs::write(root.join("a/file"), "x").unwrap(); // not a cgroup: ignored
                                                       // A directory with children created before its watch exists.
         fs::create_dir_all(root.join("n/m/k")).unwrap();
-        let changes = w.read().unwrap();
+        let changes = w.read(&|_| None).unwrap();
         assert_eq!(changes[0], Change::Created("/a/c".into()));
         assert!(
             changes.contains(&Change::Created("/n".into())),
@@ -653,7 +608,7 @@ mod tests {
         assert!(pos("/n") < pos("/n/m") && pos("/n/m") < pos("/n/m/k"));
 
         fs::remove_dir(root.join("a/b")).unwrap();
-        let changes = w.read().unwrap();
+        let changes = w.read(&|_| None).unwrap();
         assert_eq!(changes, [Change::Removed("/a/b".into())]);
 
         // A change of a directory's attributes, once (not again from its
@@ -661,11 +616,14 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(root.join("a/c"), fs::Permissions::from_mode(0o750)).unwrap();
         fs::set_permissions(root.join("a/file"), fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(w.read().unwrap(), [Change::Attrib("/a/c".into())]);
+        assert_eq!(w.read(&|_| None).unwrap(), [Change::Attrib("/a/c".into())]);
 
         // New directories below a new one are watched too.
         fs::create_dir(root.join("n/m/k/deep")).unwrap();
-        assert_eq!(w.read().unwrap(), [Change::Created("/n/m/k/deep".into())]);
+        assert_eq!(
+            w.read(&|_| None).unwrap(),
+            [Change::Created("/n/m/k/deep".into())]
+        );
 
         // A name no rule can hold (not UTF-8) is left out, with its
         // children, as the tree read leaves it out; the rest goes on.
@@ -673,6 +631,9 @@ mod tests {
         let bad = root.join("a").join(OsStr::from_bytes(b"x\xff"));
         fs::create_dir_all(bad.join("below")).unwrap();
         fs::create_dir(root.join("a/fine")).unwrap();
-        assert_eq!(w.read().unwrap(), [Change::Created("/a/fine".into())]);
+        assert_eq!(
+            w.read(&|_| None).unwrap(),
+            [Change::Created("/a/fine".into())]
+        );
     }
 }

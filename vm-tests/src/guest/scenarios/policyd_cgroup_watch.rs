@@ -2,7 +2,8 @@
 //! policyd uses) and one inotify watch per cgroup (its fallback) report the same
 //! cgroups made, removed and changed, on one real tree, and both end with the truth.
 //!
-//! Both start before the tree /cw is made, and learn the tree as policyd does. Then:
+//! Both start before the tree /cw is made, and name cgroups by id as policyd does
+//! (its id → path map, from the tree read and the changes applied since). Then:
 //! a nested mkdir -p in one go (children made before any event is read), names systemd
 //! escapes, unicode and spaces, one that is not UTF-8 (left out by both, with its
 //! children); an xattr set and one removed, a chown; rmdirs, and the same name
@@ -10,10 +11,11 @@
 //! Then 300 cgroups in a burst. Changes are applied to a set of paths per watcher, as
 //! the daemon applies them; the two sets, and the directories there, must be equal.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -36,6 +38,8 @@ const BURST: usize = 300;
 #[derive(Default)]
 struct Seen {
     cgroups: BTreeSet<String>,
+    /// Id → path, as the daemon's names.
+    ids: HashMap<u64, String>,
     attrib: BTreeSet<String>,
     overflows: usize,
 }
@@ -45,9 +49,13 @@ impl Seen {
         for c in changes {
             match c {
                 Change::Created(p) => {
+                    if let Ok(m) = fs::symlink_metadata(format!("{ROOT}{p}")) {
+                        self.ids.insert(m.ino(), p.clone());
+                    }
                     self.cgroups.insert(p);
                 }
                 Change::Removed(p) => {
+                    self.ids.retain(|_, q| *q != p);
                     self.cgroups.remove(&p);
                 }
                 Change::Attrib(p) => {
@@ -74,8 +82,9 @@ fn drain(watchers: &mut [(&str, CgroupWatcher, Seen)]) -> Result<()> {
     let mut quiet_since = Instant::now();
     while quiet_since.elapsed() < Duration::from_millis(500) {
         for (name, w, seen) in watchers.iter_mut() {
+            let ids = &seen.ids;
             let changes = w
-                .read()
+                .read(&|id| ids.get(&id).cloned())
                 .with_context(|| format!("reading the {name} watcher"))?;
             if !changes.is_empty() {
                 quiet_since = Instant::now();
@@ -150,15 +159,17 @@ fn run() -> Result<()> {
     let tree = CgroupTree::read_with(root, Detail::Rules, &mut |p| {
         ino.watch(p);
     })?;
-    let mut fan = fan;
-    fan.learn(&tree);
-    ino.learn(&tree);
     let mut watchers = [
         ("fanotify", fan, Seen::default()),
         ("inotify", ino, Seen::default()),
     ];
     for (_, _, seen) in watchers.iter_mut() {
         seen.cgroups = tree.nodes().iter().map(|n| n.path.clone()).collect();
+        seen.ids = tree
+            .nodes()
+            .iter()
+            .map(|n| (n.id, n.path.clone()))
+            .collect();
     }
 
     let top = Cgroup::create("cw")?;
