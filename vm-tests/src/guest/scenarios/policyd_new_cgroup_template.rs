@@ -1,5 +1,5 @@
 //! A cgroup created while policyd cannot resolve it (stopped here; in life, the
-//! milliseconds before its inotify wake-up) is judged by its nearest resolved
+//! milliseconds before its fanotify wake-up) is judged by its nearest resolved
 //! ancestor's template for new cgroups below it, where the rules give every such
 //! cgroup the same settings. /nt/batch itself has the default priority 100, but
 //! `/nt/batch/*/**` gives priority 1 to anything below it: a new job there dies

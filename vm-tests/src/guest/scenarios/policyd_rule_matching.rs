@@ -4,7 +4,7 @@
 //! 1. Inheritance: /app/batch has a rule (priority 5); its child /app/batch/job1 has none
 //!    and inherits 5, so it dies before its bigger cousin /app/web (priority 50).
 //! 2. A glob and a cgroup created after `policyd load`: `/app/jobs/*` (priority 1) must
-//!    reach /app/jobs/j7, made while policyd runs. policyd learns of it through inotify and
+//!    reach /app/jobs/j7, made while policyd runs. policyd learns of it through fanotify and
 //!    writes its entry; without that entry the BPF side would give j7 the settings of its
 //!    parent /app/jobs (default priority 100) and web (50) would die instead.
 
