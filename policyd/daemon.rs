@@ -508,8 +508,9 @@ impl Daemon {
     pub fn start(req: LoadRequest) -> Result<Daemon> {
         loader::route_libbpf_log();
         let mut phases = Phases::start();
-        let oom_ops = OomOpsLayout::of_running_kernel()?;
-        phases.done("kernel BTF");
+        // The kernel's BTF is read for the handler's layout while the policy
+        // object loads (which reads it again, inside libbpf).
+        let layout = std::thread::spawn(OomOpsLayout::of_running_kernel);
         let cgroup_dir = req.cgroup_root.join(req.cgroup.trim_start_matches('/'));
         if !cgroup_dir.is_dir() {
             anyhow::bail!(
@@ -548,8 +549,18 @@ impl Daemon {
         // Another BPF object: the kernel verifies it while it verifies the
         // policy's (the verifier runs in the loading thread).
         let tracer = std::thread::spawn(move || KillTracer::attach(per_cpu));
-        let obj = open_policy(&req, req.policy, per_cpu)?;
-        phases.done("policy load");
+        let obj = open_policy(&req, req.policy, per_cpu);
+        // A kernel without BPF OOM support fails both: say that, not how
+        // the object failed.
+        let layout = layout
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread reading the kernel's BTF panicked"))
+            .and_then(|layout| layout);
+        let (obj, oom_ops) = match (obj, layout) {
+            (Ok(obj), Ok(layout)) => (obj, layout),
+            (_, Err(e)) | (Err(e), _) => return Err(e),
+        };
+        phases.done("policy load, kernel BTF");
         let (tree, effective, rules_map, walked) =
             install_tree_rules(&obj, &req.config, &req, &mut phases, &mut |path| {
                 if let Some(w) = watcher.as_mut() {
