@@ -50,8 +50,11 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
         /// Run nothing: write bench.md again from the last bench.json.
-        #[arg(long, conflicts_with_all = ["quick", "filter"])]
+        #[arg(long, conflicts_with_all = ["quick", "filter", "leave_out"])]
         report_only: bool,
+        /// Leave out the benchmark NAME (repeatable); the report says so.
+        #[arg(long, value_name = "NAME")]
+        leave_out: Vec<String>,
     },
     /// List the guest scenarios.
     List,
@@ -75,11 +78,12 @@ fn main() -> ExitCode {
             filter,
             quick,
             report_only,
+            leave_out,
         } => {
             if report_only {
                 host::bench_report_only()
             } else {
-                host::bench(filter.as_deref().unwrap_or(""), quick)
+                host::bench(filter.as_deref().unwrap_or(""), quick, &leave_out)
             }
         }
         Cmd::List => {

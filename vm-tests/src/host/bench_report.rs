@@ -445,14 +445,24 @@ fn kernel_cost_summary(runs: &[ScenarioRun]) -> Value {
 pub const QUICK_LEAVES_OUT_WHY: &str =
     "its Debian guest's boot alone takes 30-45 s under load, and the quick bench stays under 5 minutes";
 
+/// Why `bench --leave-out NAME` left a benchmark out.
+pub const LEFT_OUT_BY_REQUEST: &str = "left out on the command line (--leave-out)";
+
+/// A benchmark the filter selected that this run did not run, and why.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LeftOut {
+    pub name: String,
+    pub why: String,
+}
+
 /// Writes bench.json and bench.md into `out`; returns their paths. `left_out`: the
-/// benchmarks the filter selected that a quick run does not run.
+/// benchmarks the filter selected that this run did not run.
 pub fn write(
     out: &Path,
     machine: &Machine,
     accel: &str,
     quick: bool,
-    left_out: &[String],
+    left_out: &[LeftOut],
     total_wall_s: f64,
     runs: &[ScenarioRun],
 ) -> Result<(PathBuf, PathBuf)> {
@@ -573,11 +583,27 @@ pub fn rerender(out: &Path) -> Result<PathBuf> {
         date_utc: old["date_utc"].as_str().unwrap_or("?").to_string(),
         source: old["source"].as_str().unwrap_or("?").to_string(),
     };
-    // Reports from before quick runs left anything out have no list.
-    let left_out: Vec<String> = match &old["left_out"] {
+    // Reports from before quick runs left anything out have no list; older ones
+    // list names only, all left out by --quick.
+    let left_out: Vec<LeftOut> = match &old["left_out"] {
         Value::Null => Vec::new(),
-        v => serde_json::from_value(v.clone())
-            .with_context(|| format!("{}: left_out is not a list of names", json_path.display()))?,
+        Value::Array(items) => items
+            .iter()
+            .map(|v| match v {
+                Value::String(name) => Ok(LeftOut {
+                    name: name.clone(),
+                    why: QUICK_LEAVES_OUT_WHY.to_owned(),
+                }),
+                v => serde_json::from_value(v.clone()),
+            })
+            .collect::<Result<_, _>>()
+            .with_context(|| {
+                format!(
+                    "{}: left_out is not a list of benchmarks",
+                    json_path.display()
+                )
+            })?,
+        _ => anyhow::bail!("{}: left_out is not a list", json_path.display()),
     };
     let (_, md) = write(
         out,
@@ -639,14 +665,20 @@ pub fn markdown(r: &Value) -> String {
             "**Quick run** (`./vm-tests/run bench --quick`): fewer trials and sizes than the \
              full benchmark; indicative only.\n"
         );
-        for name in r["left_out"].as_array().into_iter().flatten() {
-            let name = name.as_str().unwrap_or("?");
-            let _ = writeln!(
-                md,
-                "**Left out: {name}** ({QUICK_LEAVES_OUT_WHY}); run it with \
-                 `./vm-tests/run bench {name}`.\n"
-            );
-        }
+    }
+    for l in r["left_out"].as_array().into_iter().flatten() {
+        // Older reports name the benchmarks only, all left out by --quick.
+        let (name, why) = match l {
+            Value::String(name) => (name.as_str(), QUICK_LEAVES_OUT_WHY),
+            l => (
+                l["name"].as_str().unwrap_or("?"),
+                l["why"].as_str().unwrap_or("?"),
+            ),
+        };
+        let _ = writeln!(
+            md,
+            "**Left out: {name}** ({why}); run it with `./vm-tests/run bench {name}`.\n"
+        );
     }
     let _ = writeln!(
         md,
@@ -1968,13 +2000,27 @@ mod tests {
             date_utc: "2026-01-01T00:00:00Z".into(),
             source: "abc".into(),
         };
-        let (j, md) = write(&dir, &m, "TCG", true, &["bench-thrash".into()], 60.0, &runs).unwrap();
+        let left_out = [
+            LeftOut {
+                name: "bench-thrash".into(),
+                why: QUICK_LEAVES_OUT_WHY.into(),
+            },
+            LeftOut {
+                name: "bench-charge".into(),
+                why: LEFT_OUT_BY_REQUEST.into(),
+            },
+        ];
+        let (j, md) = write(&dir, &m, "TCG", true, &left_out, 60.0, &runs).unwrap();
         let text = fs::read_to_string(md).unwrap();
         assert!(text.contains("QUICK"), "{text}");
         assert!(
             text.contains(
                 "**Left out: bench-thrash** (its Debian guest's boot alone takes 30-45 s"
             ) && text.contains("run it with `./vm-tests/run bench bench-thrash`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("**Left out: bench-charge** (left out on the command line"),
             "{text}"
         );
         assert!(

@@ -324,17 +324,46 @@ pub fn demo(name: Option<&str>) -> Result<bool> {
     Ok(true)
 }
 
-pub fn bench(filter: &str, quick: bool) -> Result<bool> {
-    let (scenarios, left_out): (Vec<Scenario>, Vec<Scenario>) = guest::scenarios::all()
+pub fn bench(filter: &str, quick: bool, leave_out: &[String]) -> Result<bool> {
+    let benches: Vec<Scenario> = guest::scenarios::all()
         .into_iter()
-        .filter(|s| s.kind == Kind::Bench && s.name.contains(filter))
-        .partition(|s| !(quick && s.debian));
-    for s in &left_out {
+        .filter(|s| s.kind == Kind::Bench)
+        .collect();
+    for name in leave_out {
+        ensure!(
+            benches.iter().any(|s| s.name == name),
+            "--leave-out {name}: no such benchmark; known: {}",
+            benches
+                .iter()
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let why = |s: &Scenario| {
+        if leave_out.iter().any(|n| n == s.name) {
+            Some(bench_report::LEFT_OUT_BY_REQUEST)
+        } else if quick && s.debian {
+            Some(bench_report::QUICK_LEAVES_OUT_WHY)
+        } else {
+            None
+        }
+    };
+    let (left_out, scenarios): (Vec<Scenario>, Vec<Scenario>) = benches
+        .into_iter()
+        .filter(|s| s.name.contains(filter))
+        .partition(|s| why(s).is_some());
+    let left_out: Vec<bench_report::LeftOut> = left_out
+        .iter()
+        .map(|s| bench_report::LeftOut {
+            name: s.name.to_string(),
+            why: why(s).unwrap_or_default().to_string(),
+        })
+        .collect();
+    for l in &left_out {
         println!(
-            "bench --quick leaves out {} ({}): run it with ./vm-tests/run bench {}",
-            s.name,
-            bench_report::QUICK_LEAVES_OUT_WHY,
-            s.name
+            "bench leaves out {} ({}): run it with ./vm-tests/run bench {}",
+            l.name, l.why, l.name
         );
     }
     if scenarios.is_empty() {
@@ -347,7 +376,6 @@ pub fn bench(filter: &str, quick: bool) -> Result<bool> {
             }
         );
     }
-    let left_out: Vec<String> = left_out.iter().map(|s| s.name.to_string()).collect();
     let bench_started = Instant::now();
     let machine = bench_report::Machine::probe(&top());
     let mut vm = prepare_vm()?;
