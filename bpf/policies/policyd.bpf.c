@@ -305,6 +305,14 @@ static __noinline void heap_push(const struct policyd_candidate *cand)
 		*slot = *cand;
 }
 
+/*
+ * Where heap_pop() is sifting.  A global, like `scan`: a local index would
+ * start at the root as a constant, which the verifier follows precisely
+ * (a constant ARRAY key is exact), and it would then verify every path down
+ * the heap apart instead of one loop body.
+ */
+__u32 sift_at;
+
 /* Take the best candidate out of the heap.  Return: false if it is empty. */
 static __noinline bool heap_pop(struct policyd_candidate *out)
 {
@@ -327,7 +335,9 @@ static __noinline bool heap_pop(struct policyd_candidate *out)
 	moving = *last;
 
 	/* Sift the last element down from the root. */
+	sift_at = 0;
 	bpf_for(level, 0, HEAP_LEVELS) {
+		i = sift_at;
 		c = 2 * i + 1;
 		if (c >= n)
 			break;
@@ -346,8 +356,9 @@ static __noinline bool heap_pop(struct policyd_candidate *out)
 		if (!slot)
 			break;
 		*slot = *child;
-		i = c;
+		sift_at = c;
 	}
+	i = sift_at;
 	slot = bpf_map_lookup_elem(&heap, &i);
 	if (slot)
 		*slot = moving;
