@@ -261,9 +261,12 @@ static __always_inline int pref_rank(__u8 pref)
  * Memory is compared in whole MiB: usage moves by a few pages all the time
  * (per-CPU charge caches, page tables), and two cgroups of the same size
  * must not swap places between `policyd explain` and the OOM.
+ *
+ * A global function: the verifier checks its branches once, rather than
+ * on every path through the heap's loops, each of which compares twice.
  */
-static __always_inline bool better(const struct policyd_candidate *a,
-				   const struct policyd_candidate *b)
+__noinline bool better(const struct policyd_candidate *a __arg_nonnull,
+		       const struct policyd_candidate *b __arg_nonnull)
 {
 	__u64 mib_a = a->usage >> POLICYD_USAGE_SHIFT, mib_b = b->usage >> POLICYD_USAGE_SHIFT;
 
