@@ -205,12 +205,13 @@ static __noinline void read_cpu_offsets(void)
 	}
 }
 
-/* percpu_counter_sum() of one of @mm's counters, in pages. */
-static __always_inline __s64 mm_counter_sum(struct mm_struct *mm, int member)
+/*
+ * @count plus the CPUs' shares at @counters: percpu_counter_sum().  A global
+ * function: the verifier checks its loop once, not at each place the handler
+ * counts an mm's pages (three loops per task).
+ */
+__noinline __s64 percpu_sum(__s64 count, __u64 counters)
 {
-	struct percpu_counter *counter = &mm->rss_stat[member];
-	__s64 sum = BPF_CORE_READ(counter, count);
-	__u64 counters = (__u64)BPF_CORE_READ(counter, counters);
 	__s32 share;
 	__u32 cpu;
 
@@ -220,9 +221,18 @@ static __always_inline __s64 mm_counter_sum(struct mm_struct *mm, int member)
 		if (bpf_probe_read_kernel(&share, sizeof(share),
 					  (void *)(counters + cpu_offsets[cpu])))
 			break;
-		sum += share;
+		count += share;
 	}
-	return sum > 0 ? sum : 0;
+	return count > 0 ? count : 0;
+}
+
+/* percpu_counter_sum() of one of @mm's counters, in pages. */
+static __always_inline __s64 mm_counter_sum(struct mm_struct *mm, int member)
+{
+	struct percpu_counter *counter = &mm->rss_stat[member];
+
+	return percpu_sum(BPF_CORE_READ(counter, count),
+			  (__u64)BPF_CORE_READ(counter, counters));
 }
 
 /* Resident memory of @task's mm, in pages, as get_mm_rss_sum() counts it. */
