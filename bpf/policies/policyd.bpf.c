@@ -926,38 +926,21 @@ static __always_inline void begin_event(struct oom_control *oc)
 	read_cpu_offsets();
 }
 
-/* The handler time histogram's bucket for a run of @ns (policyd.h). */
+/*
+ * The handler time histogram's bucket for a run of @ns (policyd.h).  A loop
+ * over the buckets' bounds: a floor(log2()) by halvings gives the verifier
+ * a constant on each of its 64 paths, and it would verify them all, at
+ * each of the handler's exits.
+ */
 static __always_inline __u32 handler_bucket(__u64 ns)
 {
-	__u32 log = 0;
+	__u32 b;
 
-	/* floor(log2(ns)), without a loop: BPF has no count-leading-zeros. */
-	if (ns >> 32) {
-		ns >>= 32;
-		log += 32;
+	bpf_for(b, 0, POLICYD_HANDLER_BUCKETS - 1) {
+		if (ns < 1ULL << (POLICYD_HANDLER_BUCKET0_SHIFT + b))
+			return b;
 	}
-	if (ns >> 16) {
-		ns >>= 16;
-		log += 16;
-	}
-	if (ns >> 8) {
-		ns >>= 8;
-		log += 8;
-	}
-	if (ns >> 4) {
-		ns >>= 4;
-		log += 4;
-	}
-	if (ns >> 2) {
-		ns >>= 2;
-		log += 2;
-	}
-	if (ns >> 1)
-		log += 1;
-	if (log < POLICYD_HANDLER_BUCKET0_SHIFT)
-		return 0;
-	log = log - POLICYD_HANDLER_BUCKET0_SHIFT + 1;
-	return log < POLICYD_HANDLER_BUCKETS ? log : POLICYD_HANDLER_BUCKETS - 1;
+	return POLICYD_HANDLER_BUCKETS - 1;
 }
 
 /* Count the decision under its victim cgroup, if it named one. */
