@@ -253,12 +253,21 @@ static __always_inline bool task_unkillable(struct task_struct *task)
 	       task->signal->oom_score_adj == OOM_SCORE_ADJ_MIN;
 }
 
-/* Where @pref puts a cgroup: prefer first, avoid last (enum policyd_pref). */
+/* Where each enum policyd_pref puts a cgroup: prefer first, avoid last. */
+static const __u8 pref_ranks[] = {
+	[POLICYD_PREF_PREFER] = 0,
+	[POLICYD_PREF_NONE] = 1,
+	[POLICYD_PREF_AVOID] = 2,
+};
+
+/*
+ * Where @pref puts a cgroup; a value policyd does not write, as none.  A
+ * table rather than branches, whose constants the verifier would follow
+ * apart through better()'s comparisons.
+ */
 static __always_inline int pref_rank(__u8 pref)
 {
-	if (pref == POLICYD_PREF_PREFER)
-		return 0;
-	return pref == POLICYD_PREF_AVOID ? 2 : 1;
+	return pref < sizeof(pref_ranks) ? pref_ranks[pref] : pref_ranks[POLICYD_PREF_NONE];
 }
 
 /*
