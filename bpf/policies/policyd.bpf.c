@@ -335,8 +335,11 @@ static __noinline void heap_push(const struct policyd_candidate *cand)
  */
 __u32 sift_at;
 
-/* Take the best candidate out of the heap.  Return: false if it is empty. */
-static __noinline bool heap_pop(struct policyd_candidate *out)
+/*
+ * Take the best candidate out of the heap.  Return: false if it is empty.
+ * A global function: verified once, not at each of kill_ranked()'s calls.
+ */
+__noinline bool heap_pop(struct policyd_candidate *out __arg_nonnull)
 {
 	struct policyd_candidate *root, *last, *child, *right, *slot;
 	struct policyd_candidate moving;
