@@ -1051,8 +1051,9 @@ int BPF_PROG(policyd_handle_oom, struct oom_control *oc, struct bpf_struct_ops_l
 
 	begin_event(oc);
 	scope = scope_cgroup(oc);
+	/* One exit: the verifier checks finish_event() once per path into it. */
 	if (!scope)
-		return finish_event();
+		goto out;
 
 	if (policy == POLICYD_POLICY_BADNESS) {
 		kill_by_badness(oc, scope);
@@ -1066,7 +1067,7 @@ int BPF_PROG(policyd_handle_oom, struct oom_control *oc, struct bpf_struct_ops_l
 								   POLICYD_REASON_LOWEST_PRIORITY);
 	}
 	bpf_cgroup_release(scope);
-
+out:
 	return finish_event();
 }
 
