@@ -47,6 +47,10 @@ pub struct Handler {
     pub cgroup: String,
     pub system_wide: bool,
     pub prog_ids: Vec<u32>,
+    /// Instructions the kernel's verifier went through to load the handler
+    /// (`bpf_prog_info.verified_insns`): what its load costs grows with
+    /// them. `None` where the kernel does not say.
+    pub verified_insns: Option<u32>,
     /// The policy's `dry_run` (policyd policies only).
     pub dry_run: Option<bool>,
     /// Processes holding the link open (usually the one that attached it).
@@ -219,15 +223,29 @@ fn value0(map: &MapHandle) -> Option<Vec<u8>> {
         .flatten()
 }
 
-/// The ids of the maps each program of `prog_ids` uses.
-fn maps_of_programs(prog_ids: &[u32]) -> HashMap<u32, Vec<u32>> {
+/// What the kernel says of a handler's program.
+#[derive(Debug, Default)]
+struct ProgFacts {
+    map_ids: Vec<u32>,
+    /// 0: the kernel does not count them.
+    verified_insns: u32,
+}
+
+/// The maps and verifier work of each program of `prog_ids`.
+fn programs(prog_ids: &[u32]) -> HashMap<u32, ProgFacts> {
     if prog_ids.is_empty() {
         return HashMap::new();
     }
     let opts = ProgInfoQueryOptions::default().include_map_ids(true);
     ProgInfoIter::with_query_opts(opts)
         .filter(|p| prog_ids.contains(&p.id))
-        .map(|p| (p.id, p.map_ids))
+        .map(|p| {
+            let facts = ProgFacts {
+                map_ids: p.map_ids,
+                verified_insns: p.verified_insns,
+            };
+            (p.id, facts)
+        })
         .collect()
 }
 
@@ -313,7 +331,7 @@ pub fn handlers(cgroup_root: Option<&Path>, proc_root: &Path) -> Result<Vec<Hand
         .iter()
         .filter_map(|(.., value)| layout.prog_id(value.as_deref().unwrap_or_default()))
         .collect();
-    let prog_maps = maps_of_programs(&prog_ids);
+    let progs = programs(&prog_ids);
 
     // Cgroup paths: the cgroup id is the directory's inode number.
     let tree = cgroupfs::root(cgroup_root)
@@ -327,8 +345,9 @@ pub fn handlers(cgroup_root: Option<&Path>, proc_root: &Path) -> Result<Vec<Hand
         .map(|(link_id, map_id, cgroup_id, value)| {
             let value = value.unwrap_or_default();
             let prog_id = layout.prog_id(&value);
+            let facts = prog_id.and_then(|id| progs.get(&id));
             let data = prog_id
-                .map(|id| policyd_data(id, prog_maps.get(&id).map_or(&[], Vec::as_slice)))
+                .map(|id| policyd_data(id, facts.map_or(&[], |f| f.map_ids.as_slice())))
                 .unwrap_or_default();
             // Only policyd's own handler has its counters and settings.
             let policy = data.policy.filter(|_| data.stats.is_some());
@@ -350,6 +369,7 @@ pub fn handlers(cgroup_root: Option<&Path>, proc_root: &Path) -> Result<Vec<Hand
                 cgroup,
                 system_wide,
                 prog_ids: prog_id.into_iter().collect(),
+                verified_insns: facts.map(|f| f.verified_insns).filter(|&n| n > 0),
                 owners: holders
                     .get(&link_id)
                     .into_iter()

@@ -67,9 +67,13 @@ pub fn text(handlers: &[Handler], now: u64) -> String {
             let _ = writeln!(out, "  owner:    pid {} ({}){since}", o.pid, o.comm);
         }
         let progs: Vec<String> = h.prog_ids.iter().map(u32::to_string).collect();
+        let verified = h
+            .verified_insns
+            .map(|n| format!(" ({n} instructions verified)"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "  link:     id {}, struct_ops map {}, program {}, cgroup id {}",
+            "  link:     id {}, struct_ops map {}, program {}{verified}, cgroup id {}",
             h.link_id,
             h.map_id,
             if progs.is_empty() {
@@ -131,6 +135,7 @@ mod tests {
             cgroup: "/".into(),
             system_wide: true,
             prog_ids: vec![40],
+            verified_insns: Some(4755),
             dry_run: Some(false),
             owners: vec![Owner {
                 pid: 4242,
@@ -164,6 +169,7 @@ mod tests {
             cgroup: "/demo".into(),
             system_wide: false,
             prog_ids: vec![51],
+            verified_insns: None,
             dry_run: None,
             owners: vec![],
             counters: None,
@@ -175,7 +181,8 @@ mod tests {
             "/ (system-wide): handler policyd_priority\n\
              \x20 policy:   priority, enforcing\n\
              \x20 owner:    pid 4242 (policyd), since 2026-11-26T08:40:12Z (1 min 35 s ago)\n\
-             \x20 link:     id 7, struct_ops map 42, program 40, cgroup id 1\n\
+             \x20 link:     id 7, struct_ops map 42, program 40 (4755 instructions verified), \
+             cgroup id 1\n\
              \x20 counters: 3 OOMs: 4 killed, 1 awaited, 1 deferred, 0 dry runs, 0 kill \
              failures, 0 events dropped\n\
              \x20 handler:  mean 41 µs, max 80.3 µs\n\
@@ -198,6 +205,7 @@ mod tests {
         assert_eq!(json[0]["owners"][0]["pid"], 4242);
         assert_eq!(json[0]["owners"][0]["since"], "2026-11-26T08:40:12Z");
         assert_eq!(json[0]["counters"]["ooms"], 3);
+        assert_eq!(json[0]["verified_insns"], 4755);
         assert_eq!(json[0]["counters"]["handler_mean_us"], 41.0);
         assert_eq!(json[0]["counters"]["handler_max_us"], 80.3);
     }
