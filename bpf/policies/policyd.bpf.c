@@ -298,7 +298,8 @@ __noinline bool better(const struct policyd_candidate *a __arg_nonnull,
 	return a->cgroup_id < b->cgroup_id;
 }
 
-static __noinline void heap_push(const struct policyd_candidate *cand)
+/* A global function: verified once, not on each path of rank_cgroups()'s loop. */
+__noinline void heap_push(const struct policyd_candidate *cand __arg_nonnull)
 {
 	struct policyd_candidate *parent, *slot;
 	__u32 i = heap_len, up;
