@@ -696,8 +696,11 @@ static __noinline void kill_rest(struct oom_control *oc, struct cgroup *cgrp)
  *
  * Return: the number of tasks killed.  Sets event.outcome when it awaited,
  * event.victim_* for the (largest) victim, and event.kill_err on failures.
+ * A global function: verified once, not on each pass over kill_ranked()'s
+ * loop.
  */
-static __noinline int kill_in_cgroup(struct oom_control *oc, struct policyd_candidate *cand)
+__noinline int kill_in_cgroup(struct oom_control *oc __arg_trusted,
+			   struct policyd_candidate *cand __arg_nonnull)
 {
 	struct task_struct *task;
 	struct cgroup *cgrp;
