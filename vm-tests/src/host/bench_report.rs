@@ -446,7 +446,7 @@ pub const QUICK_LEAVES_OUT_WHY: &str =
     "its Debian guest's boot alone takes 30-45 s under load, and the quick bench stays under 5 minutes";
 
 /// Why `bench --leave-out NAME` left a benchmark out.
-pub const LEFT_OUT_BY_REQUEST: &str = "left out on the command line (--leave-out)";
+pub const LEFT_OUT_BY_REQUEST: &str = "--leave-out on the command line";
 
 /// A benchmark the filter selected that this run did not run, and why.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -2020,7 +2020,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("**Left out: bench-charge** (left out on the command line"),
+            text.contains("**Left out: bench-charge** (--leave-out on the command line)"),
             "{text}"
         );
         assert!(
