@@ -187,10 +187,10 @@ pub(crate) mod tests {
             .with(EnvFilter::new("info"))
             .with(Capture(out.clone()));
         tracing::subscriber::with_default(subscriber, f);
-        Arc::try_unwrap(out)
-            .expect("the subscriber is gone")
-            .into_inner()
-            .unwrap()
+        // Not Arc::try_unwrap: while another test thread registers a
+        // callsite, tracing holds every live dispatcher for a moment, ours too.
+        let mut entries = out.lock().unwrap();
+        std::mem::take(&mut *entries)
     }
 
     fn field<'a>(e: &'a Entry, name: &str) -> Option<&'a str> {
