@@ -22,7 +22,7 @@ fn main() {
     .skeleton(
         "policyd",
         "bpf/policies/policyd.bpf.c",
-        &["bpf/policies/policyd.h"],
+        &["bpf/policies/policyd.h", "bpf/per_cpu.bpf.h"],
     );
     BpfCompiler::new(
         "POLICYD_CLANG",
@@ -30,5 +30,9 @@ fn main() {
         "bpf/vmlinux/x86_64",
         "bpf/trace",
     )
-    .skeleton("kills", "bpf/trace/kills.bpf.c", &["bpf/trace/kills.h"]);
+    .skeleton(
+        "kills",
+        "bpf/trace/kills.bpf.c",
+        &["bpf/trace/kills.h", "bpf/per_cpu.bpf.h"],
+    );
 }

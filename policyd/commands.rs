@@ -169,7 +169,7 @@ pub fn trace(cgroup_root: Option<&Path>, format: LogFormat) -> Result<()> {
         .with_context(|| format!("reading the cgroup tree at {}", cgroup_root.display()))?;
     let mut names = CgroupNames::from_tree(&tree);
     let signals = daemon::block_signals()?;
-    let mut kills = KillStream::start(crate::loader::PerCpu::discover())?;
+    let mut kills = KillStream::start()?;
     tracing::info!(
         with_context = kills.has_context(),
         with_culprits = kills.tracks_growth(),

@@ -49,7 +49,7 @@ use crate::config_watch::ConfigWatcher;
 use crate::events::{Awaits, Decision};
 use crate::guard::OwnCgroup;
 use crate::kills::{Kill, KillStream, KillTracer, Traced};
-use crate::loader::{self, HandlerLink, OomOpsLayout, PerCpu, PolicyObject, Settings};
+use crate::loader::{self, HandlerLink, OomOpsLayout, PolicyObject, Settings};
 use crate::logging::LogFormat;
 use crate::metrics::{self, MetricsFile};
 use crate::notify::{self, Notifier};
@@ -254,15 +254,10 @@ fn read_tree(
 
 /// `policy`'s object, loaded for `req` (its ring for tree walks sized to the
 /// tree below the cgroup2 mount) with its tree walker attached there.
-fn open_policy(
-    req: &LoadRequest,
-    policy: PolicyName,
-    per_cpu: Option<PerCpu>,
-) -> Result<PolicyObject> {
+fn open_policy(req: &LoadRequest, policy: PolicyName) -> Result<PolicyObject> {
     let mut obj = PolicyObject::open_load(&Settings {
         policy,
         dry_run: req.dry_run,
-        per_cpu,
         max_cgroups: req.max_cgroups,
         tree_cgroups: tree_walk::cgroups_below(&req.cgroup_root),
     })?;
@@ -482,7 +477,6 @@ pub struct Daemon {
     /// The rules map in `rules[0]`.
     rules: MapHandle,
     oom_ops: OomOpsLayout,
-    per_cpu: Option<PerCpu>,
     req: LoadRequest,
     cgroups: Cgroups,
     watcher: Option<CgroupWatcher>,
@@ -544,12 +538,10 @@ impl Daemon {
             .watch_config
             .then(|| ConfigWatcher::new(&req.config_path))
             .transpose()?;
-        let per_cpu = PerCpu::discover();
-        phases.done("per-CPU offsets");
         // Another BPF object: the kernel verifies it while it verifies the
         // policy's (the verifier runs in the loading thread).
-        let tracer = std::thread::spawn(move || KillTracer::attach(per_cpu));
-        let obj = open_policy(&req, req.policy, per_cpu);
+        let tracer = std::thread::spawn(KillTracer::attach);
+        let obj = open_policy(&req, req.policy);
         // A kernel without BPF OOM support fails both: say that, not how
         // the object failed.
         let layout = layout
@@ -622,7 +614,6 @@ impl Daemon {
             obj,
             rules: rules_map,
             oom_ops,
-            per_cpu,
             awaits: Awaits::new(req.log_format),
             req,
             cgroups,
@@ -1276,7 +1267,7 @@ impl Daemon {
     }
 
     fn switch_policy(&mut self, policy: PolicyName, config: &Config) -> Result<()> {
-        let obj = open_policy(&self.req, policy, self.per_cpu)?;
+        let obj = open_policy(&self.req, policy)?;
         let mut phases = Phases::start();
         let (tree, effective, map, _) =
             install_tree_rules(&obj, config, &self.req, &mut phases, &mut |_| {})?;

@@ -43,7 +43,7 @@ use crate::bpf::kills_skel;
 use crate::cgroup_names::CgroupNames;
 use crate::culprit::{self, Ranking};
 use crate::events::size;
-use crate::loader::{self, PerCpu};
+use crate::loader;
 use crate::logging::LogFormat;
 use crate::owner::Owner;
 
@@ -63,39 +63,18 @@ pub struct KillTracer {
 }
 
 impl KillTracer {
-    /// `per_cpu`: [`PerCpu::discover`]'s answer, which the caller may share
-    /// with a policy handler.
-    pub fn attach(per_cpu: Option<PerCpu>) -> Result<KillTracer> {
+    pub fn attach() -> Result<KillTracer> {
         if !Path::new(KERNEL_BTF).exists() {
             bail!(
                 "this kernel has no BTF ({KERNEL_BTF} is missing): tracing OOM kills needs a \
                  kernel built with CONFIG_DEBUG_INFO_BTF=y"
             );
         }
-        let mut open = ObjectBuilder::default()
+        let open = ObjectBuilder::default()
             .name("policyd_kills")
             .and_then(|b| b.open_memory(OBJECT))
             .context("opening the OOM kill tracer")?;
-        // Without them kills report memory as get_mm_counter() reads it, up
-        // to 64 pages per CPU short of the kernel's own figures.
-        let per_cpu = per_cpu.unwrap_or(PerCpu {
-            offsets_addr: 0,
-            nr_cpus: 0,
-        });
-        loader::set_rodata(
-            &mut open,
-            &[
-                (
-                    offset_of!(kills_skel::types::rodata, per_cpu_offset_addr),
-                    &per_cpu.offsets_addr.to_ne_bytes(),
-                ),
-                (
-                    offset_of!(kills_skel::types::rodata, nr_cpus),
-                    &per_cpu.nr_cpus.to_ne_bytes(),
-                ),
-            ],
-        )?;
-        let object = open.load().map_err(|e| match e.kind() {
+        let mut object = open.load().map_err(|e| match e.kind() {
             ErrorKind::PermissionDenied if !nix::unistd::geteuid().is_root() => {
                 anyhow!("tracing OOM kills needs root (CAP_BPF and CAP_PERFMON): {e}")
             }
@@ -106,11 +85,20 @@ impl KillTracer {
             ),
             _ => anyhow!("loading the OOM kill tracer (libbpf's log above says why): {e:#}"),
         })?;
+        if let Err(e) = loader::find_per_cpu(&mut object) {
+            tracing::warn!(
+                "{e:#}: kill reports may show a little less memory than the kernel's own \
+                 \"Killed process\" line"
+            );
+        }
         let mut links = Vec::new();
         let mut context = false;
         let mut growth = false;
         for prog in object.progs_mut() {
             let name = prog.name().to_string_lossy().into_owned();
+            if name == loader::PER_CPU_PROG {
+                continue;
+            }
             match (name.as_str(), prog.attach()) {
                 (_, Ok(link)) => {
                     context |= name == "oom_enter";
@@ -217,8 +205,8 @@ pub struct KillStream {
 }
 
 impl KillStream {
-    pub fn start(per_cpu: Option<PerCpu>) -> Result<KillStream> {
-        KillStream::of(KillTracer::attach(per_cpu)?)
+    pub fn start() -> Result<KillStream> {
+        KillStream::of(KillTracer::attach()?)
     }
 
     /// The events of `tracer`, attached already.

@@ -21,7 +21,7 @@
 //! link fd ([`HandlerLink`]'s drop) detaches the handler.
 
 use std::fs::File;
-use std::io::{self, BufRead};
+use std::io;
 use std::mem::{offset_of, size_of};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -299,87 +299,45 @@ fn load_error(e: libbpf_rs::Error) -> anyhow::Error {
     }
 }
 
-/// Where the kernel keeps `__per_cpu_offset[]`, and how many CPUs are
-/// possible: what the handler and the kill tracer need to add up per-CPU
-/// memory counters as the kernel does (see `mm_counter_sum()` in
-/// policyd.bpf.c).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PerCpu {
-    pub offsets_addr: u64,
-    pub nr_cpus: u32,
-}
+/// The program each of policyd's objects carries (`bpf/per_cpu.bpf.h`) that
+/// tells it where the per-CPU shares of tasks' memory counters are.
+pub const PER_CPU_PROG: &str = "find_per_cpu";
 
-/// The handler's room for per-CPU offsets (`MAX_CPUS` in policyd.bpf.c).
+/// `MAX_CPUS` in per_cpu.bpf.h: CPU ids whose shares the objects add up.
 const MAX_CPUS: u32 = 1024;
 
-impl PerCpu {
-    /// From /proc/kallsyms and /sys/devices/system/cpu/possible. `None`, with
-    /// a warning saying what that costs, where either cannot be read.
-    pub fn discover() -> Option<PerCpu> {
-        let found = Self::from_files(
-            Path::new("/proc/kallsyms"),
-            Path::new("/sys/devices/system/cpu/possible"),
-        );
-        match found {
-            Ok(p) if p.nr_cpus > MAX_CPUS => {
-                tracing::warn!(
-                    "{} possible CPUs, policyd adds up per-CPU memory counters of the first \
-                     {MAX_CPUS} only: its handler may rank tasks of about the same size \
-                     otherwise than the kernel, and kill reports may show a little less \
-                     memory than the kernel's own",
-                    p.nr_cpus
-                );
-                Some(p)
-            }
-            Ok(p) => Some(p),
-            Err(e) => {
-                tracing::warn!(
-                    "{e:#}; policyd reads tasks' memory without the per-CPU shares (up to 32 \
-                     pages per CPU): its handler may choose otherwise than the kernel and \
-                     `policyd explain` between tasks of about the same size, and kill reports \
-                     may show a little less memory than the kernel's own"
-                );
-                None
-            }
-        }
+/// Runs `object`'s [`PER_CPU_PROG`], before anything that counts a task's
+/// memory is attached, so that it adds up the per-CPU shares as
+/// `get_mm_counter_sum()` does. Err: why they are left out (or, past
+/// [`MAX_CPUS`], some of them), for a warning that says what that costs.
+pub fn find_per_cpu(object: &mut Object) -> Result<()> {
+    let prog = object
+        .progs_mut()
+        .find(|p| p.name() == PER_CPU_PROG)
+        .with_context(|| format!("the BPF object has no program {PER_CPU_PROG}"))?;
+    let out = prog
+        .test_run(ProgramInput::default())
+        .map_err(|e| with_permission_hint(e, "running find_per_cpu (BPF_PROG_TEST_RUN)"))?;
+    let left_out = "the per-CPU shares of tasks' memory counters are left out";
+    match -(out.return_value as i32) {
+        0 => Ok(()),
+        nix::libc::E2BIG => bail!(
+            "the per-CPU shares of tasks' memory counters are added up for the first \
+             {MAX_CPUS} CPUs only: this kernel has more CPU ids"
+        ),
+        nix::libc::EPERM => bail!(
+            "{left_out}: the kernel hides its addresses from policyd (kernel.kptr_restrict \
+             is 2, or 1 and policyd lacks CAP_SYSLOG)"
+        ),
+        nix::libc::ENOENT => bail!(
+            "{left_out}: the kernel's symbol table has no __per_cpu_offset or nr_cpu_ids \
+             (CONFIG_KALLSYMS_ALL is off)"
+        ),
+        errno => bail!(
+            "{left_out}: looking up __per_cpu_offset failed: {}",
+            io::Error::from_raw_os_error(errno)
+        ),
     }
-
-    fn from_files(kallsyms: &Path, possible: &Path) -> Result<PerCpu> {
-        // Line by line: a distribution kernel's kallsyms is several MiB.
-        let syms =
-            File::open(kallsyms).with_context(|| format!("reading {}", kallsyms.display()))?;
-        let offsets_addr = io::BufReader::new(syms)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| {
-                let mut f = l.split_whitespace();
-                let (addr, _, name) = (f.next()?, f.next()?, f.next()?);
-                (name == "__per_cpu_offset").then(|| u64::from_str_radix(addr, 16).ok())?
-            })
-            .filter(|&a| a != 0)
-            .with_context(|| {
-                format!(
-                    "no address of __per_cpu_offset in {} (kernel.kptr_restrict hides it, or \
-                     not root)",
-                    kallsyms.display()
-                )
-            })?;
-        let text = std::fs::read_to_string(possible)
-            .with_context(|| format!("reading {}", possible.display()))?;
-        let nr_cpus = possible_cpus(text.trim())
-            .with_context(|| format!("{}: cannot parse {:?}", possible.display(), text.trim()))?;
-        Ok(PerCpu {
-            offsets_addr,
-            nr_cpus,
-        })
-    }
-}
-
-/// One more than the highest CPU of a cpu list such as "0-3,8-11".
-fn possible_cpus(list: &str) -> Option<u32> {
-    list.split(',')
-        .map(|range| range.rsplit('-').next()?.trim().parse::<u32>().ok())
-        .try_fold(0, |max, last| Some(max.max(last? + 1)))
 }
 
 /// What a handler object is set up with before it is loaded.
@@ -388,8 +346,6 @@ pub struct Settings {
     pub policy: PolicyName,
     /// Decide and report, but leave the kill to the kernel.
     pub dry_run: bool,
-    /// Lets the handler add up per-CPU memory counters ([`PerCpu::discover`]).
-    pub per_cpu: Option<PerCpu>,
     /// Room in the rules map and the candidates' heap (`--max-cgroups`, at
     /// most [`abi::MAX_CGROUPS`]).
     pub max_cgroups: u32,
@@ -417,11 +373,7 @@ fn configure(open: &mut OpenObject, settings: &Settings) -> Result<()> {
         .find(|p| p.name() == tree_walk::PROG)
         .with_context(|| format!("the BPF object has no program {}", tree_walk::PROG))?
         .set_autoload(settings.tree_cgroups.is_some());
-    let per_cpu = settings.per_cpu.unwrap_or(PerCpu {
-        offsets_addr: 0,
-        nr_cpus: 0,
-    });
-    let fields: [(usize, &[u8]); 5] = [
+    let fields: [(usize, &[u8]); 3] = [
         (
             offset_of!(skel::types::rodata, policy),
             &[settings.policy.abi()],
@@ -429,14 +381,6 @@ fn configure(open: &mut OpenObject, settings: &Settings) -> Result<()> {
         (
             offset_of!(skel::types::rodata, dry_run),
             &[u8::from(settings.dry_run)],
-        ),
-        (
-            offset_of!(skel::types::rodata, per_cpu_offset_addr),
-            &per_cpu.offsets_addr.to_ne_bytes(),
-        ),
-        (
-            offset_of!(skel::types::rodata, nr_cpus),
-            &per_cpu.nr_cpus.to_ne_bytes(),
         ),
         (
             offset_of!(skel::types::rodata, max_candidates),
@@ -449,7 +393,7 @@ fn configure(open: &mut OpenObject, settings: &Settings) -> Result<()> {
 /// Writes each `(offset, bytes)` of `fields` into the .rodata of `open`
 /// before it is loaded. At the skeleton's offsets, byte by byte: the section
 /// may end before the trailing padding of the skeleton's struct.
-pub fn set_rodata(open: &mut OpenObject, fields: &[(usize, &[u8])]) -> Result<()> {
+fn set_rodata(open: &mut OpenObject, fields: &[(usize, &[u8])]) -> Result<()> {
     let mut rodata = open
         .maps_mut()
         .find(|m| m.name().to_string_lossy().ends_with(".rodata"))
@@ -526,9 +470,15 @@ impl PolicyObject {
             );
         }
         let opened = started.elapsed();
-        let object = open.load().map_err(load_error)?;
+        let mut object = open.load().map_err(load_error)?;
         let loaded = started.elapsed();
         drop(template);
+        if let Err(e) = find_per_cpu(&mut object) {
+            tracing::warn!(
+                "{e:#}: the handler may rank tasks of about the same size otherwise than the \
+                 kernel and `policyd explain` do"
+            );
+        }
         let handler_fd = object
             .progs()
             .find(|p| p.name() == HANDLER_PROG)
@@ -949,33 +899,6 @@ mod tests {
     }
 
     #[test]
-    fn per_cpu_layout_from_kallsyms_and_the_possible_cpus() {
-        let dir = tempfile::tempdir().unwrap();
-        let (syms, possible) = (dir.path().join("kallsyms"), dir.path().join("possible"));
-        std::fs::write(
-            &syms,
-            "ffffffff81000000 T _text\nffffffff82a1b2c0 R __per_cpu_offset\n\
-             ffffffff82a1b2c8 r __per_cpu_offset_end [mod]\n",
-        )
-        .unwrap();
-        std::fs::write(&possible, "0-3,8-11\n").unwrap();
-        assert_eq!(
-            PerCpu::from_files(&syms, &possible).unwrap(),
-            PerCpu {
-                offsets_addr: 0xffffffff82a1b2c0,
-                nr_cpus: 12
-            }
-        );
-        // Hidden addresses (kptr_restrict) read as zeros: refused, with why.
-        std::fs::write(&syms, "0000000000000000 R __per_cpu_offset\n").unwrap();
-        let err = PerCpu::from_files(&syms, &possible).unwrap_err();
-        assert!(err.to_string().contains("kptr_restrict"), "{err}");
-        assert_eq!(possible_cpus("0"), Some(1));
-        assert_eq!(possible_cpus("0-1"), Some(2));
-        assert_eq!(possible_cpus("x"), None);
-    }
-
-    #[test]
     fn settings_size_the_tables_and_fill_rodata() {
         let mut open = ObjectBuilder::default()
             .name("policyd")
@@ -984,10 +907,6 @@ mod tests {
         let settings = Settings {
             policy: PolicyName::Largest,
             dry_run: true,
-            per_cpu: Some(PerCpu {
-                offsets_addr: 0x1234,
-                nr_cpus: 3,
-            }),
             max_cgroups: 16,
             tree_cgroups: Some(10_013),
         };
@@ -1029,10 +948,6 @@ mod tests {
         assert_eq!(
             at(offset_of!(skel::types::rodata, max_candidates), 4),
             16u32.to_ne_bytes()
-        );
-        assert_eq!(
-            at(offset_of!(skel::types::rodata, per_cpu_offset_addr), 8),
-            0x1234u64.to_ne_bytes()
         );
     }
 

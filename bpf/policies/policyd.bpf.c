@@ -23,6 +23,7 @@
 #include <bpf/bpf_core_read.h>
 
 #include "policyd.h"
+#include "../per_cpu.bpf.h"
 
 #define OOM_SCORE_ADJ_MIN (-1000)
 #define PF_KTHREAD 0x00200000
@@ -174,17 +175,9 @@ static __always_inline __u64 cgroup_usage(struct cgroup *cgrp)
  * up to percpu_counter_batch pages.  oom_badness() and /proc/<pid>/statm
  * add the shares up (get_mm_counter_sum()), and so must the handler, or it
  * picks another of two tasks of the same size than the kernel and
- * `policyd explain` would.  A BPF program cannot follow a __percpu pointer
- * without the kernel's percpu type tags (a gcc-built kernel has none), so
- * policyd passes where __per_cpu_offset[] is (from /proc/kallsyms) and how
- * many CPUs are possible; per_cpu_ptr() is then pointer + offset.
+ * `policyd explain` would.  find_per_cpu() says where the shares are.
+ * __per_cpu_offset[] is read once per OOM.
  */
-const volatile __u64 per_cpu_offset_addr;
-const volatile __u32 nr_cpus;
-
-#define MAX_CPUS 1024
-
-/* __per_cpu_offset[], read once per OOM. */
 __u64 cpu_offsets[MAX_CPUS];
 __u32 cpu_offsets_read;
 

@@ -17,6 +17,7 @@
 #include <bpf/bpf_core_read.h>
 
 #include "kills.h"
+#include "../per_cpu.bpf.h"
 
 char _license[] SEC("license") = "GPL";
 
@@ -76,16 +77,10 @@ struct {
 __u64 growth_inserts;
 
 /*
- * Where __per_cpu_offset[] is and how many CPUs are possible, set by policyd
- * from /proc/kallsyms (0: unknown): the report adds up the mm counters'
- * per-CPU shares as the kernel's own "Killed process" line does
- * (get_mm_counter_sum()).  A gcc-built kernel's BTF has no percpu tags for
- * bpf_per_cpu_ptr() to follow.
+ * The report adds up the mm counters' per-CPU shares as the kernel's own
+ * "Killed process" line does (get_mm_counter_sum()), once find_per_cpu()
+ * has said where they are.
  */
-const volatile __u64 per_cpu_offset_addr;
-const volatile __u32 nr_cpus;
-
-#define MAX_CPUS 1024
 
 /* The per-CPU shares of a percpu_counter whose `counters` are at @counters. */
 static __always_inline __s64 per_cpu_shares(__u64 counters)

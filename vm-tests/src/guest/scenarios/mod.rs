@@ -48,6 +48,7 @@ mod policyd_lifecycle;
 mod policyd_metrics;
 mod policyd_new_cgroup_template;
 mod policyd_passes_over;
+mod policyd_per_cpu;
 mod policyd_pressure;
 mod policyd_priority;
 mod policyd_protect;
@@ -111,6 +112,7 @@ pub fn all() -> Vec<Scenario> {
         policyd_swap::dry_run(),
         policyd_largest_badness::scenario(),
         policyd_lifecycle::scenario(),
+        policyd_per_cpu::scenario(),
         policyd_metrics::scenario(),
         policyd_victim_list::scenario(),
         policyd_explain::scenario(),

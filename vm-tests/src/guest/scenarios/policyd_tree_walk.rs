@@ -204,7 +204,6 @@ fn load(tree_cgroups: Option<u64>) -> Result<PolicyObject> {
     PolicyObject::open_load(&Settings {
         policy: PolicyName::Priority,
         dry_run: true,
-        per_cpu: None,
         max_cgroups: 1024,
         tree_cgroups,
     })
