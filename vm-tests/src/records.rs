@@ -310,6 +310,11 @@ pub struct FootprintStartup {
     pub reload_s: f64,
     pub reload_cpu_ms: f64,
     pub rss_after_reload_kib: u64,
+    /// policyd's own account of where the time went (its `-vv` lines: the policy
+    /// object's open and load, the start-up's and the reload's phases), where it ran
+    /// with `-vv`.
+    #[serde(default)]
+    pub phases: Vec<String>,
 }
 
 /// A burst of mkdirs while policyd runs: how long each new cgroup waits for its own

@@ -1510,6 +1510,16 @@ fn startup_md(md: &mut String, fp: &Footprint) {
             s.rss_after_reload_kib as f64 / 1024.0
         );
     }
+    for s in fp.startup.iter().filter(|s| !s.phases.is_empty()) {
+        let _ = writeln!(
+            md,
+            "\npolicyd's own account (`-vv`) at {} cgroups:\n",
+            s.cgroups
+        );
+        for line in &s.phases {
+            let _ = writeln!(md, "- {line}");
+        }
+    }
 }
 
 fn opt_ms(v: Option<f64>) -> String {
@@ -1699,6 +1709,7 @@ mod tests {
                 reload_s: 0.25,
                 reload_cpu_ms: 200.0,
                 rss_after_reload_kib: 11264,
+                phases: vec!["start-up with 10013 cgroups took 0.500 s: attach 0.001 s".into()],
             }],
         };
         let r = json!({ "summary": { "footprint": serde_json::to_value(&fp).unwrap() } });
@@ -1710,6 +1721,8 @@ mod tests {
             "| of them judged exactly from mkdir on (a known template above them) | 97 of 100 | \
              - | - |",
             "| 10013 | 0.50 s | 400 ms | 10.0 MiB | 0.25 s | 200 ms | 11.0 MiB |",
+            "policyd's own account (`-vv`) at 10013 cgroups:\n\n\
+             - start-up with 10013 cgroups took 0.500 s: attach 0.001 s\n",
         ] {
             assert!(md.contains(want), "{want:?} not in\n{md}");
         }

@@ -374,12 +374,22 @@ fn startup_and_reload(
         reload_s,
         reload_cpu_ms: ms(after.cpu_ticks - before.cpu_ticks),
         rss_after_reload_kib: after.rss_kib,
+        phases: daemon
+            .log()
+            .iter()
+            .filter(|l| l.level == "DEBUG" && PHASES.iter().any(|p| l.message.starts_with(p)))
+            .map(|l| l.message.clone())
+            .collect(),
     };
     println!("start-up and reload: {r:?}");
     Ok(r)
 }
 
-/// [`startup_and_reload`] of a new `policyd load` with MANY more (empty) cgroups.
+/// The beginnings of policyd's `-vv` lines that time its start-up and reloads.
+const PHASES: [&str; 3] = ["policy object:", "start-up with", "new rules with"];
+
+/// [`startup_and_reload`] of a new `policyd load -vv` with MANY more (empty) cgroups:
+/// its log says where the time went.
 fn startup_with_many(
     parent: &Cgroup,
     cgroups: usize,
@@ -398,7 +408,7 @@ fn startup_with_many(
     }
     println!("{MANY} more cgroups in {:.1} s", t.elapsed().as_secs_f64());
     let mut daemon = Policyd::start_within(
-        &["priority", "--config", &config.to_string_lossy()],
+        &["-vv", "priority", "--config", &config.to_string_lossy()],
         false,
         SCALE_TIMEOUT,
     )?;
