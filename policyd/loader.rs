@@ -9,7 +9,9 @@
 //! * `rules`: an array-of-maps with one slot whose inner hash maps cgroup id →
 //!   `struct policyd_rule`; policyd creates the inner maps and swaps them;
 //! * `events`: a ring buffer of `struct policyd_event`;
-//! * `struct policyd_stats stats` in `.bss`.
+//! * `struct policyd_stats stats` in `.bss`;
+//! * the program `find_per_cpu` (`bpf/per_cpu.bpf.h`, in the kill tracer
+//!   too), run once after the load ([`find_per_cpu`]).
 //!
 //! The Rust side of those structs ([`crate::abi`]) and of `.rodata`
 //! ([`skel::types::rodata`]) is the skeleton build.rs generates from this
