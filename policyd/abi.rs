@@ -394,6 +394,11 @@ impl KillsEvent {
         let name = c_string(self.handler.iter().map(|&c| c as u8));
         (!name.is_empty()).then_some(name)
     }
+    /// Whether the BPF OOM handler called `handler` chose this victim (its
+    /// own decision line reports it).
+    pub fn chosen_by(&self, handler: &str) -> bool {
+        self.kind() == KillKind::Chosen && self.handler().as_deref() == Some(handler)
+    }
 }
 
 /// The complete (not forward-declared) struct `name` in `btf`.

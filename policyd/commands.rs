@@ -189,7 +189,7 @@ pub fn trace(cgroup_root: Option<&Path>, format: LogFormat) -> Result<()> {
             (ready(0), ready(1))
         };
         if kills_ready || signal_ready {
-            for traced in kills.take() {
+            for traced in kills.take(|_| true) {
                 Kill::new(&traced, &mut names).log(format);
             }
         }

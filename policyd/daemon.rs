@@ -959,7 +959,7 @@ impl Daemon {
         let kills = self
             .kills
             .as_mut()
-            .map(KillStream::take)
+            .map(|s| s.take(|ev| !ev.chosen_by(&handler)))
             .unwrap_or_default()
             .into_iter()
             .map(|k| TimedKill {
@@ -1035,11 +1035,12 @@ impl Daemon {
     /// A kill line, unless `handler` chose this victim: its decision line
     /// says so already.
     fn log_kill(&mut self, k: &Traced, handler: &str) {
-        let kill = Kill::new(k, &mut self.cgroups.names);
-        if !kill.chosen_by(handler) {
-            self.flush_awaits();
-            kill.log(self.req.log_format);
+        if k.event.chosen_by(handler) {
+            return;
         }
+        let kill = Kill::new(k, &mut self.cgroups.names);
+        self.flush_awaits();
+        kill.log(self.req.log_format);
     }
 
     fn apply_cgroup_changes(&mut self) {
