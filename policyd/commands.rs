@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::os::fd::AsFd;
 use std::path::Path;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -109,7 +110,12 @@ pub fn check(args: &CheckArgs) -> CheckReport {
 
 /// `policyd load`: validate, check where we run, then hand over to the
 /// daemon. `proc_root` is /proc but for tests.
-pub fn load(args: &LoadArgs, cgroup_root: Option<&Path>, proc_root: &Path) -> Result<()> {
+pub fn load(
+    args: &LoadArgs,
+    cgroup_root: Option<&Path>,
+    proc_root: &Path,
+    started: Instant,
+) -> Result<()> {
     let ownership = if args.insecure_config {
         tracing::warn!(
             "--insecure-config: not checking that only root can write {}",
@@ -145,6 +151,7 @@ pub fn load(args: &LoadArgs, cgroup_root: Option<&Path>, proc_root: &Path) -> Re
         }
     };
     let req = LoadRequest {
+        started,
         policy,
         policy_from_cli: args.policy.is_some(),
         config,

@@ -65,6 +65,8 @@ use crate::watch::{CgroupWatcher, Change};
 /// Everything `policyd load` decided before touching the kernel.
 #[derive(Debug, Clone)]
 pub struct LoadRequest {
+    /// When the process started: the start-up is accounted from there.
+    pub started: Instant,
     pub policy: PolicyName,
     /// The command line named the policy: a reload keeps it, whatever the
     /// config's `policy` says.
@@ -331,10 +333,13 @@ struct Phases {
 
 impl Phases {
     fn start() -> Self {
-        let now = Instant::now();
+        Phases::since(Instant::now())
+    }
+
+    fn since(started: Instant) -> Self {
         Phases {
-            started: now,
-            last: now,
+            started,
+            last: started,
             steps: Vec::new(),
         }
     }
@@ -501,7 +506,8 @@ impl Daemon {
     /// one line saying so. Nothing is attached if this fails.
     pub fn start(req: LoadRequest) -> Result<Daemon> {
         loader::route_libbpf_log();
-        let mut phases = Phases::start();
+        let mut phases = Phases::since(req.started);
+        phases.done("config, checks");
         // The kernel's BTF is read for the handler's layout while the policy
         // object loads (which reads it again, inside libbpf).
         let layout = std::thread::spawn(OomOpsLayout::of_running_kernel);
@@ -1328,6 +1334,7 @@ mod tests {
         std::fs::write(&path, "default_priority = 7\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
         let mut req = LoadRequest {
+            started: Instant::now(),
             policy: PolicyName::Priority,
             policy_from_cli: false,
             config: Config::default(),

@@ -3,6 +3,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -45,7 +46,7 @@ fn init_tracing(verbose: u8, daemon: Option<LogFormat>) {
     tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::List => print!("{}", commands::list()),
         Command::Check(args) => {
@@ -60,7 +61,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let text = commands::explain(&args, cli.cgroup_root.as_deref(), &cli.proc_root)?;
             print!("{text}");
         }
-        Command::Load(args) => commands::load(&args, cli.cgroup_root.as_deref(), &cli.proc_root)?,
+        Command::Load(args) => {
+            commands::load(&args, cli.cgroup_root.as_deref(), &cli.proc_root, started)?
+        }
         Command::Trace(args) => commands::trace(cli.cgroup_root.as_deref(), args.log_format)?,
         Command::Metrics => {
             guard::note_private_cgroup_namespace(&cli.proc_root);
@@ -78,6 +81,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // `load` accounts for its start-up from here.
+    let started = Instant::now();
     let mut cli = Cli::parse();
     let daemon = match &mut cli.command {
         Command::Load(args) => {
@@ -90,7 +95,7 @@ fn main() -> ExitCode {
         _ => None,
     };
     init_tracing(cli.verbose, daemon);
-    match run(cli) {
+    match run(cli, started) {
         Ok(code) => {
             let _ = std::io::stdout().flush();
             code

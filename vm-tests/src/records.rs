@@ -315,6 +315,10 @@ pub struct FootprintStartup {
     /// with `-vv`.
     #[serde(default)]
     pub phases: Vec<String>,
+    /// Of `attach_s`, the bench's own spawn: fork, the move into the root cgroup
+    /// and exec, until `Command::spawn` returned.
+    #[serde(default)]
+    pub spawn_s: Option<f64>,
 }
 
 /// A burst of mkdirs while policyd runs: how long each new cgroup waits for its own

@@ -384,6 +384,8 @@ pub struct Policyd {
     exit: Option<ExitStatus>,
     /// From spawn to the "attached" line.
     attach_time: Option<Duration>,
+    /// Of that, the spawn itself (fork, cgroup move, exec).
+    spawn_time: Duration,
 }
 
 impl Policyd {
@@ -403,6 +405,7 @@ impl Policyd {
     pub fn start_within(args: &[&str], echo: bool, timeout: Duration) -> Result<Policyd> {
         let started = Instant::now();
         let mut pd = Policyd::spawn_echo(args, echo)?;
+        pd.spawn_time = started.elapsed();
         pd.wait_line(timeout, "policyd's \"attached\" line", |l| {
             l.is("INFO", "attached")
         })?;
@@ -490,12 +493,18 @@ impl Policyd {
             cursor: 0,
             exit: None,
             attach_time: None,
+            spawn_time: Duration::ZERO,
         })
     }
 
     /// How long it took from spawn to attached.
     pub fn attach_time(&self) -> Option<Duration> {
         self.attach_time
+    }
+
+    /// Of [`Policyd::attach_time`], how long spawning it took.
+    pub fn spawn_time(&self) -> Duration {
+        self.spawn_time
     }
 
     pub fn pid(&self) -> i32 {

@@ -1516,6 +1516,12 @@ fn startup_md(md: &mut String, fp: &Footprint) {
             "\npolicyd's own account (`-vv`) at {} cgroups:\n",
             s.cgroups
         );
+        if let Some(spawn) = s.spawn_s {
+            let _ = writeln!(
+                md,
+                "- the bench's spawn of it (fork, move to the root cgroup, exec): {spawn:.3} s"
+            );
+        }
         for line in &s.phases {
             let _ = writeln!(md, "- {line}");
         }
@@ -1710,6 +1716,7 @@ mod tests {
                 reload_cpu_ms: 200.0,
                 rss_after_reload_kib: 11264,
                 phases: vec!["start-up with 10013 cgroups took 0.500 s: attach 0.001 s".into()],
+                spawn_s: Some(0.02),
             }],
         };
         let r = json!({ "summary": { "footprint": serde_json::to_value(&fp).unwrap() } });
@@ -1722,6 +1729,7 @@ mod tests {
              - | - |",
             "| 10013 | 0.50 s | 400 ms | 10.0 MiB | 0.25 s | 200 ms | 11.0 MiB |",
             "policyd's own account (`-vv`) at 10013 cgroups:\n\n\
+             - the bench's spawn of it (fork, move to the root cgroup, exec): 0.020 s\n\
              - start-up with 10013 cgroups took 0.500 s: attach 0.001 s\n",
         ] {
             assert!(md.contains(want), "{want:?} not in\n{md}");

@@ -380,6 +380,7 @@ fn startup_and_reload(
             .filter(|l| l.level == "DEBUG" && PHASES.iter().any(|p| l.message.starts_with(p)))
             .map(|l| l.message.clone())
             .collect(),
+        spawn_s: Some(daemon.spawn_time().as_secs_f64()),
     };
     println!("start-up and reload: {r:?}");
     Ok(r)
