@@ -10,8 +10,8 @@
 //! bpf_out_of_memory() calls on /bench-fp, back to back, each followed by the wait for its
 //! victim (one of the 100) to be reaped, so that every OOM has a victim to kill.
 //!
-//! Then the new-cgroup window: NEW_CGROUPS mkdirs in /bench-fp/new back to back, as a node
-//! starting pods makes them, while another thread looks each new cgroup's id up in the
+//! Then the new-cgroup window: NEW_CGROUPS mkdirs in /bench-fp/new back to back (once
+//! policyd has /bench-fp/new's own entry), as a node starting pods makes them, while another thread looks each new cgroup's id up in the
 //! rules map the handler reads, every millisecond, until all have their own entry. Until
 //! then an OOM judges a new cgroup by its nearest ancestor's template for cgroups below
 //! it, exact wherever the rules give all of them the same settings: the run counts the
@@ -261,6 +261,24 @@ fn new_cgroup_window(parent: &Cgroup) -> Result<FootprintNewCgroups> {
     let dir = parent.child("new")?;
     // Pods' cgroups have the memory controller.
     dir.set("cgroup.subtree_control", "+memory")?;
+    // Pods start below a parent that has long been there (kubepods.slice): the burst
+    // begins once policyd has this one's entry, which carries the template for them.
+    let new_id = fs::metadata(dir.dir())
+        .with_context(|| format!("stat {}", dir.dir().display()))?
+        .ino();
+    let deadline = Instant::now() + NEW_CGROUPS_TIMEOUT;
+    while map
+        .lookup(&new_id.to_ne_bytes(), MapFlags::ANY)
+        .with_context(|| format!("looking up cgroup {new_id} in policyd_rules"))?
+        .is_none()
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "{} has no rules entry after {NEW_CGROUPS_TIMEOUT:?}",
+            dir.path()
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
     let (tx, rx) = mpsc::channel::<(u64, Instant)>();
     let poller = thread::spawn(move || -> Result<(Vec<u64>, u64)> {
         let mut pending: Vec<(u64, Instant)> = Vec::new();
