@@ -87,6 +87,11 @@ pub type PolicydTreeRecord = types::policyd_tree_record;
 /// `stats`).
 pub type PolicydStats = types::policyd_stats;
 
+/// `struct policyd_ops_layout`: where the running kernel keeps the handler
+/// in a `bpf_oom_ops` map's value, as the object's `find_ops_layout()`
+/// found it (variable `ops_layout` in `.bss`).
+pub type PolicydOpsLayout = types::policyd_ops_layout;
+
 /// `struct kills_event`: one per task the kernel marks as an OOM victim,
 /// through the tracer's `kills` ring buffer. kills.h says what each field
 /// means.
@@ -157,6 +162,7 @@ shared_structs!(
     PolicydDecisionKey,
     PolicydDeclare,
     PolicydTreeRecord,
+    PolicydOpsLayout,
     KillsEvent,
     KillsGrowth,
 );
@@ -546,6 +552,7 @@ mod tests {
                 ("policyd_metrics", size_of::<PolicydMetrics>()),
                 ("policyd_decision_key", size_of::<PolicydDecisionKey>()),
                 ("policyd_tree_record", size_of::<PolicydTreeRecord>()),
+                ("policyd_ops_layout", size_of::<PolicydOpsLayout>()),
             ],
         );
         no_padding_in(

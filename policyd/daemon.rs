@@ -481,7 +481,6 @@ pub struct Daemon {
     obj: PolicyObject,
     /// The rules map in `rules[0]`.
     rules: MapHandle,
-    oom_ops: OomOpsLayout,
     req: LoadRequest,
     cgroups: Cgroups,
     watcher: Option<CgroupWatcher>,
@@ -508,9 +507,6 @@ impl Daemon {
         loader::route_libbpf_log();
         let mut phases = Phases::since(req.started);
         phases.done("config, checks");
-        // The kernel's BTF is read for the handler's layout while the policy
-        // object loads (which reads it again, inside libbpf).
-        let layout = std::thread::spawn(OomOpsLayout::of_running_kernel);
         let cgroup_dir = req.cgroup_root.join(req.cgroup.trim_start_matches('/'));
         if !cgroup_dir.is_dir() {
             anyhow::bail!(
@@ -547,18 +543,13 @@ impl Daemon {
         // Another BPF object: the kernel verifies it while it verifies the
         // policy's (the verifier runs in the loading thread).
         let tracer = std::thread::spawn(KillTracer::attach);
-        let obj = open_policy(&req, req.policy);
-        // A kernel without BPF OOM support fails both: say that, not how
-        // the object failed.
-        let layout = layout
-            .join()
-            .map_err(|_| anyhow::anyhow!("the thread reading the kernel's BTF panicked"))
-            .and_then(|layout| layout);
-        let (obj, oom_ops) = match (obj, layout) {
-            (Ok(obj), Ok(layout)) => (obj, layout),
-            (_, Err(e)) | (Err(e), _) => return Err(e),
+        let obj = match open_policy(&req, req.policy) {
+            Ok(obj) => obj,
+            // On a kernel without BPF OOM support say that, not how the
+            // object failed.
+            Err(e) => return Err(OomOpsLayout::of_running_kernel().err().unwrap_or(e)),
         };
-        phases.done("policy load, kernel BTF");
+        phases.done("policy load");
         let (tree, effective, rules_map, walked) =
             install_tree_rules(&obj, &req.config, &req, &mut phases, &mut |path| {
                 if let Some(w) = watcher.as_mut() {
@@ -579,7 +570,7 @@ impl Daemon {
             }
         };
         phases.done("kill tracer");
-        obj.prepare_ops(&oom_ops)?;
+        obj.prepare_ops()?;
 
         let link = HandlerLink::attach(obj.ops_map()?.as_fd(), &cgroup_dir, &req.cgroup)?;
         phases.done("attach");
@@ -619,7 +610,6 @@ impl Daemon {
             order: EventOrder::default(),
             obj,
             rules: rules_map,
-            oom_ops,
             awaits: Awaits::new(req.log_format),
             req,
             cgroups,
@@ -1279,7 +1269,7 @@ impl Daemon {
         let (tree, effective, map, _) =
             install_tree_rules(&obj, config, &self.req, &mut phases, &mut |_| {})?;
         let (ring, pending) = event_ring(&obj)?;
-        obj.prepare_ops(&self.oom_ops)?;
+        obj.prepare_ops()?;
         self.link
             .update(obj.ops_map()?.as_fd(), self.obj.ops_map()?.as_fd())
             .map_err(|e| anyhow::anyhow!("swapping the handler to policy {policy}: {e}"))?;

@@ -5,7 +5,9 @@
 //!
 //! * `const volatile` `policy` and `dry_run` in `.rodata`, set before load;
 //! * struct_ops map `policyd_ops` (`struct bpf_oom_ops`) in `.struct_ops.link`,
-//!   whose value policyd builds from kernel BTF ([`OomOpsLayout::value`]);
+//!   whose value policyd builds ([`OomOpsLayout::value`]) where the program
+//!   `find_ops_layout`, run once after the load, says the kernel keeps the
+//!   handler and its name;
 //! * `rules`: an array-of-maps with one slot whose inner hash maps cgroup id →
 //!   `struct policyd_rule`; policyd creates the inner maps and swaps them;
 //! * `events`: a ring buffer of `struct policyd_event`;
@@ -38,7 +40,8 @@ use libbpf_rs::{
 };
 
 use crate::abi::{
-    self, Pod, PolicydDecisionKey, PolicydDeclare, PolicydMetrics, PolicydRule, PolicydStats,
+    self, Pod, PolicydDecisionKey, PolicydDeclare, PolicydMetrics, PolicydOpsLayout, PolicydRule,
+    PolicydStats,
 };
 use crate::bpf::skel;
 use crate::policy::PolicyName;
@@ -100,7 +103,8 @@ pub struct OomOpsLayout {
 
 impl OomOpsLayout {
     /// From /sys/kernel/btf/vmlinux; an error that says what to do if the
-    /// kernel has no BPF OOM support.
+    /// kernel has no BPF OOM support. (A loaded policy object knows it
+    /// without reading the BTF again: [`PolicyObject::ops_layout`].)
     pub fn of_running_kernel() -> Result<Self> {
         let btf = Btf::from_vmlinux().map_err(|e| {
             anyhow!(
@@ -119,6 +123,18 @@ impl OomOpsLayout {
             name,
             name_len: libbpf_rs::HasSize::size(&ops).saturating_sub(name - data),
         })
+    }
+
+    /// From what the object's `find_ops_layout()` found.
+    fn of_object(found: &PolicydOpsLayout) -> Self {
+        let data = found.data as usize;
+        let name = data + found.name as usize;
+        OomOpsLayout {
+            value_type_id: found.value_type_id,
+            handler: data + found.handler as usize,
+            name,
+            name_len: (data + found.ops_size as usize).saturating_sub(name),
+        }
     }
 
     /// Does the running kernel have `struct bpf_oom_ops`? `None`: no BTF to tell.
@@ -276,6 +292,8 @@ pub struct PolicyObject {
     inner: InnerSpec,
     /// The handler program's fd (owned by the object).
     handler_fd: RawFd,
+    /// Where the kernel keeps the handler in the struct_ops map's value.
+    ops_layout: OomOpsLayout,
     /// [`VICTIMS_PROG`], attached for as long as the object lives.
     _victims: libbpf_rs::Link,
 }
@@ -340,6 +358,40 @@ pub fn find_per_cpu(object: &mut Object) -> Result<()> {
             io::Error::from_raw_os_error(errno)
         ),
     }
+}
+
+/// The object's `find_ops_layout()`, which CO-RE relocated against the
+/// kernel's BTF as libbpf loaded the object.
+const OPS_LAYOUT_PROG: &str = "find_ops_layout";
+
+/// The `.bss` of a handler object, as one value.
+fn read_bss(object: &Object) -> Result<Vec<u8>> {
+    object
+        .maps()
+        .find(|m| m.name().to_string_lossy().ends_with(".bss"))
+        .context("the BPF object has no .bss")?
+        .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+        .context("reading the handler's .bss")?
+        .context("the handler's .bss has no value")
+}
+
+/// Runs `object`'s [`OPS_LAYOUT_PROG`] and reads what it found.
+fn find_ops_layout(object: &mut Object) -> Result<OomOpsLayout> {
+    let prog = object
+        .progs_mut()
+        .find(|p| p.name() == OPS_LAYOUT_PROG)
+        .with_context(|| format!("the BPF object has no program {OPS_LAYOUT_PROG}"))?;
+    let out = prog
+        .test_run(ProgramInput::default())
+        .map_err(|e| with_permission_hint(e, "running find_ops_layout (BPF_PROG_TEST_RUN)"))?;
+    if out.return_value != 0 {
+        return Err(anyhow!(no_oom_support_message()));
+    }
+    let found = read_bss(object)?
+        .get(offset_of!(skel::types::bss, ops_layout)..)
+        .and_then(PolicydOpsLayout::from_bytes)
+        .context("the handler's .bss is shorter than its skeleton says")?;
+    Ok(OomOpsLayout::of_object(&found))
 }
 
 /// What a handler object is set up with before it is loaded.
@@ -481,6 +533,7 @@ impl PolicyObject {
                  kernel and `policyd explain` do"
             );
         }
+        let ops_layout = find_ops_layout(&mut object)?;
         let handler_fd = object
             .progs()
             .find(|p| p.name() == HANDLER_PROG)
@@ -508,12 +561,19 @@ impl PolicyObject {
             object,
             inner,
             handler_fd,
+            ops_layout,
             _victims: victims,
         })
     }
 
     pub fn policy(&self) -> PolicyName {
         self.policy
+    }
+
+    /// Where the running kernel keeps the handler in the struct_ops map's
+    /// value, as the object found it.
+    pub fn ops_layout(&self) -> &OomOpsLayout {
+        &self.ops_layout
     }
 
     /// Make [`Self::walk_tree`] walk the cgroup2 hierarchy mounted at `root`.
@@ -572,14 +632,7 @@ impl PolicyObject {
 
     /// The handler's `.bss`, as one value.
     fn bss(&self) -> Result<Vec<u8>> {
-        let bss = self
-            .object
-            .maps()
-            .find(|m| m.name().to_string_lossy().ends_with(".bss"))
-            .context("the BPF object has no .bss")?;
-        bss.lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
-            .context("reading the handler's .bss")?
-            .context("the handler's .bss has no value")
+        read_bss(self.object())
     }
 
     /// The handler's counters (`stats` in its `.bss`).
@@ -668,9 +721,9 @@ impl PolicyObject {
 
     /// Store the struct_ops value (handler program, name) into the
     /// struct_ops map; required before a link can use the map.
-    pub fn prepare_ops(&self, layout: &OomOpsLayout) -> Result<()> {
+    pub fn prepare_ops(&self) -> Result<()> {
         let map = self.ops_map()?;
-        let value = layout.value(
+        let value = self.ops_layout.value(
             map.value_size() as usize,
             self.handler_fd,
             self.handler_name().as_bytes(),

@@ -1068,6 +1068,31 @@ out:
 	return finish_event();
 }
 
+/* What find_ops_layout() found. */
+struct policyd_ops_layout ops_layout;
+
+/*
+ * The layout of a bpf_oom_ops struct_ops map's value in the running kernel,
+ * for policyd to fill it: CO-RE relocations resolved against the kernel's
+ * BTF that libbpf parsed to load this object, so that policyd need not parse
+ * it once more (a tenth of a second under TCG).  Run once after the load.
+ * Return: 0, or -ENOENT if the kernel has no BPF OOM struct_ops.
+ */
+SEC("syscall")
+int find_ops_layout(void *ctx)
+{
+	if (!bpf_core_type_exists(struct bpf_struct_ops_bpf_oom_ops) ||
+	    !bpf_core_field_exists(struct bpf_oom_ops, handle_out_of_memory) ||
+	    !bpf_core_field_exists(struct bpf_oom_ops, name))
+		return -2; /* -ENOENT */
+	ops_layout.value_type_id = bpf_core_type_id_kernel(struct bpf_struct_ops_bpf_oom_ops);
+	ops_layout.data = bpf_core_field_offset(struct bpf_struct_ops_bpf_oom_ops, data);
+	ops_layout.handler = bpf_core_field_offset(struct bpf_oom_ops, handle_out_of_memory);
+	ops_layout.name = bpf_core_field_offset(struct bpf_oom_ops, name);
+	ops_layout.ops_size = bpf_core_type_size(struct bpf_oom_ops);
+	return 0;
+}
+
 /*
  * Declares an OOM of args->cgroup_id (0: the whole system) for policyd when
  * a pressure limit held: the kernel runs the OOM handlers, this object's

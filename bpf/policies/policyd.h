@@ -201,6 +201,19 @@ struct policyd_declare {
 	__u32 pad;
 };
 
+/*
+ * Where the running kernel keeps the handler and its name in the value of a
+ * bpf_oom_ops struct_ops map, which policyd fills itself (find_ops_layout()).
+ */
+struct policyd_ops_layout {
+	__u32 value_type_id;		/* BTF id of struct bpf_struct_ops_bpf_oom_ops */
+	__u32 data;			/* its struct bpf_oom_ops, from the value's start */
+	__u32 handler;			/* handle_out_of_memory, from data */
+	__u32 name;			/* name, from data */
+	__u32 ops_size;			/* sizeof(struct bpf_oom_ops) */
+	__u32 pad;
+};
+
 /* Counters in the policy's .bss, read by `policyd status`. */
 struct policyd_stats {
 	__u64 ooms;

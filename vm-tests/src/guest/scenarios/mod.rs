@@ -47,6 +47,7 @@ mod policyd_largest_badness;
 mod policyd_lifecycle;
 mod policyd_metrics;
 mod policyd_new_cgroup_template;
+mod policyd_ops_layout;
 mod policyd_passes_over;
 mod policyd_per_cpu;
 mod policyd_pressure;
@@ -112,6 +113,7 @@ pub fn all() -> Vec<Scenario> {
         policyd_swap::dry_run(),
         policyd_largest_badness::scenario(),
         policyd_lifecycle::scenario(),
+        policyd_ops_layout::scenario(),
         policyd_per_cpu::scenario(),
         policyd_metrics::scenario(),
         policyd_victim_list::scenario(),

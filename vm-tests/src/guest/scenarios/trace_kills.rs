@@ -16,13 +16,14 @@
 //!   OOM patches: the observing half of policyd must not need them. Without our 0002 that
 //!   kernel may kill the grower too, right after the sleeper, while the sleeper's memory
 //!   is still on its way: every kill must then have its line, in the kernel's order.
+//!   `policyd load` must then refuse, saying the kernel lacks BPF OOM struct_ops.
 //!
 //! Each kill line's memory must equal, to the kB, what the kernel's own "Killed process"
 //! line says: both read the same counters of a task that no longer runs.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::guest::bench::proc_usage;
 use crate::guest::pdutil::{self, Policyd};
@@ -214,6 +215,22 @@ fn run_kernel_kill(stock: bool) -> Result<()> {
     }
     trace.stop()?;
     println!("traced: {}", kills[0].summary());
+    if stock {
+        // A kernel without the series: `policyd load` says so, not how its object failed.
+        let config = pdutil::write_config("stock", "policy = \"priority\"\n")?;
+        let refused = match Policyd::load(&["priority", "--config", &config]) {
+            Ok(pd) => {
+                pd.stop()?;
+                bail!("policyd load attached on a kernel without BPF OOM struct_ops");
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        ensure!(
+            refused.contains("lacks BPF OOM struct_ops"),
+            "policyd load on the stock kernel did not say it lacks BPF OOM struct_ops: {refused}"
+        );
+        println!("policyd load refused: the kernel lacks BPF OOM struct_ops");
+    }
     Ok(())
 }
 
