@@ -30,6 +30,10 @@ use crate::policy::PolicyName;
 
 /// `POLICYD_MAX_CGROUPS`: entries of the rules map.
 pub const MAX_CGROUPS: u32 = policyd_limits::POLICYD_MAX_CGROUPS.0;
+
+/// `POLICYD_WALK_STEPS`: steps of the handler's walk of the cgroup tree, two
+/// per cgroup.
+pub const WALK_STEPS: u32 = policyd_limits::POLICYD_WALK_STEPS.0;
 /// `POLICYD_DEFAULTS_KEY`: the rules map key of the defaults entry.
 pub const DEFAULTS_KEY: u64 = policyd_limits::POLICYD_DEFAULTS_KEY.0 as u64;
 /// `POLICYD_USAGE_SHIFT`: candidates' usage is compared in units of

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::abi::MAX_CGROUPS;
+use crate::abi::{MAX_CGROUPS, WALK_STEPS};
 use crate::config::DEFAULT_CONFIG_PATH;
 use crate::logging::LogFormat;
 use crate::policy::PolicyName;
@@ -177,6 +177,13 @@ pub struct LoadArgs {
     #[arg(long, value_name = "N", default_value_t = MAX_CGROUPS,
           value_parser = clap::value_parser!(u32).range(16..=i64::from(MAX_CGROUPS)))]
     pub max_cgroups: u32,
+
+    /// Test seam, hidden: end the handler's walk of the cgroup tree after N steps (two
+    /// per cgroup) instead of POLICYD_WALK_STEPS, so that a test can see what a walk cut
+    /// short does and says without 4M cgroups
+    #[arg(long, value_name = "N", hide = true, default_value_t = WALK_STEPS,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(WALK_STEPS)))]
+    pub walk_steps: u32,
 
     /// Accept a config file that is not owned by root or is writable by group or others
     /// (for tests and development: whoever can write the file decides what dies). Regular

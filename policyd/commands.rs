@@ -162,6 +162,7 @@ pub fn load(
         cgroup: cgroupfs::normalise_path(&args.cgroup),
         dry_run: args.dry_run,
         max_cgroups: args.max_cgroups,
+        walk_steps: args.walk_steps,
         log_format: args.log_format,
         metrics_file: args.metrics_file.clone(),
         watch_config: args.watch_config,

@@ -88,6 +88,8 @@ pub struct LoadRequest {
     pub dry_run: bool,
     /// Room in the handler's per-cgroup tables (`--max-cgroups`).
     pub max_cgroups: u32,
+    /// Steps of the handler's walk of the tree (`--walk-steps`, a test seam).
+    pub walk_steps: u32,
     /// How decisions are written (the rest of the log follows the subscriber).
     pub log_format: LogFormat,
     /// Where to keep the handler's counters for Prometheus (`--metrics-file`).
@@ -261,6 +263,7 @@ fn open_policy(req: &LoadRequest, policy: PolicyName) -> Result<PolicyObject> {
         policy,
         dry_run: req.dry_run,
         max_cgroups: req.max_cgroups,
+        walk_steps: req.walk_steps,
         tree_cgroups: tree_walk::cgroups_below(&req.cgroup_root),
     })?;
     obj.attach_tree_walker(&req.cgroup_root);
@@ -1335,6 +1338,7 @@ mod tests {
             cgroup: "/".into(),
             dry_run: false,
             max_cgroups: crate::abi::MAX_CGROUPS,
+            walk_steps: crate::abi::WALK_STEPS,
             log_format: LogFormat::Text,
             metrics_file: None,
             watch_config: false,

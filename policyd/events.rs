@@ -15,7 +15,7 @@
 //! Values with spaces or quotes are quoted; absent values are "-". With
 //! `--log-format json`, one [`DecisionLine`] object: the same names, sizes
 //! as `usage_bytes`, `rss_bytes` and `runner_up_usage_bytes`, absent values
-//! null, plus `over_cap` and `top`.
+//! null, plus `over_cap`, `walk_cut` and `top`.
 //!
 //! `tried` counts the candidates the handler looked into, the victim's
 //! included; `unkillable`, `exiting`, `empty` and `refused` say why each one
@@ -35,7 +35,7 @@ use std::io::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::abi::{Outcome, PolicydEvent, Reason, MAX_CGROUPS};
+use crate::abi::{Outcome, PolicydEvent, Reason, MAX_CGROUPS, WALK_STEPS};
 use crate::logging::LogFormat;
 use crate::owner::Owner;
 use crate::sizes::format_bytes;
@@ -78,6 +78,10 @@ pub struct Decision {
     pub passed: PassedOver,
     /// Eligible cgroups the handler had no room for.
     pub over_cap: u32,
+    /// The handler's walk of the scope's cgroups stopped short: those past
+    /// it were not ranked.
+    #[serde(default)]
+    pub walk_cut: bool,
     /// Cgroups judged by an ancestor's own settings: new, not resolved yet,
     /// and what their rules give depends on their names.
     pub unresolved: u32,
@@ -194,6 +198,7 @@ impl Decision {
                 refused: ev.passed_refused,
             },
             over_cap: ev.over_cap,
+            walk_cut: ev.walk_cut != 0,
             unresolved: ev.unresolved,
             runner_up: runner_up.map(|c| name(c.cgroup_id)),
             runner_up_priority: runner_up.map(|c| c.priority),
@@ -325,6 +330,14 @@ impl Decision {
                 "{} eligible cgroup(s) in scope were not considered for this OOM: more than \
                  the handler has room for (policyd load --max-cgroups, at most {MAX_CGROUPS})",
                 self.over_cap
+            );
+        }
+        if self.walk_cut {
+            tracing::warn!(
+                "the handler's walk of the cgroups in scope stopped short (a cgroup removed \
+                 under it, or more than {} cgroups): those past it were not considered for \
+                 this OOM",
+                WALK_STEPS / 2
             );
         }
         match format {
@@ -715,6 +728,25 @@ mod tests {
             ),
             "{out}"
         );
+    }
+
+    #[test]
+    fn a_cut_walk_is_a_warning() {
+        let mut ev = killed_event();
+        ev.walk_cut = 1;
+        let d = Decision::new(&ev, names);
+        assert!(d.walk_cut);
+        let out = logged(&d);
+        assert!(
+            out.starts_with(
+                " WARN the handler's walk of the cgroups in scope stopped short (a cgroup \
+                 removed under it, or more than 4194304 cgroups): those past it were not \
+                 considered for this OOM\n INFO decision "
+            ),
+            "{out}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&d.json_line()).unwrap();
+        assert_eq!(json["walk_cut"], true);
     }
 
     #[test]

@@ -403,6 +403,9 @@ pub struct Settings {
     /// Room in the rules map and the candidates' heap (`--max-cgroups`, at
     /// most [`abi::MAX_CGROUPS`]).
     pub max_cgroups: u32,
+    /// Steps of the handler's walk of the cgroup tree ([`abi::WALK_STEPS`];
+    /// fewer only to test a walk cut short).
+    pub walk_steps: u32,
     /// Cgroups in the tree to walk ([`tree_walk::cgroups_below`]), which size
     /// the walk's ring buffer; `None`: no walk, the tree is read from the
     /// file system (not a cgroup2 mount).
@@ -427,7 +430,8 @@ fn configure(open: &mut OpenObject, settings: &Settings) -> Result<()> {
         .find(|p| p.name() == tree_walk::PROG)
         .with_context(|| format!("the BPF object has no program {}", tree_walk::PROG))?
         .set_autoload(settings.tree_cgroups.is_some());
-    let fields: [(usize, &[u8]); 3] = [
+    let walk_steps = settings.walk_steps.min(abi::WALK_STEPS);
+    let fields: [(usize, &[u8]); 4] = [
         (
             offset_of!(skel::types::rodata, policy),
             &[settings.policy.abi()],
@@ -439,6 +443,10 @@ fn configure(open: &mut OpenObject, settings: &Settings) -> Result<()> {
         (
             offset_of!(skel::types::rodata, max_candidates),
             &max.to_ne_bytes(),
+        ),
+        (
+            offset_of!(skel::types::rodata, walk_steps),
+            &walk_steps.to_ne_bytes(),
         ),
     ];
     set_rodata(open, &fields)
@@ -963,6 +971,7 @@ mod tests {
             policy: PolicyName::Largest,
             dry_run: true,
             max_cgroups: 16,
+            walk_steps: 8,
             tree_cgroups: Some(10_013),
         };
         configure(&mut open, &settings).unwrap();
@@ -1003,6 +1012,10 @@ mod tests {
         assert_eq!(
             at(offset_of!(skel::types::rodata, max_candidates), 4),
             16u32.to_ne_bytes()
+        );
+        assert_eq!(
+            at(offset_of!(skel::types::rodata, walk_steps), 4),
+            8u32.to_ne_bytes()
         );
     }
 

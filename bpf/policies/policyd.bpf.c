@@ -42,6 +42,8 @@ const volatile __u8 policy = POLICYD_POLICY_PRIORITY;
 const volatile bool dry_run;
 /* Room in `heap` (policyd's --max-cgroups, at most POLICYD_MAX_CGROUPS). */
 const volatile __u32 max_candidates = POLICYD_MAX_CGROUPS;
+/* Steps of rank_cgroups()' walk: POLICYD_WALK_STEPS, fewer only in tests. */
+const volatile __u32 walk_steps = POLICYD_WALK_STEPS;
 
 struct policyd_stats stats;
 struct policyd_metrics metrics;
@@ -385,40 +387,92 @@ __noinline bool heap_pop(struct policyd_candidate *out __arg_nonnull)
 }
 
 /*
+ * Put @css's cgroup into the heap if it is eligible (see rank_cgroups()).
+ * A global function, verified once, not on each path of the walk.
+ */
+__noinline void rank_one(struct cgroup_subsys_state *css __arg_untrusted)
+{
+	struct cgroup *cgrp = bpf_core_cast(css->cgroup, struct cgroup);
+	struct policyd_candidate cand = {};
+	struct policyd_rule rule;
+
+	if (!cgrp || !cgrp->level || cgrp->dom_cgrp != cgrp || (css->flags & CSS_RELEASED))
+		return;
+	if (!css->nr_populated_csets && !cgrp->nr_populated_threaded_children)
+		return;
+	if (policy == POLICYD_POLICY_LARGEST && cgrp->nr_populated_domain_children)
+		return;
+	rule = rule_of(rules_map(), cgrp);
+	if (rule.protect)
+		return;
+	cand.cgroup_id = cgrp->kn->id;
+	cand.usage = cgroup_usage(cgrp);
+	cand.priority = rule.priority;
+	cand.kill = rule.kill;
+	cand.pref = rule.pref;
+	event.candidates++;
+	heap_push(&cand);
+}
+
+/*
  * Put every eligible cgroup of @scope into the heap.  Protected cgroups are
  * left out; under `largest`, so are cgroups with a populated domain child
  * (their usage counts their children's too).  A threaded subtree shares its
  * domain's memcg, and all its processes belong to the domain: the domain
  * cgroup is the candidate, for them all, and threaded cgroups are not.
+ *
+ * The walk visits @scope and its descendants, parents first, as
+ * css_next_descendant_pre() does, but follows the children and sibling
+ * lists itself, through untrusted (fault-safe) loads under RCU: the css
+ * iterator kfunc cost some 4 times as much per cgroup under a lockdep
+ * kernel, which at 10,000 cgroups was most of a decision.  A css removed
+ * while we stand on it keeps its sibling pointer (list_del_rcu()), so the
+ * walk goes on past it; released ones are not ranked, as the iterator skips
+ * them.  Each step goes down, across or up one edge, twice the cgroups at
+ * most; a walk cut short (POLICYD_WALK_STEPS, or a fault) is reported
+ * (event.walk_cut).
  */
 static __noinline void rank_cgroups(struct cgroup *scope)
 {
-	struct cgroup_subsys_state *pos;
-	struct policyd_candidate cand = {};
-	struct policyd_rule rule;
-	void *rmap = rules_map();
+	__u64 off_sibling = bpf_core_field_offset(struct cgroup_subsys_state, sibling);
+	__u64 off_children = bpf_core_field_offset(struct cgroup_subsys_state, children);
+	__u64 root = (__u64)&scope->self, pos = root, next, parent;
+	struct cgroup_subsys_state *css;
+	bool up = false;	/* back from pos's subtree: pos was ranked already */
+	int step;
 
 	heap_len = 0;
+	/* Until the walk is back at the root. */
+	event.walk_cut = 1;
 	bpf_rcu_read_lock();
-	bpf_for_each(css, pos, &scope->self, BPF_CGROUP_ITER_DESCENDANTS_PRE) {
-		struct cgroup *cgrp = pos->cgroup;
-
-		if (!cgrp || !cgrp->level || cgrp->dom_cgrp != cgrp)
+	bpf_for(step, 0, walk_steps) {
+		if (!up)
+			rank_one(bpf_core_cast((void *)pos, struct cgroup_subsys_state));
+		css = bpf_core_cast((void *)pos, struct cgroup_subsys_state);
+		next = (__u64)css->children.next;
+		if (!up && next && next != pos + off_children) {
+			/* Down to the first child. */
+			pos = next - off_sibling;
 			continue;
-		if (!pos->nr_populated_csets && !cgrp->nr_populated_threaded_children)
+		}
+		if (pos == root) {
+			event.walk_cut = 0;
+			break;
+		}
+		next = (__u64)css->sibling.next;
+		parent = (__u64)css->parent;
+		/* 0: a fault, the css gone from under us. */
+		if (!next || !parent)
+			break;
+		if (next != parent + off_children) {
+			/* Across to the next sibling. */
+			pos = next - off_sibling;
+			up = false;
 			continue;
-		if (policy == POLICYD_POLICY_LARGEST && cgrp->nr_populated_domain_children)
-			continue;
-		rule = rule_of(rmap, cgrp);
-		if (rule.protect)
-			continue;
-		cand.cgroup_id = cgrp->kn->id;
-		cand.usage = cgroup_usage(cgrp);
-		cand.priority = rule.priority;
-		cand.kill = rule.kill;
-		cand.pref = rule.pref;
-		event.candidates++;
-		heap_push(&cand);
+		}
+		/* Up: the parent's subtree is done. */
+		pos = parent;
+		up = true;
 	}
 	bpf_rcu_read_unlock();
 }

@@ -22,6 +22,13 @@
 enum policyd_limits {
 	/* Room for this many cgroups in the rules map. */
 	POLICYD_MAX_CGROUPS = 65536,
+	/*
+	 * Steps of the handler's walk of the cgroup tree: one per edge, down and
+	 * up, so twice the cgroups in scope.  BPF_MAX_LOOPS, the most a numbers
+	 * iterator counts (more and bpf_iter_num_new() refuses); 4M cgroups
+	 * would take seconds per OOM before it mattered.
+	 */
+	POLICYD_WALK_STEPS = 1 << 23,
 
 	/* Candidates' memory usage is compared in units of 1 << this many bytes (1 MiB). */
 	POLICYD_USAGE_SHIFT = 20,
@@ -169,11 +176,15 @@ struct policyd_event {
 	/* Eligible cgroups beyond POLICYD_MAX_CGROUPS, never considered. */
 	__u32 over_cap;
 	/*
+	 * 1: the walk of the scope's cgroups stopped short (POLICYD_WALK_STEPS,
+	 * or a cgroup removed under it), and cgroups past it were not ranked.
+	 */
+	__u32 walk_cut;
+	/*
 	 * Cgroups judged by an ancestor's own settings: created since policyd
 	 * last wrote the rules, and their settings depend on their names.
 	 */
 	__u32 unresolved;
-	__u32 pad;
 	__u8 policy;			/* enum policyd_policy */
 	__u8 scope_global;		/* 1: system-wide OOM */
 	__u8 reason;			/* enum policyd_reason */

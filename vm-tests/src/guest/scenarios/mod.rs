@@ -59,6 +59,7 @@ mod policyd_soak;
 mod policyd_swap;
 mod policyd_tree_walk;
 mod policyd_victim_list;
+mod policyd_walk_cut;
 mod policyd_watch_config;
 mod policyd_xattrs;
 mod systemd_preferences;
@@ -115,6 +116,7 @@ pub fn all() -> Vec<Scenario> {
         policyd_lifecycle::scenario(),
         policyd_ops_layout::scenario(),
         policyd_per_cpu::scenario(),
+        policyd_walk_cut::scenario(),
         policyd_metrics::scenario(),
         policyd_victim_list::scenario(),
         policyd_explain::scenario(),

@@ -26,6 +26,7 @@ fn run() -> Result<()> {
             policy,
             dry_run: false,
             max_cgroups: abi::MAX_CGROUPS,
+            walk_steps: abi::WALK_STEPS,
             tree_cgroups: None,
         })
         .with_context(|| format!("loading the {policy} object"))?;

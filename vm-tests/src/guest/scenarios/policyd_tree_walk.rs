@@ -205,6 +205,7 @@ fn load(tree_cgroups: Option<u64>) -> Result<PolicyObject> {
         policy: PolicyName::Priority,
         dry_run: true,
         max_cgroups: 1024,
+        walk_steps: policyd::abi::WALK_STEPS,
         tree_cgroups,
     })
 }
