@@ -323,6 +323,18 @@ fn load_error(e: libbpf_rs::Error) -> anyhow::Error {
 /// tells it where the per-CPU shares of tasks' memory counters are.
 pub const PER_CPU_PROG: &str = "find_per_cpu";
 
+/// Runs `object`'s SEC("syscall") program `name` once; what it returned.
+fn run_once(object: &mut Object, name: &str) -> Result<i32> {
+    let prog = object
+        .progs_mut()
+        .find(|p| p.name() == name)
+        .with_context(|| format!("the BPF object has no program {name}"))?;
+    let out = prog
+        .test_run(ProgramInput::default())
+        .map_err(|e| with_permission_hint(e, &format!("running {name} (BPF_PROG_TEST_RUN)")))?;
+    Ok(out.return_value as i32)
+}
+
 /// `MAX_CPUS` in per_cpu.bpf.h: CPU ids whose shares the objects add up.
 const MAX_CPUS: u32 = 1024;
 
@@ -331,15 +343,8 @@ const MAX_CPUS: u32 = 1024;
 /// `get_mm_counter_sum()` does. Err: why they are left out (or, past
 /// [`MAX_CPUS`], some of them), for a warning that says what that costs.
 pub fn find_per_cpu(object: &mut Object) -> Result<()> {
-    let prog = object
-        .progs_mut()
-        .find(|p| p.name() == PER_CPU_PROG)
-        .with_context(|| format!("the BPF object has no program {PER_CPU_PROG}"))?;
-    let out = prog
-        .test_run(ProgramInput::default())
-        .map_err(|e| with_permission_hint(e, "running find_per_cpu (BPF_PROG_TEST_RUN)"))?;
     let left_out = "the per-CPU shares of tasks' memory counters are left out";
-    match -(out.return_value as i32) {
+    match -run_once(object, PER_CPU_PROG)? {
         0 => Ok(()),
         nix::libc::E2BIG => bail!(
             "the per-CPU shares of tasks' memory counters are added up for the first \
@@ -377,14 +382,7 @@ fn read_bss(object: &Object) -> Result<Vec<u8>> {
 
 /// Runs `object`'s [`OPS_LAYOUT_PROG`] and reads what it found.
 fn find_ops_layout(object: &mut Object) -> Result<OomOpsLayout> {
-    let prog = object
-        .progs_mut()
-        .find(|p| p.name() == OPS_LAYOUT_PROG)
-        .with_context(|| format!("the BPF object has no program {OPS_LAYOUT_PROG}"))?;
-    let out = prog
-        .test_run(ProgramInput::default())
-        .map_err(|e| with_permission_hint(e, "running find_ops_layout (BPF_PROG_TEST_RUN)"))?;
-    if out.return_value != 0 {
+    if run_once(object, OPS_LAYOUT_PROG)? != 0 {
         return Err(anyhow!(no_oom_support_message()));
     }
     let found = read_bss(object)?
