@@ -405,7 +405,6 @@ impl Policyd {
     pub fn start_within(args: &[&str], echo: bool, timeout: Duration) -> Result<Policyd> {
         let started = Instant::now();
         let mut pd = Policyd::spawn_echo(args, echo)?;
-        pd.spawn_time = started.elapsed();
         pd.wait_line(timeout, "policyd's \"attached\" line", |l| {
             l.is("INFO", "attached")
         })?;
@@ -475,8 +474,10 @@ impl Policyd {
             }
         }
         let adj = if drop_caps.is_empty() { 0 } else { -1000 };
+        let spawning = Instant::now();
         let mut child = util::spawn_in(&Cgroup::root(), &mut cmd, Some(adj))
             .with_context(|| format!("starting {POLICYD} {command} {}", args.join(" ")))?;
+        let spawn_time = spawning.elapsed();
         let pid = child.id() as i32;
         println!("started policyd {command} {} (pid {pid})", args.join(" "));
         let (tx, lines) = mpsc::channel();
@@ -493,7 +494,7 @@ impl Policyd {
             cursor: 0,
             exit: None,
             attach_time: None,
-            spawn_time: Duration::ZERO,
+            spawn_time,
         })
     }
 
