@@ -313,6 +313,8 @@ fn decision_summary(runs: &[ScenarioRun]) -> Vec<Value> {
         let oom_ms = |ns: &[u64]| -> Vec<f64> { ns.iter().map(|&n| n as f64 / 1e6).collect() };
         let kernel_median = kernel.and_then(|k| percentile(&oom_ms(&k.oom_ns), 50.0));
         let kernel_kill_median = kernel.and_then(|k| percentile(&ms_of(&k.to_kill_ns), 50.0));
+        let kernel_choose_median =
+            kernel.and_then(|k| percentile(&ms_of(&k.report_start_ns), 50.0));
         let mut per = Map::new();
         for (name, r) in &rec.results {
             let ms = oom_ms(&r.oom_ns);
@@ -327,11 +329,18 @@ fn decision_summary(runs: &[ScenarioRun]) -> Vec<Value> {
                 .collect();
             let to_kill = ms_of(&r.to_kill_ns);
             let kill_median = percentile(&to_kill, 50.0);
+            let choose = ms_of(&r.report_start_ns);
+            let choose_median = percentile(&choose, 50.0);
             per.insert(
                 name.clone(),
                 json!({
                     "to_kill_ms": spread(&to_kill),
                     "to_kill_ratio_to_kernel": match (kill_median, kernel_kill_median) {
+                        (Some(m), Some(k)) if k > 0.0 => Some(m / k),
+                        _ => None,
+                    },
+                    "choose_ms": spread(&choose),
+                    "choose_ratio_to_kernel": match (choose_median, kernel_choose_median) {
                         (Some(m), Some(k)) if k > 0.0 => Some(m / k),
                         _ => None,
                     },
@@ -1256,6 +1265,14 @@ fn decision_md(md: &mut String, r: &Value) {
     );
     table(
         md,
+        "Of which the **choice** (entering out_of_memory() → the OOM report starts: the \
+         handler's ranking up to its `bpf_oom_kill_process()`, or `select_bad_process()`; \
+         `observe` pays both):",
+        "choose_ms",
+        Some("choose_ratio_to_kernel"),
+    );
+    table(
+        md,
         "**The whole bpf_out_of_memory() call** (adds what follows the kill: \
          `__oom_kill_process()` looks through every process for others sharing the victim's \
          mm, then the lock is released):",
@@ -1656,7 +1673,7 @@ mod tests {
         DecisionSamples {
             oom_ns: oom_ms.iter().map(|ms| ms * 1_000_000).collect(),
             to_kill_ns: vec![None, None],
-            report_start_ns: vec![None, None],
+            report_start_ns: oom_ms.iter().map(|ms| Some(ms * 250_000)).collect(),
             report_ns: vec![Some(0), Some(0)],
             handler_us: handler_us.to_vec(),
             report_printed: printed.to_vec(),
@@ -2010,6 +2027,10 @@ mod tests {
         assert_eq!(storm[0]["not_recovered"], 1);
         let dec = decision_summary(&runs);
         assert_eq!(dec[0]["contenders"]["priority"]["ratio_to_kernel"], 0.5);
+        assert_eq!(
+            dec[0]["contenders"]["priority"]["choose_ratio_to_kernel"],
+            0.5
+        );
         assert_eq!(dec[0]["contenders"]["priority"]["reports_printed"], 1);
 
         let dir = std::env::temp_dir().join(format!("bench-report-{}", std::process::id()));
@@ -2034,6 +2055,7 @@ mod tests {
         let (j, md) = write(&dir, &m, "TCG", true, &left_out, 60.0, &runs).unwrap();
         let text = fs::read_to_string(md).unwrap();
         assert!(text.contains("QUICK"), "{text}");
+        assert!(text.contains("Of which the **choice**"), "{text}");
         assert!(
             text.contains(
                 "**Left out: bench-thrash** (its Debian guest's boot alone takes 30-45 s"
