@@ -270,7 +270,7 @@ pub fn test(filter: &str, verbose: bool) -> Result<bool> {
             Boots::StockKernel => {
                 if stock_vm.is_none() {
                     match stock_kernel() {
-                        Ok(vmlinuz) => stock_vm = Some(vm.with_kernel(vmlinuz)),
+                        Ok(vmlinuz) => stock_vm = Some(vm.with_kernel(vmlinuz).one_tcg_thread()),
                         Err(e) => {
                             tally.fail(s.name, &format!("fetching Debian's kernel: {e:#}"));
                             continue;
