@@ -29,6 +29,7 @@ mod kernel_handler;
 mod kernel_handler_denied;
 mod kernel_hierarchy;
 mod kernel_kill_refused;
+mod kernel_mm_sharers;
 mod kernel_one_kill;
 mod kernel_oom_storm;
 pub mod kernel_psi_unprivileged_trigger;
@@ -76,6 +77,7 @@ pub fn all() -> Vec<Scenario> {
         kernel_handler::defers(),
         kernel_handler::claims_without_kill(),
         kernel_kill_refused::scenario(),
+        kernel_mm_sharers::scenario(),
         kernel_hierarchy::scenario(),
         kernel_attach_lifecycle::scenario(),
         kernel_attach_opt_in::scenario(),
