@@ -1273,9 +1273,10 @@ fn decision_md(md: &mut String, r: &Value) {
     );
     table(
         md,
-        "**The whole bpf_out_of_memory() call** (adds what follows the kill: \
-         `__oom_kill_process()` looks through every process for others sharing the victim's \
-         mm, then the lock is released):",
+        "**The whole bpf_out_of_memory() call** (adds what follows the kill: the rest of \
+         `__oom_kill_process()`, which looks through every process for others sharing the \
+         victim's mm only if its mm has another user (kernel patch 12), a policy's own \
+         bookkeeping, the release of the lock):",
         "oom_ms",
         Some("ratio_to_kernel"),
     );
