@@ -48,12 +48,7 @@ fn run() -> Result<()> {
     );
     let kills = bench::vmstat("oom_kill")?;
     let mut kmsg = Kmsg::mark()?;
-    let d = declarer.declare_oom(shared.id()?, 0, 1)?;
-    ensure!(
-        d.prog_ret == 0 && d.ret[0] == 1,
-        "the OOM of {} freed nothing: {d:?}",
-        shared.path()
-    );
+    declare_oom(&declarer, &shared)?;
     wait_until(
         Duration::from_secs(30),
         "every process sharing the victim's mm to die",
@@ -74,7 +69,10 @@ fn run() -> Result<()> {
     // memory.events counts the kill in the memcg of the mm's owner, the parent's: the
     // guest's count is the one to read.
     let counted = bench::vmstat("oom_kill")? - kills;
-    ensure!(counted == 1, "/proc/vmstat oom_kill grew by {counted}, expected 1");
+    ensure!(
+        counted == 1,
+        "/proc/vmstat oom_kill grew by {counted}, expected 1"
+    );
     // The kill is reported before the walk: with all dead, the line is there.
     let reported = KillLog::read(&mut kmsg, &[])?.killed_pids();
     ensure!(
@@ -92,12 +90,7 @@ fn run() -> Result<()> {
     let mut small = kutil::fixed_hog(&lone, 4)?;
     let before = lone.events()?;
     let mut kmsg = Kmsg::mark()?;
-    let d = declarer.declare_oom(lone.id()?, 0, 1)?;
-    ensure!(
-        d.prog_ret == 0 && d.ret[0] == 1,
-        "the OOM of {} freed nothing: {d:?}",
-        lone.path()
-    );
+    declare_oom(&declarer, &lone)?;
     big.wait_killed(Duration::from_secs(30))?;
     let log = KillLog::read(&mut kmsg, &[big.pid()])?;
     log.expect_only_killed(big.pid(), "8 MiB process")?;
@@ -116,5 +109,16 @@ fn run() -> Result<()> {
         elsewhere.path()
     );
     println!("a lone victim died alone; its neighbour and the bystander live");
+    Ok(())
+}
+
+/// Declares an OOM of `cgroup`'s memcg, which the kernel's own killer must resolve.
+fn declare_oom(declarer: &Handler, cgroup: &Cgroup) -> Result<()> {
+    let d = declarer.declare_oom(cgroup.id()?, 0, 1)?;
+    ensure!(
+        d.prog_ret == 0 && d.ret[0] == 1,
+        "the OOM of {} freed nothing: {d:?}",
+        cgroup.path()
+    );
     Ok(())
 }
