@@ -180,7 +180,7 @@ impl Vm {
     /// execute the int3 after the other finished the patch, and the kernel dies with
     /// "Oops: int3" in sched_clock_cpu(), with the finished patch at the trapping address:
     /// 2 of 132 bare boots here, and once in CI. One thread switches vCPUs only between
-    /// translated blocks, so no vCPU runs code another is rewriting: 0 of 160 boots. The
+    /// translated blocks, so no vCPU runs code another is rewriting: 0 of 400 boots. The
     /// test kernel is built without CONFIG_JUMP_LABEL and does not need this.
     pub fn one_tcg_thread(mut self) -> Vm {
         self.one_tcg_thread = true;
