@@ -144,6 +144,15 @@ fn ms_of(ns: &[Option<u64>]) -> Vec<f64> {
     ns.iter().flatten().map(|&n| n as f64 / 1e6).collect()
 }
 
+/// `mine` as a multiple of `reference` (medians), where both exist and the reference is
+/// not zero.
+fn ratio(mine: Option<f64>, reference: Option<f64>) -> Option<f64> {
+    match (mine, reference) {
+        (Some(m), Some(r)) if r > 0.0 => Some(m / r),
+        _ => None,
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Summaries
 // ---------------------------------------------------------------------------------------
@@ -270,10 +279,6 @@ fn thrash_summary(runs: &[ScenarioRun]) -> Vec<Value> {
     let ref_median = |f: &dyn Fn(&ThrashTrial) -> Option<f64>| {
         reference.and_then(|r| percentile(&secs(&r.trials, f), 50.0))
     };
-    let ratio = |mine: Option<f64>, theirs: Option<f64>| match (mine, theirs) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    };
     thrashes(runs)
         .map(|rec| {
             let t = &rec.trials;
@@ -335,22 +340,13 @@ fn decision_summary(runs: &[ScenarioRun]) -> Vec<Value> {
                 name.clone(),
                 json!({
                     "to_kill_ms": spread(&to_kill),
-                    "to_kill_ratio_to_kernel": match (kill_median, kernel_kill_median) {
-                        (Some(m), Some(k)) if k > 0.0 => Some(m / k),
-                        _ => None,
-                    },
+                    "to_kill_ratio_to_kernel": ratio(kill_median, kernel_kill_median),
                     "choose_ms": spread(&choose),
-                    "choose_ratio_to_kernel": match (choose_median, kernel_choose_median) {
-                        (Some(m), Some(k)) if k > 0.0 => Some(m / k),
-                        _ => None,
-                    },
+                    "choose_ratio_to_kernel": ratio(choose_median, kernel_choose_median),
                     "report_ms": spread(&ms_of(&r.report_ns)),
                     "oom_ms": spread(&ms),
                     "oom_ms_report_printed": spread(&printed_ms),
-                    "ratio_to_kernel": match (median, kernel_median) {
-                        (Some(m), Some(k)) if k > 0.0 => Some(m / k),
-                        _ => None,
-                    },
+                    "ratio_to_kernel": ratio(median, kernel_median),
                     "handler_us": spread(
                         &r.handler_us.iter().flatten().map(|&us| us as f64).collect::<Vec<_>>()
                     ),
@@ -421,10 +417,7 @@ fn kernel_cost_summary(runs: &[ScenarioRun]) -> Value {
         let mut per = Vec::new();
         for (label, kernel, handler) in KERNEL_COST_CONFIGS {
             let v = samples(kernel, handler);
-            let ratio = match (percentile(&v, 50.0), base_median) {
-                (Some(m), Some(b)) if b > 0.0 => Some(m / b),
-                _ => None,
-            };
+            let to_vanilla = ratio(percentile(&v, 50.0), base_median);
             let noise = match (noise(&v), noise(&base)) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 _ => None,
@@ -433,9 +426,9 @@ fn kernel_cost_summary(runs: &[ScenarioRun]) -> Value {
                 "config": label,
                 "samples": v,
                 "spread": spread(&v),
-                "ratio_to_vanilla": ratio,
+                "ratio_to_vanilla": to_vanilla,
                 "noise": noise,
-                "within_noise": match (ratio, noise) {
+                "within_noise": match (to_vanilla, noise) {
                     (Some(r), Some(n)) => Some((r - 1.0).abs() <= n),
                     _ => None,
                 },
