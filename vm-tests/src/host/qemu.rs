@@ -293,10 +293,11 @@ impl Vm {
         } else {
             Media::Initramfs
         };
+        let accel_args = self
+            .accel
+            .qemu_args(scenario.counts_instructions, self.one_tcg_thread);
         let mut boot = self.boot(
-            &self
-                .accel
-                .qemu_args(scenario.counts_instructions, self.one_tcg_thread),
+            &accel_args,
             media.stall(scenario.counts_instructions),
             &media,
             scenario.name,
@@ -317,9 +318,7 @@ impl Vm {
                 protocol::START.trim()
             );
             boot = self.boot(
-                &self
-                    .accel
-                    .qemu_args(scenario.counts_instructions, self.one_tcg_thread),
+                &accel_args,
                 media.stall(scenario.counts_instructions),
                 &media,
                 scenario.name,
