@@ -31,6 +31,11 @@ use crate::policy::PolicyName;
 /// `POLICYD_MAX_CGROUPS`: entries of the rules map.
 pub const MAX_CGROUPS: u32 = policyd_limits::POLICYD_MAX_CGROUPS.0;
 
+/// `POLICYD_RULE_SLOTS`: slots of the rules table ([`crate::rule_table`]).
+pub const RULE_SLOTS: usize = policyd_limits::POLICYD_RULE_SLOTS.0 as usize;
+/// `POLICYD_RULE_PROBES`: slots the handler looks at for a cgroup's entry.
+pub const RULE_PROBES: usize = policyd_limits::POLICYD_RULE_PROBES.0 as usize;
+
 /// `POLICYD_WALK_STEPS`: steps of the handler's walk of the cgroup tree, two
 /// per cgroup.
 pub const WALK_STEPS: u32 = policyd_limits::POLICYD_WALK_STEPS.0;
@@ -82,6 +87,10 @@ pub type PolicydEvent = types::policyd_event;
 /// `struct policyd_declare`: the context of the `declare_oom` program, with
 /// which policyd declares an OOM when a pressure limit held.
 pub type PolicydDeclare = types::policyd_declare;
+
+/// `struct policyd_find_rule`: the context of the `find_rule_of` program,
+/// with which tests read the entry the handler finds for a cgroup.
+pub type PolicydFindRule = types::policyd_find_rule;
 
 /// `struct policyd_tree_record`: one cgroup of the tree walk
 /// ([`crate::tree_walk`]); only its header and name_len bytes of name are sent.
@@ -165,6 +174,7 @@ shared_structs!(
     PolicydMetrics,
     PolicydDecisionKey,
     PolicydDeclare,
+    PolicydFindRule,
     PolicydTreeRecord,
     PolicydOpsLayout,
     KillsEvent,
@@ -553,6 +563,9 @@ mod tests {
                 ("policyd_event", size_of::<PolicydEvent>()),
                 ("policyd_stats", size_of::<PolicydStats>()),
                 ("policyd_declare", size_of::<PolicydDeclare>()),
+                ("policyd_find_rule", size_of::<PolicydFindRule>()),
+                ("policyd_rule_slot", size_of::<types::policyd_rule_slot>()),
+                ("policyd_rule_table", size_of::<types::policyd_rule_table>()),
                 ("policyd_metrics", size_of::<PolicydMetrics>()),
                 ("policyd_decision_key", size_of::<PolicydDecisionKey>()),
                 ("policyd_tree_record", size_of::<PolicydTreeRecord>()),

@@ -9,10 +9,11 @@
 //! * the OOM kill tracer's ([`crate::kills`]): kills the handler did not
 //!   decide (the kernel's, after a deferral; memory.oom.group's; another
 //!   handler's) get a line of their own, in order with the decisions;
-//! * inotify on the cgroup tree: new cgroups get their resolved entry in the
-//!   current rules map, removed ones lose it (no reload, no reattach);
-//! * a signalfd: SIGHUP reloads the config (a new rules map swapped into
-//!   `rules[0]`, or a new policy swapped into the link with
+//! * inotify on the cgroup tree: new cgroups get their resolved entry among
+//!   the current rules ([`KernelRules`]), removed ones lose it (no reload, no
+//!   reattach);
+//! * a signalfd: SIGHUP reloads the config (new rules swapped in with one
+//!   store each, or a new policy swapped into the link with
 //!   `bpf_link_update`, never a moment unprotected); SIGINT/SIGTERM detach
 //!   and exit;
 //! * the link: if the kernel detaches it (the cgroup was removed), exit;
@@ -36,7 +37,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle, RingBuffer, RingBufferBuilder};
+use libbpf_rs::{RingBuffer, RingBufferBuilder};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -48,6 +49,7 @@ use crate::config::{Config, Ownership};
 use crate::config_watch::ConfigWatcher;
 use crate::events::{Awaits, Decision};
 use crate::guard::OwnCgroup;
+use crate::kernel_rules::{Added, KernelRules};
 use crate::kills::{Kill, KillStream, KillTracer, Traced};
 use crate::loader::{self, HandlerLink, OomOpsLayout, PolicyObject, Settings};
 use crate::logging::LogFormat;
@@ -171,43 +173,9 @@ fn event_ring(obj: &PolicyObject) -> Result<(RingBuffer<'static>, Pending)> {
     Ok((ring, pending))
 }
 
-/// A rules map holding `entries`, written in one BPF_MAP_UPDATE_BATCH (one
-/// syscall per entry took half a second at 10,000 cgroups under TCG). When
-/// the map is too small the remaining cgroups are left out: the policy gives
-/// them their nearest ancestor's entry (or the defaults).
-fn new_rules_map(obj: &PolicyObject, entries: &[(u64, PolicydRule)]) -> Result<MapHandle> {
-    let map = obj.inner_spec().create()?;
-    let room = obj.inner_spec().max_entries as usize;
-    if entries.len() > room {
-        tracing::warn!(
-            "more cgroups than the rules map holds ({room}): {} cgroups inherit from their \
-             nearest ancestor with an entry",
-            entries.len() - room
-        );
-    }
-    let fit = &entries[..entries.len().min(room)];
-    if fit.is_empty() {
-        return Ok(map);
-    }
-    let keys: Vec<u8> = fit.iter().flat_map(|(id, _)| id.to_ne_bytes()).collect();
-    let values: Vec<u8> = fit
-        .iter()
-        .flat_map(|(_, rule)| rule.as_bytes().iter().copied())
-        .collect();
-    map.update_batch(
-        &keys,
-        &values,
-        fit.len() as u32,
-        MapFlags::ANY,
-        MapFlags::ANY,
-    )
-    .context("filling the rules map")?;
-    Ok(map)
-}
-
 /// Read the cgroup tree (calling `before_listing` for each cgroup, see
 /// [`CgroupTree::read_with`]), resolve `config` over it and make the result
-/// `obj`'s rules (one store into `rules[0]`); what the daemon keeps of it,
+/// `obj`'s rules ([`KernelRules::install`]); what the daemon keeps of it,
 /// and whether the tree came from a walk.
 fn install_tree_rules(
     obj: &PolicyObject,
@@ -215,18 +183,18 @@ fn install_tree_rules(
     req: &LoadRequest,
     phases: &mut Phases,
     before_listing: &mut dyn FnMut(&str),
-) -> Result<(CgroupTree, Vec<Effective>, MapHandle, bool)> {
+) -> Result<(CgroupTree, Vec<Effective>, KernelRules, bool)> {
     let (tree, walked) = read_tree(obj, &req.cgroup_root, phases, before_listing)?;
     phases.done("tree read, watches");
     let effective = resolve_tree(config, &tree);
     let entries = entries_for(config, &effective, req.own_cgroup.as_ref());
     phases.done("resolve");
-    let map = new_rules_map(obj, &entries)?;
+    let rules = KernelRules::build(obj, &entries)?;
     phases.done("rules map");
     oom_group::apply(config, &req.cgroup_root, &effective);
     phases.done("memory.oom.group");
-    obj.install_rules(&map)?;
-    Ok((tree, effective, map, walked))
+    rules.install(obj)?;
+    Ok((tree, effective, rules, walked))
 }
 
 /// The cgroup tree below `root` as `obj`'s BPF iterator walks it, or where
@@ -438,9 +406,9 @@ impl Cgroups {
 /// own cgroup protected: with policyd unkillable (oom_score_adj -1000) the
 /// policy would otherwise pick its cgroup and find nothing to kill there,
 /// or kill what shares the cgroup with it.
-fn entries_for(
+fn entries_for<'a>(
     config: &Config,
-    effective: &[Effective],
+    effective: impl IntoIterator<Item = &'a Effective>,
     own: Option<&OwnCgroup>,
 ) -> Vec<(u64, PolicydRule)> {
     let mut entries = rules::rule_entries(config, effective);
@@ -482,8 +450,8 @@ pub struct Daemon {
     /// Kills of ours that came before their decision wait there.
     order: EventOrder<Traced>,
     obj: PolicyObject,
-    /// The rules map in `rules[0]`.
-    rules: MapHandle,
+    /// The rules the handler reads.
+    rules: KernelRules,
     req: LoadRequest,
     cgroups: Cgroups,
     watcher: Option<CgroupWatcher>,
@@ -491,8 +459,6 @@ pub struct Daemon {
     awaits: Awaits,
     /// Events the handler could not send (ring buffer full), as last logged.
     dropped: u64,
-    /// A new cgroup found the rules map full (warned once until room is made).
-    rules_full: bool,
     /// `--metrics-file`, rewritten when the counters change.
     metrics_file: Option<MetricsFile>,
     /// `--watch-config`: the config file's directory.
@@ -553,7 +519,7 @@ impl Daemon {
             Err(e) => return Err(OomOpsLayout::of_running_kernel().err().unwrap_or(e)),
         };
         phases.done("policy load");
-        let (tree, effective, rules_map, walked) =
+        let (tree, effective, rules, walked) =
             install_tree_rules(&obj, &req.config, &req, &mut phases, &mut |path| {
                 if let Some(w) = watcher.as_mut() {
                     w.watch(path);
@@ -612,14 +578,13 @@ impl Daemon {
             kills,
             order: EventOrder::default(),
             obj,
-            rules: rules_map,
+            rules,
             awaits: Awaits::new(req.log_format),
             req,
             cgroups,
             watcher,
             signals: None,
             dropped: 0,
-            rules_full: false,
             metrics_file,
             config_watch,
             notifier: Notifier::from_env(),
@@ -695,16 +660,6 @@ impl Daemon {
             self.cgroups(),
             &self.req.cgroup,
         )
-    }
-
-    /// The current rules entry of the cgroup at `path`, read back from the
-    /// kernel's map.
-    pub fn rule_in_kernel(&self, path: &str) -> Result<Option<PolicydRule>> {
-        let Some(e) = self.cgroups.effective.get(path) else {
-            return Ok(None);
-        };
-        let v = self.rules.lookup(&e.id.to_ne_bytes(), MapFlags::ANY)?;
-        Ok(v.and_then(|b| PolicydRule::from_bytes(&b)))
     }
 
     /// Wait for something to happen (at most `timeout`; `None`: as long as
@@ -1072,11 +1027,8 @@ impl Daemon {
                         &self.cgroups.dir(&path),
                     );
                     let rule = rules::rule_of(&self.req.config, &e);
-                    match self
-                        .rules
-                        .update(&e.id.to_ne_bytes(), rule.as_bytes(), MapFlags::ANY)
-                    {
-                        Ok(()) => tracing::debug!(
+                    match self.rules.add(e.id, &rule) {
+                        Ok(Added::Added) => tracing::debug!(
                             "new cgroup {path} (id {}): priority {} protect {} kill {}",
                             e.id,
                             e.priority,
@@ -1084,8 +1036,8 @@ impl Daemon {
                             e.kill
                         ),
                         // Full: say so once, not for every cgroup of a burst.
-                        Err(err) if err.kind() == ErrorKind::TooBig => {
-                            if !self.rules_full {
+                        Ok(Added::Full { first }) => {
+                            if first {
                                 tracing::warn!(
                                     "the rules map is full ({} entries, --max-cgroups): new \
                                      cgroups, {path} first, take their nearest ancestor's \
@@ -1093,12 +1045,11 @@ impl Daemon {
                                     self.obj.inner_spec().max_entries
                                 );
                             }
-                            self.rules_full = true;
                             tracing::debug!("new cgroup {path}: no room for its rules entry");
                         }
                         Err(err) => tracing::warn!(
-                            "new cgroup {path}: cannot add its rules entry ({err}); it inherits \
-                             from its parent in the kernel"
+                            "new cgroup {path}: {err:#}; it inherits from its parent in the \
+                             kernel"
                         ),
                     }
                 }
@@ -1106,9 +1057,7 @@ impl Daemon {
                     self.pressure.cgroup_removed(&path);
                     if let Some(e) = self.cgroups.effective.remove(&path) {
                         // Children are gone first (rmdir needs an empty cgroup).
-                        if self.rules.delete(&e.id.to_ne_bytes()).is_ok() {
-                            self.rules_full = false;
-                        }
+                        self.rules.remove(e.id);
                         self.cgroups.names.forget_later(e.id);
                         tracing::debug!("cgroup {path} (id {}) removed", e.id);
                     }
@@ -1126,6 +1075,37 @@ impl Daemon {
                     self.pressure.arm_all(&config, self.cgroups.dirs());
                 }
             }
+        }
+        if self.rules.needs_rebuild() {
+            self.rebuild_rules();
+        }
+    }
+
+    /// A new rules table of every known cgroup's settings, swapped in with
+    /// an empty hash of new cgroups: see [`KernelRules`]. The tree is not
+    /// read again. On failure the handler keeps the rules it has.
+    fn rebuild_rules(&mut self) {
+        let created = self.rules.created_since();
+        let mut effective: Vec<&Effective> = self.cgroups.effective.values().collect();
+        // Parents first, as a tree read lists them: which cgroups fit does
+        // not depend on the order of a hash map.
+        effective.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        let entries = entries_for(&self.req.config, effective, self.req.own_cgroup.as_ref());
+        match KernelRules::build(&self.obj, &entries).and_then(|r| {
+            r.install(&self.obj)?;
+            Ok(r)
+        }) {
+            Ok(rules) => {
+                self.rules = rules;
+                tracing::debug!(
+                    "rules table rebuilt: {} cgroups, {created} of them created since the last",
+                    entries.len() - 1
+                );
+            }
+            Err(e) => tracing::error!(
+                "rebuilding the rules table: {e:#}; cgroups whose settings changed keep their \
+                 old ones in the handler until the next reload"
+            ),
         }
     }
 
@@ -1175,13 +1155,10 @@ impl Daemon {
                     xattrs.join(", ")
                 }
             );
-            if let Err(err) =
-                self.rules
-                    .update(&after.id.to_ne_bytes(), ra.as_bytes(), MapFlags::ANY)
-            {
+            if let Err(err) = self.rules.change(after.id, &ra) {
                 tracing::warn!(
-                    "cgroup {p}: cannot update its rules entry ({err}); the handler keeps \
-                     its old settings until the next reload"
+                    "cgroup {p}: {err:#}; the handler keeps its old settings until the next \
+                     reload"
                 );
             }
         }
@@ -1190,14 +1167,13 @@ impl Daemon {
         }
     }
 
-    /// Resolve the whole tree under `config` and swap in a new rules map.
+    /// Resolve the whole tree under `config` and swap in new rules.
     /// Returns the new effective settings' snapshot.
     fn replace_rules(&mut self, config: &Config) -> Result<()> {
         let mut phases = Phases::start();
-        let (tree, effective, map, _) =
+        let (tree, effective, rules, _) =
             install_tree_rules(&self.obj, config, &self.req, &mut phases, &mut |_| {})?;
-        self.rules = map;
-        self.rules_full = false;
+        self.rules = rules;
         self.cgroups.refresh(&tree, effective);
         phases.done("names");
         phases.log("new rules", self.cgroups.effective.len());
@@ -1205,7 +1181,7 @@ impl Daemon {
     }
 
     /// What SIGHUP does: re-read the config. Invalid → log why, keep
-    /// everything. Same policy → new rules map swapped into `rules[0]`.
+    /// everything. Same policy → new rules swapped in ([`KernelRules`]).
     /// Another policy → load it, fill its rules, swap it into the link
     /// (`bpf_link_update`: the old handler stays until the new one is in).
     pub fn reload(&mut self) -> Result<()> {
@@ -1269,7 +1245,7 @@ impl Daemon {
     fn switch_policy(&mut self, policy: PolicyName, config: &Config) -> Result<()> {
         let obj = open_policy(&self.req, policy)?;
         let mut phases = Phases::start();
-        let (tree, effective, map, _) =
+        let (tree, effective, rules, _) =
             install_tree_rules(&obj, config, &self.req, &mut phases, &mut |_| {})?;
         let (ring, pending) = event_ring(&obj)?;
         obj.prepare_ops()?;
@@ -1285,8 +1261,7 @@ impl Daemon {
         self.ring = ring;
         self.pending = pending;
         self.obj = obj;
-        self.rules = map;
-        self.rules_full = false;
+        self.rules = rules;
         self.cgroups.refresh(&tree, effective);
         phases.done("swap, names");
         phases.log("policy switch", self.cgroups.effective.len());

@@ -8,8 +8,11 @@
 //!   whose value policyd builds ([`OomOpsLayout::value`]) where the program
 //!   `find_ops_layout`, run once after the load, says the kernel keeps the
 //!   handler and its name;
-//! * `rules`: an array-of-maps with one slot whose inner hash maps cgroup id →
-//!   `struct policyd_rule`; policyd creates the inner maps and swaps them;
+//! * `rule_table` and `new_rules`: array-of-maps with one slot each, of a
+//!   one-element array holding `struct policyd_rule_table`
+//!   ([`crate::rule_table`]) and of a hash of cgroup id → `struct
+//!   policyd_rule` for the cgroups created since the table was built;
+//!   policyd creates the inner maps and swaps them;
 //! * `events`: a ring buffer of `struct policyd_event`;
 //! * `struct policyd_stats stats` in `.bss`;
 //! * the program `find_per_cpu` (`bpf/per_cpu.bpf.h`, in the kill tracer
@@ -27,6 +30,7 @@
 use std::fs::File;
 use std::io;
 use std::mem::{offset_of, size_of};
+use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::ptr::NonNull;
@@ -38,13 +42,15 @@ use libbpf_rs::{
     AsRawLibbpf, Btf, ErrorKind, Map, MapCore, MapFlags, MapHandle, MapType, Object, ObjectBuilder,
     OpenMap, OpenObject, ProgramInput,
 };
+use nix::sys::mman::{self, ProtFlags};
 
 use crate::abi::{
-    self, Pod, PolicydDecisionKey, PolicydDeclare, PolicydMetrics, PolicydOpsLayout, PolicydRule,
-    PolicydStats,
+    self, Pod, PolicydDecisionKey, PolicydDeclare, PolicydFindRule, PolicydMetrics,
+    PolicydOpsLayout, PolicydRule, PolicydStats,
 };
 use crate::bpf::skel;
 use crate::policy::PolicyName;
+use crate::rule_table;
 use crate::tree_walk::{self, TreeRecord, TreeWalker};
 
 /// `BPF_F_CGROUP_FD` (uapi/linux/bpf.h): `link_create.target_fd` is a cgroup.
@@ -55,8 +61,11 @@ pub const BPF_F_CGROUP_FD: u32 = 1 << 7;
 pub(crate) const OOM_OPS: &str = "bpf_oom_ops";
 pub(crate) const OOM_OPS_VALUE: &str = "bpf_struct_ops_bpf_oom_ops";
 
-/// Name of the inner rules maps policyd creates (as `bpftool map` shows them).
+/// Name of the maps of new cgroups' rules policyd creates (as `bpftool map`
+/// shows them).
 const RULES_MAP_NAME: &str = "policyd_rules";
+/// Name of the rules table maps policyd creates.
+const TABLE_MAP_NAME: &str = "policyd_table";
 
 /// `uname -r`, for messages.
 pub fn kernel_release() -> String {
@@ -204,12 +213,12 @@ impl InnerSpec {
     fn of_open_object(obj: &OpenObject) -> Result<Self> {
         let rules = obj
             .maps()
-            .find(|m| m.name() == "rules")
-            .context("the policy object has no `rules` map")?;
+            .find(|m| m.name() == "new_rules")
+            .context("the policy object has no `new_rules` map")?;
         // SAFETY: a valid map of a live object; the template lives as long.
         let inner = unsafe { libbpf_sys::bpf_map__inner_map(rules.as_libbpf_object().as_ptr()) };
         let inner = NonNull::new(inner)
-            .context("`rules` in the policy object is not a map of maps with an inner map")?;
+            .context("`new_rules` in the policy object is not a map of maps with an inner map")?;
         // SAFETY: non-null, owned by the open object borrowed above.
         let m = OpenMap::new(unsafe { inner.as_ref() });
         let spec = InnerSpec {
@@ -277,6 +286,18 @@ const VICTIMS_PROG: &str = "policyd_mark_victim";
 
 /// The SEC("syscall") program of [`OBJECT`] that declares an OOM.
 const DECLARE_PROG: &str = "declare_oom";
+
+/// The SEC("syscall") program of [`OBJECT`] that looks a cgroup's rules up.
+const FIND_RULE_PROG: &str = "find_rule_of";
+
+/// Where [`PolicyObject::find_rule`] found an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FoundIn {
+    /// The rules table.
+    Table,
+    /// The hash of cgroups created since the table was built.
+    Created,
+}
 
 /// The struct_ops map of [`OBJECT`].
 const OPS_MAP: &str = "policyd_ops";
@@ -514,8 +535,8 @@ impl PolicyObject {
         let template = inner.create()?;
         let rules = open
             .maps_mut()
-            .find(|m| m.name() == "rules")
-            .context("the BPF object has no `rules` map")?;
+            .find(|m| m.name() == "new_rules")
+            .context("the BPF object has no `new_rules` map")?;
         // SAFETY: a valid map of the open object, not created yet.
         let ret = unsafe {
             libbpf_sys::bpf_map__set_inner_map_fd(
@@ -686,13 +707,63 @@ impl PolicyObject {
         })
     }
 
-    /// Make `inner` the rules the handler reads: one atomic store into
-    /// `rules[0]`.
-    pub fn install_rules(&self, inner: &MapHandle) -> Result<()> {
-        let fd = inner.as_fd().as_raw_fd() as u32;
-        self.map("rules")?
-            .update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
-            .map_err(|e| with_permission_hint(e, "storing the rules map into rules[0]"))
+    /// A rules table map, not installed yet, that `fill` writes through a
+    /// mapping of its value (zeroed, [`rule_table::SIZE`] bytes): no copy of
+    /// the table passes through policyd's heap.
+    pub fn new_table<T>(
+        &self,
+        fill: impl FnOnce(&mut [u8]) -> Result<T>,
+    ) -> Result<(MapHandle, T)> {
+        let opts = libbpf_sys::bpf_map_create_opts {
+            sz: size_of::<libbpf_sys::bpf_map_create_opts>() as libbpf_sys::size_t,
+            map_flags: libbpf_sys::BPF_F_MMAPABLE,
+            ..Default::default()
+        };
+        let map = MapHandle::create(
+            MapType::Array,
+            Some(TABLE_MAP_NAME),
+            4,
+            rule_table::SIZE as u32,
+            1,
+            &opts,
+        )
+        .map_err(|e| with_permission_hint(e, "creating the rules table"))?;
+        let len = NonZeroUsize::new(rule_table::SIZE).context("an empty rules table")?;
+        // SAFETY: a new mapping, of the map's whole value; nothing else maps
+        // it, and it is unmapped below before anything reads the map.
+        let value = unsafe {
+            mman::mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                mman::MapFlags::MAP_SHARED,
+                map.as_fd(),
+                0,
+            )
+        }
+        .context("mapping the rules table")?;
+        // SAFETY: `len` bytes mapped read-write above, zeroed by the kernel.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(value.as_ptr().cast::<u8>(), len.get()) };
+        let filled = fill(bytes);
+        // SAFETY: mapped above; `bytes` is not used past here.
+        unsafe { mman::munmap(value, len.get()) }.context("unmapping the rules table")?;
+        Ok((map, filled?))
+    }
+
+    /// Make `table` and `created` (the rules of cgroups created since
+    /// `table` was built) the rules the handler reads: one atomic store into
+    /// `rule_table[0]`, then one into `new_rules[0]`. In between the handler
+    /// finds every cgroup of `created` in `table` first, with the same rule.
+    pub fn install_rules(&self, table: &MapHandle, created: &MapHandle) -> Result<()> {
+        let store = |map: &str, inner: &MapHandle| {
+            let fd = inner.as_fd().as_raw_fd() as u32;
+            self.map(map)?
+                .update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+                .map_err(|e| with_permission_hint(e, &format!("storing the rules into {map}[0]")))
+        };
+        store("rule_table", table)?;
+        store("new_rules", created)
     }
 
     /// Declare an OOM of the cgroup `cgroup_id` (0: the whole system) with
@@ -723,6 +794,40 @@ impl PolicyObject {
             bail!("declare_oom did not run bpf_out_of_memory() (its result was left unset)");
         }
         Ok(out.ret)
+    }
+
+    /// The entry the handler finds for the cgroup `id` in the rules
+    /// installed now, and where: the `find_rule_of` program runs the
+    /// handler's own search. For tests.
+    pub fn find_rule(&mut self, id: u64) -> Result<Option<(PolicydRule, FoundIn)>> {
+        let prog = self
+            .object
+            .progs_mut()
+            .find(|p| p.name() == FIND_RULE_PROG)
+            .with_context(|| format!("the BPF object has no program {FIND_RULE_PROG}"))?;
+        let args = PolicydFindRule {
+            cgroup_id: id,
+            found: u32::MAX,
+            ..Default::default()
+        };
+        let mut ctx = args.as_bytes().to_vec();
+        let out = prog
+            .test_run(ProgramInput {
+                context_in: Some(&mut ctx),
+                ..Default::default()
+            })
+            .map_err(|e| with_permission_hint(e, "running find_rule_of (BPF_PROG_TEST_RUN)"))?;
+        if out.return_value != 0 {
+            bail!("find_rule_of: no rules installed");
+        }
+        let out =
+            PolicydFindRule::from_bytes(&ctx).context("find_rule_of's context came back short")?;
+        Ok(match out.found {
+            0 => None,
+            1 => Some((out.rule, FoundIn::Table)),
+            2 => Some((out.rule, FoundIn::Created)),
+            n => bail!("find_rule_of said found = {n}"),
+        })
     }
 
     /// Store the struct_ops value (handler program, name) into the

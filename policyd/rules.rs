@@ -55,10 +55,14 @@ pub fn defaults_rule(config: &Config) -> PolicydRule {
 
 /// Every entry of a rules map for `effective` (one per cgroup, see
 /// [`crate::resolve::resolve_tree`]), the defaults entry first.
-pub fn rule_entries(config: &Config, effective: &[Effective]) -> Vec<(u64, PolicydRule)> {
-    let mut out = Vec::with_capacity(effective.len() + 1);
+pub fn rule_entries<'a>(
+    config: &Config,
+    effective: impl IntoIterator<Item = &'a Effective>,
+) -> Vec<(u64, PolicydRule)> {
+    let effective = effective.into_iter();
+    let mut out = Vec::with_capacity(effective.size_hint().0 + 1);
     out.push((abi::DEFAULTS_KEY, defaults_rule(config)));
-    out.extend(effective.iter().map(|e| (e.id, rule_of(config, e))));
+    out.extend(effective.map(|e| (e.id, rule_of(config, e))));
     out
 }
 

@@ -62,7 +62,26 @@ struct {
 /* The event being built; sent to user space when the handler is done. */
 struct policyd_event event;
 
-/* rules[0] is a cgroup id -> policyd_rule hash that policyd swaps as a whole. */
+/*
+ * rule_table[0]: the rules of the cgroups policyd knew when it built it;
+ * new_rules[0]: cgroup id -> policyd_rule of those created since (no cgroup
+ * is in both but for the moment a rebuild takes them into the table).
+ * policyd swaps each as a whole: the table first, then an empty hash.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_ARRAY);
+		__uint(max_entries, 1);
+		/* policyd writes a new table through a mapping. */
+		__uint(map_flags, BPF_F_MMAPABLE);
+		__type(key, __u32);
+		__type(value, struct policyd_rule_table);
+	});
+} rule_table SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
 	__uint(max_entries, 1);
@@ -70,10 +89,12 @@ struct {
 	__array(values, struct {
 		__uint(type, BPF_MAP_TYPE_HASH);
 		__uint(max_entries, POLICYD_MAX_CGROUPS);
+		/* Holds a few: kernel memory for them only. */
+		__uint(map_flags, BPF_F_NO_PREALLOC);
 		__type(key, __u64);
 		__type(value, struct policyd_rule);
 	});
-} rules SEC(".maps");
+} new_rules SEC(".maps");
 
 /*
  * About 1,000 events.  The retries of an OOM while its victim exits, thousands
@@ -108,11 +129,51 @@ const struct policyd_rule builtin_defaults = {
 	.kill = POLICYD_KILL_TASK,
 };
 
-static __always_inline void *rules_map(void)
+static __always_inline struct policyd_rule_table *rules_table(void)
 {
 	__u32 zero = 0;
+	void *inner = bpf_map_lookup_elem(&rule_table, &zero);
 
-	return bpf_map_lookup_elem(&rules, &zero);
+	return inner ? bpf_map_lookup_elem(inner, &zero) : NULL;
+}
+
+/*
+ * @id's entry in @table.  Plain loads, no call: ranking looks up every
+ * cgroup in scope, and a hash lookup was nearly half the cost of that.
+ */
+static __always_inline struct policyd_rule *table_rule(struct policyd_rule_table *table, __u64 id)
+{
+	struct policyd_rule_slot *slot;
+	/* policyd/rule_table.rs's home(), which placed the entries. */
+	__u32 at = ((id ^ (id >> 32)) * table->mul) >> 32;
+	int n;
+
+	for (n = 0; n < POLICYD_RULE_PROBES; n++) {
+		slot = &table->slots[(at + n) & table->mask & (POLICYD_RULE_SLOTS - 1)];
+		if (slot->cgroup_id == id)
+			return &slot->rule;
+		if (!slot->cgroup_id)
+			return NULL;
+	}
+	return NULL;
+}
+
+/* @id's entry among the cgroups created since the table was built. */
+static __always_inline struct policyd_rule *created_rule(__u64 id)
+{
+	void *created;
+	__u32 zero = 0;
+
+	created = bpf_map_lookup_elem(&new_rules, &zero);
+	return created ? bpf_map_lookup_elem(created, &id) : NULL;
+}
+
+/* @id's entry, in the table or among the cgroups created since. */
+static __always_inline struct policyd_rule *find_rule(struct policyd_rule_table *table, __u64 id)
+{
+	struct policyd_rule *rule = table_rule(table, id);
+
+	return rule ? rule : created_rule(id);
 }
 
 /*
@@ -123,21 +184,26 @@ static __always_inline void *rules_map(void)
  * not by a fixed depth, so that a whole new subtree deeper than any cap is
  * still judged as `policyd explain` says.
  */
-static __always_inline struct policyd_rule rule_of(void *rmap, struct cgroup *cgrp)
+static __always_inline struct policyd_rule rule_of(struct cgroup *cgrp)
 {
+	struct policyd_rule_table *table = rules_table();
 	struct policyd_rule *rule, below = {};
 	__u64 key;
 	int i, level;
 
-	if (!rmap)
+	if (!table)
 		return builtin_defaults;
+	/* Most cgroups: their own entry in the table, and no walk. */
+	rule = table_rule(table, cgrp->kn->id);
+	if (rule)
+		return *rule;
 
 	level = cgrp->level;
 	bpf_for(i, 0, level + 1) {
 		if (!cgrp)
 			break;
 		key = cgrp->kn->id;
-		rule = bpf_map_lookup_elem(rmap, &key);
+		rule = find_rule(table, key);
 		if (rule && !i)
 			return *rule;
 		if (rule && rule->below_known) {
@@ -153,10 +219,7 @@ static __always_inline struct policyd_rule rule_of(void *rmap, struct cgroup *cg
 		}
 		cgrp = cgrp->self.parent->cgroup;
 	}
-
-	key = POLICYD_DEFAULTS_KEY;
-	rule = bpf_map_lookup_elem(rmap, &key);
-	return rule ? *rule : builtin_defaults;
+	return table->defaults;
 }
 
 /* Bytes charged to @cgrp's memcg; 0 without the memory controller there. */
@@ -402,7 +465,7 @@ __noinline void rank_one(struct cgroup_subsys_state *css __arg_untrusted)
 		return;
 	if (policy == POLICYD_POLICY_LARGEST && cgrp->nr_populated_domain_children)
 		return;
-	rule = rule_of(rules_map(), cgrp);
+	rule = rule_of(cgrp);
 	if (rule.protect)
 		return;
 	cand.cgroup_id = cgrp->kn->id;
@@ -648,7 +711,7 @@ static __noinline bool await_victim_in_scope(struct oom_control *oc, struct cgro
 		cgrp = task->cgroups->dfl_cgrp->dom_cgrp;
 		event.victim_cgroup_id = cgrp->kn->id;
 		event.victim_usage = cgroup_usage(cgrp);
-		event.victim_priority = rule_of(rules_map(), cgrp).priority;
+		event.victim_priority = rule_of(cgrp).priority;
 		bpf_task_release(task);
 	}
 	return true;
@@ -1189,6 +1252,29 @@ int declare_oom(struct policyd_declare *args)
 	return 0;
 }
 
+/* See struct policyd_find_rule.  Return: -ENOENT before policyd installs rules. */
+SEC("syscall")
+int find_rule_of(struct policyd_find_rule *args)
+{
+	struct policyd_rule_table *table = rules_table();
+	struct policyd_rule *rule;
+
+	if (!table)
+		return -2; /* -ENOENT */
+	args->found = 0;
+	rule = table_rule(table, args->cgroup_id);
+	if (rule) {
+		args->found = 1;
+	} else {
+		rule = created_rule(args->cgroup_id);
+		if (rule)
+			args->found = 2;
+	}
+	if (rule)
+		args->rule = *rule;
+	return 0;
+}
+
 /*
  * The cgroup tree for policyd's start-up and reloads, one record per live
  * cgroup, parents first: one read(2) of this iterator instead of a listing
@@ -1275,6 +1361,8 @@ struct policyd_abi {
 	enum policyd_outcome outcome;
 	enum policyd_pref pref;
 	struct policyd_tree_record tree_record;
+	/* Complete in the BTF (libbpf sizes the table map from it), 0 bytes here. */
+	struct policyd_rule_table rule_table[0];
 };
 
 const volatile struct policyd_abi policyd_abi;

@@ -33,8 +33,22 @@ enum policyd_limits {
 	/* Candidates' memory usage is compared in units of 1 << this many bytes (1 MiB). */
 	POLICYD_USAGE_SHIFT = 20,
 
-	/* Key of the rules map entry that holds the defaults (no cgroup has id 0). */
+	/*
+	 * The defaults' key among the rules policyd resolves (no cgroup has id
+	 * 0).  The rules table keeps them apart, and 0 marks its empty slots.
+	 */
 	POLICYD_DEFAULTS_KEY = 0,
+
+	/*
+	 * Slots of the rules table (struct policyd_rule_table): twice
+	 * POLICYD_MAX_CGROUPS, so that it is never more than half full.
+	 */
+	POLICYD_RULE_SLOTS = 2 * POLICYD_MAX_CGROUPS,
+	/*
+	 * A cgroup's entry in the rules table is at most this many slots past
+	 * the slot its id hashes to: policyd picks the hash's multiplier so.
+	 */
+	POLICYD_RULE_PROBES = 32,
 
 	/*
 	 * How many of the best-ranked candidates an event reports.  A report
@@ -103,6 +117,30 @@ struct policyd_rule {
 	__u8 below_kill;
 	__u8 below_pref;
 	__u8 pad[1];
+};
+
+/* A slot of the rules table: cgroup_id 0, empty. */
+struct policyd_rule_slot {
+	__u64 cgroup_id;
+	struct policyd_rule rule;
+};
+
+/*
+ * The rules of every cgroup policyd knew when it built the table, read by
+ * the handler without a call: open addressing, linear probing.  The entry
+ * of id is in slot (h + n) & mask, h = ((id ^ id >> 32) * mul) >> 32 and
+ * n < POLICYD_RULE_PROBES, and every slot from h to it is taken.  Built
+ * whole and never written once the handler may read it: policyd builds a
+ * new one and swaps it in.  Cgroups created since are in a hash (new_rules
+ * in policyd.bpf.c).  3 MiB, of which the handler reads a few slots per
+ * cgroup.
+ */
+struct policyd_rule_table {
+	struct policyd_rule defaults;	/* for cgroups with no entry anywhere */
+	__u64 mul;			/* odd */
+	__u32 mask;			/* slots in use, minus 1: 2^k - 1 */
+	__u32 entries;			/* cgroups in the table */
+	struct policyd_rule_slot slots[POLICYD_RULE_SLOTS];
 };
 
 enum policyd_policy {
@@ -209,6 +247,18 @@ struct policyd_declare {
 	 * cgroup, or no memcg there), -ENOSYS (a kernel without the kfunc).
 	 */
 	__s32 ret;
+	__u32 pad;
+};
+
+/*
+ * Context of the find_rule SEC("syscall") program: the entry the handler
+ * finds for a cgroup id in the rules policyd installed, for tests that
+ * hold what policyd built against the handler's own search.
+ */
+struct policyd_find_rule {
+	__u64 cgroup_id;		/* in */
+	struct policyd_rule rule;	/* out, if found */
+	__u32 found;			/* out: 1 in the table, 2 among new cgroups */
 	__u32 pad;
 };
 

@@ -56,6 +56,8 @@ mod policyd_priority;
 mod policyd_protect;
 mod policyd_reload;
 mod policyd_rule_matching;
+mod policyd_rule_table;
+mod policyd_rules_rebuild;
 mod policyd_soak;
 mod policyd_swap;
 mod policyd_tree_walk;
@@ -117,6 +119,8 @@ pub fn all() -> Vec<Scenario> {
         policyd_largest_badness::scenario(),
         policyd_lifecycle::scenario(),
         policyd_ops_layout::scenario(),
+        policyd_rule_table::scenario(),
+        policyd_rules_rebuild::scenario(),
         policyd_per_cpu::scenario(),
         policyd_walk_cut::scenario(),
         policyd_metrics::scenario(),

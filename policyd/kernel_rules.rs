@@ -1,0 +1,165 @@
+//! The rules the handler reads, as policyd keeps them in the kernel: a table
+//! of the cgroups known when it was built ([`crate::rule_table`]), and a
+//! hash of the cgroups created since, where the handler looks when the table
+//! has no entry. A cgroup has its entry in one of the two.
+//!
+//! A table is never written once it is installed. When the settings of a
+//! cgroup in it change, or so many cgroups were created since that the
+//! handler spends long in the hash, policyd builds a new table of them all
+//! and swaps it in with an empty hash ([`KernelRules::needs_rebuild`]).
+
+use std::collections::HashSet;
+
+use anyhow::{Context, Result};
+use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle};
+
+use crate::abi::{self, Pod, PolicydRule};
+use crate::loader::PolicyObject;
+use crate::rule_table;
+
+/// Cgroups created since the table was built that make policyd build a new
+/// one: this many, or a quarter of the table's, whichever is more. Each
+/// costs the handler a hash lookup more than a cgroup of the table.
+pub const REBUILD_MIN_CREATED: usize = 256;
+
+/// The rules maps of one generation, built and installed or ready to be.
+pub struct KernelRules {
+    table: MapHandle,
+    created: MapHandle,
+    /// Cgroups of `table` that are still there.
+    in_table: HashSet<u64>,
+    /// Cgroups with an entry in `created`.
+    in_created: HashSet<u64>,
+    /// Entries there is room for, the defaults' included (`--max-cgroups`).
+    room: usize,
+    /// The settings of a cgroup of `table` changed: `table` is out of date.
+    outdated: bool,
+    /// A new cgroup found no room (warned once, until room is made).
+    full: bool,
+}
+
+/// What became of a new cgroup's entry.
+pub enum Added {
+    Added,
+    /// No room; `first`: the first cgroup to find none since there was.
+    Full {
+        first: bool,
+    },
+}
+
+impl KernelRules {
+    /// The rules maps of `entries` (the defaults' entry first, then each
+    /// cgroup's, parents before children), not installed yet. Past the room
+    /// there is, cgroups are left out with a warning: the handler gives them
+    /// their nearest ancestor's entry (or the defaults).
+    pub fn build(obj: &PolicyObject, entries: &[(u64, PolicydRule)]) -> Result<Self> {
+        let room = obj.inner_spec().max_entries as usize;
+        if entries.len() > room {
+            tracing::warn!(
+                "more cgroups than the rules map holds ({room}): {} cgroups inherit from their \
+                 nearest ancestor with an entry",
+                entries.len() - room
+            );
+        }
+        let fit = &entries[..entries.len().min(room)];
+        let defaults = fit
+            .iter()
+            .find(|(id, _)| *id == abi::DEFAULTS_KEY)
+            .map(|(_, rule)| *rule)
+            .context("the rules have no defaults entry")?;
+        let cgroups: Vec<(u64, PolicydRule)> = fit
+            .iter()
+            .filter(|(id, _)| *id != abi::DEFAULTS_KEY)
+            .copied()
+            .collect();
+        let (table, built) =
+            obj.new_table(|bytes| rule_table::build(bytes, &defaults, &cgroups))?;
+        tracing::debug!(
+            "rules table: {} cgroups in {} slots",
+            built.entries,
+            built.slots
+        );
+        Ok(KernelRules {
+            table,
+            created: obj.inner_spec().create()?,
+            in_table: cgroups.iter().map(|(id, _)| *id).collect(),
+            in_created: HashSet::new(),
+            room,
+            outdated: false,
+            full: false,
+        })
+    }
+
+    /// Make these the rules `obj`'s handler reads.
+    pub fn install(&self, obj: &PolicyObject) -> Result<()> {
+        obj.install_rules(&self.table, &self.created)
+    }
+
+    fn entries(&self) -> usize {
+        1 + self.in_table.len() + self.in_created.len()
+    }
+
+    /// Give the new cgroup `id` its entry.
+    pub fn add(&mut self, id: u64, rule: &PolicydRule) -> Result<Added> {
+        if self.in_table.contains(&id) || self.in_created.contains(&id) {
+            // Seen twice (read and reported): the same settings.
+            return Ok(Added::Added);
+        }
+        if self.entries() >= self.room {
+            let first = !self.full;
+            self.full = true;
+            return Ok(Added::Full { first });
+        }
+        match self
+            .created
+            .update(&id.to_ne_bytes(), rule.as_bytes(), MapFlags::ANY)
+        {
+            Ok(()) => {
+                self.in_created.insert(id);
+                Ok(Added::Added)
+            }
+            Err(e) if e.kind() == ErrorKind::TooBig => {
+                let first = !self.full;
+                self.full = true;
+                Ok(Added::Full { first })
+            }
+            Err(e) => Err(e).context("adding its rules entry"),
+        }
+    }
+
+    /// The cgroup `id` is gone. Its entry in a table stays until the next
+    /// table: no other cgroup gets its id, and the room is free already.
+    pub fn remove(&mut self, id: u64) {
+        let freed = self.in_table.remove(&id)
+            || (self.in_created.remove(&id) && self.created.delete(&id.to_ne_bytes()).is_ok());
+        if freed {
+            self.full = false;
+        }
+    }
+
+    /// The settings of the cgroup `id` changed to `rule`.
+    pub fn change(&mut self, id: u64, rule: &PolicydRule) -> Result<()> {
+        if self.in_table.contains(&id) {
+            self.outdated = true;
+            return Ok(());
+        }
+        if !self.in_created.contains(&id) {
+            // Left out for want of room: still none.
+            return Ok(());
+        }
+        self.created
+            .update(&id.to_ne_bytes(), rule.as_bytes(), MapFlags::ANY)
+            .context("updating its rules entry")
+    }
+
+    /// Whether a new table should replace this one: it is out of date, or
+    /// the cgroups created since are many.
+    pub fn needs_rebuild(&self) -> bool {
+        self.outdated || self.in_created.len() >= REBUILD_MIN_CREATED.max(self.in_table.len() / 4)
+    }
+
+    /// Cgroups created since the table was built.
+    pub fn created_since(&self) -> usize {
+        self.in_created.len()
+    }
+}
