@@ -138,24 +138,32 @@ static __always_inline struct policyd_rule_table *rules_table(void)
 }
 
 /*
- * @id's entry in @table.  Plain loads, no call: ranking looks up every
- * cgroup in scope, and a hash lookup was nearly half the cost of that.
+ * @id's entry in the rules table, into @rule.  Plain loads: ranking looks
+ * up every cgroup in scope, and a hash lookup was nearly half the cost of
+ * that.  A global function: the verifier follows its loop once, not at each
+ * place a rule is looked up.  Return: whether the table has one.
  */
-static __always_inline struct policyd_rule *table_rule(struct policyd_rule_table *table, __u64 id)
+__noinline bool table_rule(__u64 id, struct policyd_rule *rule __arg_nonnull)
 {
+	struct policyd_rule_table *table = rules_table();
 	struct policyd_rule_slot *slot;
-	/* policyd/rule_table.rs's home(), which placed the entries. */
-	__u32 at = ((id ^ (id >> 32)) * table->mul) >> 32;
+	__u32 at;
 	int n;
 
+	if (!table)
+		return false;
+	/* policyd/rule_table.rs's home(), which placed the entries. */
+	at = ((id ^ (id >> 32)) * table->mul) >> 32;
 	for (n = 0; n < POLICYD_RULE_PROBES; n++) {
 		slot = &table->slots[(at + n) & table->mask & (POLICYD_RULE_SLOTS - 1)];
-		if (slot->cgroup_id == id)
-			return &slot->rule;
+		if (slot->cgroup_id == id) {
+			*rule = slot->rule;
+			return true;
+		}
 		if (!slot->cgroup_id)
-			return NULL;
+			return false;
 	}
-	return NULL;
+	return false;
 }
 
 /* @id's entry among the cgroups created since the table was built. */
@@ -169,11 +177,17 @@ static __always_inline struct policyd_rule *created_rule(__u64 id)
 }
 
 /* @id's entry, in the table or among the cgroups created since. */
-static __always_inline struct policyd_rule *find_rule(struct policyd_rule_table *table, __u64 id)
+static __always_inline bool find_rule(__u64 id, struct policyd_rule *rule)
 {
-	struct policyd_rule *rule = table_rule(table, id);
+	struct policyd_rule *created;
 
-	return rule ? rule : created_rule(id);
+	if (table_rule(id, rule))
+		return true;
+	created = created_rule(id);
+	if (!created)
+		return false;
+	*rule = *created;
+	return true;
 }
 
 /*
@@ -182,44 +196,47 @@ static __always_inline struct policyd_rule *find_rule(struct policyd_rule_table 
  * below it, or, where that depends on names, the ancestor's own settings
  * (counted in event.unresolved).  The walk is bounded by @cgrp's own level,
  * not by a fixed depth, so that a whole new subtree deeper than any cap is
- * still judged as `policyd explain` says.
+ * still judged as `policyd explain` says.  A global function: verified
+ * once, not at each of its callers.
  */
-static __always_inline struct policyd_rule rule_of(struct cgroup *cgrp)
+__noinline void rule_of(struct cgroup *cgrp __arg_untrusted, struct policyd_rule *out __arg_nonnull)
 {
 	struct policyd_rule_table *table = rules_table();
-	struct policyd_rule *rule, below = {};
-	__u64 key;
+	struct policyd_rule rule;
 	int i, level;
 
-	if (!table)
-		return builtin_defaults;
+	if (!table) {
+		*out = builtin_defaults;
+		return;
+	}
 	/* Most cgroups: their own entry in the table, and no walk. */
-	rule = table_rule(table, cgrp->kn->id);
-	if (rule)
-		return *rule;
+	if (table_rule(cgrp->kn->id, out))
+		return;
 
+	*out = table->defaults;
 	level = cgrp->level;
 	bpf_for(i, 0, level + 1) {
 		if (!cgrp)
 			break;
-		key = cgrp->kn->id;
-		rule = find_rule(table, key);
-		if (rule && !i)
-			return *rule;
-		if (rule && rule->below_known) {
-			below.priority = rule->below_priority;
-			below.protect = rule->below_protect;
-			below.kill = rule->below_kill;
-			below.pref = rule->below_pref;
-			return below;
+		if (!find_rule(cgrp->kn->id, &rule)) {
+			cgrp = cgrp->self.parent->cgroup;
+			continue;
 		}
-		if (rule) {
+		if (!i) {
+			*out = rule;
+		} else if (rule.below_known) {
+			*out = (struct policyd_rule){
+				.priority = rule.below_priority,
+				.protect = rule.below_protect,
+				.kill = rule.below_kill,
+				.pref = rule.below_pref,
+			};
+		} else {
 			event.unresolved++;
-			return *rule;
+			*out = rule;
 		}
-		cgrp = cgrp->self.parent->cgroup;
+		return;
 	}
-	return table->defaults;
 }
 
 /* Bytes charged to @cgrp's memcg; 0 without the memory controller there. */
@@ -465,7 +482,7 @@ __noinline void rank_one(struct cgroup_subsys_state *css __arg_untrusted)
 		return;
 	if (policy == POLICYD_POLICY_LARGEST && cgrp->nr_populated_domain_children)
 		return;
-	rule = rule_of(cgrp);
+	rule_of(cgrp, &rule);
 	if (rule.protect)
 		return;
 	cand.cgroup_id = cgrp->kn->id;
@@ -687,6 +704,7 @@ static __noinline void await_victim_listed(struct oom_control *oc, struct cgroup
  */
 static __noinline bool await_victim_in_scope(struct oom_control *oc, struct cgroup *scope)
 {
+	struct policyd_rule rule;
 	struct task_struct *task;
 	struct cgroup *cgrp;
 	__s32 pid;
@@ -711,7 +729,8 @@ static __noinline bool await_victim_in_scope(struct oom_control *oc, struct cgro
 		cgrp = task->cgroups->dfl_cgrp->dom_cgrp;
 		event.victim_cgroup_id = cgrp->kn->id;
 		event.victim_usage = cgroup_usage(cgrp);
-		event.victim_priority = rule_of(cgrp).priority;
+		rule_of(cgrp, &rule);
+		event.victim_priority = rule.priority;
 		bpf_task_release(task);
 	}
 	return true;
@@ -1256,22 +1275,21 @@ int declare_oom(struct policyd_declare *args)
 SEC("syscall")
 int find_rule_of(struct policyd_find_rule *args)
 {
-	struct policyd_rule_table *table = rules_table();
-	struct policyd_rule *rule;
+	struct policyd_rule *created, rule;
 
-	if (!table)
+	if (!rules_table())
 		return -2; /* -ENOENT */
 	args->found = 0;
-	rule = table_rule(table, args->cgroup_id);
-	if (rule) {
+	if (table_rule(args->cgroup_id, &rule)) {
+		args->rule = rule;
 		args->found = 1;
-	} else {
-		rule = created_rule(args->cgroup_id);
-		if (rule)
-			args->found = 2;
+		return 0;
 	}
-	if (rule)
-		args->rule = *rule;
+	created = created_rule(args->cgroup_id);
+	if (created) {
+		args->rule = *created;
+		args->found = 2;
+	}
 	return 0;
 }
 
