@@ -146,6 +146,10 @@ pub fn run(req: LoadRequest) -> Result<()> {
 /// How long the OOM events stay quiet before counted awaits are logged.
 const AWAITS_QUIET: Duration = Duration::from_secs(1);
 
+/// How long cgroups must have stopped coming before a rules table crowded
+/// by new ones is rebuilt ([`KernelRules::crowded`]).
+const REBUILD_QUIET: Duration = Duration::from_secs(1);
+
 type Pending = Rc<RefCell<Vec<PolicydEvent>>>;
 
 /// A ring buffer on `obj`'s `events` map whose records land in the returned queue.
@@ -452,6 +456,9 @@ pub struct Daemon {
     obj: PolicyObject,
     /// The rules the handler reads.
     rules: KernelRules,
+    /// When to build them a new table: cgroups created since the last one
+    /// are many, and none has come for [`REBUILD_QUIET`].
+    rebuild_at: Option<Instant>,
     req: LoadRequest,
     cgroups: Cgroups,
     watcher: Option<CgroupWatcher>,
@@ -579,6 +586,7 @@ impl Daemon {
             order: EventOrder::default(),
             obj,
             rules,
+            rebuild_at: None,
             awaits: Awaits::new(req.log_format),
             req,
             cgroups,
@@ -677,6 +685,7 @@ impl Daemon {
             until(self.pressure.next_deadline()),
             // Kills waiting for their decision, after an OOM only.
             until(self.order.deadline()),
+            until(self.rebuild_at),
         ]
         .into_iter()
         .flatten()
@@ -754,6 +763,9 @@ impl Daemon {
         }
         if watch_ready {
             self.apply_cgroup_changes();
+        }
+        if self.rebuild_at.is_some_and(|at| at <= Instant::now()) {
+            self.rebuild_rules();
         }
         for path in gone {
             self.pressure.cgroup_removed(&path);
@@ -1076,8 +1088,11 @@ impl Daemon {
                 }
             }
         }
-        if self.rules.needs_rebuild() {
+        if self.rules.outdated() {
             self.rebuild_rules();
+        } else if self.rules.crowded() {
+            // After the burst: from the last change on, every time.
+            self.rebuild_at = Some(Instant::now() + REBUILD_QUIET);
         }
     }
 
@@ -1085,14 +1100,19 @@ impl Daemon {
     /// an empty hash of new cgroups: see [`KernelRules`]. The tree is not
     /// read again. On failure the handler keeps the rules it has.
     fn rebuild_rules(&mut self) {
+        let mut phases = Phases::start();
         let created = self.rules.created_since();
         let mut effective: Vec<&Effective> = self.cgroups.effective.values().collect();
         // Parents first, as a tree read lists them: which cgroups fit does
         // not depend on the order of a hash map.
         effective.sort_unstable_by(|a, b| a.path.cmp(&b.path));
         let entries = entries_for(&self.req.config, effective, self.req.own_cgroup.as_ref());
+        phases.done("entries");
+        self.rebuild_at = None;
         match KernelRules::build(&self.obj, &entries).and_then(|r| {
+            phases.done("build");
             r.install(&self.obj)?;
+            phases.done("install");
             Ok(r)
         }) {
             Ok(rules) => {
@@ -1101,6 +1121,7 @@ impl Daemon {
                     "rules table rebuilt: {} cgroups, {created} of them created since the last",
                     entries.len() - 1
                 );
+                phases.log("rules table rebuild", entries.len() - 1);
             }
             Err(e) => tracing::error!(
                 "rebuilding the rules table: {e:#}; cgroups whose settings changed keep their \
@@ -1174,6 +1195,7 @@ impl Daemon {
         let (tree, effective, rules, _) =
             install_tree_rules(&self.obj, config, &self.req, &mut phases, &mut |_| {})?;
         self.rules = rules;
+        self.rebuild_at = None;
         self.cgroups.refresh(&tree, effective);
         phases.done("names");
         phases.log("new rules", self.cgroups.effective.len());
@@ -1262,6 +1284,7 @@ impl Daemon {
         self.pending = pending;
         self.obj = obj;
         self.rules = rules;
+        self.rebuild_at = None;
         self.cgroups.refresh(&tree, effective);
         phases.done("swap, names");
         phases.log("policy switch", self.cgroups.effective.len());

@@ -4,9 +4,12 @@
 //! has no entry. A cgroup has its entry in one of the two.
 //!
 //! A table is never written once it is installed. When the settings of a
-//! cgroup in it change, or so many cgroups were created since that the
-//! handler spends long in the hash, policyd builds a new table of them all
-//! and swaps it in with an empty hash ([`KernelRules::needs_rebuild`]).
+//! cgroup in it change ([`KernelRules::outdated`]), policyd builds a new
+//! table of them all at once and swaps it in with an empty hash; when so
+//! many cgroups were created since that the handler spends long in the hash
+//! ([`KernelRules::crowded`]), it does so once cgroups have stopped coming:
+//! a new table costs some 50 ms under TCG (most of it the kernel allocating
+//! and mapping 3 MiB), which new cgroups of a burst would wait behind.
 
 use std::collections::HashSet;
 
@@ -152,10 +155,15 @@ impl KernelRules {
             .context("updating its rules entry")
     }
 
-    /// Whether a new table should replace this one: it is out of date, or
-    /// the cgroups created since are many.
-    pub fn needs_rebuild(&self) -> bool {
-        self.outdated || self.in_created.len() >= REBUILD_MIN_CREATED.max(self.in_table.len() / 4)
+    /// The settings of a cgroup of the table changed: a new table is due.
+    pub fn outdated(&self) -> bool {
+        self.outdated
+    }
+
+    /// So many cgroups were created since the table was built that a new one
+    /// is worth its cost.
+    pub fn crowded(&self) -> bool {
+        self.in_created.len() >= REBUILD_MIN_CREATED.max(self.in_table.len() / 4)
     }
 
     /// Cgroups created since the table was built.

@@ -123,7 +123,9 @@ fn run() -> Result<()> {
     );
     rules.change(new, &rule(61))?;
     ensure!(
-        obj.find_rule(new)? == Some((rule(61), FoundIn::Created)) && !rules.needs_rebuild(),
+        obj.find_rule(new)? == Some((rule(61), FoundIn::Created))
+            && !rules.outdated()
+            && !rules.crowded(),
         "a new cgroup's changed entry: the handler finds {:?}",
         obj.find_rule(new)?
     );
@@ -134,7 +136,7 @@ fn run() -> Result<()> {
     );
     rules.change(table_ids[0], &rule(51))?;
     ensure!(
-        rules.needs_rebuild() && obj.find_rule(table_ids[0])? == Some((rule(50), FoundIn::Table)),
+        rules.outdated() && obj.find_rule(table_ids[0])? == Some((rule(50), FoundIn::Table)),
         "a change to a cgroup of the table must wait for a new table, which must be asked for"
     );
     println!(
@@ -148,13 +150,13 @@ fn run() -> Result<()> {
     let min = kernel_rules::REBUILD_MIN_CREATED as u64;
     for i in 0..min {
         ensure!(
-            !rules.needs_rebuild(),
+            !rules.crowded(),
             "a new table asked for after {i} new cgroups"
         );
         rules.add(2 << 32 | i, &rule(70))?;
     }
     ensure!(
-        rules.needs_rebuild(),
+        rules.crowded() && !rules.outdated(),
         "no new table asked for after {min} new cgroups"
     );
     println!("{min} new cgroups ask for a new table, {} did not", min - 1);

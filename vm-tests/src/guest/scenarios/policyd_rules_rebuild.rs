@@ -1,7 +1,8 @@
 //! Cgroups created after policyd built its rules table get their entries in a hash,
 //! where the handler looks when the table has none; once there are
 //! `kernel_rules::REBUILD_MIN_CREATED` of them (or a quarter of the table's), policyd
-//! builds a new table of every cgroup and swaps it in with an empty hash.
+//! builds a new table of every cgroup and swaps it in with an empty hash, once no cgroup
+//! has come for a second; when the settings of a cgroup of the table change, at once.
 //!
 //! /rb/keep (priority 100, a 16 MiB hog) is there when policyd loads. Then /rb/lo-000
 //! (priority 10 by rule, an 8 MiB hog) and enough empty /rb/hi-NNN (priority 90) are
