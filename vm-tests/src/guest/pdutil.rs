@@ -22,6 +22,7 @@
 
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
@@ -29,8 +30,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use libbpf_rs::libbpf_sys;
+use libbpf_rs::query::ProgInfoIter;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use policyd::abi::{Pod, PolicydFindRule, PolicydRule};
 use policyd::events::DecisionLine;
 use policyd::kills::KillLine;
 
@@ -829,6 +833,70 @@ pub fn expect_alive(hog: &mut Hog, role: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The rules of the running policyd as its handler finds them: its object's
+/// `find_rule_of` program, the handler's own search of the rules table and of the hash
+/// of cgroups created since, run with BPF_PROG_TEST_RUN. It reads whatever rules
+/// policyd has installed at the time, across its rebuilds of the table.
+pub struct HandlerRules {
+    prog: OwnedFd,
+}
+
+impl HandlerRules {
+    /// The newest loaded `find_rule_of` program: the policyd started last.
+    pub fn of_running_policyd() -> Result<HandlerRules> {
+        let id = ProgInfoIter::default()
+            .filter(|p| p.name == "find_rule_of")
+            .map(|p| p.id)
+            .max()
+            .context("no BPF program find_rule_of: policyd is not running")?;
+        // SAFETY: a plain syscall wrapper; the fd it returns is ours.
+        let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(id) };
+        ensure!(
+            fd >= 0,
+            "opening BPF program {id} (find_rule_of): {}",
+            std::io::Error::from_raw_os_error(-fd)
+        );
+        // SAFETY: a new fd, owned by nothing else.
+        let prog = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(HandlerRules { prog })
+    }
+
+    /// The rule the handler finds for the cgroup `id`, if any.
+    pub fn find(&self, id: u64) -> Result<Option<PolicydRule>> {
+        let args = PolicydFindRule {
+            cgroup_id: id,
+            found: u32::MAX,
+            ..Default::default()
+        };
+        let mut ctx = args.as_bytes().to_vec();
+        // A syscall program's context comes back where it went in (no ctx_out).
+        let mut opts = libbpf_sys::bpf_test_run_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as libbpf_sys::size_t,
+            ctx_in: ctx.as_mut_ptr().cast(),
+            ctx_size_in: ctx.len() as u32,
+            ..Default::default()
+        };
+        // SAFETY: ctx outlives the call and is as long as opts says.
+        let ret = unsafe { libbpf_sys::bpf_prog_test_run_opts(self.prog.as_raw_fd(), &mut opts) };
+        ensure!(
+            ret == 0,
+            "running find_rule_of: {}",
+            std::io::Error::from_raw_os_error(-ret)
+        );
+        ensure!(
+            opts.retval == 0,
+            "find_rule_of: policyd has installed no rules"
+        );
+        let out =
+            PolicydFindRule::from_bytes(&ctx).context("find_rule_of's context came back short")?;
+        match out.found {
+            0 => Ok(None),
+            1 | 2 => Ok(Some(out.rule)),
+            n => bail!("find_rule_of said found = {n}"),
+        }
+    }
 }
 
 #[cfg(test)]

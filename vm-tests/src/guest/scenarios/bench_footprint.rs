@@ -11,8 +11,10 @@
 //! victim (one of the 100) to be reaped, so that every OOM has a victim to kill.
 //!
 //! Then the new-cgroup window: NEW_CGROUPS mkdirs in /bench-fp/new back to back (once
-//! policyd has /bench-fp/new's own entry), as a node starting pods makes them, while another thread looks each new cgroup's id up in the
-//! rules map the handler reads, every millisecond, until all have their own entry. Until
+//! policyd has /bench-fp/new's own entry), as a node starting pods makes them, while
+//! another thread looks each new cgroup's id up every millisecond, with the handler's own
+//! search of policyd's rules (its `find_rule_of` program, through every rebuild of the
+//! rules table the burst makes), until all have their own entry. Until
 //! then an OOM judges a new cgroup by its nearest ancestor's template for cgroups below
 //! it, exact wherever the rules give all of them the same settings: the run counts the
 //! new cgroups for which that held right after their mkdir.
@@ -22,7 +24,6 @@
 //! STARTS_AT_SCALE times.
 
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -31,15 +32,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use libbpf_rs::query::MapInfoIter;
-use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use nix::sys::signal::Signal;
-use policyd::abi::{Pod, PolicydRule};
 
 use crate::guest::bench::{
     self as bc, clock_ticks, emit_env, kill_reap, proc_usage, spawn_blockers, ProcUsage, Stopwatch,
 };
-use crate::guest::pdutil::Policyd;
+use crate::guest::pdutil::{HandlerRules, Policyd};
 use crate::guest::util::{self, spawn_sleep, Cgroup};
 use crate::guest::Scenario;
 use crate::records::{
@@ -222,33 +220,17 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// The rules map the handler reads now: the newest map of that name (a reload swaps in
-/// a new one).
-fn rules_map() -> Result<MapHandle> {
-    let id = MapInfoIter::default()
-        .filter(|m| m.name.as_bytes() == b"policyd_rules")
-        .map(|m| m.id)
-        .max()
-        .context("no BPF map named policyd_rules: policyd load has not installed its rules")?;
-    MapHandle::from_map_id(id).with_context(|| format!("opening BPF map {id} (policyd_rules)"))
-}
-
 /// Whether the handler would judge the cgroup at `dir` exactly now: it has its own entry,
 /// or its nearest ancestor with one has a known template for cgroups below it (the walk
 /// of the handler's rule_of()).
-fn exact_template(map: &MapHandle, dir: &Path) -> Result<bool> {
+fn exact_template(rules: &HandlerRules, dir: &Path) -> Result<bool> {
     let mut at = Some(dir);
     let mut own = true;
     while let Some(d) = at.filter(|d| d.starts_with(util::CGROUP_ROOT)) {
         let id = fs::metadata(d)
             .with_context(|| format!("stat {}", d.display()))?
             .ino();
-        let entry = map
-            .lookup(&id.to_ne_bytes(), MapFlags::ANY)
-            .with_context(|| format!("looking up cgroup {id} in policyd_rules"))?;
-        if let Some(bytes) = entry {
-            let rule = PolicydRule::from_bytes(&bytes)
-                .with_context(|| format!("policyd_rules value of {} bytes", bytes.len()))?;
+        if let Some(rule) = rules.find(id)? {
             return Ok(own || rule.below_known != 0);
         }
         own = false;
@@ -258,10 +240,12 @@ fn exact_template(map: &MapHandle, dir: &Path) -> Result<bool> {
 }
 
 /// NEW_CGROUPS mkdirs below `parent`, back to back; for each, the time from mkdir's
-/// return to its own entry in the rules map, polled every millisecond by a second thread.
+/// return to its own entry among policyd's rules, polled every millisecond by a second
+/// thread.
 fn new_cgroup_window(parent: &Cgroup) -> Result<FootprintNewCgroups> {
-    let map = rules_map()?;
-    let poll_map = rules_map()?;
+    // What the handler finds, through every rebuild of the rules table the burst makes.
+    let rules = HandlerRules::of_running_policyd()?;
+    let poll_rules = HandlerRules::of_running_policyd()?;
     let dir = parent.child("new")?;
     // Pods' cgroups have the memory controller.
     dir.set("cgroup.subtree_control", "+memory")?;
@@ -271,11 +255,7 @@ fn new_cgroup_window(parent: &Cgroup) -> Result<FootprintNewCgroups> {
         .with_context(|| format!("stat {}", dir.dir().display()))?
         .ino();
     let deadline = Instant::now() + NEW_CGROUPS_TIMEOUT;
-    while map
-        .lookup(&new_id.to_ne_bytes(), MapFlags::ANY)
-        .with_context(|| format!("looking up cgroup {new_id} in policyd_rules"))?
-        .is_none()
-    {
+    while rules.find(new_id)?.is_none() {
         ensure!(
             Instant::now() < deadline,
             "{} has no rules entry after {NEW_CGROUPS_TIMEOUT:?}",
@@ -294,10 +274,7 @@ fn new_cgroup_window(parent: &Cgroup) -> Result<FootprintNewCgroups> {
             let mut i = 0;
             while i < pending.len() {
                 let (id, made) = pending[i];
-                let entry = poll_map
-                    .lookup(&id.to_ne_bytes(), MapFlags::ANY)
-                    .with_context(|| format!("looking up cgroup {id} in policyd_rules"))?;
-                if entry.is_some() {
+                if poll_rules.find(id)?.is_some() {
                     delays_us.push(made.elapsed().as_micros() as u64);
                     pending.swap_remove(i);
                 } else {
@@ -326,7 +303,7 @@ fn new_cgroup_window(parent: &Cgroup) -> Result<FootprintNewCgroups> {
         let id = fs::metadata(&path)
             .with_context(|| format!("stat {}", path.display()))?
             .ino();
-        if exact_template(&map, &path)? {
+        if exact_template(&rules, &path)? {
             exact += 1;
         }
         made.push(path);
@@ -339,7 +316,7 @@ fn new_cgroup_window(parent: &Cgroup) -> Result<FootprintNewCgroups> {
     drop(tx);
     let (delays_us, sweeps) = poller
         .join()
-        .map_err(|_| anyhow!("the rules map poller panicked"))??;
+        .map_err(|_| anyhow!("the rules poller panicked"))??;
     for path in made.iter().rev() {
         fs::remove_dir(path).with_context(|| format!("removing {}", path.display()))?;
     }
@@ -350,7 +327,7 @@ fn new_cgroup_window(parent: &Cgroup) -> Result<FootprintNewCgroups> {
     };
     println!(
         "{NEW_CGROUPS} new cgroups in {burst_s:.2} s: own rules entry after p50 {:.1} ms, \
-         p99 {:.1} ms, max {:.1} ms ({sweeps} sweeps of the map); {exact} judged exactly \
+         p99 {:.1} ms, max {:.1} ms ({sweeps} sweeps); {exact} judged exactly \
          from mkdir on (a known template above them)",
         ms(50.0),
         ms(99.0),
