@@ -1028,6 +1028,10 @@ impl Daemon {
         for change in changes {
             match change {
                 Change::Created(path) => {
+                    // Read and reported both: it has its entry.
+                    if self.cgroups.effective.contains_key(&path) {
+                        continue;
+                    }
                     let Some(e) = self.cgroups.resolve(&self.req.config, &path) else {
                         continue; // gone already
                     };

@@ -29,8 +29,9 @@ pub const REBUILD_MIN_CREATED: usize = 256;
 pub struct KernelRules {
     table: MapHandle,
     created: MapHandle,
-    /// Cgroups of `table` that are still there.
-    in_table: HashSet<u64>,
+    /// Cgroups of `table` that are still there: those known to the daemon
+    /// and not in `in_created`, but for any left out for want of room.
+    in_table: usize,
     /// Cgroups with an entry in `created`.
     in_created: HashSet<u64>,
     /// Entries there is room for, the defaults' included (`--max-cgroups`).
@@ -85,7 +86,7 @@ impl KernelRules {
         Ok(KernelRules {
             table,
             created: obj.inner_spec().create()?,
-            in_table: cgroups.iter().map(|(id, _)| *id).collect(),
+            in_table: cgroups.len(),
             in_created: HashSet::new(),
             room,
             outdated: false,
@@ -99,15 +100,12 @@ impl KernelRules {
     }
 
     fn entries(&self) -> usize {
-        1 + self.in_table.len() + self.in_created.len()
+        1 + self.in_table + self.in_created.len()
     }
 
-    /// Give the new cgroup `id` its entry.
+    /// Give the new cgroup `id`, not known when the table was built, its
+    /// entry.
     pub fn add(&mut self, id: u64, rule: &PolicydRule) -> Result<Added> {
-        if self.in_table.contains(&id) || self.in_created.contains(&id) {
-            // Seen twice (read and reported): the same settings.
-            return Ok(Added::Added);
-        }
         if self.entries() >= self.room {
             let first = !self.full;
             self.full = true;
@@ -133,21 +131,24 @@ impl KernelRules {
     /// The cgroup `id` is gone. Its entry in a table stays until the next
     /// table: no other cgroup gets its id, and the room is free already.
     pub fn remove(&mut self, id: u64) {
-        let freed = self.in_table.remove(&id)
-            || (self.in_created.remove(&id) && self.created.delete(&id.to_ne_bytes()).is_ok());
-        if freed {
-            self.full = false;
+        if self.in_created.remove(&id) {
+            // Failing, it stays: a stale entry of an id no cgroup takes again.
+            let _ = self.created.delete(&id.to_ne_bytes());
+        } else {
+            // Or a cgroup left out for want of room: then the count is one
+            // short until the next table, and the hash's own size still
+            // bounds the entries.
+            self.in_table = self.in_table.saturating_sub(1);
         }
+        self.full = false;
     }
 
     /// The settings of the cgroup `id` changed to `rule`.
     pub fn change(&mut self, id: u64, rule: &PolicydRule) -> Result<()> {
-        if self.in_table.contains(&id) {
-            self.outdated = true;
-            return Ok(());
-        }
         if !self.in_created.contains(&id) {
-            // Left out for want of room: still none.
+            // In the table (or left out for want of room, which a new table
+            // may mend).
+            self.outdated = true;
             return Ok(());
         }
         self.created
@@ -163,7 +164,7 @@ impl KernelRules {
     /// So many cgroups were created since the table was built that a new one
     /// is worth its cost.
     pub fn crowded(&self) -> bool {
-        self.in_created.len() >= REBUILD_MIN_CREATED.max(self.in_table.len() / 4)
+        self.in_created.len() >= REBUILD_MIN_CREATED.max(self.in_table / 4)
     }
 
     /// Cgroups created since the table was built.
