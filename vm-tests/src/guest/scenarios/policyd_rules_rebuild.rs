@@ -11,13 +11,14 @@
 //! on keep, a cgroup of the table: policyd rebuilds the table again, and the next OOM
 //! kills keep's hog rather than a new one in lo-000.
 
+use std::process::Child;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use policyd::kernel_rules::REBUILD_MIN_CREATED;
 
 use crate::guest::bench::{self as bc, start_hog, HogMode, Stopwatch};
-use crate::guest::pdutil::{self, Policyd};
+use crate::guest::pdutil::{self, Decision, Policyd};
 use crate::guest::util::Cgroup;
 use crate::guest::Scenario;
 
@@ -40,6 +41,33 @@ fn rebuilt(pd: &mut Policyd) -> Result<usize> {
         .and_then(|s| s.split(' ').next())
         .and_then(|n| n.parse().ok());
     created.ok_or_else(|| anyhow::anyhow!("no count of new cgroups in {:?}", line.message))
+}
+
+/// Declares an OOM of `scope` and requires policyd to kill `victim`'s hog, in the cgroup
+/// `victim` at `priority`; its decision.
+fn oom_kills(
+    pd: &mut Policyd,
+    watch: &Stopwatch,
+    scope: &Cgroup,
+    victim: (&Cgroup, &mut Child),
+    priority: &str,
+) -> Result<Decision> {
+    let (cgroup, hog) = victim;
+    let oom = watch.oom(scope)?;
+    let d = pd.next_decision(pdutil::OOM_TIMEOUT)?;
+    d.expect(&[
+        ("victim_cgroup", &cgroup.path()),
+        ("priority", priority),
+        ("outcome", "killed"),
+    ])?;
+    ensure!(
+        oom.ret == 1 && bc::wait_exit(hog, pdutil::OOM_TIMEOUT)?.is_some(),
+        "the OOM of {} freed {} and the hog in {} lives",
+        scope.path(),
+        oom.ret,
+        cgroup.path()
+    );
+    Ok(d)
 }
 
 fn run() -> Result<()> {
@@ -71,19 +99,7 @@ fn run() -> Result<()> {
         "the table was rebuilt after {created} new cgroups, fewer than {REBUILD_MIN_CREATED}"
     );
 
-    let oom = watch.oom(&scope)?;
-    let d = pd.next_decision(pdutil::OOM_TIMEOUT)?;
-    d.expect(&[
-        ("victim_cgroup", &lo.path()),
-        ("priority", "10"),
-        ("outcome", "killed"),
-    ])?;
-    ensure!(
-        oom.ret == 1 && bc::wait_exit(&mut victim, pdutil::OOM_TIMEOUT)?.is_some(),
-        "the OOM of {} freed {} and lo-000's hog lives",
-        scope.path(),
-        oom.ret
-    );
+    let d = oom_kills(&mut pd, &watch, &scope, (&lo, &mut victim), "10")?;
     println!("after {created} new cgroups, a new table: {d}");
 
     rustix::fs::setxattr(
@@ -94,19 +110,7 @@ fn run() -> Result<()> {
     )?;
     let again = rebuilt(&mut pd)?;
     let mut second = start_hog("lo", &lo, HogMode::Fixed(8))?;
-    let oom = watch.oom(&scope)?;
-    let d = pd.next_decision(pdutil::OOM_TIMEOUT)?;
-    d.expect(&[
-        ("victim_cgroup", &keep.path()),
-        ("priority", "5"),
-        ("outcome", "killed"),
-    ])?;
-    ensure!(
-        oom.ret == 1 && bc::wait_exit(&mut kept, pdutil::OOM_TIMEOUT)?.is_some(),
-        "the OOM of {} freed {} and keep's hog lives",
-        scope.path(),
-        oom.ret
-    );
+    let d = oom_kills(&mut pd, &watch, &scope, (&keep, &mut kept), "5")?;
     bc::kill_reap(&mut second);
     println!(
         "trusted.policyd.priority=5 on {}: a new table ({again} new cgroups since), {d}",
