@@ -92,6 +92,14 @@ pub type PolicydDeclare = types::policyd_declare;
 /// with which tests read the entry the handler finds for a cgroup.
 pub type PolicydFindRule = types::policyd_find_rule;
 
+/// `struct policyd_serials`: the context of the `cgroup_serials` program,
+/// which lists the cgroups of a subtree with their css serial numbers.
+pub type PolicydSerials = types::policyd_serials;
+
+/// `struct policyd_serial`: a cgroup's id and css serial number, an element
+/// of the `serials` map.
+pub type PolicydSerial = types::policyd_serial;
+
 /// `struct policyd_tree_record`: one cgroup of the tree walk
 /// ([`crate::tree_walk`]); only its header and name_len bytes of name are sent.
 pub type PolicydTreeRecord = types::policyd_tree_record;
@@ -175,6 +183,8 @@ shared_structs!(
     PolicydDecisionKey,
     PolicydDeclare,
     PolicydFindRule,
+    PolicydSerials,
+    PolicydSerial,
     PolicydTreeRecord,
     PolicydOpsLayout,
     KillsEvent,
@@ -564,6 +574,8 @@ mod tests {
                 ("policyd_stats", size_of::<PolicydStats>()),
                 ("policyd_declare", size_of::<PolicydDeclare>()),
                 ("policyd_find_rule", size_of::<PolicydFindRule>()),
+                ("policyd_serials", size_of::<PolicydSerials>()),
+                ("policyd_serial", size_of::<PolicydSerial>()),
                 ("policyd_rule_slot", size_of::<types::policyd_rule_slot>()),
                 ("policyd_rule_table", size_of::<types::policyd_rule_table>()),
                 ("policyd_metrics", size_of::<PolicydMetrics>()),

@@ -9,9 +9,9 @@
 //! many cgroups were created since that the handler spends long in the hash
 //! ([`KernelRules::crowded`]), it does so once cgroups have stopped coming:
 //! a new table costs some 50 ms under TCG (most of it the kernel allocating
-//! and mapping 3 MiB), which new cgroups of a burst would wait behind.
+//! and mapping 4 MiB), which new cgroups of a burst would wait behind.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context, Result};
 use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle};
@@ -34,6 +34,9 @@ pub struct KernelRules {
     in_table: usize,
     /// Cgroups with an entry in `created`.
     in_created: HashSet<u64>,
+    /// Of them, cgroups known when the table was built but not listed with
+    /// a serial number: not new, they do not call for a new table.
+    unlisted: usize,
     /// Entries there is room for, the defaults' included (`--max-cgroups`).
     room: usize,
     /// The settings of a cgroup of `table` changed: `table` is out of date.
@@ -53,10 +56,18 @@ pub enum Added {
 
 impl KernelRules {
     /// The rules maps of `entries` (the defaults' entry first, then each
-    /// cgroup's, parents before children), not installed yet. Past the room
-    /// there is, cgroups are left out with a warning: the handler gives them
-    /// their nearest ancestor's entry (or the defaults).
-    pub fn build(obj: &PolicyObject, entries: &[(u64, PolicydRule)]) -> Result<Self> {
+    /// cgroup's, parents before children), not installed yet. The table is
+    /// keyed by the cgroups' css serial numbers, `serials` (cgroup id →
+    /// serial number, [`PolicyObject::cgroup_serials`]); a cgroup with none
+    /// there (gone since, or past the room the listing had) gets its entry
+    /// in the hash instead. Past the room there is, cgroups are left out with
+    /// a warning: the handler gives them their nearest ancestor's entry (or
+    /// the defaults).
+    pub fn build(
+        obj: &PolicyObject,
+        entries: &[(u64, PolicydRule)],
+        serials: &HashMap<u64, u64>,
+    ) -> Result<Self> {
         let room = obj.inner_spec().max_entries as usize;
         if entries.len() > room {
             tracing::warn!(
@@ -71,27 +82,39 @@ impl KernelRules {
             .find(|(id, _)| *id == abi::DEFAULTS_KEY)
             .map(|(_, rule)| *rule)
             .context("the rules have no defaults entry")?;
-        let cgroups: Vec<(u64, PolicydRule)> = fit
-            .iter()
-            .filter(|(id, _)| *id != abi::DEFAULTS_KEY)
-            .copied()
-            .collect();
+        let mut cgroups = Vec::with_capacity(fit.len());
+        let mut unlisted = Vec::new();
+        for &(id, rule) in fit.iter().filter(|(id, _)| *id != abi::DEFAULTS_KEY) {
+            match serials.get(&id) {
+                Some(&serial) => cgroups.push(rule_table::Entry { serial, id, rule }),
+                None => unlisted.push((id, rule)),
+            }
+        }
         let (table, built) =
             obj.new_table(|bytes| rule_table::build(bytes, &defaults, &cgroups))?;
         tracing::debug!(
-            "rules table: {} cgroups in {} slots",
+            "rules table: {} cgroups in {} slots{}; {} cgroups with no serial number in the hash",
             built.entries,
-            built.slots
+            built.slots,
+            if built.ordered { ", in order" } else { "" },
+            unlisted.len()
         );
-        Ok(KernelRules {
+        let mut rules = KernelRules {
             table,
             created: obj.inner_spec().create()?,
             in_table: cgroups.len(),
             in_created: HashSet::new(),
+            unlisted: 0,
             room,
             outdated: false,
             full: false,
-        })
+        };
+        for (id, rule) in unlisted {
+            if matches!(rules.add(id, &rule)?, Added::Added) {
+                rules.unlisted += 1;
+            }
+        }
+        Ok(rules)
     }
 
     /// Make these the rules `obj`'s handler reads.
@@ -164,11 +187,11 @@ impl KernelRules {
     /// So many cgroups were created since the table was built that a new one
     /// is worth its cost.
     pub fn crowded(&self) -> bool {
-        self.in_created.len() >= REBUILD_MIN_CREATED.max(self.in_table / 4)
+        self.created_since() >= REBUILD_MIN_CREATED.max(self.in_table / 4)
     }
 
     /// Cgroups created since the table was built.
     pub fn created_since(&self) -> usize {
-        self.in_created.len()
+        self.in_created.len().saturating_sub(self.unlisted)
     }
 }

@@ -27,6 +27,7 @@
 //! 1.7's own `bpf_map__attach_struct_ops()` cannot name a cgroup. Closing the
 //! link fd ([`HandlerLink`]'s drop) detaches the handler.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::mem::{offset_of, size_of};
@@ -46,7 +47,7 @@ use nix::sys::mman::{self, ProtFlags};
 
 use crate::abi::{
     self, Pod, PolicydDecisionKey, PolicydDeclare, PolicydFindRule, PolicydMetrics,
-    PolicydOpsLayout, PolicydRule, PolicydStats,
+    PolicydOpsLayout, PolicydRule, PolicydSerial, PolicydSerials, PolicydStats,
 };
 use crate::bpf::skel;
 use crate::policy::PolicyName;
@@ -290,6 +291,30 @@ const DECLARE_PROG: &str = "declare_oom";
 /// The SEC("syscall") program of [`OBJECT`] that looks a cgroup's rules up.
 const FIND_RULE_PROG: &str = "find_rule_of";
 
+/// The SEC("syscall") program of [`OBJECT`] that lists cgroups' css serial
+/// numbers, into [`SERIALS_MAP`].
+const SERIALS_PROG: &str = "cgroup_serials";
+
+/// Where [`SERIALS_PROG`] writes: `struct policyd_serial` pairs.
+const SERIALS_MAP: &str = "serials";
+
+/// Runs the SEC("syscall") program `fd` once on the context `ctx`, which it
+/// may write; what it returned.
+pub fn run_syscall_prog(fd: BorrowedFd<'_>, ctx: &mut [u8]) -> io::Result<i32> {
+    let mut opts = libbpf_sys::bpf_test_run_opts {
+        sz: size_of::<libbpf_sys::bpf_test_run_opts>() as libbpf_sys::size_t,
+        ctx_in: ctx.as_mut_ptr().cast(),
+        ctx_size_in: ctx.len() as u32,
+        ..Default::default()
+    };
+    // SAFETY: `opts` points at `ctx`, live and writable for the call.
+    let ret = unsafe { libbpf_sys::bpf_prog_test_run_opts(fd.as_raw_fd(), &mut opts) };
+    if ret < 0 {
+        return Err(io::Error::from_raw_os_error(-ret));
+    }
+    Ok(opts.retval as i32)
+}
+
 /// Where [`PolicyObject::find_rule`] found an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FoundIn {
@@ -440,6 +465,11 @@ fn configure(open: &mut OpenObject, settings: &Settings) -> Result<()> {
         .context("the BPF object has no `heap` map")?
         .set_max_entries(max)
         .context("sizing the handler's candidate heap")?;
+    open.maps_mut()
+        .find(|m| m.name() == SERIALS_MAP)
+        .with_context(|| format!("the BPF object has no `{SERIALS_MAP}` map"))?
+        .set_max_entries(max)
+        .context("sizing the map of cgroup serial numbers")?;
     open.maps_mut()
         .find(|m| m.name() == tree_walk::RING)
         .with_context(|| format!("the BPF object has no `{}` map", tree_walk::RING))?
@@ -751,6 +781,79 @@ impl PolicyObject {
         Ok((map, filled?))
     }
 
+    /// The css serial number of each cgroup of the subtree of `root_id`
+    /// (the cgroup's id, or inode number), as a map of id to serial number:
+    /// the rules table's keys ([`rule_table`]). At most `--max-cgroups`
+    /// of them, the room in the rules maps; a cgroup past it has none, nor
+    /// has the root cgroup (its serial number is 0, an empty slot's), and
+    /// policyd gives them an entry in the hash instead.
+    pub fn cgroup_serials(&self, root_id: u64) -> Result<HashMap<u64, u64>> {
+        let prog = self
+            .object
+            .progs()
+            .find(|p| p.name() == SERIALS_PROG)
+            .with_context(|| format!("the BPF object has no program {SERIALS_PROG}"))?;
+        let mut ctx = PolicydSerials {
+            root_id,
+            ..Default::default()
+        }
+        .as_bytes()
+        .to_vec();
+        let ret = run_syscall_prog(prog.as_fd(), &mut ctx).map_err(|e| {
+            if e.kind() == io::ErrorKind::PermissionDenied {
+                anyhow!("running {SERIALS_PROG}: needs root (CAP_BPF + CAP_SYS_ADMIN): {e}")
+            } else {
+                anyhow!("running {SERIALS_PROG} (BPF_PROG_TEST_RUN): {e}")
+            }
+        })?;
+        if ret < 0 {
+            bail!(
+                "listing the cgroups below cgroup {root_id}: {}",
+                io::Error::from_raw_os_error(-ret)
+            );
+        }
+        let out = PolicydSerials::from_bytes(&ctx)
+            .with_context(|| format!("{SERIALS_PROG}'s context came back short"))?;
+        let map = self.map(SERIALS_MAP)?;
+        let pair = size_of::<PolicydSerial>();
+        let len = NonZeroUsize::new(map.max_entries() as usize * pair)
+            .with_context(|| format!("an empty `{SERIALS_MAP}` map"))?;
+        // SAFETY: a read-only mapping of the whole map, unmapped below; the
+        // program that writes it has returned.
+        let value = unsafe {
+            mman::mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ,
+                mman::MapFlags::MAP_SHARED,
+                map.as_fd(),
+                0,
+            )
+        }
+        .with_context(|| format!("mapping the `{SERIALS_MAP}` map"))?;
+        // SAFETY: `len` bytes mapped readable above.
+        let bytes = unsafe { std::slice::from_raw_parts(value.as_ptr().cast::<u8>(), len.get()) };
+        let stored = (out.stored as usize).min(len.get() / pair);
+        let serials = bytes[..stored * pair]
+            .chunks_exact(pair)
+            .filter_map(PolicydSerial::from_bytes)
+            // The root cgroup's 0, which keys no slot: its entry goes into the hash.
+            .filter(|p| p.serial != 0)
+            .map(|p| (p.cgroup_id, p.serial))
+            .collect();
+        // SAFETY: mapped above; `bytes` is not used past here.
+        unsafe { mman::munmap(value, len.get()) }
+            .with_context(|| format!("unmapping the `{SERIALS_MAP}` map"))?;
+        if out.found > out.stored {
+            tracing::debug!(
+                "{} cgroups below cgroup {root_id}, the serial numbers of {} listed",
+                out.found,
+                out.stored
+            );
+        }
+        Ok(serials)
+    }
+
     /// Make `table` and `created` (the rules of cgroups created since
     /// `table` was built) the rules the handler reads: one atomic store into
     /// `rule_table[0]`, then one into `new_rules[0]`. In between the handler
@@ -799,7 +902,7 @@ impl PolicyObject {
     /// The entry the handler finds for the cgroup `id` in the rules
     /// installed now, and where: the `find_rule_of` program runs the
     /// handler's own search. For tests.
-    pub fn find_rule(&mut self, id: u64) -> Result<Option<(PolicydRule, FoundIn)>> {
+    pub fn find_rule(&mut self, id: u64, serial: u64) -> Result<Option<(PolicydRule, FoundIn)>> {
         let prog = self
             .object
             .progs_mut()
@@ -807,6 +910,7 @@ impl PolicyObject {
             .with_context(|| format!("the BPF object has no program {FIND_RULE_PROG}"))?;
         let args = PolicydFindRule {
             cgroup_id: id,
+            serial,
             found: u32::MAX,
             ..Default::default()
         };
@@ -824,6 +928,11 @@ impl PolicyObject {
             PolicydFindRule::from_bytes(&ctx).context("find_rule_of's context came back short")?;
         Ok(match out.found {
             0 => None,
+            1 if out.table_id != id => bail!(
+                "find_rule_of: the table's slot of serial number {} holds cgroup {}, not {id}",
+                out.serial,
+                out.table_id
+            ),
             1 => Some((out.rule, FoundIn::Table)),
             2 => Some((out.rule, FoundIn::Created)),
             n => bail!("find_rule_of said found = {n}"),

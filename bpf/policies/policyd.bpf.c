@@ -138,29 +138,32 @@ static __always_inline struct policyd_rule_table *rules_table(void)
 }
 
 /*
- * @id's entry in the rules table, into @rule.  Plain loads: ranking looks
+ * The entry of the cgroup with css serial number @serial in the rules
+ * table: its rule into @rule, its id into @id.  Plain loads: ranking looks
  * up every cgroup in scope, and a hash lookup was nearly half the cost of
  * that.  A global function: the verifier follows its loop once, not at each
  * place a rule is looked up.  Return: whether the table has one.
  */
-__noinline bool table_rule(__u64 id, struct policyd_rule *rule __arg_nonnull)
+__noinline bool table_rule(__u64 serial, struct policyd_rule *rule __arg_nonnull,
+			   __u64 *id __arg_nonnull)
 {
 	struct policyd_rule_table *table = rules_table();
 	struct policyd_rule_slot *slot;
 	__u32 at;
 	int n;
 
-	if (!table)
+	if (!table || !serial)
 		return false;
 	/* policyd/rule_table.rs's home(), which placed the entries. */
-	at = ((id ^ (id >> 32)) * table->mul) >> 32;
+	at = ((serial ^ (serial >> 32)) * table->mul) >> 32;
 	for (n = 0; n < POLICYD_RULE_PROBES; n++) {
 		slot = &table->slots[(at + n) & table->mask & (POLICYD_RULE_SLOTS - 1)];
-		if (slot->cgroup_id == id) {
+		if (slot->serial == serial) {
 			*rule = slot->rule;
+			*id = slot->cgroup_id;
 			return true;
 		}
-		if (!slot->cgroup_id)
+		if (!slot->serial)
 			return false;
 	}
 	return false;
@@ -176,14 +179,15 @@ static __always_inline struct policyd_rule *created_rule(__u64 id)
 	return created ? bpf_map_lookup_elem(created, &id) : NULL;
 }
 
-/* @id's entry, in the table or among the cgroups created since. */
-static __always_inline bool find_rule(__u64 id, struct policyd_rule *rule)
+/* @cgrp's entry, in the table or among the cgroups created since. */
+static __always_inline bool find_rule(struct cgroup *cgrp, struct policyd_rule *rule)
 {
 	struct policyd_rule *created;
+	__u64 id;
 
-	if (table_rule(id, rule))
+	if (table_rule(cgrp->self.serial_nr, rule, &id))
 		return true;
-	created = created_rule(id);
+	created = created_rule(cgrp->kn->id);
 	if (!created)
 		return false;
 	*rule = *created;
@@ -191,34 +195,34 @@ static __always_inline bool find_rule(__u64 id, struct policyd_rule *rule)
 }
 
 /*
- * The resolved settings of @cgrp.  policyd writes an entry for every cgroup;
+ * The resolved settings of @cgrp, into @out.  policyd writes an entry for every cgroup;
  * one created since then takes its nearest ancestor's template for cgroups
  * below it, or, where that depends on names, the ancestor's own settings
  * (counted in event.unresolved).  The walk is bounded by @cgrp's own level,
  * not by a fixed depth, so that a whole new subtree deeper than any cap is
  * still judged as `policyd explain` says.  A global function: verified
- * once, not at each of its callers.
+ * once, not at each of its callers.  Return: @cgrp's id.
  */
-__noinline void rule_of(struct cgroup *cgrp __arg_untrusted, struct policyd_rule *out __arg_nonnull)
+__noinline __u64 rule_of(struct cgroup *cgrp __arg_untrusted, struct policyd_rule *out __arg_nonnull)
 {
 	struct policyd_rule_table *table = rules_table();
 	struct policyd_rule rule;
 	int i, level;
+	__u64 id;
 
-	if (!table) {
-		*out = builtin_defaults;
-		return;
-	}
 	/* Most cgroups: their own entry in the table, and no walk. */
-	if (table_rule(cgrp->kn->id, out))
-		return;
+	if (table_rule(cgrp->self.serial_nr, out, &id))
+		return id;
 
-	*out = table->defaults;
+	id = cgrp->kn->id;
+	*out = table ? table->defaults : builtin_defaults;
+	if (!table)
+		return id;
 	level = cgrp->level;
 	bpf_for(i, 0, level + 1) {
 		if (!cgrp)
 			break;
-		if (!find_rule(cgrp->kn->id, &rule)) {
+		if (!find_rule(cgrp, &rule)) {
 			cgrp = cgrp->self.parent->cgroup;
 			continue;
 		}
@@ -235,8 +239,9 @@ __noinline void rule_of(struct cgroup *cgrp __arg_untrusted, struct policyd_rule
 			event.unresolved++;
 			*out = rule;
 		}
-		return;
+		return id;
 	}
+	return id;
 }
 
 /* Bytes charged to @cgrp's memcg; 0 without the memory controller there. */
@@ -482,10 +487,9 @@ __noinline void rank_one(struct cgroup_subsys_state *css __arg_untrusted)
 		return;
 	if (policy == POLICYD_POLICY_LARGEST && cgrp->nr_populated_domain_children)
 		return;
-	rule_of(cgrp, &rule);
+	cand.cgroup_id = rule_of(cgrp, &rule);
 	if (rule.protect)
 		return;
-	cand.cgroup_id = cgrp->kn->id;
 	cand.usage = cgroup_usage(cgrp);
 	cand.priority = rule.priority;
 	cand.kill = rule.kill;
@@ -1276,12 +1280,22 @@ SEC("syscall")
 int find_rule_of(struct policyd_find_rule *args)
 {
 	struct policyd_rule *created, rule;
+	struct cgroup *cgrp;
+	__u64 id;
 
 	if (!rules_table())
 		return -2; /* -ENOENT */
 	args->found = 0;
-	if (table_rule(args->cgroup_id, &rule)) {
+	if (!args->serial) {
+		cgrp = bpf_cgroup_from_id(args->cgroup_id);
+		if (cgrp) {
+			args->serial = cgrp->self.serial_nr;
+			bpf_cgroup_release(cgrp);
+		}
+	}
+	if (table_rule(args->serial, &rule, &id)) {
 		args->rule = rule;
+		args->table_id = id;
 		args->found = 1;
 		return 0;
 	}
@@ -1290,6 +1304,50 @@ int find_rule_of(struct policyd_find_rule *args)
 		args->rule = *created;
 		args->found = 2;
 	}
+	return 0;
+}
+
+/* Room: policyd's --max-cgroups, set before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, POLICYD_MAX_CGROUPS);
+	/* policyd reads the pairs through a mapping. */
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct policyd_serial);
+} serials SEC(".maps");
+
+/*
+ * The id and css serial number of each cgroup of a subtree, into `serials`,
+ * for policyd to key the rules table by (struct policyd_rule_slot).  The
+ * kernel's css iterator: slower than the handler's walk, but this runs when
+ * policyd builds a table, not in an OOM.
+ */
+SEC("syscall")
+int cgroup_serials(struct policyd_serials *args)
+{
+	struct cgroup_subsys_state *pos;
+	struct policyd_serial *pair;
+	struct cgroup *root;
+	__u32 n = 0, found = 0;
+
+	root = bpf_cgroup_from_id(args->root_id);
+	if (!root)
+		return -2; /* -ENOENT */
+	bpf_rcu_read_lock();
+	bpf_for_each(css, pos, &root->self, BPF_CGROUP_ITER_DESCENDANTS_PRE) {
+		found++;
+		pair = bpf_map_lookup_elem(&serials, &n);
+		if (!pair)
+			continue;
+		pair->cgroup_id = pos->cgroup->kn->id;
+		pair->serial = pos->serial_nr;
+		n++;
+	}
+	bpf_rcu_read_unlock();
+	bpf_cgroup_release(root);
+	args->stored = n;
+	args->found = found;
 	return 0;
 }
 

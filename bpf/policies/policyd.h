@@ -119,8 +119,15 @@ struct policyd_rule {
 	__u8 pad[1];
 };
 
-/* A slot of the rules table: cgroup_id 0, empty. */
+/*
+ * A slot of the rules table: serial 0, empty.  Keyed by the cgroup's css
+ * serial number (cgroup->self.serial_nr), which lies in the memory the
+ * handler's walk reads anyway, where the id is one pointer further away, in
+ * the kernfs node: reading it was a quarter of ranking a cgroup.  Serial
+ * numbers are never reused; the slot gives the id with the rule.
+ */
 struct policyd_rule_slot {
+	__u64 serial;
 	__u64 cgroup_id;
 	struct policyd_rule rule;
 };
@@ -128,16 +135,18 @@ struct policyd_rule_slot {
 /*
  * The rules of every cgroup policyd knew when it built the table, read by
  * the handler without a call: open addressing, linear probing.  The entry
- * of id is in slot (h + n) & mask, h = ((id ^ id >> 32) * mul) >> 32 and
- * n < POLICYD_RULE_PROBES, and every slot from h to it is taken.  Built
- * whole and never written once the handler may read it: policyd builds a
- * new one and swaps it in.  Cgroups created since are in a hash (new_rules
- * in policyd.bpf.c).  3 MiB, of which the handler reads a few slots per
- * cgroup.
+ * of serial number s is in slot (h + n) & mask, h = ((s ^ s >> 32) * mul)
+ * >> 32 and n < POLICYD_RULE_PROBES, and every slot from h to it is taken.
+ * policyd tries first a multiplier that lays the slots out in the order of
+ * the serial numbers, the order in which cgroups were created and a walk
+ * visits them.  Built whole and never written once the handler may read it:
+ * policyd builds a new one and swaps it in.  Cgroups created since are in a
+ * hash (new_rules in policyd.bpf.c).  4 MiB, of which the handler reads a
+ * few slots per cgroup.
  */
 struct policyd_rule_table {
 	struct policyd_rule defaults;	/* for cgroups with no entry anywhere */
-	__u64 mul;			/* odd */
+	__u64 mul;
 	__u32 mask;			/* slots in use, minus 1: 2^k - 1 */
 	__u32 entries;			/* cgroups in the table */
 	struct policyd_rule_slot slots[POLICYD_RULE_SLOTS];
@@ -257,9 +266,27 @@ struct policyd_declare {
  */
 struct policyd_find_rule {
 	__u64 cgroup_id;		/* in */
+	__u64 serial;			/* in; 0: the live cgroup's, if any */
 	struct policyd_rule rule;	/* out, if found */
+	__u64 table_id;			/* out: the id of the table's slot */
 	__u32 found;			/* out: 1 in the table, 2 among new cgroups */
 	__u32 pad;
+};
+
+/* A cgroup as the cgroup_serials program finds it. */
+struct policyd_serial {
+	__u64 cgroup_id;
+	__u64 serial;
+};
+
+/*
+ * Context of the cgroup_serials SEC("syscall") program: the serial number
+ * of each cgroup of a subtree, for policyd to key the rules table by.
+ */
+struct policyd_serials {
+	__u64 root_id;			/* in: the subtree's cgroup */
+	__u32 stored;			/* out: pairs written into `serials` */
+	__u32 found;			/* out: cgroups walked, stored or not */
 };
 
 /*

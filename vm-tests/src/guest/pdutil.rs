@@ -22,7 +22,7 @@
 
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
@@ -871,29 +871,23 @@ impl HandlerRules {
             ..Default::default()
         };
         let mut ctx = args.as_bytes().to_vec();
-        // A syscall program's context comes back where it went in (no ctx_out).
-        let mut opts = libbpf_sys::bpf_test_run_opts {
-            sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as libbpf_sys::size_t,
-            ctx_in: ctx.as_mut_ptr().cast(),
-            ctx_size_in: ctx.len() as u32,
-            ..Default::default()
-        };
-        // SAFETY: ctx outlives the call and is as long as opts says.
-        let ret = unsafe { libbpf_sys::bpf_prog_test_run_opts(self.prog.as_raw_fd(), &mut opts) };
-        ensure!(
-            ret == 0,
-            "running find_rule_of: {}",
-            std::io::Error::from_raw_os_error(-ret)
-        );
-        ensure!(
-            opts.retval == 0,
-            "find_rule_of: policyd has installed no rules"
-        );
+        let ret = policyd::loader::run_syscall_prog(self.prog.as_fd(), &mut ctx)
+            .context("running find_rule_of")?;
+        ensure!(ret == 0, "find_rule_of: policyd has installed no rules");
         let out =
             PolicydFindRule::from_bytes(&ctx).context("find_rule_of's context came back short")?;
         match out.found {
             0 => Ok(None),
-            1 | 2 => Ok(Some(out.rule)),
+            1 => {
+                ensure!(
+                    out.table_id == id,
+                    "find_rule_of: the table's slot of serial number {} is cgroup {}'s, not {id}'s",
+                    out.serial,
+                    out.table_id
+                );
+                Ok(Some(out.rule))
+            }
+            2 => Ok(Some(out.rule)),
             n => bail!("find_rule_of said found = {n}"),
         }
     }
