@@ -13,6 +13,9 @@
 //!   ([`crate::rule_table`]) and of a hash of cgroup id → `struct
 //!   policyd_rule` for the cgroups created since the table was built;
 //!   policyd creates the inner maps and swaps them;
+//! * `serials`: an mmapable array where the program `cgroup_serials` lists
+//!   cgroups' css serial numbers, the rules table's keys
+//!   ([`PolicyObject::cgroup_serials`]);
 //! * `events`: a ring buffer of `struct policyd_event`;
 //! * `struct policyd_stats stats` in `.bss`;
 //! * the program `find_per_cpu` (`bpf/per_cpu.bpf.h`, in the kill tracer
@@ -313,6 +316,32 @@ pub fn run_syscall_prog(fd: BorrowedFd<'_>, ctx: &mut [u8]) -> io::Result<i32> {
         return Err(io::Error::from_raw_os_error(-ret));
     }
     Ok(opts.retval as i32)
+}
+
+/// Runs `f` on the first `len` bytes of the values of the mmapable array
+/// map `map`, through a shared mapping made for it and unmapped after.
+/// Nothing else may write them meanwhile. An empty `len` maps nothing.
+fn with_mapping<T>(map: BorrowedFd<'_>, len: usize, f: impl FnOnce(&mut [u8]) -> T) -> Result<T> {
+    let Some(len) = NonZeroUsize::new(len) else {
+        return Ok(f(&mut []));
+    };
+    // SAFETY: a new mapping, of `len` bytes of the map's values.
+    let value = unsafe {
+        mman::mmap(
+            None,
+            len,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            mman::MapFlags::MAP_SHARED,
+            map,
+            0,
+        )
+    }?;
+    // SAFETY: `len` bytes mapped read-write above, which nothing else writes.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(value.as_ptr().cast::<u8>(), len.get()) };
+    let out = f(bytes);
+    // SAFETY: mapped above; `bytes` is not used past here.
+    unsafe { mman::munmap(value, len.get()) }.context("unmapping it")?;
+    Ok(out)
 }
 
 /// Where [`PolicyObject::find_rule`] found an entry.
@@ -758,26 +787,9 @@ impl PolicyObject {
             &opts,
         )
         .map_err(|e| with_permission_hint(e, "creating the rules table"))?;
-        let len = NonZeroUsize::new(rule_table::SIZE).context("an empty rules table")?;
-        // SAFETY: a new mapping, of the map's whole value; nothing else maps
-        // it, and it is unmapped below before anything reads the map.
-        let value = unsafe {
-            mman::mmap(
-                None,
-                len,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                mman::MapFlags::MAP_SHARED,
-                map.as_fd(),
-                0,
-            )
-        }
-        .context("mapping the rules table")?;
-        // SAFETY: `len` bytes mapped read-write above, zeroed by the kernel.
-        let bytes =
-            unsafe { std::slice::from_raw_parts_mut(value.as_ptr().cast::<u8>(), len.get()) };
-        let filled = fill(bytes);
-        // SAFETY: mapped above; `bytes` is not used past here.
-        unsafe { mman::munmap(value, len.get()) }.context("unmapping the rules table")?;
+        // Nothing reads the new map before it is unmapped.
+        let filled = with_mapping(map.as_fd(), rule_table::SIZE, fill)
+            .context("mapping the rules table")?;
         Ok((map, filled?))
     }
 
@@ -816,34 +828,18 @@ impl PolicyObject {
             .with_context(|| format!("{SERIALS_PROG}'s context came back short"))?;
         let map = self.map(SERIALS_MAP)?;
         let pair = size_of::<PolicydSerial>();
-        let len = NonZeroUsize::new(map.max_entries() as usize * pair)
-            .with_context(|| format!("an empty `{SERIALS_MAP}` map"))?;
-        // SAFETY: a read-only mapping of the whole map, unmapped below; the
-        // program that writes it has returned.
-        let value = unsafe {
-            mman::mmap(
-                None,
-                len,
-                ProtFlags::PROT_READ,
-                mman::MapFlags::MAP_SHARED,
-                map.as_fd(),
-                0,
-            )
-        }
+        let stored = (out.stored as usize).min(map.max_entries() as usize);
+        // The program that writes the map has returned.
+        let serials = with_mapping(map.as_fd(), stored * pair, |bytes| {
+            bytes
+                .chunks_exact(pair)
+                .filter_map(PolicydSerial::from_bytes)
+                // The root cgroup's 0, which keys no slot: its entry goes into the hash.
+                .filter(|p| p.serial != 0)
+                .map(|p| (p.cgroup_id, p.serial))
+                .collect()
+        })
         .with_context(|| format!("mapping the `{SERIALS_MAP}` map"))?;
-        // SAFETY: `len` bytes mapped readable above.
-        let bytes = unsafe { std::slice::from_raw_parts(value.as_ptr().cast::<u8>(), len.get()) };
-        let stored = (out.stored as usize).min(len.get() / pair);
-        let serials = bytes[..stored * pair]
-            .chunks_exact(pair)
-            .filter_map(PolicydSerial::from_bytes)
-            // The root cgroup's 0, which keys no slot: its entry goes into the hash.
-            .filter(|p| p.serial != 0)
-            .map(|p| (p.cgroup_id, p.serial))
-            .collect();
-        // SAFETY: mapped above; `bytes` is not used past here.
-        unsafe { mman::munmap(value, len.get()) }
-            .with_context(|| format!("unmapping the `{SERIALS_MAP}` map"))?;
         if out.found > out.stored {
             tracing::debug!(
                 "{} cgroups below cgroup {root_id}, the serial numbers of {} listed",
