@@ -206,7 +206,7 @@ static __always_inline bool find_rule(struct cgroup *cgrp, struct policyd_rule *
 __noinline __u64 rule_of(struct cgroup *cgrp __arg_untrusted, struct policyd_rule *out __arg_nonnull)
 {
 	struct policyd_rule_table *table = rules_table();
-	struct policyd_rule rule;
+	struct policyd_rule rule, *created;
 	int i, level;
 	__u64 id;
 
@@ -218,17 +218,20 @@ __noinline __u64 rule_of(struct cgroup *cgrp __arg_untrusted, struct policyd_rul
 	*out = table ? table->defaults : builtin_defaults;
 	if (!table)
 		return id;
+	/* Not in the table: its own entry is in the hash, if it has one. */
+	created = created_rule(id);
+	if (created) {
+		*out = *created;
+		return id;
+	}
 	level = cgrp->level;
-	bpf_for(i, 0, level + 1) {
+	bpf_for(i, 0, level) {
+		cgrp = cgrp->self.parent->cgroup;
 		if (!cgrp)
 			break;
-		if (!find_rule(cgrp, &rule)) {
-			cgrp = cgrp->self.parent->cgroup;
+		if (!find_rule(cgrp, &rule))
 			continue;
-		}
-		if (!i) {
-			*out = rule;
-		} else if (rule.below_known) {
+		if (rule.below_known) {
 			*out = (struct policyd_rule){
 				.priority = rule.below_priority,
 				.protect = rule.below_protect,
