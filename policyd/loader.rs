@@ -344,6 +344,43 @@ fn with_mapping<T>(map: BorrowedFd<'_>, len: usize, f: impl FnOnce(&mut [u8]) ->
     Ok(out)
 }
 
+/// The entry the `find_rule_of` program `prog` (of a loaded policy object,
+/// or of a running policyd's) finds for the cgroup `id` in the rules
+/// installed, and where; `serial`: its css serial number, 0 for the live
+/// cgroup's. An entry found in the table must be `id`'s own.
+pub fn find_rule_with(
+    prog: BorrowedFd<'_>,
+    id: u64,
+    serial: u64,
+) -> Result<Option<(PolicydRule, FoundIn)>> {
+    let mut ctx = PolicydFindRule {
+        cgroup_id: id,
+        serial,
+        found: u32::MAX,
+        ..Default::default()
+    }
+    .as_bytes()
+    .to_vec();
+    let ret = run_syscall_prog(prog, &mut ctx)
+        .map_err(|e| with_permission_hint(e.into(), "running find_rule_of (BPF_PROG_TEST_RUN)"))?;
+    if ret != 0 {
+        bail!("find_rule_of: no rules installed");
+    }
+    let out =
+        PolicydFindRule::from_bytes(&ctx).context("find_rule_of's context came back short")?;
+    Ok(match out.found {
+        0 => None,
+        1 if out.table_id != id => bail!(
+            "find_rule_of: the table's slot of serial number {} holds cgroup {}, not {id}",
+            out.serial,
+            out.table_id
+        ),
+        1 => Some((out.rule, FoundIn::Table)),
+        2 => Some((out.rule, FoundIn::Created)),
+        n => bail!("find_rule_of said found = {n}"),
+    })
+}
+
 /// Where [`PolicyObject::find_rule`] found an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FoundIn {
@@ -788,8 +825,8 @@ impl PolicyObject {
         )
         .map_err(|e| with_permission_hint(e, "creating the rules table"))?;
         // Nothing reads the new map before it is unmapped.
-        let filled = with_mapping(map.as_fd(), rule_table::SIZE, fill)
-            .context("mapping the rules table")?;
+        let filled =
+            with_mapping(map.as_fd(), rule_table::SIZE, fill).context("mapping the rules table")?;
         Ok((map, filled?))
     }
 
@@ -812,11 +849,10 @@ impl PolicyObject {
         .as_bytes()
         .to_vec();
         let ret = run_syscall_prog(prog.as_fd(), &mut ctx).map_err(|e| {
-            if e.kind() == io::ErrorKind::PermissionDenied {
-                anyhow!("running {SERIALS_PROG}: needs root (CAP_BPF + CAP_SYS_ADMIN): {e}")
-            } else {
-                anyhow!("running {SERIALS_PROG} (BPF_PROG_TEST_RUN): {e}")
-            }
+            with_permission_hint(
+                e.into(),
+                &format!("running {SERIALS_PROG} (BPF_PROG_TEST_RUN)"),
+            )
         })?;
         if ret < 0 {
             bail!(
@@ -898,41 +934,13 @@ impl PolicyObject {
     /// The entry the handler finds for the cgroup `id` in the rules
     /// installed now, and where: the `find_rule_of` program runs the
     /// handler's own search. For tests.
-    pub fn find_rule(&mut self, id: u64, serial: u64) -> Result<Option<(PolicydRule, FoundIn)>> {
+    pub fn find_rule(&self, id: u64, serial: u64) -> Result<Option<(PolicydRule, FoundIn)>> {
         let prog = self
             .object
-            .progs_mut()
+            .progs()
             .find(|p| p.name() == FIND_RULE_PROG)
             .with_context(|| format!("the BPF object has no program {FIND_RULE_PROG}"))?;
-        let args = PolicydFindRule {
-            cgroup_id: id,
-            serial,
-            found: u32::MAX,
-            ..Default::default()
-        };
-        let mut ctx = args.as_bytes().to_vec();
-        let out = prog
-            .test_run(ProgramInput {
-                context_in: Some(&mut ctx),
-                ..Default::default()
-            })
-            .map_err(|e| with_permission_hint(e, "running find_rule_of (BPF_PROG_TEST_RUN)"))?;
-        if out.return_value != 0 {
-            bail!("find_rule_of: no rules installed");
-        }
-        let out =
-            PolicydFindRule::from_bytes(&ctx).context("find_rule_of's context came back short")?;
-        Ok(match out.found {
-            0 => None,
-            1 if out.table_id != id => bail!(
-                "find_rule_of: the table's slot of serial number {} holds cgroup {}, not {id}",
-                out.serial,
-                out.table_id
-            ),
-            1 => Some((out.rule, FoundIn::Table)),
-            2 => Some((out.rule, FoundIn::Created)),
-            n => bail!("find_rule_of said found = {n}"),
-        })
+        find_rule_with(prog.as_fd(), id, serial)
     }
 
     /// Store the struct_ops value (handler program, name) into the

@@ -34,7 +34,7 @@ use libbpf_rs::libbpf_sys;
 use libbpf_rs::query::ProgInfoIter;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use policyd::abi::{Pod, PolicydFindRule, PolicydRule};
+use policyd::abi::PolicydRule;
 use policyd::events::DecisionLine;
 use policyd::kills::KillLine;
 
@@ -865,31 +865,7 @@ impl HandlerRules {
 
     /// The rule the handler finds for the cgroup `id`, if any.
     pub fn find(&self, id: u64) -> Result<Option<PolicydRule>> {
-        let args = PolicydFindRule {
-            cgroup_id: id,
-            found: u32::MAX,
-            ..Default::default()
-        };
-        let mut ctx = args.as_bytes().to_vec();
-        let ret = policyd::loader::run_syscall_prog(self.prog.as_fd(), &mut ctx)
-            .context("running find_rule_of")?;
-        ensure!(ret == 0, "find_rule_of: policyd has installed no rules");
-        let out =
-            PolicydFindRule::from_bytes(&ctx).context("find_rule_of's context came back short")?;
-        match out.found {
-            0 => Ok(None),
-            1 => {
-                ensure!(
-                    out.table_id == id,
-                    "find_rule_of: the table's slot of serial number {} is cgroup {}'s, not {id}'s",
-                    out.serial,
-                    out.table_id
-                );
-                Ok(Some(out.rule))
-            }
-            2 => Ok(Some(out.rule)),
-            n => bail!("find_rule_of said found = {n}"),
-        }
+        Ok(policyd::loader::find_rule_with(self.prog.as_fd(), id, 0)?.map(|(rule, _)| rule))
     }
 }
 

@@ -108,7 +108,7 @@ fn real_cgroups() -> Result<()> {
         ids.push(std::fs::metadata(&dir)?.ino());
     }
     for room in [abi::MAX_CGROUPS, 101] {
-        let mut obj = PolicyObject::open_load(&Settings {
+        let obj = PolicyObject::open_load(&Settings {
             policy: PolicyName::Priority,
             dry_run: false,
             max_cgroups: room,
@@ -181,7 +181,7 @@ fn real_cgroups() -> Result<()> {
 }
 
 fn run() -> Result<()> {
-    let mut obj = PolicyObject::open_load(&Settings {
+    let obj = PolicyObject::open_load(&Settings {
         policy: PolicyName::Priority,
         dry_run: false,
         max_cgroups: abi::MAX_CGROUPS,
