@@ -265,8 +265,13 @@ pub struct DecisionSize {
 pub struct DecisionSamples {
     /// bpf_out_of_memory() from call to return.
     pub oom_ns: Vec<u64>,
-    /// From the call to the victim killed (the kernel log's timestamps).
+    /// From the call to the victim killed: marked by mark_oom_victim(), on the
+    /// stopwatch's clock (before 2026-11-30: the "Killed process" line's log time).
     pub to_kill_ns: Vec<Option<u64>>,
+    /// From the call to the "Killed process" line, by the kernel log's timestamps;
+    /// absent in records from before it was kept apart.
+    #[serde(default)]
+    pub kill_line_ns: Vec<Option<u64>>,
     pub report_start_ns: Vec<Option<u64>>,
     /// The OOM report's printing.
     pub report_ns: Vec<Option<u64>>,

@@ -49,6 +49,7 @@ struct OomArgs {
     flags: u64,
     start_ns: u64,
     ns: u64,
+    marked_ns: u64,
     ret: i32,
     err: i32,
 }
@@ -59,6 +60,9 @@ pub struct TimedOom {
     /// CLOCK_MONOTONIC when bpf_out_of_memory() was called.
     pub start_ns: u64,
     pub ns: u64,
+    /// From the call to the first victim marked (mark_oom_victim(), right after its
+    /// SIGKILL), on the same clock; None if none was.
+    pub marked_ns: Option<u64>,
     /// 1: memory was freed (someone was killed or awaited), 0: not.
     pub ret: i32,
 }
@@ -76,9 +80,11 @@ impl Stopwatch {
         let open = BenchSkelBuilder::default()
             .open(storage)
             .context("opening the bench BPF object")?;
-        let skel = open
+        let mut skel = open
             .load()
             .context("loading the bench BPF object (verifier log above)")?;
+        libbpf_rs::skel::Skel::attach(&mut skel)
+            .context("attaching the bench's mark_victim tracepoint program")?;
         Ok(Stopwatch { skel })
     }
 
@@ -128,6 +134,7 @@ impl Stopwatch {
         Ok(TimedOom {
             start_ns: args.start_ns,
             ns: args.ns,
+            marked_ns: (args.marked_ns != 0).then_some(args.marked_ns),
             ret: args.ret,
         })
     }
@@ -741,14 +748,15 @@ impl KmsgTs {
 /// Where one declared OOM spent its time, in ns from the call, from the kernel log's
 /// timestamps: when out_of_memory() started printing the OOM report ("invoked
 /// oom-killer"), when the report was done (the "oom-kill:constraint=" line that follows
-/// it), and when the victim was killed and marked ("Killed process"). The kernel chooses
+/// it), and when the kill was logged ("Killed process", after the victim is marked: the
+/// kill's own time is [`TimedOom::marked_ns`]). The kernel chooses
 /// before it prints; a BPF handler chooses, then calls bpf_oom_kill_process(), which
 /// prints. Resolution: 1 µs, plus the error of the clock offset (one write(2)).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OomPhases {
     pub report_start_ns: Option<u64>,
     pub report_end_ns: Option<u64>,
-    pub killed_ns: Option<u64>,
+    pub kill_line_ns: Option<u64>,
 }
 
 impl OomPhases {
@@ -769,7 +777,7 @@ impl OomPhases {
         OomPhases {
             report_start_ns: at("invoked oom-killer"),
             report_end_ns: at("oom-kill:constraint="),
-            killed_ns: at("Killed process "),
+            kill_line_ns: at("Killed process "),
         }
     }
 

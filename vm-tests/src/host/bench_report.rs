@@ -1166,9 +1166,10 @@ fn decision_md(md: &mut String, r: &Value) {
     let _ = writeln!(
         md,
         "One SEC(\"syscall\") program declares an OOM of a memcg with `bpf_out_of_memory()` and \
-         reads `bpf_ktime_get_ns()` around the call; the kernel log's timestamps of the OOM \
-         report and of the \"Killed process\" line (printed right after the victim is marked), \
-         related to that clock by a mark written to /dev/kmsg, split the call. The same code \
+         reads `bpf_ktime_get_ns()` around the call, and a `tp_btf/mark_victim` program on \
+         the same clock the kill (the first victim marked, right after its SIGKILL); the \
+         kernel log's timestamps of the OOM report, related to that clock by a mark written \
+         to /dev/kmsg, split the call. The same code \
          measures every contender. The memcg holds the given number of cgroups and tasks \
          (sleeping processes spread round-robin, plus one {} MiB victim that every contender \
          picks: largest task, in the largest cgroup, the only one at priority 1). \
@@ -1252,7 +1253,7 @@ fn decision_md(md: &mut String, r: &Value) {
     table(
         md,
         "**Entering out_of_memory() → victim killed and marked** (the decision, then \
-         `oom_kill_process()` up to its \"Killed process\" line, OOM report included):",
+         `oom_kill_process()` up to `mark_oom_victim()`, OOM report included):",
         "to_kill_ms",
         Some("to_kill_ratio_to_kernel"),
     );
@@ -1667,6 +1668,7 @@ mod tests {
         DecisionSamples {
             oom_ns: oom_ms.iter().map(|ms| ms * 1_000_000).collect(),
             to_kill_ns: vec![None, None],
+            kill_line_ns: vec![None, None],
             report_start_ns: oom_ms.iter().map(|ms| Some(ms * 250_000)).collect(),
             report_ns: vec![Some(0), Some(0)],
             handler_us: handler_us.to_vec(),

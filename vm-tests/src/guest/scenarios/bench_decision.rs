@@ -315,6 +315,8 @@ fn add_sleepers(
 /// One sample: one declared OOM.
 struct Sample {
     ns: u64,
+    /// From the call to the victim marked, on the stopwatch's clock.
+    marked_ns: Option<u64>,
     phases: OomPhases,
     handler_us: Option<u64>,
     dumped: bool,
@@ -399,6 +401,7 @@ fn measure(
                     };
                     let ok = st.is_some()
                         && t.ret == 1
+                        && t.marked_ns.is_some()
                         && kill_delta == 1
                         && killed.len() == 1
                         && killed[0].1 == vpid
@@ -406,9 +409,14 @@ fn measure(
                     if !ok {
                         problems[si].push(format!(
                             "{} {scope:?} round {round} #{i}: ret {} oom_kill +{kill_delta}, \
-                             victim {vpid} {}, kills {killed:?}",
+                             victim {vpid} {}{}, kills {killed:?}",
                             contender.name(),
                             t.ret,
+                            if t.marked_ns.is_some() {
+                                ""
+                            } else {
+                                " (no victim marked)"
+                            },
                             if st.is_some() { "dead" } else { "alive" }
                         ));
                         println!("PROBLEM {}", problems[si].last().unwrap());
@@ -422,6 +430,7 @@ fn measure(
                     taken.push((si, Some(out.len())));
                     out.push(Sample {
                         ns: t.ns,
+                        marked_ns: t.marked_ns,
                         phases,
                         handler_us: None,
                         dumped,
@@ -473,7 +482,8 @@ fn summarize(
             c.name().to_string(),
             DecisionSamples {
                 oom_ns: v.iter().map(|s| s.ns).collect(),
-                to_kill_ns: v.iter().map(|s| s.phases.killed_ns).collect(),
+                to_kill_ns: v.iter().map(|s| s.marked_ns).collect(),
+                kill_line_ns: v.iter().map(|s| s.phases.kill_line_ns).collect(),
                 report_start_ns: v.iter().map(|s| s.phases.report_start_ns).collect(),
                 report_ns: v.iter().map(|s| s.phases.report_ns()).collect(),
                 handler_us: v.iter().map(|s| s.handler_us).collect(),
@@ -484,7 +494,7 @@ fn summarize(
         let ms: Vec<f64> = v.iter().map(|s| s.ns as f64 / 1e6).collect();
         let kill: Vec<f64> = v
             .iter()
-            .filter_map(|s| s.phases.killed_ns)
+            .filter_map(|s| s.marked_ns)
             .map(|n| n as f64 / 1e6)
             .collect();
         let report: Vec<f64> = v
