@@ -36,7 +36,7 @@ pub struct KernelRules {
     in_created: HashSet<u64>,
     /// Of them, cgroups known when the table was built but not listed with
     /// a serial number: not new, they do not call for a new table.
-    unlisted: usize,
+    unlisted: HashSet<u64>,
     /// Entries there is room for, the defaults' included (`--max-cgroups`).
     room: usize,
     /// The settings of a cgroup of `table` changed: `table` is out of date.
@@ -104,14 +104,14 @@ impl KernelRules {
             created: obj.inner_spec().create()?,
             in_table: cgroups.len(),
             in_created: HashSet::new(),
-            unlisted: 0,
+            unlisted: HashSet::new(),
             room,
             outdated: false,
             full: false,
         };
         for (id, rule) in unlisted {
             if matches!(rules.add(id, &rule)?, Added::Added) {
-                rules.unlisted += 1;
+                rules.unlisted.insert(id);
             }
         }
         Ok(rules)
@@ -155,6 +155,7 @@ impl KernelRules {
     /// table: no other cgroup gets its id, and the room is free already.
     pub fn remove(&mut self, id: u64) {
         if self.in_created.remove(&id) {
+            self.unlisted.remove(&id);
             // Failing, it stays: a stale entry of an id no cgroup takes again.
             let _ = self.created.delete(&id.to_ne_bytes());
         } else {
@@ -192,6 +193,7 @@ impl KernelRules {
 
     /// Cgroups created since the table was built.
     pub fn created_since(&self) -> usize {
-        self.in_created.len().saturating_sub(self.unlisted)
+        // Every unlisted cgroup is in `in_created`: added and removed together.
+        self.in_created.len() - self.unlisted.len()
     }
 }

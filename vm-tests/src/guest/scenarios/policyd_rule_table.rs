@@ -292,5 +292,49 @@ fn run() -> Result<()> {
         "no new table asked for after {min} new cgroups"
     );
     println!("{min} new cgroups ask for a new table, {} did not", min - 1);
+
+    // Cgroups known but not listed with a serial number are in the hash and not new;
+    // removing some leaves the count of new ones as it was.
+    let unlisted: Vec<u64> = (1..=3).map(|i| 5 << 40 | i).collect();
+    let mut with_unlisted = entries.clone();
+    with_unlisted.extend(unlisted.iter().map(|&id| (id, rule(80))));
+    let mut rules = KernelRules::build(&obj, &with_unlisted, &serials)?;
+    rules.install(&obj)?;
+    ensure!(
+        obj.find_rule(unlisted[0], 0)? == Some((rule(80), FoundIn::Created))
+            && rules.created_since() == 0,
+        "an unlisted cgroup: the handler finds {:?}, {} counted as new",
+        obj.find_rule(unlisted[0], 0)?,
+        rules.created_since()
+    );
+    rules.remove(unlisted[0]);
+    rules.remove(unlisted[1]);
+    for i in 0..min {
+        ensure!(
+            !rules.crowded() && rules.created_since() == i as usize,
+            "after 2 of 3 unlisted cgroups removed and {i} new: {} counted as new{}",
+            rules.created_since(),
+            if rules.crowded() {
+                ", a new table asked for"
+            } else {
+                ""
+            }
+        );
+        rules.add(6 << 40 | i, &rule(70))?;
+    }
+    ensure!(
+        rules.crowded() && rules.created_since() == min as usize,
+        "after 2 of 3 unlisted cgroups removed and {min} new: {} counted as new, {}",
+        rules.created_since(),
+        if rules.crowded() {
+            "crowded"
+        } else {
+            "no new table asked for"
+        }
+    );
+    println!(
+        "3 unlisted cgroups in the hash, not new; 2 removed, the next {min} new cgroups \
+         still ask for a new table"
+    );
     Ok(())
 }
