@@ -475,16 +475,17 @@ __noinline bool heap_pop(struct policyd_candidate *out __arg_nonnull)
 }
 
 /*
- * Put @css's cgroup into the heap if it is eligible (see rank_cgroups()).
- * A global function, verified once, not on each path of the walk.
+ * Put @cgrp into the heap if it is eligible (see rank_cgroups()).  A global
+ * function, verified once, not on each path of the walk.
  */
-__noinline void rank_one(struct cgroup_subsys_state *css __arg_untrusted)
+__noinline void rank_one(struct cgroup *cgrp __arg_untrusted)
 {
-	struct cgroup *cgrp = bpf_core_cast(css->cgroup, struct cgroup);
+	struct cgroup_subsys_state *css = &cgrp->self;
 	struct policyd_candidate cand = {};
 	struct policyd_rule rule;
 
-	if (!cgrp || !cgrp->level || cgrp->dom_cgrp != cgrp || (css->flags & CSS_RELEASED))
+	/* Not the root, whose css alone has no parent. */
+	if (!css->parent || cgrp->dom_cgrp != cgrp || (css->flags & CSS_RELEASED))
 		return;
 	if (!css->nr_populated_csets && !cgrp->nr_populated_threaded_children)
 		return;
@@ -523,6 +524,8 @@ static __noinline void rank_cgroups(struct cgroup *scope)
 {
 	__u64 off_sibling = bpf_core_field_offset(struct cgroup_subsys_state, sibling);
 	__u64 off_children = bpf_core_field_offset(struct cgroup_subsys_state, children);
+	/* The walk stands on cgroups' own css, cgroup->self. */
+	__u64 off_self = bpf_core_field_offset(struct cgroup, self);
 	__u64 root = (__u64)&scope->self, pos = root, next, parent;
 	struct cgroup_subsys_state *css;
 	bool up = false;	/* back from pos's subtree: pos was ranked already */
@@ -534,7 +537,7 @@ static __noinline void rank_cgroups(struct cgroup *scope)
 	bpf_rcu_read_lock();
 	bpf_for(step, 0, walk_steps) {
 		if (!up)
-			rank_one(bpf_core_cast((void *)pos, struct cgroup_subsys_state));
+			rank_one(bpf_core_cast((void *)(pos - off_self), struct cgroup));
 		css = bpf_core_cast((void *)pos, struct cgroup_subsys_state);
 		next = (__u64)css->children.next;
 		if (!up && next && next != pos + off_children) {
