@@ -60,6 +60,14 @@ pub struct Scenario {
     /// Under TCG, the guest's clock counts instructions (QEMU's -icount): what the
     /// scenario times is the guest's work, not the host's load.
     pub counts_instructions: bool,
+    /// Under TCG, both vCPUs run in one host thread, taking turns between translated
+    /// blocks. With a thread per vCPU, an IPI from one vCPU to the other sometimes waits
+    /// up to the sender's next timer tick (4 ms at HZ=250) in the xAPIC ICR write: in
+    /// the decision bench, 41 of 333 IPIs sent during OOMs took 0.2-3.7 ms in
+    /// default_send_IPI_single_phys(), and none of 246 with one thread (2026-11-30). A
+    /// scenario that times one CPU's work to the millisecond opts in; one that measures
+    /// parallel work must not.
+    pub one_tcg_thread: bool,
     pub run: fn() -> Result<()>,
 }
 
@@ -76,6 +84,7 @@ impl Scenario {
             boots: Boots::TestKernel,
             debian: false,
             counts_instructions: false,
+            one_tcg_thread: false,
             run,
         }
     }
@@ -103,6 +112,11 @@ impl Scenario {
 
     pub const fn counts_instructions(mut self) -> Scenario {
         self.counts_instructions = true;
+        self
+    }
+
+    pub const fn one_tcg_thread(mut self) -> Scenario {
+        self.one_tcg_thread = true;
         self
     }
 

@@ -1173,7 +1173,8 @@ fn decision_md(md: &mut String, r: &Value) {
          measures every contender. The memcg holds the given number of cgroups and tasks \
          (sleeping processes spread round-robin, plus one {} MiB victim that every contender \
          picks: largest task, in the largest cgroup, the only one at priority 1). \
-         oom_dump_tasks=0, console log level 1; every OOM prints its report (OOMs are spaced \
+         oom_dump_tasks=0, console log level 1, both vCPUs in one TCG thread (an IPI \
+         between vCPU threads can wait for a tick); every OOM prints its report (OOMs are spaced \
          {} ms apart to stay clear of its rate limit). Blocks of {} OOMs per contender (after \
          one unrecorded warm-up each), contenders in turn. `observe` ranks the cgroups and \
          then defers to the kernel's killer. Cells: median [p10–p90] in ms, and the ratio of \

@@ -293,9 +293,10 @@ impl Vm {
         } else {
             Media::Initramfs
         };
-        let accel_args = self
-            .accel
-            .qemu_args(scenario.counts_instructions, self.one_tcg_thread);
+        let accel_args = self.accel.qemu_args(
+            scenario.counts_instructions,
+            self.one_tcg_thread || scenario.one_tcg_thread,
+        );
         let mut boot = self.boot(
             &accel_args,
             media.stall(scenario.counts_instructions),
