@@ -26,9 +26,10 @@
 //! whether the report was printed. oom_dump_tasks is 0 (no per-task list) and the console
 //! log level 1, so printk formats into the log buffer but the serial console stays quiet.
 //!
-//! Under TCG both vCPUs run in one host thread: an IPI between vCPUs in their own host
-//! threads could hold the OOMing vCPU up to a timer tick, which real hardware delivers
-//! in a microsecond (see Scenario::one_tcg_thread).
+//! Under TCG both vCPUs run in one host thread. A kill wakes its victim, and the memcg's
+//! OOM event a kworker, often on the other vCPU; with a host thread per vCPU that IPI
+//! could hold the OOMing vCPU up to a timer tick (see Scenario::one_tcg_thread), in
+//! about half the 10 ms OOMs. Real hardware delivers it in a microsecond.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -54,9 +55,7 @@ pub fn scenario() -> Scenario {
         .mem_mb(4096)
         .timeout_s(10800)
         .needs_policyd()
-        // A kill wakes its victim, and the memcg event a kworker, often on the other
-        // vCPU: with a host thread per vCPU that IPI could stall the OOM for up to a
-        // tick (see Scenario::one_tcg_thread), in about half the 10 ms OOMs.
+        // See the module's comment.
         .one_tcg_thread()
 }
 
